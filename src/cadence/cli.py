@@ -1,0 +1,84 @@
+"""The one `cadence` entry point. Each subcommand imports its implementation lazily so `--help` is fast."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+from collections.abc import Callable
+
+# subcommand -> "module:function"; each function takes the parsed argparse.Namespace and returns an exit code.
+HANDLERS: dict[str, str] = {
+    "train": "cadence.train.runner:train_command",
+    "validate": "cadence.config.validate:validate_command",
+    "cache": "cadence.data.cache_command:cache_command",
+    "tiny-model": "cadence.models.tiny:tiny_model_command",
+    "demo": "cadence.demo:demo_command",
+    "analyze": "cadence.tools.analyze:analyze_command",
+    "ema-merge": "cadence.tools.ema_merge:ema_merge_command",
+    "convert": "cadence.tools.convert:convert_command",
+    "inspect": "cadence.tools.inspect:inspect_command",
+    "ui": "cadence.ui.server:ui_command",
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="cadence", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("train", help="train (or resume) the job described by CONFIG")
+    p.add_argument("config")
+    p = sub.add_parser("validate", help="print the resolved config or every error in it")
+    p.add_argument("config")
+    p = sub.add_parser("cache", help="encode VAE latents and text embeddings for CONFIG's datasets")
+    p.add_argument("config")
+    p = sub.add_parser("tiny-model", help="write a tiny random-weight Diffusers pipeline folder")
+    p.add_argument("dir")
+    p.add_argument("--arch", default="wan22_14b_i2v")
+    p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("demo", help="tiny model + synthetic clips: validate, cache and train")
+    p.add_argument("--out", default="demo_output")
+    p.add_argument("--steps", type=int, default=None)
+    p = sub.add_parser("analyze", help="weight/loss health report of a run folder")
+    p.add_argument("run_dir")
+    p.add_argument("--json", action="store_true")
+    p.add_argument("--preset", default=None)
+    p = sub.add_parser("ema-merge", help="post-hoc EMA over LoRA checkpoints")
+    p.add_argument("files", nargs="+")
+    p.add_argument("--output", required=True)
+    p.add_argument("--beta", type=float, default=None)
+    p.add_argument("--beta2", type=float, default=None)
+    p.add_argument("--sigma-rel", type=float, default=None)
+    p = sub.add_parser("convert", help="convert a LoRA file between ComfyUI and diffusers layouts")
+    p.add_argument("input")
+    p.add_argument("output")
+    p.add_argument("--to", required=True, choices=["comfyui", "diffusers"])
+    p = sub.add_parser("inspect", help="rank, alpha, targets, magnitudes and metadata of a LoRA file")
+    p.add_argument("file")
+    p.add_argument("--json", action="store_true")
+    p = sub.add_parser("ui", help="web UI for queueing and watching jobs")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8675)
+    p.add_argument("--home", default=None)
+    return parser
+
+
+def resolve_handler(command: str) -> Callable[[argparse.Namespace], int]:
+    module_name, func_name = HANDLERS[command].split(":")
+    return getattr(importlib.import_module(module_name), func_name)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    return int(resolve_handler(args.command)(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

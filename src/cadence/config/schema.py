@@ -1,0 +1,259 @@
+"""Typed job configuration.
+
+Field names and meanings follow the seed trainer (ai-toolkit and its Relaxis fork) so that a user's
+existing config runs. Every model forbids unknown keys; the loader turns pydantic's errors into messages
+with dotted paths and "did you mean" suggestions. Keys the seed accepts but Cadence does not implement
+yet are listed in `unsupported.py`, never silently accepted here.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+ExpertName = Literal["high_noise", "low_noise"]
+Arch = Literal["wan21", "wan21_i2v", "wan22_14b", "wan22_14b_i2v", "wan22_5b"]
+DType = Literal["fp32", "float32", "fp16", "float16", "bf16", "bfloat16"]
+
+
+class Strict(BaseModel):
+    """Base for every config section: unknown keys are errors, values are validated on assignment."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------------------------- network
+class ExitCriteria(Strict):
+    """All criteria must hold to leave a phase (the seed's rule). None disables a criterion."""
+
+    loss_improvement_rate_below: float | None = Field(None, ge=0)
+    min_gradient_stability: float | None = Field(None, ge=0, le=1)
+    min_loss_r2: float | None = Field(None, ge=0, le=1)
+    max_loss_cv: float = Field(0.5, gt=0)
+    advisory: list[Literal["min_loss_r2", "min_gradient_stability", "max_loss_cv"]] = Field(
+        default_factory=list,
+        description="criteria that are logged but do not block a transition",
+    )
+
+
+class AlphaPhase(Strict):
+    alpha: float = Field(gt=0)
+    min_steps: int = Field(0, ge=0)
+    exit_criteria: ExitCriteria | None = None
+
+
+class ExpertAlphaSchedule(Strict):
+    """Per-expert override of the phase list (seed: `per_expert: {high_noise: {...}}`)."""
+
+    conv_alpha_phases: dict[str, AlphaPhase] | None = None
+    alpha_phases: dict[str, AlphaPhase] | None = None
+
+
+class AlphaSchedule(Strict):
+    enabled: bool = False
+    preset: Literal["video", "image"] | None = None
+    linear_alpha: float | None = Field(None, gt=0)
+    conv_alpha_phases: dict[str, AlphaPhase] | None = None
+    alpha_phases: dict[str, AlphaPhase] | None = None
+    per_expert: dict[ExpertName, ExpertAlphaSchedule] | None = None
+    window: int = Field(200, ge=20, description="loss window (steps) for trend statistics")
+
+
+class NetworkKwargs(Strict):
+    only_if_contains: list[str] = Field(default_factory=list)
+    ignore_if_contains: list[str] = Field(default_factory=list)
+    include_patterns: list[str] = Field(default_factory=list)
+    exclude_patterns: list[str] = Field(default_factory=list)
+    rank_dropout: float = Field(0.0, ge=0, lt=1)
+    module_dropout: float = Field(0.0, ge=0, lt=1)
+    loraplus_lr_ratio: float | None = Field(None, gt=0)
+
+
+class NetworkConfig(Strict):
+    type: Literal["lora"] = "lora"
+    linear: int = Field(16, ge=1, description="rank of Linear adapters")
+    linear_alpha: float | None = Field(None, gt=0, description="alpha of Linear adapters (default: rank)")
+    conv: int | None = Field(None, ge=1)
+    conv_alpha: float | None = Field(None, gt=0)
+    dropout: float = Field(0.0, ge=0, lt=1)
+    network_kwargs: NetworkKwargs = Field(default_factory=NetworkKwargs)
+    alpha_schedule: AlphaSchedule | None = None
+
+    @property
+    def resolved_linear_alpha(self) -> float:
+        return float(self.linear_alpha if self.linear_alpha is not None else self.linear)
+
+    @property
+    def resolved_conv_alpha(self) -> float | None:
+        if self.conv is None:
+            return None
+        return float(self.conv_alpha if self.conv_alpha is not None else self.conv)
+
+
+# ------------------------------------------------------------------------------------------------ save
+class SaveConfig(Strict):
+    dtype: DType = "float16"
+    format: Literal["comfyui", "diffusers"] = "comfyui"
+    save_every: int = Field(250, ge=1)
+    max_step_saves_to_keep: int = Field(4, ge=1)
+
+
+# -------------------------------------------------------------------------------------------- datasets
+class DatasetConfig(Strict):
+    folder_path: Path
+    caption_ext: str = "txt"
+    default_caption: str | None = None
+    caption_dropout_rate: float = Field(0.05, ge=0, le=1)
+    resolution: list[int] = Field(default_factory=lambda: [512])
+    max_pixels_per_frame: int | None = Field(None, ge=64 * 64)
+    num_frames: int = Field(1, ge=1)
+    shrink_video_to_frames: bool = True
+    fps: float = Field(16, gt=0)
+    do_i2v: bool = True
+    cache_latents_to_disk: bool = False
+    cache_latents: bool = False
+    num_repeats: int = Field(1, ge=1)
+    is_eval: bool = False
+
+    @field_validator("resolution", mode="before")
+    @classmethod
+    def _scalar_resolution(cls, value: object) -> object:
+        return [value] if isinstance(value, int) else value
+
+    @field_validator("resolution")
+    @classmethod
+    def _positive_resolution(cls, value: list[int]) -> list[int]:
+        if not value or any(r < 64 for r in value):
+            raise ValueError("resolution must be a non-empty list of sizes >= 64 (e.g. [512])")
+        return value
+
+    @field_validator("num_frames")
+    @classmethod
+    def _frames_4k_plus_1(cls, value: int) -> int:
+        if value != 1 and (value - 1) % 4 != 0:
+            lower, upper = ((value - 1) // 4) * 4 + 1, ((value - 1) // 4 + 1) * 4 + 1
+            raise ValueError(f"num_frames must be 1 or of the form 4k+1 (Wan's VAE); try {lower} or {upper}")
+        return value
+
+    @field_validator("caption_ext")
+    @classmethod
+    def _strip_dot(cls, value: str) -> str:
+        return value.lstrip(".")
+
+
+# ----------------------------------------------------------------------------------------------- train
+class TrainConfig(Strict):
+    steps: int = Field(1000, ge=1)
+    batch_size: int = Field(1, ge=1)
+    gradient_accumulation: int = Field(1, ge=1)
+    lr: float = Field(1e-4, gt=0)
+    optimizer: Literal["adamw", "adamw8bit", "prodigy", "adamw_schedulefree", "automagic"] = "adamw"
+    optimizer_params: dict[str, float | int | bool | str | list[float]] = Field(default_factory=dict)
+    lr_scheduler: Literal["constant", "cosine", "linear"] = "constant"
+    lr_warmup_steps: int = Field(0, ge=0)
+    lr_scheduler_params: dict[str, float | int] = Field(default_factory=dict)
+    max_grad_norm: float = Field(1.0, ge=0, description="0 disables clipping")
+    dtype: DType = "bf16"
+    gradient_checkpointing: bool = True
+    noise_scheduler: Literal["flowmatch"] = "flowmatch"
+    timestep_type: Literal["uniform", "linear", "sigmoid", "shift", "logit_normal"] = "sigmoid"
+    flow_shift: float = Field(3.0, gt=0, description="shift for timestep_type: shift")
+    switch_boundary_every: int = Field(1, ge=1)
+    seed: int = 42
+    cache_text_embeddings: bool = False
+    disable_sampling: bool = False
+    max_nan_steps: int = Field(20, ge=1, description="consecutive non-finite losses before the run stops")
+    log_every: int = Field(50, ge=1, description="steps between summary lines in log.txt")
+
+
+# ----------------------------------------------------------------------------------------------- model
+class ModelKwargs(Strict):
+    train_high_noise: bool = True
+    train_low_noise: bool = True
+    boundary_ratio: float | None = Field(None, gt=0, lt=1)
+
+
+class ModelConfig(Strict):
+    name_or_path: str
+    arch: Arch
+    revision: str | None = None
+    quantize: bool = False
+    qtype: str = "qfloat8"
+    quantize_te: bool = False
+    qtype_te: str = "qfloat8"
+    low_vram: bool = False
+    model_kwargs: ModelKwargs = Field(default_factory=ModelKwargs)
+
+
+# ---------------------------------------------------------------------------------------------- sample
+class SamplePrompt(Strict):
+    prompt: str
+    ctrl_img: Path | None = None
+    network_multiplier: float = 1.0
+    seed: int | None = None
+
+
+class SampleConfig(Strict):
+    sampler: str = "flowmatch"
+    sample_every: int = Field(250, ge=1)
+    sample_start_step: int = Field(0, ge=0)
+    skip_first_sample: bool = False
+    width: int = Field(832, ge=16)
+    height: int = Field(480, ge=16)
+    num_frames: int = Field(33, ge=1)
+    fps: int | None = Field(None, ge=1)
+    sample_steps: int = Field(25, ge=1)
+    guidance_scale: float = 5.0
+    guidance_scale_2: float | None = None
+    flow_shift: float | None = None
+    neg: str = ""
+    seed: int = 42
+    walk_seed: bool = True
+    samples: list[SamplePrompt] = Field(default_factory=list)
+    prompts: list[str] = Field(default_factory=list)
+
+
+# --------------------------------------------------------------------------------------------- logging
+class LoggingConfig(Strict):
+    log_every: int = Field(1, ge=1, description="steps between metrics lines")
+    tensorboard: bool = True
+    verbose: bool = False
+
+
+# ----------------------------------------------------------------------------------------------- job
+class JobConfig(Strict):
+    """One training process, resolved from either the seed layout or the flat layout."""
+
+    name: str
+    training_folder: Path = Path("output")
+    device: str = "auto"
+    trigger_word: str | None = None
+    network: NetworkConfig = Field(default_factory=NetworkConfig)
+    save: SaveConfig = Field(default_factory=SaveConfig)
+    datasets: list[DatasetConfig] = Field(default_factory=list)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    model: ModelConfig
+    sample: SampleConfig = Field(default_factory=SampleConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @field_validator("name")
+    @classmethod
+    def _safe_name(cls, value: str) -> str:
+        if not value or any(c in value for c in "/\\\0") or value in {".", ".."}:
+            raise ValueError("name must be a plain file name (no slashes), e.g. my_motion_lora")
+        return value
+
+    @model_validator(mode="after")
+    def _some_expert_trained(self) -> JobConfig:
+        kw = self.model.model_kwargs
+        if not (kw.train_high_noise or kw.train_low_noise):
+            raise ValueError(
+                "model.model_kwargs: train_high_noise and train_low_noise are both false; nothing to train"
+            )
+        return self
+
+    @property
+    def run_dir(self) -> Path:
+        return self.training_folder / self.name

@@ -15,6 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 ExpertName = Literal["high_noise", "low_noise"]
 Arch = Literal["wan21", "wan21_i2v", "wan22_14b", "wan22_14b_i2v", "wan22_5b"]
+I2V_ONLY_ARCHS = frozenset({"wan21_i2v", "wan22_14b_i2v"})
+T2V_ONLY_ARCHS = frozenset({"wan21", "wan22_14b"})
 DType = Literal["fp32", "float32", "fp16", "float16", "bf16", "bfloat16"]
 
 
@@ -73,8 +75,13 @@ class NetworkKwargs(Strict):
 
 class NetworkConfig(Strict):
     type: Literal["lora"] = "lora"
-    linear: int = Field(16, ge=1, description="rank of Linear adapters")
-    linear_alpha: float | None = Field(None, gt=0, description="alpha of Linear adapters (default: rank)")
+    linear: int = Field(4, ge=1, description="rank of Linear adapters (seed synonym: rank)")
+    linear_alpha: float | None = Field(
+        None,
+        gt=0,
+        description="alpha of Linear adapters; Cadence default: the rank (the seed defaulted to 1.0); "
+        "seed synonym: alpha",
+    )
     conv: int | None = Field(None, ge=1)
     conv_alpha: float | None = Field(None, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
@@ -96,8 +103,8 @@ class NetworkConfig(Strict):
 class SaveConfig(Strict):
     dtype: DType = "float16"
     format: Literal["comfyui", "diffusers"] = "comfyui"
-    save_every: int = Field(250, ge=1)
-    max_step_saves_to_keep: int = Field(4, ge=1)
+    save_every: int = Field(1000, ge=1)
+    max_step_saves_to_keep: int = Field(5, ge=1)
 
 
 # -------------------------------------------------------------------------------------------- datasets
@@ -105,13 +112,16 @@ class DatasetConfig(Strict):
     folder_path: Path
     caption_ext: str = "txt"
     default_caption: str | None = None
-    caption_dropout_rate: float = Field(0.05, ge=0, le=1)
+    caption_dropout_rate: float = Field(0.0, ge=0, le=1)
     resolution: list[int] = Field(default_factory=lambda: [512])
     max_pixels_per_frame: int | None = Field(None, ge=64 * 64)
     num_frames: int = Field(1, ge=1)
     shrink_video_to_frames: bool = True
-    fps: float = Field(16, gt=0)
-    do_i2v: bool = True
+    fps: float = Field(16, gt=0, description="frame rate used when shrink_video_to_frames is false")
+    do_i2v: bool | None = Field(
+        None,
+        description="train image-to-video; resolved from model.arch when unset (always a bool after loading)",
+    )
     cache_latents_to_disk: bool = False
     cache_latents: bool = False
     num_repeats: int = Field(1, ge=1)
@@ -148,14 +158,14 @@ class TrainConfig(Strict):
     steps: int = Field(1000, ge=1)
     batch_size: int = Field(1, ge=1)
     gradient_accumulation: int = Field(1, ge=1)
-    lr: float = Field(1e-4, gt=0)
+    lr: float = Field(1e-6, gt=0)
     optimizer: Literal["adamw", "adamw8bit", "prodigy", "adamw_schedulefree", "automagic"] = "adamw"
     optimizer_params: dict[str, float | int | bool | str | list[float]] = Field(default_factory=dict)
     lr_scheduler: Literal["constant", "cosine", "linear"] = "constant"
     lr_warmup_steps: int = Field(0, ge=0)
     lr_scheduler_params: dict[str, float | int] = Field(default_factory=dict)
     max_grad_norm: float = Field(1.0, ge=0, description="0 disables clipping")
-    dtype: DType = "bf16"
+    dtype: DType = "fp32"
     gradient_checkpointing: bool = True
     noise_scheduler: Literal["flowmatch"] = "flowmatch"
     timestep_type: Literal["uniform", "linear", "sigmoid", "shift", "logit_normal"] = "sigmoid"
@@ -189,28 +199,37 @@ class ModelConfig(Strict):
 
 # ---------------------------------------------------------------------------------------------- sample
 class SamplePrompt(Strict):
+    """One sample; unset per-item values fall back to the sample section (the seed's SampleItem)."""
+
     prompt: str
     ctrl_img: Path | None = None
     network_multiplier: float = 1.0
     seed: int | None = None
+    width: int | None = Field(None, ge=16)
+    height: int | None = Field(None, ge=16)
+    num_frames: int | None = Field(None, ge=1)
+    fps: int | None = Field(None, ge=1)
+    neg: str | None = None
+    guidance_scale: float | None = None
+    sample_steps: int | None = Field(None, ge=1)
 
 
 class SampleConfig(Strict):
     sampler: str = "flowmatch"
-    sample_every: int = Field(250, ge=1)
+    sample_every: int = Field(100, ge=1)
     sample_start_step: int = Field(0, ge=0)
     skip_first_sample: bool = False
-    width: int = Field(832, ge=16)
-    height: int = Field(480, ge=16)
-    num_frames: int = Field(33, ge=1)
-    fps: int | None = Field(None, ge=1)
-    sample_steps: int = Field(25, ge=1)
-    guidance_scale: float = 5.0
+    width: int = Field(512, ge=16)
+    height: int = Field(512, ge=16)
+    num_frames: int = Field(1, ge=1)
+    fps: int | None = Field(16, ge=1)
+    sample_steps: int = Field(20, ge=1)
+    guidance_scale: float = 7.0
     guidance_scale_2: float | None = None
     flow_shift: float | None = None
     neg: str = ""
-    seed: int = 42
-    walk_seed: bool = True
+    seed: int = 0
+    walk_seed: bool = False
     samples: list[SamplePrompt] = Field(default_factory=list)
     prompts: list[str] = Field(default_factory=list)
 
@@ -252,6 +271,25 @@ class JobConfig(Strict):
             raise ValueError(
                 "model.model_kwargs: train_high_noise and train_low_noise are both false; nothing to train"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _resolve_do_i2v(self) -> JobConfig:
+        """Unset do_i2v follows the arch; a value the arch cannot honour is an error (the seed ignored it)."""
+        arch = self.model.arch
+        for i, ds in enumerate(self.datasets):
+            if ds.do_i2v is None:
+                ds.do_i2v = arch in I2V_ONLY_ARCHS
+            elif ds.do_i2v and arch in T2V_ONLY_ARCHS:
+                raise ValueError(
+                    f"datasets[{i}].do_i2v is true but model.arch {arch!r} is text-to-video only; "
+                    "use an I2V arch (wan21_i2v, wan22_14b_i2v, wan22_5b) or set do_i2v: false"
+                )
+            elif not ds.do_i2v and arch in I2V_ONLY_ARCHS:
+                raise ValueError(
+                    f"datasets[{i}].do_i2v is false but model.arch {arch!r} is image-to-video only; "
+                    "remove do_i2v or set it to true"
+                )
         return self
 
     @property

@@ -1,0 +1,205 @@
+"""Seed-trainer spellings accepted by Cadence, in one mapping.
+
+The seed trainer (ai-toolkit) reads some settings under older or alternative names; a user's existing
+config should run unchanged, so these are renamed to Cadence's key before validation. Errors on a renamed
+key still name the key the user wrote. Keys here are patterns: `section.key`, with `[]` marking a list
+(`datasets[].caption_type` = that key in every dataset); a key without a section is at the process level.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from types import UnionType
+from typing import Any, Union, get_args, get_origin
+
+from pydantic import BaseModel
+
+# seed key -> Cadence key (same list item for `[]` patterns; otherwise the target section may differ)
+SYNONYMS: dict[str, str] = {
+    "network.rank": "network.linear",
+    "network.alpha": "network.linear_alpha",
+    "train.gradient_accumulation_steps": "train.gradient_accumulation",
+    "train.skip_first_sample": "sample.skip_first_sample",
+    "training_seed": "train.seed",
+    "save.save_dtype": "save.dtype",
+    "datasets[].caption_type": "datasets[].caption_ext",
+}
+
+# values the seed matches case-insensitively or under an alias: key pattern -> {seed value: Cadence value}
+VALUE_ALIASES: dict[str, dict[str, str]] = {
+    "train.optimizer": {"adamw8": "adamw8bit"},
+    "train.lr_scheduler": {},
+    "train.noise_scheduler": {},
+    "network.type": {},
+}
+
+Parts = tuple[str | int, ...]
+
+
+def split_pattern(pattern: str) -> tuple[str, str]:
+    """'datasets[].caption_type' -> ('datasets[]', 'caption_type'); 'training_seed' -> ('', 'training_seed')."""
+    section, _, key = pattern.rpartition(".")
+    return section, key
+
+
+def pattern_of(parts: Parts) -> str:
+    """('datasets', 0, 'folder_path') -> 'datasets[].folder_path' (the pattern form used in the registries)."""
+    text = ""
+    for part in parts:
+        if isinstance(part, int):
+            text += "[]"
+        else:
+            text += f".{part}" if text else part
+    return text
+
+
+def iter_sections(body: dict[str, Any], section: str) -> Iterator[tuple[dict[str, Any], Parts]]:
+    """Yield every dict matching a section pattern (e.g. 'sample.samples[]') with its concrete path."""
+    nodes: list[tuple[Any, Parts]] = [(body, ())]
+    for name in [p for p in section.split(".") if p]:
+        is_list = name.endswith("[]")
+        key = name[:-2] if is_list else name
+        nxt: list[tuple[Any, Parts]] = []
+        for node, parts in nodes:
+            if not isinstance(node, dict) or key not in node:
+                continue
+            child = node[key]
+            if is_list:
+                if isinstance(child, list):
+                    nxt.extend((item, (*parts, key, i)) for i, item in enumerate(child))
+            else:
+                nxt.append((child, (*parts, key)))
+        nodes = nxt
+    for node, parts in nodes:
+        if isinstance(node, dict):
+            yield node, parts
+
+
+def synonyms_for(section: str) -> list[str]:
+    """Seed spellings valid in a section pattern, for 'did you mean' suggestions."""
+    return [split_pattern(p)[1] for p in SYNONYMS if split_pattern(p)[0] == section]
+
+
+def _target_node(body: dict[str, Any], node: dict[str, Any], src_section: str, dst_section: str) -> Any:
+    if dst_section == src_section:
+        return node
+    target: Any = body
+    for name in [p for p in dst_section.split(".") if p]:
+        if not isinstance(target, dict):
+            return None
+        target = target.setdefault(name, {})
+    return target
+
+
+def apply_synonyms(body: dict[str, Any]) -> tuple[list[tuple[Parts, str]], dict[Parts, Parts]]:
+    """Rename seed spellings in place. Returns (issues, renamed: Cadence path -> path the user wrote)."""
+    issues: list[tuple[Parts, str]] = []
+    renamed: dict[Parts, Parts] = {}
+    for src, dst in SYNONYMS.items():
+        src_section, src_key = split_pattern(src)
+        dst_section, dst_key = split_pattern(dst)
+        for node, parts in list(iter_sections(body, src_section)):
+            if src_key not in node:
+                continue
+            target = _target_node(body, node, src_section, dst_section)
+            user_parts = (*parts, src_key)
+            if not isinstance(target, dict):
+                continue  # the target section has the wrong type; validation reports it
+            value = node.pop(src_key)
+            if dst_key in target and target[dst_key] != value:
+                issues.append(
+                    (
+                        user_parts,
+                        f"'{src_key}' is the seed's spelling of '{dst}' and both are set to different "
+                        f"values ({value!r} vs {target[dst_key]!r}); keep only '{dst_key}'",
+                    )
+                )
+                continue
+            target[dst_key] = value
+            dst_parts = parts + (dst_key,) if dst_section == src_section else tuple(dst.split("."))
+            renamed[dst_parts] = user_parts
+    _normalize_values(body)
+    return issues, renamed
+
+
+def _normalize_values(body: dict[str, Any]) -> None:
+    for pattern, aliases in VALUE_ALIASES.items():
+        section, key = split_pattern(pattern)
+        for node, _ in iter_sections(body, section):
+            value = node.get(key)
+            if isinstance(value, str):
+                lowered = value.strip().lower()
+                node[key] = aliases.get(lowered, lowered)
+
+
+# ------------------------------------------------------------------ where keys live in the schema
+def _unwrap(annotation: Any) -> Any:
+    """Strip Optional[...] and list[...] so the walk lands on the model or dict inside."""
+    while True:
+        args = [a for a in get_args(annotation) if a is not type(None)]
+        origin = get_origin(annotation)
+        if origin in (Union, UnionType) and len(args) == 1:
+            annotation = args[0]
+        elif origin in (list, tuple):
+            annotation = args[0]
+        else:
+            return annotation
+
+
+def _is_model(annotation: Any) -> bool:
+    return isinstance(annotation, type) and issubclass(annotation, BaseModel)
+
+
+def section_model(parts: Parts | list[str]) -> type[BaseModel] | None:
+    """The config model at a path (list indices ignored, dict keys followed), or None if not a section."""
+    from cadence.config.schema import JobConfig
+
+    annotation: Any = JobConfig
+    for part in parts:
+        if isinstance(part, int):
+            continue
+        name = part[:-2] if part.endswith("[]") else part
+        annotation = _unwrap(annotation)
+        if _is_model(annotation):
+            field = annotation.model_fields.get(name)
+            if field is None:
+                return None
+            annotation = field.annotation
+        elif get_origin(annotation) is dict:
+            annotation = get_args(annotation)[1]
+        else:
+            return None
+    annotation = _unwrap(annotation)
+    return annotation if _is_model(annotation) else None
+
+
+def clean_loc(loc: tuple[str | int, ...]) -> tuple[Parts, list[str]]:
+    """Drop pydantic's union-member tags from an error location; returns (path, dropped tags)."""
+    from cadence.config.schema import JobConfig
+
+    out: list[str | int] = []
+    tags: list[str] = []
+    annotation: Any = JobConfig
+    for part in loc:
+        while True:  # Optional[X] -> X without consuming a loc element
+            args = [a for a in get_args(annotation) if a is not type(None)]
+            if get_origin(annotation) in (Union, UnionType) and len(args) == 1:
+                annotation = args[0]
+            else:
+                break
+        origin = get_origin(annotation)
+        if origin in (Union, UnionType):
+            tags.append(str(part))
+            annotation = None
+            continue
+        out.append(part)
+        if _is_model(annotation) and isinstance(part, str):
+            field = annotation.model_fields.get(part)
+            annotation = field.annotation if field is not None else None
+        elif origin in (list, tuple) and get_args(annotation):
+            annotation = get_args(annotation)[0]
+        elif origin is dict:
+            annotation = get_args(annotation)[1]
+        else:
+            annotation = None
+    return tuple(out), tags

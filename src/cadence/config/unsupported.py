@@ -1,0 +1,301 @@
+"""The one registry of seed-trainer settings that Cadence does not implement yet.
+
+A user's ai-toolkit config must never have a setting silently ignored: each entry here is refused with
+"not supported yet" and what to do. A setting left at the seed's inert default (e.g. `flip_x: false`,
+`train_text_encoder: false`) changes nothing in the seed either, so it is accepted and dropped.
+Entries on keys that Cadence's schema has (e.g. `model.quantize`) refuse only the listed values.
+Later work that implements a feature deletes its entry (and adds the field to schema.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from cadence.config.compat import Parts, iter_sections, section_model, split_pattern
+
+_REFUSE_ANY = object()  # no value is inert: the key itself is refused
+
+
+@dataclass(frozen=True)
+class Unsupported:
+    key: str  # pattern, e.g. "train.noise_offset" or "datasets[].flip_x"
+    reason: str
+    inert: Any = _REFUSE_ANY  # a value that is a no-op in the seed, accepted and dropped
+    accepts: Callable[[Any], bool] | None = field(default=None, compare=False)  # overrides `inert`
+    source: str = "ai-toolkit"
+
+    def allows(self, value: Any) -> bool:
+        if self.accepts is not None:
+            return self.accepts(value)
+        if self.inert is _REFUSE_ANY:
+            return False
+        return _same(value, self.inert)
+
+    @property
+    def action(self) -> str:
+        if self.inert is _REFUSE_ANY or self.accepts is not None:
+            return "remove it"
+        return f"remove it (or set it to {_show(self.inert)})"
+
+
+def _same(value: Any, inert: Any) -> bool:
+    if inert is None:
+        return value is None or value == "" or value == [] or value == {}
+    if isinstance(inert, bool) or isinstance(value, bool):
+        return value is inert
+    if isinstance(inert, int | float) and isinstance(value, int | float):
+        return float(value) == float(inert)
+    return bool(value == inert)
+
+
+def _show(value: Any) -> str:
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return value
+    return repr(value)
+
+
+def _ema_off(value: Any) -> bool:
+    return value is None or (isinstance(value, dict) and not value.get("use_ema", False))
+
+
+def _not_in(*values: str) -> Callable[[Any], bool]:
+    refused = set(values)
+    return lambda v: not (isinstance(v, str) and v.lower() in refused)
+
+
+U = Unsupported
+_PERF = "a GPU performance feature planned for later"
+_NO_AUG = "data augmentation is not implemented"
+_NO_CTRL = "control/mask/reference inputs are not implemented"
+
+REGISTRY: list[Unsupported] = [
+    # ---------------------------------------------------------------- process level
+    U("performance_log_every", "per-phase timing logs are not implemented", 0),
+    U("log_dir", "TensorBoard logs always go to {run_dir}/tensorboard", None),
+    U("embedding", "textual-inversion embeddings are not trained by Cadence", None),
+    U("adapter", "IP/T2I/control adapters are not trained by Cadence", None),
+    U("decorator", "decorator training is not implemented", None),
+    U("guidance", "guidance training is not implemented", None),
+    U("do_lorm", "LoRM is not implemented", False),
+    U("torch_profiler", "use `python -m torch.utils.bottleneck` or a profiler outside Cadence", False),
+    # ---------------------------------------------------------------- network
+    U("network.type", "only type 'lora' is implemented (LoKr/LoHa/LoCon/LoRM later)",
+      accepts=_not_in("lokr", "loha", "locon", "lorm")),
+    U("network.lokr_full_rank", "LoKr is not implemented", True),
+    U("network.lokr_factor", "LoKr is not implemented", -1),
+    U("network.old_lokr_format", "LoKr is not implemented", False),
+    U("network.lorm", "LoRM is not implemented", None),
+    U("network.transformer_only", "Cadence trains transformer adapters only", True),
+    U("network.split_multistage_loras", "Cadence always trains one adapter per expert", True),
+    U("network.layer_offloading", _PERF, False),
+    U("network.pretrained_lora_path", "starting from an existing LoRA is not implemented", None),
+    U("network.all_layers", "only Linear/Conv layers get adapters", False),
+    U("network.normalize", "weight normalization of adapters is not implemented", False),
+    # ---------------------------------------------------------------- train
+    U("train.ema_config", "in-training EMA is not implemented; use `cadence ema-merge` on saved checkpoints",
+      accepts=_ema_off),
+    U("train.noise_offset", "noise offset is not implemented (and rarely helps flow matching)", 0.0),
+    U("train.dynamic_noise_offset", "noise offset is not implemented", False),
+    U("train.min_snr_gamma", "Wan uses flow matching; min-SNR weighting is for DDPM", None),
+    U("train.snr_gamma", "Wan uses flow matching; SNR weighting is for DDPM", None),
+    U("train.train_text_encoder", "only the transformer is trained", False),
+    U("train.train_unet", "the transformer is always trained", True),
+    U("train.unet_lr", "set train.lr", None),
+    U("train.text_encoder_lr", "the text encoder is not trained; set train.lr", None),
+    U("train.content_or_style", "timestep biasing by content/style is not implemented; use timestep_type",
+      "balanced"),
+    U("train.loss_type", "only the MSE flow-matching loss is implemented", "mse"),
+    U("train.timestep_type", "this timestep distribution is not implemented",
+      accepts=_not_in("weighted", "flux_shift", "lumina2_shift", "lognorm_blend", "next_sample", "one_step")),
+    U("train.noise_scheduler", "Wan trains with flow matching only; use 'flowmatch'",
+      accepts=_not_in("ddpm", "ddim", "euler", "euler_a", "lms", "pndm", "lcm")),
+    U("train.optimizer", "this optimizer is not implemented; use adamw, adamw8bit, prodigy, "
+      "adamw_schedulefree or automagic",
+      accepts=_not_in("adam", "adam8", "adam8bit", "lion", "lion8bit", "adagrad", "adafactor",
+                      "ademamix8bit", "prodigy8bit", "dadaptation", "dadaptadam", "dadaptlion",
+                      "automagic2", "automagic3", "automagicexperiment")),
+    U("train.lr_scheduler", "this LR scheduler is not implemented; use constant, cosine or linear "
+      "(warmup: train.lr_warmup_steps)",
+      accepts=_not_in("cosine_with_restarts", "step", "constant_with_warmup", "polynomial")),
+    U("train.min_denoising_steps", "restricting the timestep range is not implemented", 0),
+    U("train.max_denoising_steps", "restricting the timestep range is not implemented", 999,
+      accepts=lambda v: v in (999, 1000)),
+    U("train.unload_text_encoder", "trigger-only training is not implemented; use cache_text_embeddings",
+      False),
+    U("train.xformers", "attention goes through diffusers' dispatcher (SDPA)", False),
+    U("train.sdp", "attention always uses SDPA", accepts=lambda v: isinstance(v, bool)),
+    U("train.attention_backend", _PERF, "native"),
+    U("train.compile", _PERF, False),
+    U("train.force_first_sample", "sampling during training is not supported yet", False),
+    U("train.weight_jitter", "weight jitter is not implemented", 0.0),
+    U("train.noise_multiplier", "noise scaling is not implemented", 1.0),
+    U("train.img_multiplier", "latent scaling is not implemented", 1.0),
+    U("train.random_noise_shift", "noise shifting is not implemented", 0.0),
+    U("train.prompt_dropout_prob", "use datasets[].caption_dropout_rate", 0.0),
+    U("train.short_and_long_captions", "JSON captions are not implemented", False),
+    U("train.single_item_batching", "use train.gradient_accumulation", False),
+    U("train.inverted_mask_prior", _NO_CTRL, False),
+    U("train.diff_output_preservation", "output preservation is not implemented", False),
+    U("train.blank_prompt_preservation", "output preservation is not implemented", False),
+    U("train.do_prior_divergence", "prior divergence is not implemented", False),
+    U("train.do_cfg", "CFG training is not implemented", False),
+    U("train.linear_timesteps", "use timestep_type", False),
+    U("train.linear_timesteps2", "use timestep_type", False),
+    U("train.standardize_images", "image standardization is not implemented", False),
+    U("train.standardize_latents", "latent standardization is not implemented", False),
+    U("train.start_step", "resume restores the step from the run folder", None),
+    U("train.merge_network_on_save", "saving merged weights is not implemented", False),
+    U("train.max_loss", "loss clipping is not implemented; non-finite losses stop the run "
+      "(train.max_nan_steps)", None),
+    U("train.validation_config", "use a dataset with is_eval: true", None),
+    U("train.do_paramiter_swapping", "parameter swapping is not implemented", False),
+    U("train.optimal_noise_pairing_samples", "noise pairing is not implemented", 1),
+    U("train.force_consistent_noise", "fixed per-item noise is not implemented", False),
+    # ---------------------------------------------------------------- model
+    U("model.quantize", "base-model quantization (qtype) is not implemented yet",
+      False),
+    U("model.quantize_te", "text-encoder quantization is not implemented yet", False),
+    U("model.assistant_lora_path", "assistant LoRAs are not implemented", None),
+    U("model.lora_path", "loading a LoRA into the base model is not implemented", None),
+    U("model.inference_lora_path", "inference LoRAs are not implemented", None),
+    U("model.accuracy_recovery_adapter", "accuracy recovery adapters need quantization", None),
+    U("model.compile", _PERF, False),
+    U("model.blocks_to_swap", _PERF, 0, source="musubi-tuner"),
+    U("model.layer_offloading", _PERF + "; low_vram offloads the idle expert", False),
+    U("model.auto_memory", _PERF, False),
+    U("model.split_model_over_gpus", "multi-GPU model splitting is not implemented", False),
+    U("model.dtype", "the base model is loaded in train.dtype"),
+    U("model.vae_path", "the VAE is loaded from name_or_path", None),
+    U("model.te_name_or_path", "the text encoder is loaded from name_or_path", None),
+    U("model.extras_name_or_path", "all components are loaded from name_or_path", None),
+    U("model.model_paths", "all components are loaded from name_or_path", None),
+    U("model.attn_masking", "attention masking is Flux-only in the seed", False),
+    # ---------------------------------------------------------------- save
+    U("save.push_to_hub", "uploading to the Hugging Face Hub is not implemented", False),
+    U("save.hf_repo_id", "uploading to the Hugging Face Hub is not implemented", None),
+    U("save.hf_private", "uploading to the Hugging Face Hub is not implemented",
+      accepts=lambda v: not v),
+    U("save.save_format", "LoRA files are always safetensors (see save.format for the key layout)",
+      "safetensors"),
+    # ---------------------------------------------------------------- datasets
+    U("datasets[].flip_x", _NO_AUG, False),
+    U("datasets[].flip_y", _NO_AUG, False),
+    U("datasets[].augments", _NO_AUG, None),
+    U("datasets[].augmentations", _NO_AUG, None),
+    U("datasets[].random_crop", _NO_AUG, False),
+    U("datasets[].random_scale", _NO_AUG, False),
+    U("datasets[].scale", _NO_AUG, 1.0),
+    U("datasets[].square_crop", "buckets keep the aspect ratio", False),
+    U("datasets[].shuffle_tokens", "caption token shuffling is not implemented", False),
+    U("datasets[].token_dropout_rate", "caption token dropout is not implemented", 0.0),
+    U("datasets[].keep_tokens", "caption token shuffling/dropout is not implemented", 0),
+    U("datasets[].random_triggers", "random triggers are not implemented", None),
+    U("datasets[].trigger_word", "use the process-level trigger_word", None),
+    U("datasets[].control_path", _NO_CTRL, None),
+    U("datasets[].mask_path", _NO_CTRL, None),
+    U("datasets[].alpha_mask", _NO_CTRL, False),
+    U("datasets[].inpaint_path", _NO_CTRL, None),
+    U("datasets[].clip_image_path", _NO_CTRL, None),
+    U("datasets[].controls", _NO_CTRL, None),
+    U("datasets[].is_reg", "regularization datasets are not implemented", False),
+    U("datasets[].prior_reg", "regularization datasets are not implemented", False),
+    U("datasets[].network_weight", "per-dataset network weight is not implemented", 1.0),
+    U("datasets[].loss_multiplier", "per-dataset loss weight is not implemented", 1.0),
+    U("datasets[].buckets", "Cadence always buckets by size", True),
+    U("datasets[].bucket_tolerance", "bucket sizes follow the model's spatial multiple", 64),
+    U("datasets[].auto_frame_count", "use num_frames", False),
+    U("datasets[].do_audio", "audio is not trained", False),
+    U("datasets[].cache_text_embeddings", "set train.cache_text_embeddings", False),
+    U("datasets[].cache_clip_vision_to_disk", "CLIP vision caching is not implemented", False),
+    U("datasets[].dataset_path", "use folder_path", None),
+    U("datasets[].type", "only image/video folder datasets are implemented", "image"),
+    U("datasets[].batch_size", "set train.batch_size", None),
+    U("datasets[].num_workers", "Cadence chooses data-loader workers", 2),
+    # ---------------------------------------------------------------- sample / logging
+    U("sample.network_multiplier", "set network_multiplier per sample", 1),
+    U("sample.guidance_rescale", "guidance rescale is not implemented", 0.0),
+    U("sample.format", "sample file formats are chosen by Cadence", accepts=lambda v: v in ("jpg", "webp")),
+    U("sample.refiner_start_at", "refiners are not implemented", 0.5),
+    U("sample.adapter_conditioning_scale", "adapters are not implemented", 1.0),
+    U("sample.samples[].ctrl_img_1", "use ctrl_img", None),
+    U("sample.samples[].ctrl_img_2", "multiple control images are not implemented", None),
+    U("sample.samples[].ctrl_img_3", "multiple control images are not implemented", None),
+    U("logging.use_wandb", "Weights & Biases logging is not implemented; metrics go to JSONL and TensorBoard",
+      False),
+    U("logging.project_name", "only used with use_wandb", accepts=lambda v: True),
+    U("logging.run_name", "only used with use_wandb", accepts=lambda v: True),
+    U("logging.use_ui_logger", "the Cadence UI reads the run folder", accepts=lambda v: isinstance(v, bool)),
+]
+
+
+def _has_prompts(sample: Any) -> bool:
+    if not isinstance(sample, dict):
+        return False
+    return bool(sample.get("samples")) or bool(sample.get("prompts"))
+
+
+def _sampling_rule(body: dict[str, Any]) -> list[tuple[Parts, str]]:
+    """Sampling is parsed and validated, but running it during training is not implemented."""
+    train = body.get("train")
+    disabled = isinstance(train, dict) and train.get("disable_sampling") is True
+    if disabled or not _has_prompts(body.get("sample")):
+        return []
+    return [(("sample",), "sampling during training is not supported yet; set train.disable_sampling: true "
+                    "(the sample section is still validated)")]
+
+
+# rules that look at more than one key; each returns (path, message) issues
+RULES: list[Callable[[dict[str, Any]], list[tuple[Parts, str]]]] = [_sampling_rule]
+
+
+def _in_schema(section: str, key: str) -> bool:
+    model = section_model([p for p in section.split(".") if p])
+    return model is not None and key in model.model_fields
+
+
+def message(entry: Unsupported, key: str, value: Any, in_schema: bool) -> str:
+    what = f"'{key}: {_show(value)}' is valid for" if in_schema else f"'{key}' is a valid"
+    noun = "" if in_schema else " key"
+    return f"{what} {entry.source}{noun} but not supported yet by Cadence: {entry.reason}; {entry.action}"
+
+
+def check_unsupported(body: dict[str, Any]) -> list[tuple[Parts, str]]:
+    """Refuse unsupported seed keys/values in place (refused and inert keys are removed from `body`)."""
+    issues: list[tuple[Parts, str]] = []
+    for entry in REGISTRY:
+        section, key = split_pattern(entry.key)
+        in_schema = _in_schema(section, key)
+        for node, parts in iter_sections(body, section):
+            if key not in node:
+                continue
+            value = node[key]
+            if entry.allows(value):
+                if not in_schema:
+                    node.pop(key)
+                continue
+            issues.append(((*parts, key), message(entry, key, value, in_schema)))
+            node.pop(key)
+    for rule in RULES:
+        issues.extend(rule(body))
+    return issues
+
+
+def registry_markdown() -> str:
+    """The registry as a Markdown table (docs/config.md embeds it; a test keeps them in sync)."""
+    rows = ["| key | accepted as a no-op | why not yet |", "|---|---|---|"]
+    for entry in REGISTRY:
+        if entry.accepts is not None:
+            inert = "see message"
+        elif entry.inert is _REFUSE_ANY:
+            inert = "—"
+        else:
+            inert = f"`{_show(entry.inert)}`"
+        source = "" if entry.source == "ai-toolkit" else f" ({entry.source})"
+        rows.append(f"| `{entry.key}`{source} | {inert} | {entry.reason} |")
+    return "\n".join(rows)

@@ -1,0 +1,67 @@
+"""`cadence validate CONFIG`: print the resolved config (every default filled) or every error in it."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import sys
+from pathlib import Path
+
+import yaml
+
+from cadence.config.errors import ConfigError, format_path
+from cadence.config.loader import load_config_dict, process_prefix, read_config_file
+from cadence.config.schema import JobConfig
+
+log = logging.getLogger(__name__)
+
+
+def dump_resolved(cfg: JobConfig) -> str:
+    """The resolved config as YAML in the flat layout; loading it back gives an equal JobConfig."""
+    data = cfg.model_dump(mode="json")
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, default_flow_style=False)
+
+
+def config_hash(cfg: JobConfig) -> str:
+    """Short fingerprint of the resolved config (stored in LoRA metadata and run folders)."""
+    canonical = json.dumps(cfg.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
+
+
+def filesystem_issues(cfg: JobConfig, prefix: str = "") -> list[tuple[str, str]]:
+    """Problems only the filesystem can show: dataset folders that are missing or not folders."""
+    issues = []
+    for i, ds in enumerate(cfg.datasets):
+        path = format_path(("datasets", i, "folder_path"), prefix)
+        if not ds.folder_path.exists():
+            issues.append((path, f"folder '{ds.folder_path}' does not exist; create it or fix the path"))
+        elif not ds.folder_path.is_dir():
+            issues.append((path, f"'{ds.folder_path}' is a file, expected a folder of media and captions"))
+    if not cfg.datasets:
+        issues.append((format_path(("datasets",), prefix), "no datasets; add at least one folder_path"))
+    return issues
+
+
+def check_config_file(path: str | Path) -> JobConfig:
+    """Load a config file and check the filesystem; raises ConfigError listing every problem."""
+    path = Path(path)
+    data = read_config_file(path)
+    cfg = load_config_dict(data, path)
+    issues = filesystem_issues(cfg, process_prefix(data))
+    if issues:
+        raise ConfigError(issues, path)
+    return cfg
+
+
+def validate_command(args: argparse.Namespace) -> int:
+    """Exit 0 with the resolved YAML on stdout, or exit 2 with the errors on stderr."""
+    try:
+        cfg = check_config_file(args.config)
+    except ConfigError as exc:
+        sys.stderr.write(f"{exc}\n")
+        return 2
+    sys.stdout.write(f"# resolved config ({args.config}), config hash {config_hash(cfg)}\n")
+    sys.stdout.write(dump_resolved(cfg))
+    return 0

@@ -1,0 +1,258 @@
+"""Typos, wrong types/ranges, seed synonyms and refusals, all reported at once with the user's paths."""
+
+from __future__ import annotations
+
+import pytest
+import yaml
+
+from cadence.config import ConfigError, load_config_dict
+from cadence.config.unsupported import REGISTRY
+
+
+def issues_of(data) -> dict[str, str]:
+    with pytest.raises(ConfigError) as err:
+        load_config_dict(data)
+    return dict(err.value.issues)
+
+
+def test_typo_suggests_closest_key(make_flat):
+    issues = issues_of(make_flat(train={"lrr": 1e-4, "disable_sampling": True}))
+    assert issues == {"train.lrr": "unknown key 'lrr' at train.lrr; did you mean 'lr'?"}
+
+
+def test_typo_paths_follow_seed_layout(make_flat, make_seed):
+    data = make_seed(make_flat(datasets=[{"folder_pth": "/x"}]))
+    issues = issues_of(data)
+    key = "config.process[0].datasets[0].folder_pth"
+    assert "did you mean 'folder_path'?" in issues[key]
+    assert "required key 'folder_path' is missing" in issues["config.process[0].datasets[0].folder_path"]
+
+
+def test_typo_inside_alpha_phase_and_synonym_suggestion(make_flat):
+    schedule = {"enabled": True, "conv_alpha_phases": {"foundation": {"alhpa": 8}}}
+    issues = issues_of(make_flat(network={"alpha_schedule": schedule}, train={
+        "gradient_acumulation_steps": 2, "disable_sampling": True}))
+    assert "did you mean 'alpha'?" in issues["network.alpha_schedule.conv_alpha_phases.foundation.alhpa"]
+    assert "did you mean 'gradient_accumulation_steps'?" in issues["train.gradient_acumulation_steps"]
+
+
+def test_unknown_key_without_close_match_lists_valid_keys(make_flat):
+    issues = issues_of(make_flat(logging={"zzz": 1}))
+    assert "valid keys here: log_every, tensorboard, verbose" in issues["logging.zzz"]
+
+
+def test_wrong_types_and_ranges_report_value_and_allowed(make_flat):
+    data = make_flat(
+        train={"lr": "fast", "steps": 0, "batch_size": 1.5, "disable_sampling": True, "optimizer": "sgd"},
+        datasets=[{"folder_path": "/x", "num_frames": 32, "caption_dropout_rate": 2, "resolution": "big"}],
+        model={"name_or_path": "m", "arch": "flux"},
+        network={"linear": 16, "linear_alpha": 0},
+    )
+    issues = issues_of(data)
+    assert issues["train.lr"] == "got 'fast'; expected a number"
+    assert issues["train.steps"] == "got 0; must be >= 1"
+    assert issues["train.batch_size"] == "got 1.5; expected a whole number"
+    assert "got 'sgd'; allowed values: 'adamw'" in issues["train.optimizer"]
+    assert "try 29 or 33" in issues["datasets[0].num_frames"]
+    assert issues["datasets[0].caption_dropout_rate"] == "got 2; must be <= 1"
+    assert "got 'flux'; allowed values: 'wan21'" in issues["model.arch"]
+    assert issues["network.linear_alpha"] == "got 0; must be > 0"
+    assert "datasets[0].resolution" in issues
+    assert len(issues) == 9  # every problem at once
+
+
+def test_str_is_a_readable_multiline_report(make_flat):
+    with pytest.raises(ConfigError) as err:
+        load_config_dict(make_flat(train={"lr": -1, "steps": -1, "disable_sampling": True}))
+    lines = str(err.value).splitlines()
+    assert lines[0] == "2 problems in the config:"
+    assert lines[1:] == ["  - train.steps: got -1; must be >= 1", "  - train.lr: got -1; must be > 0"]
+
+
+def test_seed_synonyms_are_renamed(make_flat):
+    cfg = load_config_dict(make_flat(
+        network={"rank": 32, "alpha": 8},
+        train={"gradient_accumulation_steps": 4, "skip_first_sample": True, "disable_sampling": True},
+        save={"save_dtype": "bf16"},
+        datasets=[{"folder_path": "/x", "caption_type": ".cap"}],
+        training_seed=7,
+    ))
+    assert (cfg.network.linear, cfg.network.linear_alpha) == (32, 8)
+    assert cfg.train.gradient_accumulation == 4 and cfg.sample.skip_first_sample is True
+    assert cfg.save.dtype == "bf16" and cfg.datasets[0].caption_ext == "cap" and cfg.train.seed == 7
+
+
+def test_errors_on_synonyms_name_the_key_the_user_wrote(make_flat, make_seed):
+    issues = issues_of(make_seed(make_flat(train={"gradient_accumulation_steps": 0, "disable_sampling": True})))
+    assert issues == {"config.process[0].train.gradient_accumulation_steps": "got 0; must be >= 1"}
+
+
+def test_conflicting_synonyms_refused(make_flat):
+    issues = issues_of(make_flat(network={"rank": 8, "linear": 16}))
+    assert "keep only 'linear'" in issues["network.rank"]
+    # equal values are fine
+    assert load_config_dict(make_flat(network={"rank": 8, "linear": 8})).network.linear == 8
+
+
+def test_optimizer_names_case_insensitive(make_flat):
+    cfg = load_config_dict(make_flat(train={"optimizer": "AdamW8", "disable_sampling": True}))
+    assert cfg.train.optimizer == "adamw8bit"
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "reason"),
+    [
+        ("train", "min_snr_gamma", 5, "Wan uses flow matching; min-SNR weighting is for DDPM"),
+        ("train", "noise_offset", 0.1, "noise offset"),
+        ("train", "ema_config", {"use_ema": True, "ema_decay": 0.99}, "cadence ema-merge"),
+        ("train", "train_text_encoder", True, "only the transformer"),
+        ("train", "content_or_style", "style", "timestep biasing"),
+        ("train", "compile", True, "GPU performance"),
+        ("train", "attention_backend", "flash", "GPU performance"),
+        ("logging", "use_wandb", True, "Weights & Biases"),
+        ("save", "push_to_hub", True, "Hugging Face Hub"),
+        ("model", "assistant_lora_path", "ostris/adapter", "assistant LoRAs"),
+        ("model", "blocks_to_swap", 20, "GPU performance"),
+    ],
+)
+def test_unsupported_keys_refused(make_flat, section, key, value, reason):
+    data = make_flat(**{section: {key: value}})
+    data["train"]["disable_sampling"] = True
+    issues = issues_of(data)
+    message = issues[f"{section}.{key}"]
+    assert f"'{key}' is a valid" in message and "but not supported yet by Cadence" in message
+    assert reason in message
+
+
+@pytest.mark.parametrize("key", ["flip_x", "flip_y", "shuffle_tokens", "control_path"])
+def test_unsupported_dataset_keys_refused(make_flat, key):
+    value = "/ctrl" if key == "control_path" else True
+    issues = issues_of(make_flat(datasets=[{"folder_path": "/x"}, {"folder_path": "/y", key: value}]))
+    assert list(issues) == [f"datasets[1].{key}"]
+    assert "not supported yet by Cadence" in issues[f"datasets[1].{key}"]
+
+
+def test_token_dropout_refused_in_seed_layout(make_flat, make_seed):
+    issues = issues_of(make_seed(make_flat(datasets=[{"folder_path": "/x", "token_dropout_rate": 0.1}])))
+    assert "config.process[0].datasets[0].token_dropout_rate" in issues
+
+
+@pytest.mark.parametrize("kind", ["lokr", "loha", "locon", "LoKr"])
+def test_lycoris_types_refused_with_registry_message(make_flat, kind):
+    message = issues_of(make_flat(network={"type": kind}))["network.type"]
+    assert message.startswith(f"'type: {kind.lower()}' is valid for ai-toolkit but not supported yet by Cadence")
+
+
+def test_quantize_true_refused_false_accepted(make_flat):
+    message = issues_of(make_flat(model={"name_or_path": "m", "arch": "wan21", "quantize": True}))
+    assert "'quantize: true' is valid for ai-toolkit but not supported yet" in message["model.quantize"]
+    cfg = load_config_dict(make_flat(model={"name_or_path": "m", "arch": "wan22_14b_i2v", "quantize": False}))
+    assert cfg.model.quantize is False
+
+
+def test_inert_seed_values_accepted(make_flat):
+    cfg = load_config_dict(make_flat(
+        train={"train_unet": True, "train_text_encoder": False, "noise_offset": 0, "disable_sampling": True,
+               "ema_config": {"use_ema": False}},
+        datasets=[{"folder_path": "/x", "flip_x": False, "shuffle_tokens": False, "control_path": ""}],
+        save={"push_to_hub": False}, logging={"use_wandb": False},
+        performance_log_every=0,
+    ))
+    assert cfg.name == "t"
+
+
+def test_sampling_refused_unless_disabled(make_flat):
+    data = make_flat(sample={"prompts": ["a cat"]}, train={"disable_sampling": False})
+    assert issues_of(data) == {"sample": "sampling during training is not supported yet; set "
+                                         "train.disable_sampling: true (the sample section is still validated)"}
+    data["train"]["disable_sampling"] = True
+    assert load_config_dict(data).sample.prompts == ["a cat"]
+    # the section is still validated
+    data["sample"]["sample_steps"] = 0
+    assert "sample.sample_steps" in issues_of(data)
+
+
+def test_real_seed_wan22_config_refusals(make_seed):
+    """The seed's published Wan 2.2 example: inert keys pass, active unsupported features are refused."""
+    text = """
+job: extension
+config:
+  name: "my_first_wan22_14b_lora_v1"
+  process:
+    - type: 'sd_trainer'
+      training_folder: "output"
+      device: cuda:0
+      network: {type: "lora", linear: 32, linear_alpha: 32}
+      save: {dtype: float16, save_every: 250, max_step_saves_to_keep: 4}
+      datasets:
+        - folder_path: "/path/to/images/or/video/folder"
+          caption_ext: "txt"
+          caption_dropout_rate: 0.05
+          num_frames: 1
+          resolution: [ 512, 768, 1024]
+      train:
+        batch_size: 1
+        steps: 2000
+        gradient_accumulation: 1
+        train_unet: true
+        train_text_encoder: false
+        gradient_checkpointing: true
+        noise_scheduler: "flowmatch"
+        timestep_type: 'linear'
+        optimizer: "adamw8bit"
+        lr: 1e-4
+        optimizer_params: {weight_decay: 1e-4}
+        dtype: bf16
+        switch_boundary_every: 10
+        cache_text_embeddings: true
+      model:
+        name_or_path: "ai-toolkit/Wan2.2-T2V-A14B-Diffusers-bf16"
+        arch: 'wan22_14b'
+        quantize: true
+        qtype: "uint4|ostris/accuracy_recovery_adapters/wan22_14b_t2i_torchao_uint4.safetensors"
+        quantize_te: true
+        qtype_te: "qfloat8"
+        low_vram: true
+        model_kwargs: {train_high_noise: true, train_low_noise: true}
+      sample:
+        sampler: "flowmatch"
+        sample_every: 250
+        width: 1024
+        height: 1024
+        num_frames: 1
+        fps: 16
+        prompts: ["woman with red hair, playing chess at the park"]
+        neg: ""
+        seed: 42
+        walk_seed: true
+        guidance_scale: 3.5
+        sample_steps: 25
+meta: {name: "[name]", version: '1.0'}
+"""
+    issues = issues_of(yaml.safe_load(text))
+    p = "config.process[0]."
+    assert set(issues) == {p + "model.quantize", p + "model.quantize_te", p + "sample"}
+    data = yaml.safe_load(text)
+    proc = data["config"]["process"][0]
+    proc["model"].update(quantize=False, quantize_te=False)
+    proc["train"]["disable_sampling"] = True
+    cfg = load_config_dict(data)
+    assert cfg.datasets[0].resolution == [512, 768, 1024] and cfg.datasets[0].do_i2v is False
+
+
+def test_do_i2v_follows_arch_and_refuses_contradictions(make_flat):
+    assert load_config_dict(make_flat()).datasets[0].do_i2v is True  # wan22_14b_i2v
+    t2v = make_flat(model={"name_or_path": "m", "arch": "wan22_14b"})
+    assert load_config_dict(t2v).datasets[0].do_i2v is False
+    t2v["datasets"][0]["do_i2v"] = True
+    assert "text-to-video only" in str(issues_of(t2v))
+    i2v = make_flat(datasets=[{"folder_path": "/x", "do_i2v": False}])
+    assert "image-to-video only" in str(issues_of(i2v))
+    ti2v = make_flat(model={"name_or_path": "m", "arch": "wan22_5b"}, datasets=[{"folder_path": "/x"}])
+    assert load_config_dict(ti2v).datasets[0].do_i2v is False
+
+
+def test_registry_entries_are_well_formed():
+    keys = [e.key for e in REGISTRY]
+    assert len(keys) == len(set(keys))
+    assert all(e.reason and e.key for e in REGISTRY)

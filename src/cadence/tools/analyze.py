@@ -1,0 +1,224 @@
+"""`cadence analyze RUN_DIR`: weight, LR and loss health of a run, per expert and per checkpoint.
+
+Reads the run folder (LoRA checkpoints, metrics JSONL, config.yaml), measures each checkpoint's mean |ΔW|,
+runs the health rules of the chosen preset and recommends checkpoints to keep. Prints a table (or JSON
+with --json) and always writes `analysis.json` and a self-contained `analysis.html` into the run folder.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import ValidationError
+
+from cadence.atomic import atomic_write_text
+from cadence.networks.formats import load_lora_file
+from cadence.networks.magnitude import MagnitudeSummary, summarize
+from cadence.tools.health import (
+    HealthConfig,
+    HealthWarning,
+    Recommendation,
+    RunSeries,
+    active_thresholds,
+    build_series,
+    evaluate,
+    recommend,
+)
+from cadence.tools.report_html import render_html
+from cadence.tools.run_folder import RunData, load_run
+
+log = logging.getLogger(__name__)
+PRESET_CHOICES = ("motion", "character", "none")
+
+
+@dataclass
+class AnalysisReport:
+    run_dir: str
+    name: str
+    preset: str | None
+    experts: list[str]
+    thresholds: dict[str, float]
+    series: RunSeries
+    warnings: list[HealthWarning]
+    recommendations: list[Recommendation]
+    files: dict[int, dict[str, str]] = field(default_factory=dict)  # step -> expert -> file name
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON types only (no NaN: missing values are null)."""
+        checkpoints = []
+        for p in self.series.points:
+            experts = {}
+            for name, e in p.experts.items():
+                experts[name] = {
+                    "magnitude": e.magnitude,
+                    "growth": e.growth,
+                    **asdict(e.stats),
+                    "per_block": {str(k): v for k, v in e.per_block.items()},
+                    "file": self.files.get(p.step, {}).get(name),
+                }
+            checkpoints.append({"step": p.step, "weight_ratio": p.weight_ratio, "lr_ratio": p.lr_ratio,
+                                "eval_loss": p.eval_loss, "experts": experts})
+        return {
+            "run_dir": self.run_dir,
+            "name": self.name,
+            "preset": self.preset,
+            "experts": self.experts,
+            "thresholds": self.thresholds,
+            "checkpoints": checkpoints,
+            "warnings": [asdict(w) for w in self.warnings],
+            "recommendations": [asdict(r) for r in self.recommendations],
+            "notes": self.notes,
+        }
+
+
+def health_config(run: RunData, preset: str | None, overrides: dict[str, float | None] | None) -> HealthConfig:
+    """train.health from config.yaml, then the caller's preset ("none" = no preset) and threshold overrides."""
+    raw = dict(((run.config or {}).get("train") or {}).get("health") or {})
+    if preset is not None:
+        raw["preset"] = None if preset == "none" else preset
+    raw["thresholds"] = {**(raw.get("thresholds") or {}), **(overrides or {})}
+    try:
+        return _validate_health(raw, run)
+    except ValueError:
+        if not raw.get("stop_on"):
+            raise
+    raw["stop_on"] = []  # it named rules the overriding preset switched off; analysis does not stop anything
+    return _validate_health(raw, run)
+
+
+def _validate_health(raw: dict[str, Any], run: RunData) -> HealthConfig:
+    try:
+        return HealthConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise ValueError(f"{run.run_dir / 'config.yaml'}: train.health (with command-line overrides) "
+                         f"is invalid: {exc}") from exc
+
+
+def measure(run: RunData) -> dict[int, dict[str, MagnitudeSummary]]:
+    """Mean |ΔW| summaries of every checkpoint file, one file at a time (bounded memory)."""
+    out: dict[int, dict[str, MagnitudeSummary]] = {}
+    for expert in run.experts:
+        for step, path in run.checkpoints[expert].items():
+            try:
+                summary = summarize(load_lora_file(path).modules)
+            except ValueError as exc:
+                raise ValueError(f"{path}: {exc}") from exc
+            out.setdefault(step, {})[expert] = summary
+    return out
+
+
+def analyze_run(
+    run_dir: Path | str, preset: str | None = None, overrides: dict[str, float | None] | None = None
+) -> AnalysisReport:
+    """Measure, check and recommend. preset None = take train.health.preset from config.yaml (or none)."""
+    run = load_run(run_dir)
+    cfg = health_config(run, preset, overrides)
+    series = build_series(measure(run), run.metrics)
+    warnings = evaluate(series, cfg)
+    notes = []
+    if cfg.preset is None and {"high_noise", "low_noise"} <= set(run.experts):
+        notes.append("no preset: the expert-balance rules are off; pass --preset motion or --preset character "
+                     "(their advice is opposite) or set train.health.preset")
+    if not run.metrics:
+        notes.append(f"no metrics_{run.name}.jsonl rows: LR, loss and stability columns are empty")
+    files = {s: {e: run.checkpoints[e][s].name for e in run.experts if s in run.checkpoints[e]} for s in run.steps}
+    return AnalysisReport(
+        run_dir=str(run.run_dir), name=run.name, preset=cfg.preset, experts=run.experts,
+        thresholds=active_thresholds(cfg), series=series, warnings=warnings,
+        recommendations=recommend(series, warnings, cfg), files=files, notes=notes,
+    )
+
+
+def write_outputs(report: AnalysisReport) -> tuple[Path, Path]:
+    """analysis.json and analysis.html in the run folder, each written atomically."""
+    data = report.to_dict()
+    run_dir = Path(report.run_dir)
+    json_path, html_path = run_dir / "analysis.json", run_dir / "analysis.html"
+    atomic_write_text(json_path, json.dumps(data, indent=2, allow_nan=False) + "\n")
+    atomic_write_text(html_path, render_html(data))
+    return json_path, html_path
+
+
+# ------------------------------------------------------------------------------------------- terminal
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _ratio(value: float | None, show: bool) -> str:
+    return f"{value:.2f}x" if show and value is not None else ""
+
+
+def format_table(report: AnalysisReport) -> str:
+    """One row per expert per checkpoint; the ratio columns sit on each checkpoint's first row."""
+    head = (f"{'step':>9}  {'expert':<10}  {'|dW| mean':>10}  {'growth':>7}  {'W ratio':>7}  {'LR':>9}  "
+            f"{'LR ratio':>8}  {'loss mean±std (n)':>24}  {'grad stab':>9}  {'eval':>8}")
+    lines = [head, "-" * len(head)]
+    for p in report.series.points:
+        for i, (name, e) in enumerate(p.experts.items()):
+            s, first = e.stats, i == 0
+            loss = "-" if s.loss_mean is None else f"{s.loss_mean:.4f}±{_fmt(s.loss_std, '.4f')} ({s.loss_count})"
+            evl = s.eval_loss if s.eval_loss is not None else (p.eval_loss if first else None)
+            lines.append(
+                f"{(p.step if first else ''):>9}  {name:<10}  {e.magnitude:>10.6f}  {_fmt(e.growth, '+.1%'):>7}  "
+                f"{_ratio(p.weight_ratio, first):>7}  {_fmt(s.lr, '.2e'):>9}  {_ratio(p.lr_ratio, first):>8}  "
+                f"{loss:>24}  {_fmt(s.grad_stability, '.3f'):>9}  {_fmt(evl, '.4f'):>8}"
+            )
+    return "\n".join(lines)
+
+
+def collapse_warnings(report: AnalysisReport) -> list[str]:
+    """One line per run of the same rule/expert over consecutive checkpoints (a 30x repeat helps nobody)."""
+    steps = [p.step for p in report.series.points]
+    runs: list[tuple[str, str | None, list[HealthWarning]]] = []
+    for w in sorted(report.warnings, key=lambda w: (w.rule, w.expert or "", w.step)):
+        last = runs[-1] if runs else None
+        adjacent = last is not None and steps.index(w.step) == steps.index(last[2][-1].step) + 1
+        if last and adjacent and last[0] == w.rule and last[1] == w.expert:
+            last[2].append(w)
+        else:
+            runs.append((w.rule, w.expert, [w]))
+    out = []
+    for rule, _expert, ws in sorted(runs, key=lambda r: r[2][0].step):
+        where = f"step {ws[0].step}"
+        if len(ws) > 1:
+            where = f"steps {ws[0].step}-{ws[-1].step} ({len(ws)} checkpoints)"
+        out.append(f"[{rule}] {where}: {ws[-1].message}")
+    return out
+
+
+def format_report(report: AnalysisReport, paths: tuple[Path, Path]) -> str:
+    parts = [f"run {report.name} ({report.run_dir}), preset: {report.preset or 'none'}", "", format_table(report)]
+    parts += ["", "Warnings:"] + ([f"  {line}" for line in collapse_warnings(report)] or ["  none"])
+    parts += ["", "Recommended checkpoints:"]
+    for rec in report.recommendations:
+        names = ", ".join(report.files.get(rec.step, {}).values())
+        parts.append(f"  step {rec.step}: {names}")
+        parts += [f"    - {reason}" for reason in rec.reasons]
+    parts += [f"note: {n}" for n in report.notes]
+    parts += ["", f"wrote {paths[0]} and {paths[1]}"]
+    return "\n".join(parts)
+
+
+def analyze_command(args: argparse.Namespace) -> int:
+    preset = getattr(args, "preset", None)
+    if preset is not None and preset not in PRESET_CHOICES:
+        log.error("--preset %r is not one of %s", preset, ", ".join(PRESET_CHOICES))
+        return 2
+    try:
+        report = analyze_run(args.run_dir, preset=preset)
+    except (FileNotFoundError, ValueError) as exc:
+        log.error("%s", exc)
+        return 1
+    paths = write_outputs(report)
+    if getattr(args, "json", False):
+        sys.stdout.write(json.dumps(report.to_dict(), indent=2, allow_nan=False) + "\n")
+    else:
+        sys.stdout.write(format_report(report, paths) + "\n")
+    return 0

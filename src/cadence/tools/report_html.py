@@ -1,0 +1,175 @@
+"""Self-contained HTML for `cadence analyze`: tables plus matplotlib plots embedded as base64 PNGs.
+
+It renders the plain dict of `AnalysisReport.to_dict()` so it has no import cycle with analyze.py. Plots use
+matplotlib's object API with the Agg canvas (no pyplot, no global backend switch) and the page loads no
+external assets, so it opens from a copied run folder or an air-gapped machine.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Callable
+from typing import Any
+
+from matplotlib.axes import Axes
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+
+COLORS = {"high_noise": "#c0392b", "low_noise": "#2471a3", "main": "#1e8449"}
+_CSS = """body{font-family:system-ui,sans-serif;margin:24px;color:#222}table{border-collapse:collapse;
+margin:8px 0 20px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right;font-size:13px}
+th{background:#f2f2f2}td.l{text-align:left}img{max-width:100%;margin:6px 0}.warn{color:#9a3412}"""
+
+
+def _png(draw: Callable[[Figure], None], size: tuple[float, float] = (8, 3.6)) -> str:
+    fig = Figure(figsize=size, dpi=90)
+    FigureCanvasAgg(fig)
+    draw(fig)
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    return "data:image/png;base64," + base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _series(data: dict[str, Any], expert: str, key: str) -> tuple[list[int], list[float]]:
+    xs, ys = [], []
+    for c in data["checkpoints"]:
+        value = c["experts"].get(expert, {}).get(key)
+        if value is not None:
+            xs.append(c["step"])
+            ys.append(value)
+    return xs, ys
+
+
+def _per_expert(data: dict[str, Any], key: str, title: str, scale: float = 1.0,
+                line: float | None = None) -> Callable[[Figure], None]:
+    def draw(fig: Figure) -> None:
+        ax = fig.add_subplot()
+        for expert in data["experts"]:
+            xs, ys = _series(data, expert, key)
+            ax.plot(xs, [y * scale for y in ys], "o-", color=COLORS.get(expert), label=expert)
+        if line is not None:
+            ax.axhline(line, color="#888", linestyle="--", label=f"threshold {line:g}")
+        _finish(ax, title)
+    return draw
+
+
+def _ratios(data: dict[str, Any]) -> Callable[[Figure], None]:
+    th = data["thresholds"]
+
+    def draw(fig: Figure) -> None:
+        ax = fig.add_subplot()
+        for key, label, color in (("weight_ratio", "|ΔW| high/low", "#6c3483"), ("lr_ratio", "LR high/low", "#ca6f1e")):
+            pts = [(c["step"], c[key]) for c in data["checkpoints"] if c[key] is not None]
+            if pts:
+                ax.plot(*zip(*pts, strict=True), "o-", color=color, label=label)
+        for rule, style in (("weight_ratio_low", "--"), ("weight_ratio_high", "--"), ("lr_ratio_low", ":"),
+                            ("lr_ratio_high", ":")):
+            if rule in th:
+                ax.axhline(th[rule], color="#888", linestyle=style, label=f"{rule} {th[rule]:g}")
+        _finish(ax, "High/low ratios")
+    return draw
+
+
+def _losses(data: dict[str, Any]) -> Callable[[Figure], None]:
+    def draw(fig: Figure) -> None:
+        ax = fig.add_subplot()
+        for expert in data["experts"]:
+            pts = [(c["step"], e["loss_mean"], e["loss_std"] or 0.0) for c in data["checkpoints"]
+                   if (e := c["experts"].get(expert)) and e.get("loss_mean") is not None]
+            if pts:
+                xs, ys, err = zip(*pts, strict=True)
+                ax.errorbar(xs, ys, yerr=err, fmt="o-", capsize=3, color=COLORS.get(expert), label=f"{expert} loss")
+        evals = [(c["step"], c["eval_loss"]) for c in data["checkpoints"] if c["eval_loss"] is not None]
+        if evals:
+            ax.plot(*zip(*evals, strict=True), "s--", color="#111", label="eval loss")
+        _finish(ax, "Loss mean ± std over each interval")
+    return draw
+
+
+def _blocks(data: dict[str, Any], expert: str) -> Callable[[Figure], None]:
+    def draw(fig: Figure) -> None:
+        ax = fig.add_subplot()
+        cps = [c for c in data["checkpoints"] if expert in c["experts"]]
+        blocks = sorted({int(b) for c in cps for b in c["experts"][expert]["per_block"]})
+        grid = [[c["experts"][expert]["per_block"].get(str(b), float("nan")) for c in cps] for b in blocks]
+        image = ax.imshow(grid, aspect="auto", origin="lower", cmap="viridis", interpolation="nearest")
+        ax.set_xticks(range(len(cps)), [str(c["step"]) for c in cps], rotation=45, fontsize=7)
+        ax.set_yticks(range(len(blocks)), [str(b) for b in blocks], fontsize=7)
+        ax.set_xlabel("step")
+        ax.set_ylabel("block")
+        ax.set_title(f"{expert}: mean |ΔW| per block")
+        fig.colorbar(image, ax=ax)
+    return draw
+
+
+def _finish(ax: Axes, title: str) -> None:
+    ax.set_title(title)
+    ax.set_xlabel("step")
+    ax.grid(alpha=0.3)
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8)
+
+
+def _plots(data: dict[str, Any]) -> list[str]:
+    th = data["thresholds"]
+    images = [
+        _png(_per_expert(data, "magnitude", "Mean |ΔW| per expert")),
+        _png(_per_expert(data, "growth", "Growth since previous checkpoint (%)", scale=100.0)),
+    ]
+    if any(c["weight_ratio"] is not None or c["lr_ratio"] is not None for c in data["checkpoints"]):
+        images.append(_png(_ratios(data)))
+    images.append(_png(_losses(data)))
+    images.append(_png(_per_expert(data, "lr", "Mean LR over each interval")))
+    images.append(_png(_per_expert(data, "grad_stability", "Gradient stability", line=th.get("gradient_unstable"))))
+    for expert in data["experts"]:
+        if any(c["experts"].get(expert, {}).get("per_block") for c in data["checkpoints"]):
+            images.append(_png(_blocks(data, expert), size=(8, 4.5)))
+    return images
+
+
+def _cell(value: Any, spec: str = "") -> str:
+    if value is None:
+        return "<td>-</td>"
+    return f"<td>{html.escape(format(value, spec) if spec else str(value))}</td>"
+
+
+def _table(data: dict[str, Any]) -> str:
+    rows = ["<tr><th>step</th><th>expert</th><th>|ΔW| mean</th><th>growth</th><th>W ratio</th><th>LR</th>"
+            "<th>LR ratio</th><th>loss mean</th><th>loss std</th><th>n</th><th>grad stab</th><th>eval</th></tr>"]
+    for c in data["checkpoints"]:
+        for expert, e in c["experts"].items():
+            rows.append(
+                f"<tr>{_cell(c['step'])}<td class=l>{html.escape(expert)}</td>{_cell(e['magnitude'], '.6f')}"
+                f"{_cell(e['growth'], '+.1%')}{_cell(c['weight_ratio'], '.2f')}{_cell(e['lr'], '.2e')}"
+                f"{_cell(c['lr_ratio'], '.2f')}{_cell(e['loss_mean'], '.4f')}{_cell(e['loss_std'], '.4f')}"
+                f"{_cell(e['loss_count'])}{_cell(e['grad_stability'], '.3f')}"
+                f"{_cell(e['eval_loss'] if e['eval_loss'] is not None else c['eval_loss'], '.4f')}</tr>"
+            )
+    return "<table>" + "".join(rows) + "</table>"
+
+
+def render_html(data: dict[str, Any]) -> str:
+    """The whole page as one string (write it with cadence.atomic)."""
+    esc = html.escape
+    warnings = "".join(
+        f"<tr><td>{w['step']}</td><td class=l>{esc(w['rule'])}</td><td class=l>{esc(w['expert'] or '')}</td>"
+        f"<td class='l warn'>{esc(w['message'])}</td></tr>" for w in data["warnings"]
+    ) or "<tr><td class=l colspan=4>none</td></tr>"
+    recs = "".join(
+        f"<li><b>step {r['step']}</b><ul>{''.join(f'<li>{esc(x)}</li>' for x in r['reasons'])}</ul></li>"
+        for r in data["recommendations"]
+    )
+    notes = "".join(f"<p>note: {esc(n)}</p>" for n in data["notes"])
+    thresholds = ", ".join(f"{esc(k)} = {v:g}" for k, v in data["thresholds"].items()) or "none"
+    plots = "".join(f'<img alt="plot" src="{src}">' for src in _plots(data))
+    return (
+        f"<!doctype html><html><head><meta charset='utf-8'><title>cadence analyze: {esc(data['name'])}</title>"
+        f"<style>{_CSS}</style></head><body><h1>Run {esc(data['name'])}</h1>"
+        f"<p>{esc(data['run_dir'])} — preset <b>{esc(data['preset'] or 'none')}</b>; thresholds: {thresholds}</p>"
+        f"{notes}<h2>Recommended checkpoints</h2><ul>{recs}</ul><h2>Warnings</h2>"
+        f"<table><tr><th>step</th><th>rule</th><th>expert</th><th>message</th></tr>{warnings}</table>"
+        f"<h2>Checkpoints</h2>{_table(data)}<h2>Plots</h2>{plots}</body></html>\n"
+    )

@@ -1,0 +1,193 @@
+"""What a run folder holds, as data: LoRA checkpoints per expert and step, metrics rows, the config.
+
+Read-only and tolerant: a run may still be writing (a torn last JSONL line is skipped), and older runs
+may lack fields or files. The folder layout is the one in docs/design.md ("Run folder").
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cadence.metrics.jsonl import read_metrics as read_jsonl
+
+log = logging.getLogger(__name__)
+
+MAIN_EXPERT = "main"  # single-expert models: {name}_{step:09d}.safetensors
+_CKPT_RE = re.compile(r"^(?P<name>.+)_(?P<step>\d{9})(?:_(?P<expert>high_noise|low_noise))?\.safetensors$")
+
+
+@dataclass
+class RunData:
+    """Everything analysis reads from one run folder."""
+
+    run_dir: Path
+    name: str
+    checkpoints: dict[str, dict[int, Path]]  # expert -> step -> LoRA file (sorted by step)
+    metrics: list[dict[str, Any]] = field(default_factory=list)  # one row per step, sorted, deduplicated
+    config: dict[str, Any] | None = None  # the job section of config.yaml (flat layout)
+
+    @property
+    def experts(self) -> list[str]:
+        order = ["high_noise", "low_noise", MAIN_EXPERT]
+        return [e for e in order if e in self.checkpoints]
+
+    @property
+    def steps(self) -> list[int]:
+        return sorted({s for by_step in self.checkpoints.values() for s in by_step})
+
+
+def discover_checkpoints(run_dir: Path, name: str | None = None) -> tuple[str, dict[str, dict[int, Path]]]:
+    """Find `{name}_{step:09d}[_expert].safetensors`; the run name is the folder name when files use it."""
+    found: list[tuple[str, int, str, Path]] = []
+    for path in run_dir.glob("*.safetensors"):
+        match = _CKPT_RE.match(path.name)
+        if match:
+            expert = match.group("expert") or MAIN_EXPERT
+            found.append((match.group("name"), int(match.group("step")), expert, path))
+    names = Counter(item[0] for item in found)
+    if name is None:
+        name = run_dir.name if run_dir.name in names else (names.most_common(1)[0][0] if names else run_dir.name)
+    checkpoints: dict[str, dict[int, Path]] = {}
+    for file_name, step, expert, path in sorted(found, key=lambda item: item[1]):
+        if file_name == name:
+            checkpoints.setdefault(expert, {})[step] = path
+    return name, checkpoints
+
+
+def read_metrics(path: Path) -> list[dict[str, Any]]:
+    """Rows of a metrics JSONL file (torn last line skipped), sorted by step; a re-done step keeps its
+    latest row, rows without an integer step are dropped."""
+    by_step: dict[int, dict[str, Any]] = {}
+    for row in read_jsonl(path):
+        if isinstance(row, dict) and isinstance(row.get("step"), int) and not isinstance(row["step"], bool):
+            by_step[row["step"]] = row  # after a resume, the replayed step's row is the true one
+    return [by_step[s] for s in sorted(by_step)]
+
+
+def read_config(run_dir: Path) -> dict[str, Any] | None:
+    """config.yaml as a plain dict in the flat layout (the seed layout's first process), or None."""
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        return None
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        log.warning("%s is not valid YAML (%s); analysing without it", path, exc)
+        return None
+    if not isinstance(raw, dict):
+        return None
+    config = raw.get("config")
+    if isinstance(config, dict) and isinstance(config.get("process"), list) and config["process"]:
+        job = dict(config["process"][0])
+        job.setdefault("name", config.get("name"))
+        return job
+    return raw
+
+
+def load_run(run_dir: Path | str) -> RunData:
+    """Read a run folder. Raises FileNotFoundError when it is not a folder or holds no LoRA checkpoints."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise FileNotFoundError(f"run folder {run_dir} does not exist; pass the folder training_folder/name")
+    config = read_config(run_dir)
+    config_name = config.get("name") if config else None
+    name, checkpoints = discover_checkpoints(run_dir, config_name if isinstance(config_name, str) else None)
+    if not checkpoints:
+        raise FileNotFoundError(
+            f"no LoRA checkpoints named {name}_<step:09d>[_high_noise|_low_noise].safetensors in {run_dir}; "
+            "analyze needs at least one saved checkpoint"
+        )
+    metrics_path = run_dir / f"metrics_{name}.jsonl"
+    if not metrics_path.is_file():
+        candidates = sorted(run_dir.glob("metrics_*.jsonl"))
+        metrics_path = candidates[0] if len(candidates) == 1 else metrics_path
+    metrics = read_metrics(metrics_path)
+    if not metrics:
+        log.warning("no metrics rows in %s; loss/LR/stability columns will be empty", metrics_path)
+    return RunData(run_dir=run_dir, name=name, checkpoints=checkpoints, metrics=metrics, config=config)
+
+
+# ------------------------------------------------------------------------------------- interval stats
+@dataclass(frozen=True)
+class IntervalStats:
+    """What the metrics say about one expert over the steps (previous checkpoint, this checkpoint]."""
+
+    lr: float | None = None
+    loss_mean: float | None = None
+    loss_std: float | None = None
+    loss_count: int = 0
+    grad_stability: float | None = None
+    eval_loss: float | None = None
+
+
+def _num(value: Any) -> float | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    return float(value) if math.isfinite(value) else None
+
+
+def _mean(values: list[float]) -> float | None:
+    return sum(values) / len(values) if values else None
+
+
+def _row_lr(row: dict[str, Any], expert: str, own_row: bool) -> float | None:
+    """The expert's LR in a row: `lr_{expert}`, else its `lr_{expert}_*` groups, else the row's own `lr*`."""
+    exact = _num(row.get(f"lr_{expert}"))
+    if exact is not None:
+        return exact
+    groups = [_num(v) for k, v in row.items() if k.startswith(f"lr_{expert}_")]
+    groups_f = [v for v in groups if v is not None]
+    if groups_f:
+        return sum(groups_f) / len(groups_f)
+    if not own_row:
+        return None
+    others = ("lr_high_noise", "lr_low_noise")
+    plain = [_num(v) for k, v in row.items() if (k == "lr" or k.startswith("lr_")) and not k.startswith(others)]
+    plain_f = [v for v in plain if v is not None]
+    return sum(plain_f) / len(plain_f) if plain_f else None
+
+
+def interval_stats(rows: list[dict[str, Any]], lo: int, hi: int, expert: str) -> IntervalStats:
+    """Mean LR, loss mean/std (sample), gradient stability and last eval loss of `expert` in (lo, hi]."""
+    window = [r for r in rows if lo < r["step"] <= hi]
+
+    def own(row: dict[str, Any]) -> bool:
+        return expert == MAIN_EXPERT or row.get("expert") == expert
+
+    lrs = [v for r in window if (v := _row_lr(r, expert, own(r))) is not None]
+    losses = [v for r in window if own(r) and (v := _num(r.get("loss"))) is not None]
+    std = None
+    if len(losses) > 1:
+        mean = sum(losses) / len(losses)
+        std = math.sqrt(sum((x - mean) ** 2 for x in losses) / (len(losses) - 1))
+    stab = [v for r in window if (v := _num(r.get(f"gradient_stability_{expert}"))) is not None]
+    if not stab:
+        stab = [v for r in window if own(r) and (v := _num(r.get("gradient_stability"))) is not None]
+    stability = _mean(stab)
+    if stability is None:
+        avgs = [v for r in window if own(r) and (v := _num(r.get("gradient_stability_avg"))) is not None]
+        stability = avgs[-1] if avgs else None
+    key = "eval_loss" if expert == MAIN_EXPERT else f"eval_loss_{expert}"
+    evals = [v for r in window if (v := _num(r.get(key))) is not None]
+    return IntervalStats(
+        lr=_mean(lrs),
+        loss_mean=_mean(losses),
+        loss_std=std,
+        loss_count=len(losses),
+        grad_stability=stability,
+        eval_loss=evals[-1] if evals else None,
+    )
+
+
+def last_value(rows: list[dict[str, Any]], lo: int, hi: int, key: str) -> float | None:
+    """The last finite value of `key` in (lo, hi] (e.g. the run-wide eval_loss at a checkpoint)."""
+    values = [v for r in rows if lo < r["step"] <= hi and (v := _num(r.get(key))) is not None]
+    return values[-1] if values else None

@@ -1,0 +1,218 @@
+"""Health rules on synthetic checkpoint series: real LoRA files + a real metrics JSONL in a run folder."""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import pytest
+import torch
+from pydantic import ValidationError
+
+from cadence.networks.formats import LoraTensors, save_lora_file
+from cadence.networks.magnitude import summarize
+from cadence.tools.analyze import analyze_run
+from cadence.tools.health import HealthConfig, HealthMonitor, build_series, evaluate, should_stop
+from cadence.tools.run_folder import load_run
+
+NAME = "run"
+
+
+@dataclass(frozen=True)
+class Interval:
+    """One checkpoint and the training steps before it."""
+
+    step: int
+    high: float  # target mean |ΔW| of the high-noise file
+    low: float
+    lr_high: float = 4e-4
+    lr_low: float = 1e-4
+    loss_high: float = 0.08
+    loss_low: float = 0.08
+    stability: float = 0.55
+    eval_loss: float | None = None
+
+
+HEALTHY = [
+    Interval(100, 0.0040, 0.0020),
+    Interval(200, 0.0060, 0.0027),
+    Interval(300, 0.0075, 0.0032),
+    Interval(400, 0.0085, 0.0036),
+]
+
+
+def lora_modules(magnitude: float, seed: int, rank: int = 4, alpha: float = 2.0) -> dict[str, LoraTensors]:
+    """Two blocks whose ΔW = c·u·vᵀ·alpha/rank with ±1 vectors, so mean |ΔW| is known exactly."""
+    g = torch.Generator().manual_seed(seed)
+    modules = {}
+    for block, factor in ((0, 0.8), (1, 1.2)):
+        u = torch.randint(0, 2, (16,), generator=g).float() * 2 - 1
+        v = torch.randint(0, 2, (8,), generator=g).float() * 2 - 1
+        down, up = torch.zeros(rank, 8), torch.zeros(16, rank)
+        down[0], up[:, 0] = v, u * magnitude * factor * rank / alpha
+        modules[f"blocks.{block}.attn1.to_q"] = LoraTensors(down, up, alpha)
+    return modules
+
+
+def write_run(root: Path, series: list[Interval], seed: int = 0) -> Path:
+    run_dir = root / NAME
+    run_dir.mkdir(parents=True)
+    rng = random.Random(seed)
+    rows, prev = [], 0
+    for iv in series:
+        for expert, mag in (("high_noise", iv.high), ("low_noise", iv.low)):
+            path = run_dir / f"{NAME}_{iv.step:09d}_{expert}.safetensors"
+            save_lora_file(path, lora_modules(mag, iv.step), {"step": str(iv.step), "expert": expert},
+                           "comfyui", torch.float32)
+        for step in range(prev + 1, iv.step + 1):
+            expert = "high_noise" if step % 2 else "low_noise"
+            level = iv.loss_high if expert == "high_noise" else iv.loss_low
+            rows.append({
+                "step": step, "timestamp": 1000.0 + step, "expert": expert, "t": 0.5,
+                "loss": level + rng.gauss(0, 0.02), "grad_norm": 0.3,
+                "lr_high_noise": iv.lr_high, "lr_low_noise": iv.lr_low,
+                "gradient_stability": iv.stability + rng.gauss(0, 0.01),
+                **({"eval_loss": iv.eval_loss} if step == iv.step and iv.eval_loss is not None else {}),
+            })
+        prev = iv.step
+    text = "".join(json.dumps(r) + "\n" for r in rows)
+    (run_dir / f"metrics_{NAME}.jsonl").write_text(text + '{"step": 99999, "loss": 0.1', encoding="utf-8")
+    return run_dir
+
+
+def rules_fired(tmp_path: Path, series: list[Interval], preset: str = "motion", **over) -> dict[str, set[int]]:
+    report = analyze_run(write_run(tmp_path, series), preset=preset, overrides=over or None)
+    fired: dict[str, set[int]] = {}
+    for w in report.warnings:
+        fired.setdefault(w.rule, set()).add(w.step)
+    return fired
+
+
+def test_healthy_motion_series_trips_nothing(tmp_path: Path) -> None:
+    assert rules_fired(tmp_path, HEALTHY) == {}
+
+
+def test_weight_ratio_low(tmp_path: Path) -> None:
+    series = [*HEALTHY[:3], replace(HEALTHY[3], low=0.0085 / 1.3)]
+    assert rules_fired(tmp_path, series) == {"weight_ratio_low": {400}, "low_noise_outgrowing": {400}}
+    # the same ratio passes once the user lowers the threshold (and switches off the growth rule)
+    assert rules_fired(tmp_path / "b", series, weight_ratio_low=1.2, low_noise_outgrowing=None) == {}
+
+
+def test_low_noise_outgrowing_like_seed_003(tmp_path: Path) -> None:
+    # high +5.4%, low +7.1% (seed 003, steps 2400 -> 3000); the ratio itself stays healthy
+    series = [*HEALTHY[:3], replace(HEALTHY[3], high=0.0075 * 1.054, low=0.0032 * 1.071)]
+    assert rules_fired(tmp_path, series, high_noise_magnitude_low=None) == {"low_noise_outgrowing": {400}}
+
+
+def test_high_noise_magnitude_low_only_at_latest(tmp_path: Path) -> None:
+    series = [replace(iv, high=iv.high * 0.7, low=iv.low * 0.7) for iv in HEALTHY]
+    assert rules_fired(tmp_path, series) == {"high_noise_magnitude_low": {400}}
+
+
+def test_lr_ratio_low(tmp_path: Path) -> None:
+    series = [replace(iv, lr_high=1.48e-4, lr_low=1.10e-4) for iv in HEALTHY]  # 1.35x as in seed 003
+    assert rules_fired(tmp_path, series) == {"lr_ratio_low": {100, 200, 300, 400}}
+
+
+def test_loss_rising(tmp_path: Path) -> None:
+    series = [*HEALTHY[:3], replace(HEALTHY[3], loss_low=0.12)]
+    assert rules_fired(tmp_path, series) == {"loss_rising": {400}}
+
+
+def test_loss_noise_is_not_a_rise(tmp_path: Path) -> None:
+    # +12% on a level of 0.08 with std 0.02 over 50 steps is within two standard errors: not significant
+    series = [*HEALTHY[:3], replace(HEALTHY[3], loss_low=0.0896)]
+    assert rules_fired(tmp_path, series, preset="none") == {}
+
+
+def test_gradient_unstable(tmp_path: Path) -> None:
+    series = [*HEALTHY[:2], replace(HEALTHY[2], stability=0.40), HEALTHY[3]]
+    assert rules_fired(tmp_path, series) == {"gradient_unstable": {300}}
+
+
+def test_character_preset_is_opposite(tmp_path: Path) -> None:
+    fired = rules_fired(tmp_path, HEALTHY, preset="character")
+    assert fired == {"weight_ratio_high": {100, 200, 300, 400}, "lr_ratio_high": {100, 200, 300, 400}}
+    character = [replace(iv, high=iv.low * 0.8, lr_high=5e-5) for iv in HEALTHY]
+    assert rules_fired(tmp_path / "b", character, preset="character") == {}
+
+
+def test_no_preset_runs_only_generic_rules(tmp_path: Path) -> None:
+    series = [replace(iv, lr_high=1e-4, low=iv.high) for iv in HEALTHY]
+    assert rules_fired(tmp_path, series, preset="none") == {}
+
+
+def test_recommend_last_checkpoint_before_outgrowing(tmp_path: Path) -> None:
+    series = [*HEALTHY[:3], replace(HEALTHY[3], high=0.0079, low=0.0045)]
+    report = analyze_run(write_run(tmp_path, series), preset="motion")
+    steps = {r.step: r.reasons for r in report.recommendations}
+    assert "last checkpoint before low_noise_outgrowing fired at step 400" in steps[300][0]
+
+
+def test_recommend_lowest_eval_loss(tmp_path: Path) -> None:
+    evals = [0.10, 0.07, 0.09, 0.095]
+    series = [replace(iv, eval_loss=e) for iv, e in zip(HEALTHY, evals, strict=True)]
+    report = analyze_run(write_run(tmp_path, series), preset="none")
+    assert report.recommendations[0].step == 200
+    assert "lowest eval loss (0.07000)" in report.recommendations[0].reasons[0]
+
+
+def test_recommend_best_motion_balance(tmp_path: Path) -> None:
+    # at 400 low grows 1.4x faster than high: the ratio drops, but within a user-relaxed factor of 1.5
+    series = [*HEALTHY[:3], replace(HEALTHY[3], high=0.0075 * 1.05, low=0.0032 * 1.07)]
+    overrides = {"high_noise_magnitude_low": None, "low_noise_outgrowing": 1.5}
+    report = analyze_run(write_run(tmp_path, series), preset="motion", overrides=overrides)
+    assert report.warnings == []
+    assert [r.step for r in report.recommendations] == [300]
+    assert "highest high/low |ΔW| ratio (2.34x)" in report.recommendations[0].reasons[0]
+
+
+def test_live_monitor_stops_and_keeps_best(tmp_path: Path) -> None:
+    series = [*HEALTHY[:3], replace(HEALTHY[3], high=0.0079, low=0.0045)]
+    run = load_run(write_run(tmp_path, series))
+    cfg = HealthConfig(preset="motion", stop_on=["low_noise_outgrowing"],
+                       thresholds={"high_noise_magnitude_low": None})
+    monitor = HealthMonitor(cfg)
+    assert monitor.due(100, saving=True) and not monitor.due(150, saving=False)
+    results = []
+    for step in run.steps:
+        mags = {e: summarize(lora_modules(m, step)) for e, m in (("high_noise", _iv(series, step).high),
+                                                                    ("low_noise", _iv(series, step).low))}
+        rows = [r for r in run.metrics if r["step"] <= step]
+        results.append(monitor.check(step, mags, rows))
+    assert [r.stop_reason for r in results[:3]] == [None, None, None]
+    assert results[3].stop_reason and "low_noise_outgrowing fired at step 400" in results[3].stop_reason
+    assert results[3].metrics_fields()["health_warnings"] == ["low_noise_outgrowing"]
+    assert results[3].recommendations[0].step == 300
+    assert HealthMonitor(replace_every(cfg, 50)).due(150, saving=False)
+
+
+def _iv(series: list[Interval], step: int) -> Interval:
+    return next(iv for iv in series if iv.step == step)
+
+
+def replace_every(cfg: HealthConfig, every: int) -> HealthConfig:
+    return cfg.model_copy(update={"every": every})
+
+
+def test_health_config_validation() -> None:
+    with pytest.raises(ValidationError, match="extra"):
+        HealthConfig.model_validate({"preset": "motion", "stop_onn": []})
+    with pytest.raises(ValidationError, match="weight_ratio_low.*not active"):
+        HealthConfig(preset="character", stop_on=["weight_ratio_low"])
+    cfg = HealthConfig(preset="character", stop_on=["weight_ratio_low"], thresholds={"weight_ratio_low": 0.5})
+    assert should_stop([], cfg) is None
+
+
+def test_series_from_magnitudes_without_files() -> None:
+    mags = {100: {"high_noise": summarize(lora_modules(0.004, 1)), "low_noise": summarize(lora_modules(0.004, 2))}}
+    rows = [{"step": 99, "expert": "high_noise", "loss": 0.1, "eval_loss_high_noise": 0.2},
+            {"step": 100, "expert": "low_noise", "loss": 0.1, "eval_loss_low_noise": 0.1}]
+    series = build_series(mags, rows)
+    assert series.points[0].weight_ratio == pytest.approx(1.0, rel=1e-5)
+    assert series.points[0].eval_loss == pytest.approx(0.15)  # mean of the experts' eval losses
+    assert series.points[0].experts["high_noise"].stats.eval_loss == pytest.approx(0.2)
+    assert evaluate(series, HealthConfig(preset="motion"))[0].rule == "weight_ratio_low"

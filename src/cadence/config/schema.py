@@ -13,6 +13,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from cadence.config.health import HealthConfig
+
 ExpertName = Literal["high_noise", "low_noise"]
 Arch = Literal["wan21", "wan21_i2v", "wan22_14b", "wan22_14b_i2v", "wan22_5b"]
 I2V_ONLY_ARCHS = frozenset({"wan21_i2v", "wan22_14b_i2v"})
@@ -176,6 +178,9 @@ class TrainConfig(Strict):
     disable_sampling: bool = False
     max_nan_steps: int = Field(20, ge=1, description="consecutive non-finite losses before the run stops")
     log_every: int = Field(50, ge=1, description="steps between summary lines in log.txt")
+    health: HealthConfig | None = Field(None, description="live weight/loss health checks at checkpoints")
+    eval_every: int | None = Field(None, ge=1, description="steps between fixed-timestep eval-loss runs")
+    eval_split: float = Field(0.0, ge=0, lt=1, description="fraction of train items held out for eval loss")
 
 
 # ----------------------------------------------------------------------------------------------- model

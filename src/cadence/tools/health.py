@@ -13,24 +13,12 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
-
+from cadence.config.health import HealthConfig
 from cadence.networks.magnitude import MagnitudeSummary
 from cadence.tools.run_folder import MAIN_EXPERT, IntervalStats, interval_stats, last_value
 
-Preset = Literal["motion", "character"]
-RuleId = Literal[
-    "weight_ratio_low",
-    "weight_ratio_high",
-    "low_noise_outgrowing",
-    "high_noise_magnitude_low",
-    "lr_ratio_low",
-    "lr_ratio_high",
-    "loss_rising",
-    "gradient_unstable",
-]
 # Rules whose firing means "it was better before": the recommender keeps the checkpoint before them.
 DEGRADATION_RULES = ("low_noise_outgrowing", "loss_rising", "weight_ratio_high")
 
@@ -99,30 +87,6 @@ def build_series(
 
 
 # ---------------------------------------------------------------------------------------------- config
-class HealthConfig(BaseModel):
-    """`train.health` in a job config: which checks run, how often, and which ones stop the run."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    preset: Preset | None = None
-    every: int | None = Field(None, ge=1, description="steps between checks; None = at each checkpoint save")
-    stop_on: list[RuleId] = Field(default_factory=list)
-    thresholds: dict[RuleId, float | None] = Field(
-        default_factory=dict, description="rule id -> threshold; a number also turns the rule on, null turns it off"
-    )
-
-    @model_validator(mode="after")
-    def _stop_rules_active(self) -> HealthConfig:
-        active = active_thresholds(self)
-        for rule in self.stop_on:
-            if rule not in active:
-                raise ValueError(
-                    f"train.health.stop_on: rule {rule!r} is not active with preset {self.preset!r}; "
-                    f"give it a threshold in train.health.thresholds or remove it"
-                )
-        return self
-
-
 @dataclass(frozen=True)
 class HealthWarning:
     rule: str

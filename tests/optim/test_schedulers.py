@@ -1,0 +1,119 @@
+"""LR schedules: warmup then constant / cosine / linear, per-group ratios kept, exact state round trip."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import pytest
+import torch
+
+from cadence.config.errors import ConfigError
+from cadence.optim import build_lr_scheduler, lr_factor
+from cadence.optim.automagic import Automagic
+
+
+def _opt(lrs=(4e-4, 1e-4)) -> torch.optim.Optimizer:
+    """AdamW with one group per expert on real tensors (high noise at 4x low noise)."""
+    groups = [{"params": [torch.nn.Parameter(torch.randn(3, 2))], "lr": lr, "expert": name, "name": name}
+              for lr, name in zip(lrs, ("high_noise", "low_noise"), strict=True)]
+    return torch.optim.AdamW(groups, lr=1.0)
+
+
+def _lrs_over(sched: torch.optim.lr_scheduler.LambdaLR, steps: int) -> list[list[float]]:
+    """Group lrs used by each of the next `steps` optimizer steps."""
+    out = []
+    for _ in range(steps):
+        out.append([g["lr"] for g in sched.optimizer.param_groups])
+        for group in sched.optimizer.param_groups:
+            for p in group["params"]:
+                p.grad = torch.ones_like(p)
+        sched.optimizer.step()
+        sched.step()
+    return out
+
+
+def test_constant_with_warmup_from_zero() -> None:
+    factors = [lr_factor("constant", 10, 4)(s) for s in range(7)]
+    assert factors == [0.0, 0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
+
+
+def test_cosine_values_at_known_steps() -> None:
+    f = lr_factor("cosine", total_steps=12, warmup_steps=2)
+    assert [f(0), f(1), f(2)] == [0.0, 0.5, 1.0]
+    assert f(7) == pytest.approx(0.5)  # half-way through the decay
+    assert f(2 + 10 / 3) == pytest.approx(0.75)  # cos(pi/3) = 0.5
+    assert f(12) == pytest.approx(0.0, abs=1e-12) and f(20) == pytest.approx(0.0, abs=1e-12)
+    g = lr_factor("cosine", total_steps=12, warmup_steps=2, min_lr_ratio=0.1)
+    assert g(7) == pytest.approx(0.55) and g(12) == pytest.approx(0.1)
+
+
+def test_linear_values_at_known_steps() -> None:
+    f = lr_factor("linear", total_steps=10, warmup_steps=0)
+    assert [f(s) for s in (0, 5, 9, 10, 11)] == pytest.approx([1.0, 0.5, 0.1, 0.0, 0.0])
+    g = lr_factor("linear", total_steps=10, warmup_steps=2, min_lr_ratio=0.2)
+    assert [g(1), g(2), g(6), g(10)] == pytest.approx([0.5, 1.0, 0.6, 0.2])
+
+
+@pytest.mark.parametrize("kind", ["constant", "cosine", "linear"])
+def test_scheduler_scales_every_group_keeping_expert_ratio(kind: str) -> None:
+    sched = build_lr_scheduler(_opt(), kind, total_steps=8, warmup_steps=2, params={})
+    used = _lrs_over(sched, 8)
+    factor = lr_factor(kind, 8, 2)
+    for step, (high, low) in enumerate(used):
+        assert high == pytest.approx(4e-4 * factor(step), abs=1e-15)
+        assert low == pytest.approx(1e-4 * factor(step), abs=1e-15)
+        if low:
+            assert high / low == pytest.approx(4.0)
+    assert used[0] == [0.0, 0.0] and used[2] == pytest.approx([4e-4, 1e-4])
+
+
+@pytest.mark.parametrize("kind", ["constant", "cosine", "linear"])
+def test_state_dict_round_trip_is_exact(kind: str) -> None:
+    torch.manual_seed(0)
+    straight = build_lr_scheduler(_opt(), kind, 10, 3, {"min_lr_ratio": 0.05} if kind != "constant" else {})
+    expected = _lrs_over(straight, 10)
+
+    torch.manual_seed(0)
+    first = build_lr_scheduler(_opt(), kind, 10, 3, {"min_lr_ratio": 0.05} if kind != "constant" else {})
+    head = _lrs_over(first, 4)
+    buffer = io.BytesIO()
+    torch.save({"opt": first.optimizer.state_dict(), "sched": first.state_dict()}, buffer)
+    buffer.seek(0)
+    saved = torch.load(buffer, weights_only=True)
+
+    resumed = build_lr_scheduler(_opt(), kind, 10, 3, {"min_lr_ratio": 0.05} if kind != "constant" else {})
+    resumed.optimizer.load_state_dict(saved["opt"])
+    resumed.load_state_dict(saved["sched"])
+    assert head + _lrs_over(resumed, 6) == expected  # exact float equality
+
+
+def test_automagic_allows_only_constant_without_warmup() -> None:
+    param = torch.nn.Parameter(torch.zeros(4, 4))
+    sched = build_lr_scheduler(Automagic([param]), "constant", 10, 0, {})
+    assert sched.get_last_lr() == [1e-6]
+    with pytest.raises(ConfigError) as err:
+        build_lr_scheduler(Automagic([param]), "cosine", 10, 5, {})
+    text = str(err.value)
+    assert "train.lr_scheduler" in text and "train.lr_warmup_steps" in text and "constant" in text
+
+
+@pytest.mark.parametrize(
+    "kind,params,path",
+    [
+        ("constant", {"min_lr_ratio": 0.1}, "train.lr_scheduler_params.min_lr_ratio"),
+        ("cosine", {"num_cycles": 2}, "train.lr_scheduler_params.num_cycles"),
+        ("linear", {"min_lr_ratio": 1.5}, "train.lr_scheduler_params.min_lr_ratio"),
+        ("step", {}, "train.lr_scheduler"),
+    ],
+)
+def test_bad_scheduler_settings_are_clear_errors(kind: str, params: dict, path: str) -> None:
+    with pytest.raises(ConfigError, match=path.replace(".", r"\.")):
+        build_lr_scheduler(_opt(), kind, 10, 0, params)
+
+
+def test_cosine_is_smooth_and_monotone_after_warmup() -> None:
+    f = lr_factor("cosine", 100, 10)
+    values = [f(s) for s in range(10, 101)]
+    assert all(a >= b for a, b in zip(values, values[1:], strict=False))
+    assert values[45] == pytest.approx(0.5 * (1 + math.cos(math.pi * 45 / 90)))

@@ -1,0 +1,117 @@
+"""Per-expert timestep sampling keeps the shape of the chosen distribution (checked against rejection)."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from scipy import stats
+from scipy.special import expit, logit
+
+from cadence.models.base import experts_for
+from cadence.schedule.timesteps import KINDS, TimestepSampler, cdf, density, float32_range
+
+BOUNDARY = 0.9  # Wan 2.2 I2V A14B
+RANGES = [(e.name, e.t_low, e.t_high) for e in experts_for(True, BOUNDARY)] + [("main", 0.0, 1.0)]
+N = 20_000
+
+
+def _naive_draws(kind: str, n: int, rng: np.random.Generator, shift: float = 3.0) -> np.ndarray:
+    """The untruncated distribution written the straightforward way (as the seed trainer draws it)."""
+    if kind in ("uniform", "linear"):
+        return rng.random(n)
+    if kind == "shift":
+        u = rng.random(n)
+        return shift * u / (1 + (shift - 1) * u)
+    return expit(rng.standard_normal(n))  # sigmoid / logit_normal at mean 0, std 1
+
+
+def _reference_cdf(kind: str, t: np.ndarray, shift: float = 3.0) -> np.ndarray:
+    """Untruncated CDF written independently of the module (scipy)."""
+    if kind in ("uniform", "linear"):
+        return np.clip(t, 0, 1)
+    if kind == "shift":
+        return t / (shift - (shift - 1) * t)
+    with np.errstate(divide="ignore"):
+        return stats.norm.cdf(logit(np.clip(t, 0, 1)))
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("name,lo,hi", RANGES)
+def test_samples_follow_truncated_distribution(kind: str, name: str, lo: float, hi: float) -> None:
+    gen = torch.Generator().manual_seed(1234)
+    t = TimestepSampler(kind, flow_shift=3.0).sample(N, lo, hi, gen)
+    assert t.dtype == torch.float32 and t.shape == (N,)
+    assert float(t.min()) >= lo and float(t.max()) < hi, (name, float(t.min()), float(t.max()))
+
+    f_lo, f_hi = _reference_cdf(kind, np.array([lo, hi]))
+    truncated = lambda x: (_reference_cdf(kind, np.asarray(x, dtype=np.float64)) - f_lo) / (f_hi - f_lo)  # noqa: E731
+    assert stats.kstest(t.double().numpy(), truncated).pvalue > 0.01
+
+    # Independent check: rejection sampling from the untruncated draws has the same law.
+    draws = _naive_draws(kind, 400_000, np.random.default_rng(7))
+    kept = draws[(draws >= lo) & (draws < hi)][:N]
+    assert len(kept) > 2_000
+    assert stats.ks_2samp(t.double().numpy(), kept).pvalue > 0.01
+
+
+def test_squashing_would_be_detected() -> None:
+    """The KS check is sharp enough to reject the 'squash the full distribution into the range' shortcut."""
+    gen = torch.Generator().manual_seed(0)
+    full = TimestepSampler("sigmoid").sample(N, 0.0, 1.0, gen)
+    squashed = BOUNDARY + full.double().numpy() * (1 - BOUNDARY)
+    f_lo, f_hi = _reference_cdf("sigmoid", np.array([BOUNDARY, 1.0]))
+    truncated = lambda x: (_reference_cdf("sigmoid", np.asarray(x)) - f_lo) / (f_hi - f_lo)  # noqa: E731
+    assert stats.kstest(squashed, truncated).pvalue < 1e-6
+
+
+def test_same_seed_same_samples_and_different_seed_differs() -> None:
+    sampler = TimestepSampler("logit_normal", logit_mean=0.3, logit_std=0.8)
+    a = sampler.sample(64, 0.0, BOUNDARY, torch.Generator().manual_seed(5))
+    b = sampler.sample(64, 0.0, BOUNDARY, torch.Generator().manual_seed(5))
+    c = sampler.sample(64, 0.0, BOUNDARY, torch.Generator().manual_seed(6))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_logit_normal_parameters_move_the_distribution() -> None:
+    gen = torch.Generator().manual_seed(3)
+    t = TimestepSampler("logit_normal", logit_mean=1.0, logit_std=0.5).sample(N, 0.0, 1.0, gen)
+    z = logit(t.double().numpy())
+    assert stats.kstest(z, stats.norm(loc=1.0, scale=0.5).cdf).pvalue > 0.01
+
+
+def test_edges_are_exact_in_float32() -> None:
+    low, high = float32_range(BOUNDARY, 1.0)
+    assert low >= BOUNDARY and np.float32(low) == low and float(np.nextafter(np.float32(low), np.float32(0))) < BOUNDARY
+    low2, high2 = float32_range(0.0, BOUNDARY)
+    assert low2 == 0.0 and high2 < BOUNDARY and float(np.nextafter(np.float32(high2), np.float32(1))) >= BOUNDARY
+    # A range so narrow that every draw lands on an edge still stays inside it.
+    t = TimestepSampler("shift").sample(1000, BOUNDARY, math.nextafter(BOUNDARY, 1.0) + 1e-7,
+                                         torch.Generator().manual_seed(0))
+    assert float(t.min()) >= BOUNDARY and float(t.max()) < BOUNDARY + 1e-6
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_density_is_derivative_of_cdf_and_integrates_to_one(kind: str) -> None:
+    t = torch.linspace(0.001, 0.999, 20_001, dtype=torch.float64)
+    d = density(kind, t, flow_shift=5.0)
+    assert abs(float(torch.trapezoid(d, t)) - float(cdf(kind, t[-1:], 5.0) - cdf(kind, t[:1], 5.0))) < 1e-6
+    mid = t[1:-1:1000]
+    h = 1e-6
+    numeric = (cdf(kind, mid + h, 5.0) - cdf(kind, mid - h, 5.0)) / (2 * h)
+    assert torch.allclose(numeric, density(kind, mid, flow_shift=5.0), rtol=1e-5)
+
+
+def test_shift_favours_high_noise() -> None:
+    gen = torch.Generator().manual_seed(0)
+    assert float(TimestepSampler("shift", flow_shift=5.0).sample(N, 0, 1, gen).mean()) > 0.7
+    assert float(TimestepSampler("shift", flow_shift=1.0).sample(N, 0, 1, gen).mean()) == pytest.approx(0.5, abs=0.01)
+
+
+def test_bad_arguments_are_reported() -> None:
+    with pytest.raises(ValueError, match="timestep_type"):
+        TimestepSampler("cosmic")
+    with pytest.raises(ValueError, match="t_low"):
+        TimestepSampler("uniform").sample(4, 0.5, 0.5, torch.Generator())

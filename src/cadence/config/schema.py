@@ -137,8 +137,8 @@ class DatasetConfig(Strict):
     @field_validator("resolution")
     @classmethod
     def _positive_resolution(cls, value: list[int]) -> list[int]:
-        if not value or any(r < 64 for r in value):
-            raise ValueError("resolution must be a non-empty list of sizes >= 64 (e.g. [512])")
+        if not value or any(r < 16 for r in value):
+            raise ValueError("resolution must be a non-empty list of sizes >= 16 (e.g. [512])")
         return value
 
     @field_validator("num_frames")
@@ -203,13 +203,20 @@ class ModelConfig(Strict):
 
 
 # ---------------------------------------------------------------------------------------------- sample
+def _check_frames(value: int | None) -> int | None:
+    if value is not None and (value - 1) % 4 != 0:
+        lower, upper = ((value - 1) // 4) * 4 + 1, ((value - 1) // 4 + 1) * 4 + 1
+        raise ValueError(f"num_frames must be of the form 4k+1 (1, 5, 9, ..., 81); try {lower} or {upper}")
+    return value
+
+
 class SamplePrompt(Strict):
     """One sample; unset per-item values fall back to the sample section (the seed's SampleItem)."""
 
     prompt: str
-    ctrl_img: Path | None = None
-    network_multiplier: float = 1.0
-    seed: int | None = None
+    ctrl_img: Path | None = Field(None, description="first frame for I2V models (required for I2V-only archs)")
+    network_multiplier: float = Field(1.0, description="LoRA strength for this sample (1 = as trained)")
+    seed: int | None = Field(None, description="overrides sample.seed (and walk_seed) for this sample")
     width: int | None = Field(None, ge=16)
     height: int | None = Field(None, ge=16)
     num_frames: int | None = Field(None, ge=1)
@@ -218,25 +225,62 @@ class SamplePrompt(Strict):
     guidance_scale: float | None = None
     sample_steps: int | None = Field(None, ge=1)
 
+    @field_validator("num_frames")
+    @classmethod
+    def _frames_4k_plus_1(cls, value: int | None) -> int | None:
+        return _check_frames(value)
+
 
 class SampleConfig(Strict):
-    sampler: str = "flowmatch"
+    sampler: Literal["flowmatch", "unipc", "euler"] = Field(
+        "flowmatch",
+        description="flowmatch/euler: flow-matching Euler; unipc: the model's own UniPC scheduler",
+    )
     sample_every: int = Field(100, ge=1)
     sample_start_step: int = Field(0, ge=0)
-    skip_first_sample: bool = False
+    skip_first_sample: bool = Field(False, description="no baseline sample at step 0")
     width: int = Field(512, ge=16)
     height: int = Field(512, ge=16)
-    num_frames: int = Field(1, ge=1)
-    fps: int | None = Field(16, ge=1)
+    num_frames: int = Field(1, ge=1, description="4k+1")
+    fps: int | None = Field(None, ge=1, description="video frame rate; unset = the model's native rate")
     sample_steps: int = Field(20, ge=1)
     guidance_scale: float = 7.0
-    guidance_scale_2: float | None = None
-    flow_shift: float | None = None
+    guidance_scale_2: float | None = Field(None, description="guidance of the low-noise expert (Wan 2.2 A14B)")
+    flow_shift: float | None = Field(None, gt=0, description="sampling shift; unset = the model's scheduler")
     neg: str = ""
     seed: int = 0
-    walk_seed: bool = False
+    walk_seed: bool = Field(False, description="sample i uses seed + i")
+    attention_backend: Literal["native", "sage"] = Field(
+        "native", description="sage: SageAttention for sampling only (CUDA + sageattention installed)"
+    )
     samples: list[SamplePrompt] = Field(default_factory=list)
     prompts: list[str] = Field(default_factory=list)
+
+    @field_validator("num_frames")
+    @classmethod
+    def _frames_4k_plus_1(cls, value: int | None) -> int | None:
+        return _check_frames(value)
+
+    @property
+    def items(self) -> list[SamplePrompt]:
+        """`samples` followed by the older `prompts:` list, as one list of samples."""
+        return [*self.samples, *(SamplePrompt(prompt=p) for p in self.prompts)]
+
+
+def ctrl_img_problem(path: Path | None) -> str | None:
+    """Why a sample's control image cannot be used, or None. Checked before training, never at step 400."""
+    if path is None:
+        return "missing; image-to-video models need a first frame for every sample (set ctrl_img)"
+    if not Path(path).is_file():
+        return f"file {path} does not exist; fix the path (relative paths are relative to the config file)"
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image.verify()
+    except (OSError, UnidentifiedImageError, SyntaxError, ValueError) as exc:
+        return f"file {path} is not a readable image ({exc}); use a PNG/JPEG/WebP file"
+    return None
 
 
 # --------------------------------------------------------------------------------------------- logging
@@ -295,6 +339,34 @@ class JobConfig(Strict):
                     f"datasets[{i}].do_i2v is false but model.arch {arch!r} is image-to-video only; "
                     "remove do_i2v or set it to true"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _sample_inputs(self) -> JobConfig:
+        """With sampling on, every ctrl_img must open, and I2V-only archs need one per sample."""
+        if self.train.disable_sampling:
+            return self
+        from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
+
+        errors: list[InitErrorDetails] = []
+        required = self.model.arch in I2V_ONLY_ARCHS
+        n = len(self.sample.samples)
+        for i, item in enumerate(self.sample.items):
+            if item.ctrl_img is None and not required:
+                continue
+            problem = ctrl_img_problem(item.ctrl_img)
+            if problem is None:
+                continue
+            loc = ("sample", "samples", i, "ctrl_img") if i < n else ("sample", "prompts", i - n)
+            if i >= n:
+                problem = ("a plain prompt has no ctrl_img, but image-to-video models need one per sample; "
+                           "write it as samples: [{prompt: ..., ctrl_img: FILE}]")
+            errors.append(InitErrorDetails(
+                type=PydanticCustomError("sample_ctrl_img", "{problem}", {"problem": problem}),
+                loc=loc, input=str(item.ctrl_img) if i < n else item.prompt,
+            ))
+        if errors:
+            raise ValidationError.from_exception_data("JobConfig", errors)
         return self
 
     @property

@@ -1,0 +1,158 @@
+"""Checkpoints: LoRA files for users plus the full training state for exact resume.
+
+A checkpoint is complete or absent. Output files (one LoRA file per expert, the alpha-scheduler JSON) are
+each written atomically first; the training-state folder is written under a temporary name, fsynced and
+renamed last, so its presence marks the checkpoint complete. Resume reads only complete state folders.
+Pruning renames a state folder away before deleting anything, so a half-pruned step never looks complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file, save_file
+
+from cadence.atomic import atomic_write_with, fsync_dir
+
+log = logging.getLogger(__name__)
+
+STATE_DIR = "training_state"
+_STEP_DIR = re.compile(r"^step_(\d{9})$")
+
+OutputWriter = Callable[[Path], None]
+
+
+@dataclass(frozen=True)
+class RunPaths:
+    """Names of everything a run writes (the run-folder contract in docs/design.md)."""
+
+    run_dir: Path
+    name: str
+
+    def lora_file(self, step: int, expert: str | None) -> Path:
+        suffix = f"_{expert}" if expert else ""
+        return self.run_dir / f"{self.name}_{step:09d}{suffix}.safetensors"
+
+    def alpha_json(self, step: int) -> Path:
+        return self.run_dir / f"{self.name}_{step:09d}_alpha_scheduler.json"
+
+    def state_dir(self, step: int) -> Path:
+        return self.run_dir / STATE_DIR / f"step_{step:09d}"
+
+    @property
+    def metrics(self) -> Path:
+        return self.run_dir / f"metrics_{self.name}.jsonl"
+
+    @property
+    def config(self) -> Path:
+        return self.run_dir / "config.yaml"
+
+    @property
+    def log(self) -> Path:
+        return self.run_dir / "log.txt"
+
+    @property
+    def tensorboard(self) -> Path:
+        return self.run_dir / "tensorboard"
+
+    @property
+    def samples(self) -> Path:
+        return self.run_dir / "samples"
+
+    def step_outputs(self, step: int) -> list[Path]:
+        """Every user-facing file a checkpoint may have written (for pruning)."""
+        pattern = f"{self.name}_{step:09d}"
+        return [p for p in self.run_dir.glob(f"{pattern}*") if p.is_file()]
+
+
+class CheckpointManager:
+    def __init__(self, paths: RunPaths, keep: int) -> None:
+        self.paths = paths
+        self.keep = keep
+
+    # ------------------------------------------------------------------------------------ discovery
+    def complete_steps(self) -> list[int]:
+        root = self.paths.run_dir / STATE_DIR
+        if not root.is_dir():
+            return []
+        steps = []
+        for child in root.iterdir():
+            match = _STEP_DIR.match(child.name)
+            if match and (child / "state.pt").is_file() and (child / "adapters.safetensors").is_file():
+                steps.append(int(match.group(1)))
+        return sorted(steps)
+
+    def latest_step(self) -> int | None:
+        steps = self.complete_steps()
+        return steps[-1] if steps else None
+
+    # ----------------------------------------------------------------------------------------- save
+    def save(
+        self,
+        step: int,
+        outputs: dict[Path, OutputWriter],
+        adapters: dict[str, torch.Tensor],
+        state: dict[str, Any],
+    ) -> None:
+        for target, writer in outputs.items():
+            atomic_write_with(target, writer)
+        final = self.paths.state_dir(step)
+        final.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp_step_{step:09d}_", dir=final.parent))
+        try:
+            save_file({k: v.detach().contiguous().cpu() for k, v in adapters.items()}, tmp / "adapters.safetensors")
+            torch.save(state, tmp / "state.pt")
+            for child in tmp.iterdir():
+                with open(child, "rb+") as handle:
+                    os.fsync(handle.fileno())
+            fsync_dir(tmp)
+            if final.exists():  # re-saving the same step (e.g. a resumed run that ends where it started)
+                self._discard(final)
+            tmp.rename(final)
+            fsync_dir(final.parent)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        self.prune()
+
+    def load(self, step: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        folder = self.paths.state_dir(step)
+        adapters = load_file(folder / "adapters.safetensors")
+        state = torch.load(folder / "state.pt", map_location="cpu", weights_only=False)
+        return adapters, state
+
+    # ---------------------------------------------------------------------------------------- prune
+    def prune(self) -> list[int]:
+        steps = self.complete_steps()
+        removed = steps[: max(0, len(steps) - self.keep)]
+        for step in removed:
+            self._discard(self.paths.state_dir(step))
+            for path in self.paths.step_outputs(step):
+                path.unlink(missing_ok=True)
+            log.debug("pruned checkpoint step %d", step)
+        self._remove_stale_temp()
+        return removed
+
+    def _discard(self, folder: Path) -> None:
+        trash = folder.with_name(f".trash_{folder.name}")
+        if trash.exists():
+            shutil.rmtree(trash)
+        folder.rename(trash)
+        fsync_dir(folder.parent)
+        shutil.rmtree(trash, ignore_errors=True)
+
+    def _remove_stale_temp(self) -> None:
+        root = self.paths.run_dir / STATE_DIR
+        for child in root.glob(".tmp_step_*"):
+            shutil.rmtree(child, ignore_errors=True)
+        for child in root.glob(".trash_*"):
+            shutil.rmtree(child, ignore_errors=True)

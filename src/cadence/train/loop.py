@@ -1,0 +1,222 @@
+"""The training loop: one readable class that composes the parts built in `train.setup`.
+
+Per optimizer step: the router names the expert, its adapter trains on `gradient_accumulation`
+micro-batches with timesteps drawn inside that expert's range, the update is clipped and applied, and one
+metrics line is written. Nothing here knows which model family it trains.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import time
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import torch
+
+from cadence.train.objective import flow_matching_loss, noisy_latents, velocity_target
+from cadence.train.setup import TrainingSetup
+
+log = logging.getLogger(__name__)
+
+
+class TrainingStopped(Exception):
+    """Raised when the run stops for a reason the user must read (NaN streak, health stop)."""
+
+
+@dataclass
+class StepResult:
+    loss: float | None
+    expert: str
+    t_mean: float
+    grad_norm: float | None
+    seconds: float
+
+
+class StopFlag:
+    """SIGINT/SIGTERM set a flag; the loop checkpoints at the next step boundary and exits cleanly.
+
+    A second signal while saving is logged and ignored: the save is atomic and finishes.
+    """
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.signal_name = ""
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, _frame: Any) -> None:
+        name = signal.Signals(signum).name
+        if self.requested:
+            log.warning("%s again: already stopping, the checkpoint is being written", name)
+            return
+        self.requested = True
+        self.signal_name = name
+        log.warning("%s received: saving a checkpoint, then exiting", name)
+
+    def install(self) -> None:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            self._previous[sig] = signal.signal(sig, self._handle)
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+
+
+class Trainer:
+    def __init__(self, setup: TrainingSetup) -> None:
+        self.s = setup
+        self.stop = StopFlag()
+        self.nan_streak = 0
+        self.nan_total = 0
+
+    # ------------------------------------------------------------------------------------------ step
+    def _micro_batch_loss(self, expert: str) -> tuple[torch.Tensor, torch.Tensor]:
+        s = self.s
+        spec = s.expert_specs[expert]
+        indices = s.sampler.next_batch()
+        batch = s.batches.assemble(indices, s.randomness.captions).to(s.device, s.dtype)
+        noise = torch.randn(batch.latents.shape, generator=s.randomness.noise, dtype=torch.float32)
+        noise = noise.to(device=s.device, dtype=s.dtype)
+        t = s.timesteps.sample(batch.latents.shape[0], spec.t_low, spec.t_high, s.randomness.timesteps)
+        t_dev = t.to(device=s.device, dtype=torch.float32)
+        noisy = noisy_latents(batch.latents, noise, t_dev)
+        prediction = s.adapter.predict(expert, noisy, t_dev, batch.text, batch.cond)
+        loss = flow_matching_loss(prediction, velocity_target(batch.latents, noise))
+        return loss, t
+
+    def train_step(self) -> StepResult:
+        s = self.s
+        started = time.perf_counter()
+        expert = s.router.current()
+        network = s.networks[expert]
+        params = [p for p in network.parameters() if p.requires_grad]
+        s.optimizer.zero_grad(set_to_none=True)
+        accum = s.cfg.train.gradient_accumulation
+        losses: list[float] = []
+        t_values: list[torch.Tensor] = []
+        finite = True
+        for _ in range(accum):
+            loss, t = self._micro_batch_loss(expert)
+            t_values.append(t)
+            if not torch.isfinite(loss):
+                finite = False
+                break
+            (loss / accum).backward()
+            losses.append(float(loss.detach()))
+        t_mean = float(torch.cat(t_values).mean())
+        if not finite:
+            s.optimizer.zero_grad(set_to_none=True)
+            s.router.advance()
+            return StepResult(None, expert, t_mean, None, time.perf_counter() - started)
+        grad_norm = s.clip_grad_norm(params, s.cfg.train.max_grad_norm)
+        before = [p.detach().clone() for p in params]
+        s.optimizer.step()
+        s.lr_scheduler.step()
+        s.hub.stability.observe(expert, [p.detach() - b for p, b in zip(params, before, strict=True)])
+        s.router.advance()
+        return StepResult(sum(losses) / len(losses), expert, t_mean, grad_norm, time.perf_counter() - started)
+
+    # --------------------------------------------------------------------------------------- metrics
+    def metrics_row(self, step: int, result: StepResult) -> dict[str, Any]:
+        s = self.s
+        row: dict[str, Any] = {
+            "step": step,
+            "timestamp": datetime.now().isoformat(timespec="microseconds"),
+            "loss": result.loss,
+            "expert": s.expert_label(result.expert),
+            "t": result.t_mean,
+            "grad_norm": result.grad_norm,
+            "step_seconds": result.seconds,
+        }
+        row.update(s.lr_fields())
+        if self.nan_total:
+            row["nan_skipped"] = self.nan_total
+        row.update(s.hub.observe(step, result.expert, result.loss, result.grad_norm))
+        return row
+
+    # ------------------------------------------------------------------------------------------- run
+    def run(self) -> int:
+        s = self.s
+        start_step = s.start_step
+        total = s.cfg.train.steps
+        if start_step >= total:
+            log.info("run already at step %d of %d; raise train.steps to continue", start_step, total)
+            return 0
+        self.stop.install()
+        progress = s.progress(start_step, total)
+        step = start_step
+        try:
+            for step in range(start_step + 1, total + 1):
+                self._place_experts()
+                result = self.train_step()
+                self._account_nan(result, step)
+                row = self.metrics_row(step, result)
+                s.recorder.write(row)
+                progress.update(1)
+                progress.set_postfix(
+                    loss=f"{result.loss:.4f}" if result.loss is not None else "nan",
+                    expert=result.expert,
+                    refresh=False,
+                )
+                self._summary(step, row)
+                if step % s.cfg.save.save_every == 0 or step == total:
+                    s.recorder.save(s, step)
+                if self.stop.requested:
+                    if step % s.cfg.save.save_every != 0 and step != total:
+                        s.recorder.save(s, step)
+                    log.info("stopped by %s at step %d; checkpoint saved", self.stop.signal_name, step)
+                    return 0
+        except TrainingStopped as stop:
+            log.error("%s", stop)
+            return 3
+        finally:
+            progress.close()
+            self.stop.uninstall()
+            s.close()
+        log.info("finished %d steps; outputs in %s", step, s.paths.run_dir)
+        return 0
+
+    def _place_experts(self) -> None:
+        """With low_vram only the active expert stays on the accelerator."""
+        s = self.s
+        if not s.cfg.model.low_vram:
+            return
+        active = s.router.current()
+        for spec in s.expert_specs.values():
+            if spec.name == active:
+                s.adapter.onload(spec.name)
+            else:
+                s.adapter.offload(spec.name)
+
+    def _summary(self, step: int, row: dict[str, Any]) -> None:
+        every = self.s.cfg.train.log_every
+        if step % every:
+            return
+        parts = [f"step {step}", f"loss_ema_50={_fmt(row.get('loss_ema_50'))}"]
+        parts.append(f"improvement_rate={_fmt(row.get('loss_improvement_rate'))}")
+        parts.append(f"stability_avg={_fmt(row.get('gradient_stability_avg'))}")
+        if row.get("phase") is not None:
+            parts.append(f"phase={row['phase']}")
+        log.info("summary: %s", " ".join(parts))
+
+    def _account_nan(self, result: StepResult, step: int) -> None:
+        if result.loss is not None and math.isfinite(result.loss):
+            self.nan_streak = 0
+            return
+        self.nan_streak += 1
+        self.nan_total += 1
+        log.warning("step %d: non-finite loss, update skipped (%d in a row)", step, self.nan_streak)
+        limit = self.s.cfg.train.max_nan_steps
+        if self.nan_streak >= limit:
+            raise TrainingStopped(
+                f"stopping at step {step}: {self.nan_streak} non-finite losses in a row "
+                f"(train.max_nan_steps={limit}). The last good checkpoint is intact; lower train.lr, check "
+                "the data, or use train.dtype: bf16/fp32."
+            )
+
+
+def _fmt(value: Any) -> str:
+    return "n/a" if value is None else f"{value:.4g}"

@@ -1,0 +1,106 @@
+"""Everything the trainer measures about itself, in one place with one state dict.
+
+Holds the trend windows (global and per expert), gradient stability, the alpha-phase scheduler and the
+periodic weight-magnitude probe, and turns them into metrics fields. Phase transitions decided here are
+applied to the adapters before the next step.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from cadence.metrics.stability import GradientStability
+from cadence.metrics.trend import TrendTracker
+from cadence.networks.magnitude import summarize
+
+log = logging.getLogger(__name__)
+
+
+class MetricsHub:
+    def __init__(
+        self,
+        networks: dict[str, Any],
+        labelled_experts: tuple[str, ...],
+        window: int,
+        alpha_scheduler: Any | None,
+        magnitude_every: int,
+    ) -> None:
+        self.networks = networks
+        self.labelled = labelled_experts  # expert names used as metric suffixes (empty for single-expert)
+        self.trend = TrendTracker(window=window, experts=labelled_experts)
+        self.stability = GradientStability(avg_window=window)
+        self.alpha = alpha_scheduler
+        self.magnitude_every = magnitude_every
+        self.transitions: list[dict[str, Any]] = []
+
+    def label(self, expert: str) -> str | None:
+        return expert if expert in self.labelled else None
+
+    # ------------------------------------------------------------------------------------ per step
+    def observe(self, step: int, expert: str, loss: float | None, grad_norm: float | None) -> dict[str, Any]:
+        label = self.label(expert)
+        self.trend.add_loss(loss, label)
+        self.trend.add_grad_norm(grad_norm, label)
+        stability_fields = self.stability.metrics(self.labelled)
+        self.trend.add_gradient_stability(stability_fields["gradient_stability"], label)
+        fields: dict[str, Any] = {}
+        fields.update(self.trend.metrics())
+        fields.update(stability_fields)
+        fields.update(self._alpha_fields(step, expert, label))
+        if step % self.magnitude_every == 0:
+            fields.update(self.magnitude_fields())
+        return fields
+
+    def _alpha_fields(self, step: int, expert: str, label: str | None) -> dict[str, Any]:
+        if self.alpha is None:
+            net = self.networks[expert]
+            return {"alpha_enabled": False, "linear_alpha": net.linear_alpha, "conv_alpha": net.conv_alpha}
+        transition = self.alpha.observe(
+            step, expert, self.trend.loss_stats(label), self.stability.average(label)
+        )
+        if transition is not None:
+            self.apply_alphas()
+            record = transition.to_dict() if hasattr(transition, "to_dict") else dict(vars(transition))
+            self.transitions.append(record)
+            log.info("alpha phase change at step %d: %s", step, record)
+        return self.alpha.metrics_fields()
+
+    def apply_alphas(self) -> None:
+        """Push the scheduler's current alphas into the adapters (takes effect on the next forward)."""
+        if self.alpha is None:
+            return
+        for expert, net in self.networks.items():
+            alphas = self.alpha.current_alphas(expert)
+            net.set_alpha(linear=alphas.get("linear"), conv=alphas.get("conv"))
+
+    @torch.no_grad()
+    def magnitude_fields(self) -> dict[str, Any]:
+        """Mean |B·A·alpha/rank| per expert and the high/low ratio (seed 003's weight magnitude)."""
+        fields: dict[str, Any] = {}
+        for expert, net in self.networks.items():
+            summary = summarize(net.to_lora_tensors())
+            fields[f"weight_magnitude{'_' + expert if self.label(expert) else ''}"] = summary.mean
+        high, low = fields.get("weight_magnitude_high_noise"), fields.get("weight_magnitude_low_noise")
+        if high is not None and low:
+            fields["weight_ratio"] = high / low
+        return fields
+
+    # --------------------------------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "trend": self.trend.state_dict(),
+            "stability": self.stability.state_dict(),
+            "alpha": self.alpha.state_dict() if self.alpha is not None else None,
+            "transitions": list(self.transitions),
+        }
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.trend.load_state_dict(state["trend"])
+        self.stability.load_state_dict(state["stability"])
+        if self.alpha is not None and state.get("alpha") is not None:
+            self.alpha.load_state_dict(state["alpha"])
+            self.apply_alphas()
+        self.transitions = list(state.get("transitions", []))

@@ -1,0 +1,61 @@
+"""`cadence train CONFIG`: resolve the config, build the run, resume if possible, train, report."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+log = logging.getLogger(__name__)
+
+OOM_ADVICE = (
+    "out of memory. Knobs that lower memory: train.batch_size: 1, smaller datasets[].resolution or "
+    "max_pixels_per_frame, fewer datasets[].num_frames, train.gradient_checkpointing: true, "
+    "model.low_vram: true (idle expert off the GPU), train.cache_text_embeddings: true (text encoder unloaded), "
+    "a lower network.linear rank."
+)
+
+
+def attach_log_file(path: Path) -> logging.Handler:
+    """Mirror the run's log into {run_dir}/log.txt (appended across resumes)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
+    logging.getLogger().addHandler(handler)
+    if logging.getLogger().level > logging.INFO:
+        logging.getLogger().setLevel(logging.INFO)
+    return handler
+
+
+def run_training(config_path: str | Path) -> int:
+    from cadence.config.errors import ConfigError
+    from cadence.config.loader import load_config
+    from cadence.models.base import ModelLoadError
+    from cadence.train.loop import Trainer
+    from cadence.train.setup import build_training
+
+    try:
+        cfg = load_config(config_path)
+    except ConfigError as error:
+        sys.stderr.write(f"{error}\n")
+        return 2
+    handler = attach_log_file(cfg.run_dir / "log.txt")
+    try:
+        setup = build_training(cfg)
+        return Trainer(setup).run()
+    except (ModelLoadError, ConfigError, ValueError, FileNotFoundError) as error:
+        log.error("%s", error)
+        return 2
+    except torch.OutOfMemoryError:
+        log.error(OOM_ADVICE)
+        return 4
+    finally:
+        logging.getLogger().removeHandler(handler)
+        handler.close()
+
+
+def train_command(args: argparse.Namespace) -> int:
+    return run_training(args.config)

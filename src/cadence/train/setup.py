@@ -1,0 +1,251 @@
+"""Build every part of a training run from a resolved config, and restore it from a checkpoint.
+
+`build_training` is the only place that knows how the parts fit together; each part stays testable alone.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm import tqdm
+
+from cadence.config.schema import JobConfig
+from cadence.config.validate import config_hash, dump_resolved
+from cadence.data.cache import LatentCache, TextCache
+from cadence.data.dataset import DatasetIndex, build_dataset_index
+from cadence.data.sampler import BucketBatchSampler
+from cadence.models.base import ExpertSpec, ModelAdapter
+from cadence.models.registry import load_model_adapter
+from cadence.networks.lora import LoRANetwork
+from cadence.optim.factory import build_optimizer, clip_grad_norm
+from cadence.optim.param_groups import build_param_groups
+from cadence.optim.schedulers import build_lr_scheduler
+from cadence.schedule.experts import ExpertRouter
+from cadence.schedule.timesteps import TimestepSampler
+from cadence.train.batches import BatchAssembler
+from cadence.train.checkpoint import CheckpointManager, RunPaths
+from cadence.train.metrics_hub import MetricsHub
+from cadence.train.precision import resolve_device, resolve_dtype
+from cadence.train.recorder import RunRecorder
+from cadence.train.rng import TrainingRandomness, seed_everything
+
+log = logging.getLogger(__name__)
+
+# Weight magnitudes need one matmul per adapted module: measured every N steps, not every step.
+MAGNITUDE_EVERY = 25
+
+
+@dataclass
+class TrainingSetup:
+    cfg: JobConfig
+    paths: RunPaths
+    device: torch.device
+    dtype: torch.dtype
+    adapter: ModelAdapter
+    index: DatasetIndex
+    expert_specs: dict[str, ExpertSpec]
+    networks: dict[str, LoRANetwork]
+    optimizer: torch.optim.Optimizer
+    lr_scheduler: Any
+    router: ExpertRouter
+    timesteps: TimestepSampler
+    sampler: BucketBatchSampler
+    batches: BatchAssembler
+    randomness: TrainingRandomness
+    hub: MetricsHub
+    recorder: RunRecorder
+    start_step: int = 0
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    clip_grad_norm = staticmethod(clip_grad_norm)
+
+    # -------------------------------------------------------------------------------- loop helpers
+    def expert_label(self, expert: str) -> str | None:
+        return self.hub.label(expert)
+
+    def lr_fields(self) -> dict[str, float]:
+        fields: dict[str, float] = {}
+        for group in self.optimizer.param_groups:
+            lr = float(group.get("lr", 0.0))
+            fields[f"lr_{group.get('name', len(fields))}"] = lr
+            expert = group.get("expert")
+            if expert and self.hub.label(expert) and f"lr_{expert}" not in fields:
+                fields[f"lr_{expert}"] = lr
+        return fields
+
+    def state_dict(self, step: int) -> dict[str, Any]:
+        from cadence.train.rng import capture_global_rng
+
+        return {
+            "step": step,
+            "config_hash": config_hash(self.cfg),
+            "optimizer": self.optimizer.state_dict(),
+            "lr_scheduler": self.lr_scheduler.state_dict(),
+            "router": self.router.state_dict(),
+            "sampler": self.sampler.state_dict(),
+            "randomness": self.randomness.state_dict(),
+            "global_rng": capture_global_rng(),
+            "hub": self.hub.state_dict(),
+            "alphas": {e: {"linear": n.linear_alpha, "conv": n.conv_alpha} for e, n in self.networks.items()},
+        }
+
+    def adapter_tensors(self) -> dict[str, torch.Tensor]:
+        return {f"{e}::{k}": v for e, net in self.networks.items() for k, v in net.state_dict().items()}
+
+    def progress(self, start: int, total: int) -> tqdm:
+        return tqdm(total=total, initial=start, desc=self.cfg.name, unit="step", dynamic_ncols=True)
+
+    def close(self) -> None:
+        self.recorder.close()
+
+
+def _trained_experts(cfg: JobConfig, adapter: ModelAdapter) -> list[str]:
+    kw = cfg.model.model_kwargs
+    wanted = {"high_noise": kw.train_high_noise, "low_noise": kw.train_low_noise}
+    return [spec.name for spec in adapter.experts if wanted.get(spec.name, True)]
+
+
+def _build_networks(cfg: JobConfig, adapter: ModelAdapter, experts: list[str]) -> dict[str, LoRANetwork]:
+    networks: dict[str, LoRANetwork] = {}
+    for offset, expert in enumerate(experts):
+        transformer = adapter.transformer(expert)
+        # Each expert gets its own adapter, initialised from its own seed: never one shared adapter.
+        net = LoRANetwork(transformer, cfg.network, name=expert, seed=cfg.train.seed + 1000 * (offset + 1))
+        net.apply()
+        networks[expert] = net
+    return networks
+
+
+def build_training(cfg: JobConfig) -> TrainingSetup:
+    paths = RunPaths(cfg.run_dir, cfg.name)
+    paths.run_dir.mkdir(parents=True, exist_ok=True)
+    device = resolve_device(cfg.device)
+    dtype = resolve_dtype(cfg.train.dtype)
+    seed_everything(cfg.train.seed)
+
+    adapter = load_model_adapter(cfg.model, device, dtype)
+    index = build_dataset_index(
+        cfg, adapter.spatial_multiple, adapter.temporal_multiple, adapter.native_fps, cfg.train.seed
+    )
+    latent_cache, text_cache = _prepare_caches(cfg, adapter, index, paths)
+
+    experts = _trained_experts(cfg, adapter)
+    networks = _build_networks(cfg, adapter, experts)
+    for expert in experts:
+        adapter.transformer(expert).train()
+        if cfg.train.gradient_checkpointing:
+            adapter.enable_gradient_checkpointing(expert)
+    groups = build_param_groups(networks, cfg.train, cfg.network.network_kwargs.loraplus_lr_ratio)
+    optimizer = build_optimizer(cfg.train, groups)
+    lr_scheduler = build_lr_scheduler(
+        optimizer, cfg.train.lr_scheduler, cfg.train.steps, cfg.train.lr_warmup_steps, cfg.train.lr_scheduler_params
+    )
+    labelled = tuple(e for e in experts if e != "main") if len(adapter.experts) > 1 else ()
+    alpha = _alpha_scheduler(cfg, networks, experts)
+    window = cfg.network.alpha_schedule.window if cfg.network.alpha_schedule else 200
+    hub = MetricsHub(networks, labelled, window, alpha, MAGNITUDE_EVERY)
+    hub.apply_alphas()
+
+    setup = TrainingSetup(
+        cfg=cfg,
+        paths=paths,
+        device=device,
+        dtype=dtype,
+        adapter=adapter,
+        index=index,
+        expert_specs={spec.name: spec for spec in adapter.experts},
+        networks=networks,
+        optimizer=optimizer,
+        lr_scheduler=lr_scheduler,
+        router=ExpertRouter(experts, cfg.train.switch_boundary_every),
+        timesteps=TimestepSampler(cfg.train.timestep_type, flow_shift=cfg.train.flow_shift),
+        sampler=BucketBatchSampler(index.train_items, cfg.train.batch_size, cfg.train.seed),
+        batches=BatchAssembler(
+            index.train_items,
+            latent_cache,
+            text_cache,
+            adapter.pad_text,
+            [ds.caption_dropout_rate for ds in cfg.datasets],
+        ),
+        randomness=TrainingRandomness(cfg.train.seed),
+        hub=hub,
+        recorder=RunRecorder(cfg, paths, CheckpointManager(paths, cfg.save.max_step_saves_to_keep)),
+    )
+    setup.start_step = _resume(setup)
+    _write_resolved_config(cfg, paths.config)
+    return setup
+
+
+def _prepare_caches(
+    cfg: JobConfig, adapter: ModelAdapter, index: DatasetIndex, paths: RunPaths
+) -> tuple[LatentCache, TextCache]:
+    """Encode what is not cached yet; drop items whose media failed to decode (counted, not fatal)."""
+    latent_cache = LatentCache.for_adapter(adapter)
+    text_cache = TextCache(paths.run_dir / "text_cache", adapter.model_id)
+    report = latent_cache.ensure(index.items, adapter)
+    if report.skipped:
+        bad = {entry.path for entry in report.skipped}
+        index.train_items = [item for item in index.train_items if item.path not in bad]
+        index.eval_items = [item for item in index.eval_items if item.path not in bad]
+        index.skipped.extend(report.skipped)
+        log.warning("skipped %d file(s) that failed to decode: %s", len(bad), ", ".join(sorted(map(str, bad))))
+    if not index.train_items:
+        raise ValueError("no usable training items are left after caching; see the warnings above")
+    text_cache.ensure(sorted({item.caption or "" for item in index.items} | {""}), adapter)
+    if cfg.train.cache_text_embeddings:
+        adapter.unload_text_encoder()
+    log.info("caches ready: %d latent entries (%d encoded now), %d captions", len(index.items),
+             report.encoded, len({item.caption or "" for item in index.items}))
+    return latent_cache, text_cache
+
+
+def _alpha_scheduler(cfg: JobConfig, networks: dict[str, LoRANetwork], experts: list[str]) -> Any | None:
+    schedule = cfg.network.alpha_schedule
+    if schedule is None or not schedule.enabled:
+        return None
+    from cadence.schedule.alpha_phases import AlphaPhaseScheduler
+
+    kinds = {"linear"} if any(n.has_linear for n in networks.values()) else set()
+    if any(n.has_conv for n in networks.values()):
+        kinds.add("conv")
+    return AlphaPhaseScheduler.from_config(schedule, experts, kinds)
+
+
+def _resume(setup: TrainingSetup) -> int:
+    """Restore the newest complete checkpoint, if any; returns the step to continue from."""
+    manager = setup.recorder.checkpoints
+    step = manager.latest_step()
+    if step is None:
+        setup.recorder.open(purge_step=None, truncate_after=0)
+        return 0
+    adapters, state = manager.load(step)
+    for expert, net in setup.networks.items():
+        prefix = f"{expert}::"
+        net.load_state_dict({k[len(prefix):]: v for k, v in adapters.items() if k.startswith(prefix)})
+    setup.optimizer.load_state_dict(state["optimizer"])
+    setup.lr_scheduler.load_state_dict(state["lr_scheduler"])
+    setup.router.load_state_dict(state["router"])
+    setup.sampler.load_state_dict(state["sampler"])
+    setup.randomness.load_state_dict(state["randomness"])
+    setup.hub.load_state_dict(state["hub"])
+    for expert, alphas in state["alphas"].items():
+        setup.networks[expert].set_alpha(linear=alphas["linear"], conv=alphas["conv"])
+    from cadence.train.rng import restore_global_rng
+
+    restore_global_rng(state["global_rng"])
+    if state.get("config_hash") != config_hash(setup.cfg):
+        log.warning("the config changed since step %d was saved; resuming with the new config", step)
+    setup.recorder.open(purge_step=step + 1, truncate_after=step)
+    log.info("resumed from step %d (%s)", step, manager.paths.state_dir(step))
+    return step
+
+
+def _write_resolved_config(cfg: JobConfig, target: Path) -> None:
+    from cadence.atomic import atomic_write_text
+
+    atomic_write_text(target, dump_resolved(cfg))
+

@@ -1,0 +1,114 @@
+"""Resume is exact: N steps in one run equal N/2 steps, stop, resume — bit-identical."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from safetensors.torch import load_file
+
+from cadence.metrics.jsonl import read_metrics
+from cadence.train.runner import run_training
+
+from .conftest import job_dict, write_job
+
+VOLATILE = {"timestamp", "step_seconds"}
+
+
+def _metrics(run: Path) -> list[dict]:
+    return [{k: v for k, v in row.items() if k not in VOLATILE} for row in read_metrics(run / "metrics_job.jsonl")]
+
+
+def _lora_files(run: Path, step: int) -> dict[str, dict]:
+    return {
+        expert: load_file(run / f"job_{step:09d}_{expert}.safetensors") for expert in ("high_noise", "low_noise")
+    }
+
+
+def _assert_same_tensors(a: dict[str, dict], b: dict[str, dict]) -> None:
+    for expert in a:
+        assert a[expert].keys() == b[expert].keys()
+        for key in a[expert]:
+            assert a[expert][key].equal(b[expert][key]), f"{expert} {key} differs"
+
+
+@pytest.mark.slow
+def test_stop_inside_expert_block_then_resume_is_bit_identical(tiny_i2v: Path, clips: Path, tmp_path: Path) -> None:
+    extra = {"steps": 14, "gradient_accumulation": 2}
+    straight = write_job(tmp_path / "a.yaml", job_dict(tiny_i2v, clips, tmp_path / "a", **extra))
+    assert run_training(straight) == 0
+
+    # 7 is inside an expert block (switch every 3): the router must resume mid-block.
+    half = job_dict(tiny_i2v, clips, tmp_path / "b", **{**extra, "steps": 7})
+    assert run_training(write_job(tmp_path / "b.yaml", half)) == 0
+    full = job_dict(tiny_i2v, clips, tmp_path / "b", **extra)
+    assert run_training(write_job(tmp_path / "b.yaml", full)) == 0
+
+    run_a, run_b = tmp_path / "a" / "job", tmp_path / "b" / "job"
+    rows_a, rows_b = _metrics(run_a), _metrics(run_b)
+    assert [r["step"] for r in rows_b] == list(range(1, 15))
+    assert [r["expert"] for r in rows_a] == [r["expert"] for r in rows_b]
+    assert [r["expert"] for r in rows_a][:7] == ["high_noise"] * 3 + ["low_noise"] * 3 + ["high_noise"]
+    assert rows_a == rows_b
+    _assert_same_tensors(_lora_files(run_a, 14), _lora_files(run_b, 14))
+
+
+@pytest.mark.slow
+def test_kill_9_then_resume_matches_uninterrupted_run(tiny_i2v: Path, clips: Path, tmp_path: Path) -> None:
+    steps = 40
+    straight = write_job(tmp_path / "a.yaml", job_dict(tiny_i2v, clips, tmp_path / "a", steps=steps))
+    assert run_training(straight) == 0
+
+    job = job_dict(tiny_i2v, clips, tmp_path / "b", steps=steps)
+    job["save"]["save_every"] = 1  # a save at every step, so the kill very likely lands inside one
+    job["save"]["max_step_saves_to_keep"] = 2
+    config = write_job(tmp_path / "b.yaml", job)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cadence.cli", "train", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    state_root = tmp_path / "b" / "job" / "training_state"
+    deadline = time.time() + 120
+    while time.time() < deadline and proc.poll() is None:
+        if state_root.exists() and len(list(state_root.glob("step_*"))) >= 2:
+            time.sleep(0.37)
+            break
+        time.sleep(0.05)
+    assert proc.poll() is None, "the run finished before it could be killed; the test needs a longer run"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+    assert run_training(config) == 0
+    run_a, run_b = tmp_path / "a" / "job", tmp_path / "b" / "job"
+    assert _metrics(run_a) == _metrics(run_b)
+    _assert_same_tensors(_lora_files(run_a, steps), _lora_files(run_b, steps))
+    assert not list(state_root.glob(".tmp_*")), "temporary checkpoint folders must not survive"
+
+
+def test_sigint_saves_a_checkpoint_and_exits_zero(tiny_i2v: Path, clips: Path, tmp_path: Path) -> None:
+    job = job_dict(tiny_i2v, clips, tmp_path / "c", steps=100000)
+    config = write_job(tmp_path / "c.yaml", job)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cadence.cli", "train", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    metrics = tmp_path / "c" / "job" / "metrics_job.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (metrics.exists() and metrics.stat().st_size > 0):
+        time.sleep(0.1)
+    os.killpg(proc.pid, signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err.decode()[-2000:]
+    rows = read_metrics(metrics)
+    last = rows[-1]["step"]
+    assert (tmp_path / "c" / "job" / f"job_{last:09d}_high_noise.safetensors").exists()
+    assert (tmp_path / "c" / "job" / "training_state" / f"step_{last:09d}").is_dir()

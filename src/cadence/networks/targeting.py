@@ -1,0 +1,93 @@
+"""Which modules of a transformer get a LoRA adapter.
+
+Rules (network.network_kwargs), all matched against the module's full name with the seed trainer's
+`transformer.` prefix, e.g. `transformer.blocks.0.attn1.to_q`, so that filters written for ai-toolkit
+configs keep working:
+
+* Candidates: every `nn.Linear`; `nn.Conv1d/2d/3d` only when `network.conv` is set.
+* Default selection: every Linear inside the transformer blocks (name starts with `blocks.`) - attention
+  q/k/v/o, cross-attention (incl. the image k/v of Wan 2.1 I2V) and the FFN.
+* `include_patterns` (regex, `re.search`) *add* candidates to that selection. This is how a module outside the
+  blocks is named (`proj_out`, or the Conv3d `patch_embedding` when `network.conv` is set).
+* `only_if_contains` (substrings) *restricts* the selection to names containing any of them.
+* `ignore_if_contains` (substrings) and `exclude_patterns` (regex) remove modules; removal always wins.
+
+No module left is an error that names the filters and lists some available names.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+
+from torch import nn
+
+from cadence.config.schema import NetworkConfig
+
+log = logging.getLogger(__name__)
+
+NAME_PREFIX = "transformer."
+CONV_TYPES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+
+
+def is_conv(module: nn.Module) -> bool:
+    return isinstance(module, CONV_TYPES)
+
+
+def _compile(patterns: list[str], field: str) -> list[re.Pattern[str]]:
+    compiled = []
+    for pattern in patterns:
+        try:
+            compiled.append(re.compile(pattern))
+        except re.error as exc:
+            raise ValueError(f"network.network_kwargs.{field}: invalid regex {pattern!r}: {exc}") from exc
+    return compiled
+
+
+def select_targets(root: nn.Module, cfg: NetworkConfig) -> dict[str, nn.Module]:
+    """Return {diffusers module name: module} of the modules to adapt, in `named_modules` order."""
+    kw = cfg.network_kwargs
+    include = _compile(kw.include_patterns, "include_patterns")
+    exclude = _compile(kw.exclude_patterns, "exclude_patterns")
+    selected: dict[str, nn.Module] = {}
+    available: list[str] = []
+    for name, module in root.named_modules():
+        linear = isinstance(module, nn.Linear)
+        conv = is_conv(module)
+        if not (linear or conv) or not name:
+            continue
+        full = NAME_PREFIX + name
+        available.append(full)
+        named = any(p.search(full) for p in include)
+        if conv and cfg.conv is None:
+            if named:
+                log.warning("%s matches include_patterns but network.conv is not set; not targeted", full)
+            continue
+        chosen = (linear and name.startswith("blocks.")) or named
+        if chosen and kw.only_if_contains:
+            chosen = any(s in full for s in kw.only_if_contains)
+        if chosen and (any(s in full for s in kw.ignore_if_contains) or any(p.search(full) for p in exclude)):
+            chosen = False
+        if chosen:
+            selected[name] = module
+    if not selected:
+        raise ValueError(_no_match_message(cfg, available))
+    return selected
+
+
+def _no_match_message(cfg: NetworkConfig, available: list[str]) -> str:
+    kw = cfg.network_kwargs
+    filters = {
+        "only_if_contains": kw.only_if_contains,
+        "ignore_if_contains": kw.ignore_if_contains,
+        "include_patterns": kw.include_patterns,
+        "exclude_patterns": kw.exclude_patterns,
+    }
+    shown = ", ".join(f"{k}={v}" for k, v in filters.items() if v) or "defaults"
+    sample = ", ".join(available[:8]) + (" ..." if len(available) > 8 else "")
+    return (
+        f"no module matched the LoRA target filters ({shown}). Names are matched with the "
+        f"'{NAME_PREFIX}' prefix; available Linear/Conv modules include: {sample}. "
+        "only_if_contains restricts the default block Linears; use include_patterns to add modules outside "
+        "the blocks."
+    )

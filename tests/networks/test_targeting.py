@@ -1,0 +1,56 @@
+"""Which modules get adapters: defaults, substring filters, regex filters, conv."""
+
+from __future__ import annotations
+
+import pytest
+
+from cadence.config.schema import NetworkConfig
+from cadence.networks.targeting import select_targets
+
+
+def _cfg(**kwargs) -> NetworkConfig:
+    conv = kwargs.pop("conv", None)
+    return NetworkConfig(linear=4, conv=conv, network_kwargs=kwargs)
+
+
+def test_default_targets_every_block_linear(transformer) -> None:
+    names = set(select_targets(transformer, _cfg()))
+    assert len(names) == 2 * 10  # 2 blocks x (4 self-attn + 4 cross-attn + 2 ffn)
+    assert "blocks.0.attn1.to_q" in names and "blocks.1.attn2.to_out.0" in names
+    assert "blocks.1.ffn.net.0.proj" in names and "blocks.0.ffn.net.2" in names
+    assert not any(not n.startswith("blocks.") for n in names)
+
+
+def test_only_if_contains_restricts_and_ignore_wins(transformer) -> None:
+    names = set(select_targets(transformer, _cfg(only_if_contains=["attn1"], ignore_if_contains=["to_k"])))
+    assert names == {f"blocks.{b}.attn1.{p}" for b in (0, 1) for p in ("to_q", "to_v", "to_out.0")}
+
+
+def test_prefix_is_part_of_the_matched_name(transformer) -> None:
+    names = set(select_targets(transformer, _cfg(only_if_contains=["transformer.blocks.1."])))
+    assert names and all(n.startswith("blocks.1.") for n in names)
+
+
+def test_regex_include_adds_and_exclude_wins(transformer) -> None:
+    cfg = _cfg(include_patterns=[r"proj_out$"], exclude_patterns=[r"\.ffn\.", r"blocks\.0\."])
+    names = set(select_targets(transformer, cfg))
+    assert "proj_out" in names
+    assert not any(".ffn." in n or n.startswith("blocks.0.") for n in names)
+    assert "blocks.1.attn2.to_k" in names
+
+
+def test_conv_only_when_named_and_conv_set(transformer) -> None:
+    assert "patch_embedding" not in select_targets(transformer, _cfg(include_patterns=["patch_embedding"]))
+    names = select_targets(transformer, _cfg(conv=2, include_patterns=["patch_embedding"]))
+    assert "patch_embedding" in names
+    assert "patch_embedding" not in select_targets(transformer, _cfg(conv=2))
+
+
+def test_no_match_names_the_filters_and_lists_modules(transformer) -> None:
+    with pytest.raises(ValueError, match=r"only_if_contains=\['nothing_here'\].*transformer\.blocks\.0"):
+        select_targets(transformer, _cfg(only_if_contains=["nothing_here"]))
+
+
+def test_bad_regex_names_the_field(transformer) -> None:
+    with pytest.raises(ValueError, match="exclude_patterns"):
+        select_targets(transformer, _cfg(exclude_patterns=["("]))

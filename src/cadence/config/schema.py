@@ -20,6 +20,8 @@ Arch = Literal["wan21", "wan21_i2v", "wan22_14b", "wan22_14b_i2v", "wan22_5b"]
 I2V_ONLY_ARCHS = frozenset({"wan21_i2v", "wan22_14b_i2v"})
 T2V_ONLY_ARCHS = frozenset({"wan21", "wan22_14b"})
 DType = Literal["fp32", "float32", "fp16", "float16", "bf16", "bfloat16"]
+QTYPES = ("fp8", "qfloat8", "qint8", "qint4")  # model.qtype / qtype_te values Cadence implements
+TORCHAO_QTYPES = ("int8", "uint4", "uint8", "int4")
 
 
 class Strict(BaseModel):
@@ -53,6 +55,17 @@ class ExpertAlphaSchedule(Strict):
 
     conv_alpha_phases: dict[str, AlphaPhase] | None = None
     alpha_phases: dict[str, AlphaPhase] | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _seed_phases_key(cls, data: object) -> object:
+        """The seed trainer reads `per_expert.<expert>.phases` (its conv-alpha phase list)."""
+        if isinstance(data, dict) and "phases" in data:
+            data = dict(data)
+            if "conv_alpha_phases" in data:
+                raise ValueError("give either 'phases' (seed name) or 'conv_alpha_phases', not both")
+            data["conv_alpha_phases"] = data.pop("phases")
+        return data
 
 
 class AlphaSchedule(Strict):
@@ -168,7 +181,15 @@ class TrainConfig(Strict):
     lr_scheduler_params: dict[str, float | int] = Field(default_factory=dict)
     max_grad_norm: float = Field(1.0, ge=0, description="0 disables clipping")
     dtype: DType = "fp32"
-    gradient_checkpointing: bool = True
+    gradient_checkpointing: bool | int = Field(
+        True, description="true: every transformer block; an int N >= 1: every N-th block; false: off"
+    )
+    attention_backend: Literal["native", "flash", "flash3", "sage"] = Field(
+        "native", description="diffusers attention backend for every expert (native = PyTorch SDPA)"
+    )
+    compile: bool = Field(False, description="torch.compile each transformer block (regional compile)")
+    compile_cache_size_limit: int = Field(32, ge=1, description="torch._dynamo recompile limit per block")
+    adapter_dtype: Literal["fp32", "bf16"] = Field("fp32", description="dtype of the LoRA master weights")
     noise_scheduler: Literal["flowmatch"] = "flowmatch"
     timestep_type: Literal["uniform", "linear", "sigmoid", "shift", "logit_normal"] = "sigmoid"
     flow_shift: float = Field(3.0, gt=0, description="shift for timestep_type: shift")
@@ -181,6 +202,23 @@ class TrainConfig(Strict):
     health: HealthConfig | None = Field(None, description="live weight/loss health checks at checkpoints")
     eval_every: int | None = Field(None, ge=1, description="steps between fixed-timestep eval-loss runs")
     eval_split: float = Field(0.0, ge=0, lt=1, description="fraction of train items held out for eval loss")
+
+    @field_validator("gradient_checkpointing")
+    @classmethod
+    def _checkpoint_every(cls, value: bool | int) -> bool | int:
+        if not isinstance(value, bool) and value < 1:
+            raise ValueError("gradient_checkpointing must be true, false or a block interval N >= 1 (e.g. 2)")
+        return value
+
+    @field_validator("attention_backend")
+    @classmethod
+    def _no_sage(cls, value: str) -> str:
+        if value == "sage":
+            raise ValueError(
+                "SageAttention has no backward pass, so it cannot train; use native (SDPA), flash or flash3 "
+                "(sage is for sampling only)"
+            )
+        return value
 
 
 # ----------------------------------------------------------------------------------------------- model
@@ -199,7 +237,30 @@ class ModelConfig(Strict):
     quantize_te: bool = False
     qtype_te: str = "qfloat8"
     low_vram: bool = False
+    blocks_to_swap: int = Field(
+        0, ge=0, description="transformer blocks whose weights live in host memory and stream in when used"
+    )
     model_kwargs: ModelKwargs = Field(default_factory=ModelKwargs)
+
+    @field_validator("qtype", "qtype_te")
+    @classmethod
+    def _known_qtype(cls, value: str) -> str:
+        """fp8 is Cadence's own; q* are optimum-quanto's; torchao's int8/uint4 (and uint4|ADAPTER) need torchao."""
+        base = value.split("|", 1)[0].strip().lower()
+        if base in QTYPES:
+            if "|" in value:
+                raise ValueError(
+                    f"an accuracy-recovery adapter ('{value}') is only defined for torchao's uint4; "
+                    f"use plain {base!r}"
+                )
+            return base
+        if base in TORCHAO_QTYPES:
+            raise ValueError(
+                f"qtype {value!r} is valid for ai-toolkit but not supported yet by Cadence: it needs torchao, "
+                "which does not load against this torch build; use fp8 (Cadence's block-scaled e4m3), "
+                "qint8 or qint4 (optimum-quanto)"
+            )
+        raise ValueError(f"unknown qtype {value!r}; expected one of {', '.join(QTYPES)}")
 
 
 # ---------------------------------------------------------------------------------------------- sample

@@ -78,6 +78,7 @@ class CheckpointManager:
     def __init__(self, paths: RunPaths, keep: int) -> None:
         self.paths = paths
         self.keep = keep
+        self.protected: set[int] = set()  # steps pruning must keep (e.g. the health recommender's best)
 
     # ------------------------------------------------------------------------------------ discovery
     def complete_steps(self) -> list[int]:
@@ -133,7 +134,7 @@ class CheckpointManager:
     # ---------------------------------------------------------------------------------------- prune
     def prune(self) -> list[int]:
         steps = self.complete_steps()
-        removed = steps[: max(0, len(steps) - self.keep)]
+        removed = [step for step in steps[: max(0, len(steps) - self.keep)] if step not in self.protected]
         for step in removed:
             self._discard(self.paths.state_dir(step))
             for path in self.paths.step_outputs(step):

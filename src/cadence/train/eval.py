@@ -84,6 +84,7 @@ class FixedEval:
                 t = torch.full((1,), t_value, dtype=torch.float32, device=device)
                 prediction = adapter.predict(spec.name, noisy_latents(batch.latents, noise, t), t, batch.text,
                                              batch.cond)
-                total += float(flow_matching_loss(prediction, velocity_target(batch.latents, noise)))
+                target = velocity_target(batch.latents, noise)
+                total += float(flow_matching_loss(prediction, target, adapter.loss_mask(batch.cond)))
             losses.append(total / len(self.item_indices))
         return losses

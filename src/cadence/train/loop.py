@@ -84,7 +84,8 @@ class Trainer:
         t_dev = t.to(device=s.device, dtype=torch.float32)
         noisy = noisy_latents(batch.latents, noise, t_dev)
         prediction = s.adapter.predict(expert, noisy, t_dev, batch.text, batch.cond)
-        loss = flow_matching_loss(prediction, velocity_target(batch.latents, noise))
+        target = velocity_target(batch.latents, noise)
+        loss = flow_matching_loss(prediction, target, s.adapter.loss_mask(batch.cond))
         return loss, t
 
     def train_step(self) -> StepResult:
@@ -112,6 +113,10 @@ class Trainer:
             s.router.advance()
             return StepResult(None, expert, t_mean, None, time.perf_counter() - started)
         grad_norm = s.clip_grad_norm(params, s.cfg.train.max_grad_norm)
+        if not math.isfinite(grad_norm):
+            s.optimizer.zero_grad(set_to_none=True)
+            s.router.advance()
+            return StepResult(None, expert, t_mean, grad_norm, time.perf_counter() - started)
         before = [p.detach().clone() for p in params]
         s.optimizer.step()
         s.lr_scheduler.step()
@@ -129,7 +134,7 @@ class Trainer:
             "expert": s.expert_label(result.expert),
             "t": result.t_mean,
             "grad_norm": result.grad_norm,
-            "step_seconds": result.seconds,
+            "step_time_s": result.seconds,
         }
         row.update(s.lr_fields())
         if self.nan_total:
@@ -154,6 +159,8 @@ class Trainer:
                 result = self.train_step()
                 self._account_nan(result, step)
                 row = self.metrics_row(step, result)
+                saving = step % s.cfg.save.save_every == 0 or step == total or self.stop.requested
+                row.update(s.checks.run(step, saving, row))
                 s.recorder.write(row)
                 progress.update(1)
                 progress.set_postfix(
@@ -162,12 +169,15 @@ class Trainer:
                     refresh=False,
                 )
                 self._summary(step, row)
-                if step % s.cfg.save.save_every == 0 or step == total:
+                if saving:
                     s.recorder.save(s, step)
                 if self.stop.requested:
-                    if step % s.cfg.save.save_every != 0 and step != total:
-                        s.recorder.save(s, step)
                     log.info("stopped by %s at step %d; checkpoint saved", self.stop.signal_name, step)
+                    return 0
+                if s.checks.stop_reason:
+                    log.warning("health stop at step %d: %s", step, s.checks.stop_reason)
+                    if not saving:
+                        s.recorder.save(s, step)
                     return 0
         except TrainingStopped as stop:
             log.error("%s", stop)

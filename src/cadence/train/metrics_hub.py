@@ -63,10 +63,13 @@ class MetricsHub:
         )
         if transition is not None:
             self.apply_alphas()
-            record = transition.to_dict() if hasattr(transition, "to_dict") else dict(vars(transition))
+            from cadence.schedule.alpha_phases import describe_transition
+
+            record = transition.to_dict()
             self.transitions.append(record)
-            log.info("alpha phase change at step %d: %s", step, record)
-        return self.alpha.metrics_fields()
+            log.info("alpha phase change: %s", describe_transition(transition))
+            log.info("alpha phase evidence: %s", record["evidence"])
+        return self.alpha.metrics_fields(expert)
 
     def apply_alphas(self) -> None:
         """Push the scheduler's current alphas into the adapters (takes effect on the next forward)."""

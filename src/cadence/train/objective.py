@@ -23,5 +23,13 @@ def velocity_target(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     return noise - x0
 
 
-def flow_matching_loss(prediction: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    return torch.nn.functional.mse_loss(prediction.float(), target.float())
+def flow_matching_loss(
+    prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
+) -> torch.Tensor:
+    """MSE in fp32; with a mask (broadcastable weights, e.g. TI2V-5B's clean first frame = 0) the mean runs
+    over the weighted elements only."""
+    error = (prediction.float() - target.float()) ** 2
+    if mask is None:
+        return error.mean()
+    weights = mask.to(error.dtype).expand_as(error)
+    return (error * weights).sum() / weights.sum().clamp_min(1e-12)

@@ -13,6 +13,7 @@ from cadence.metrics.jsonl import MetricsLog
 from cadence.metrics.tensorboard import TensorBoardLog
 from cadence.networks.formats import save_lora_file
 from cadence.train.checkpoint import CheckpointManager, RunPaths
+from cadence.train.checks import evaluation_weights
 from cadence.train.precision import resolve_dtype
 
 if TYPE_CHECKING:
@@ -60,11 +61,14 @@ class RunRecorder:
     def save(self, setup: TrainingSetup, step: int) -> None:
         outputs: dict[Path, Any] = {}
         save_dtype = resolve_dtype(self.cfg.save.dtype)
-        for expert, net in setup.networks.items():
-            label = setup.hub.label(expert)
-            metadata = self.lora_metadata(setup, step, expert, net)
-            tensors = net.to_lora_tensors()
-            outputs[self.paths.lora_file(step, label)] = _lora_writer(tensors, metadata, self.cfg.save.format, save_dtype)
+        with evaluation_weights(setup.optimizer):
+            for expert, net in setup.networks.items():
+                label = setup.hub.label(expert)
+                metadata = self.lora_metadata(setup, step, expert, net)
+                tensors = net.to_lora_tensors()
+                outputs[self.paths.lora_file(step, label)] = _lora_writer(
+                    tensors, metadata, self.cfg.save.format, save_dtype
+                )
         if setup.hub.alpha is not None:
             text = json.dumps(setup.hub.alpha.to_seed_json(), indent=2)
             outputs[self.paths.alpha_json(step)] = lambda tmp, text=text: tmp.write_text(text)

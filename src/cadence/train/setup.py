@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import logging
+import random
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -26,8 +27,11 @@ from cadence.optim.param_groups import build_param_groups
 from cadence.optim.schedulers import build_lr_scheduler
 from cadence.schedule.experts import ExpertRouter
 from cadence.schedule.timesteps import TimestepSampler
+from cadence.tools.health import HealthMonitor
 from cadence.train.batches import BatchAssembler
 from cadence.train.checkpoint import CheckpointManager, RunPaths
+from cadence.train.checks import PeriodicChecks, evaluation_weights, live_magnitudes
+from cadence.train.eval import FixedEval
 from cadence.train.metrics_hub import MetricsHub
 from cadence.train.precision import resolve_device, resolve_dtype
 from cadence.train.recorder import RunRecorder
@@ -58,6 +62,7 @@ class TrainingSetup:
     randomness: TrainingRandomness
     hub: MetricsHub
     recorder: RunRecorder
+    checks: PeriodicChecks
     start_step: int = 0
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -150,6 +155,32 @@ def build_training(cfg: JobConfig) -> TrainingSetup:
     hub = MetricsHub(networks, labelled, window, alpha, MAGNITUDE_EVERY)
     hub.apply_alphas()
 
+    eval_items = _split_eval(cfg, index)
+    batches = BatchAssembler(
+        index.train_items, latent_cache, text_cache, adapter.pad_text, [ds.caption_dropout_rate for ds in cfg.datasets]
+    )
+    timesteps = TimestepSampler(cfg.train.timestep_type, flow_shift=cfg.train.flow_shift)
+    recorder = RunRecorder(cfg, paths, CheckpointManager(paths, cfg.save.max_step_saves_to_keep))
+    evaluator = None
+    if eval_items:
+        eval_batches = BatchAssembler(eval_items, latent_cache, text_cache, adapter.pad_text, [0.0] * len(cfg.datasets))
+        specs = [spec for spec in adapter.experts if spec.name in networks]
+        evaluator = FixedEval(list(range(len(eval_items))), eval_batches, specs, timesteps, seed=cfg.train.seed)
+    elif cfg.train.eval_every:
+        raise ValueError(
+            "train.eval_every is set but there is no eval set: mark a dataset with datasets[].is_eval: true "
+            "or set train.eval_split (e.g. 0.1)"
+        )
+    health = HealthMonitor(cfg.train.health) if cfg.train.health else None
+
+    def run_eval(ev: FixedEval) -> dict[str, float]:
+        with evaluation_weights(optimizer):
+            return ev.evaluate(adapter, device, dtype, label=hub.label)
+
+    checks = PeriodicChecks(
+        evaluator, cfg.train.eval_every, health, run_eval, live_magnitudes(networks), paths.metrics,
+        recorder.checkpoints,
+    )
     setup = TrainingSetup(
         cfg=cfg,
         paths=paths,
@@ -162,18 +193,13 @@ def build_training(cfg: JobConfig) -> TrainingSetup:
         optimizer=optimizer,
         lr_scheduler=lr_scheduler,
         router=ExpertRouter(experts, cfg.train.switch_boundary_every),
-        timesteps=TimestepSampler(cfg.train.timestep_type, flow_shift=cfg.train.flow_shift),
+        timesteps=timesteps,
         sampler=BucketBatchSampler(index.train_items, cfg.train.batch_size, cfg.train.seed),
-        batches=BatchAssembler(
-            index.train_items,
-            latent_cache,
-            text_cache,
-            adapter.pad_text,
-            [ds.caption_dropout_rate for ds in cfg.datasets],
-        ),
+        batches=batches,
         randomness=TrainingRandomness(cfg.train.seed),
         hub=hub,
-        recorder=RunRecorder(cfg, paths, CheckpointManager(paths, cfg.save.max_step_saves_to_keep)),
+        recorder=recorder,
+        checks=checks,
     )
     setup.start_step = _resume(setup)
     _write_resolved_config(cfg, paths.config)
@@ -201,6 +227,20 @@ def _prepare_caches(
     log.info("caches ready: %d latent entries (%d encoded now), %d captions", len(index.items),
              report.encoded, len({item.caption or "" for item in index.items}))
     return latent_cache, text_cache
+
+
+def _split_eval(cfg: JobConfig, index: DatasetIndex) -> list:
+    """The eval set: datasets marked is_eval, else a seeded `train.eval_split` share of the train items."""
+    if index.eval_items or cfg.train.eval_split <= 0:
+        return list(index.eval_items)
+    count = max(1, round(cfg.train.eval_split * len(index.train_items)))
+    if count >= len(index.train_items):
+        raise ValueError(f"train.eval_split={cfg.train.eval_split} leaves no training items; lower it")
+    chosen = set(random.Random(cfg.train.seed).sample(range(len(index.train_items)), count))
+    eval_items = [item for i, item in enumerate(index.train_items) if i in chosen]
+    index.train_items = [item for i, item in enumerate(index.train_items) if i not in chosen]
+    log.info("held out %d of %d items for the eval loss (train.eval_split)", count, count + len(index.train_items))
+    return eval_items
 
 
 def _alpha_scheduler(cfg: JobConfig, networks: dict[str, LoRANetwork], experts: list[str]) -> Any | None:

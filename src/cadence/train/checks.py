@@ -1,0 +1,95 @@
+"""Periodic checks during training: fixed-timestep eval loss and live health rules.
+
+Both run on the current adapters between optimizer steps and add fields to that step's metrics line.
+A health rule listed in `train.health.stop_on` ends the run; the checkpoint the recommender prefers is
+protected from pruning so the best one is kept, and the reason is logged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import torch
+
+from cadence.metrics.jsonl import read_metrics
+from cadence.networks.magnitude import summarize
+from cadence.optim.factory import needs_train_eval_mode
+from cadence.tools.health import HealthMonitor
+from cadence.train.checkpoint import CheckpointManager
+from cadence.train.eval import FixedEval
+
+log = logging.getLogger(__name__)
+
+
+@contextlib.contextmanager
+def evaluation_weights(optimizer: torch.optim.Optimizer) -> Iterator[None]:
+    """Schedule-free optimizers hold training-point weights; the averaged ones are what users get."""
+    switch = needs_train_eval_mode(optimizer)
+    if switch:
+        optimizer.eval()  # type: ignore[attr-defined]
+    try:
+        yield
+    finally:
+        if switch:
+            optimizer.train()  # type: ignore[attr-defined]
+
+
+class PeriodicChecks:
+    def __init__(
+        self,
+        evaluator: FixedEval | None,
+        eval_every: int | None,
+        health: HealthMonitor | None,
+        run_eval: Callable[[FixedEval], dict[str, float]],
+        magnitudes: Callable[[], dict[str, Any]],
+        metrics_path: Any,
+        checkpoints: CheckpointManager,
+    ) -> None:
+        self.evaluator = evaluator
+        self.eval_every = eval_every
+        self.health = health
+        self.run_eval = run_eval
+        self.magnitudes = magnitudes
+        self.metrics_path = metrics_path
+        self.checkpoints = checkpoints
+        self.stop_reason: str | None = None
+
+    def eval_due(self, step: int, saving: bool) -> bool:
+        if self.evaluator is None:
+            return False
+        return step % self.eval_every == 0 if self.eval_every else saving
+
+    def run(self, step: int, saving: bool, row: dict[str, Any]) -> dict[str, Any]:
+        fields: dict[str, Any] = {}
+        if self.eval_due(step, saving):
+            assert self.evaluator is not None
+            fields.update(self.run_eval(self.evaluator))
+        if self.health is not None and self.health.due(step, saving):
+            fields.update(self._health(step, {**row, **fields}))
+        return fields
+
+    def _health(self, step: int, row: dict[str, Any]) -> dict[str, Any]:
+        assert self.health is not None
+        rows = [r for r in read_metrics(self.metrics_path) if r.get("step", 0) < step] + [row]
+        result = self.health.check(step, self.magnitudes(), rows)
+        for warning in result.warnings:
+            log.warning("health: %s", warning.message)
+        if result.recommendations:
+            best = result.recommendations[0]
+            self.checkpoints.protected = {best.step}
+            log.info("health: best checkpoint so far is step %d (%s)", best.step, "; ".join(best.reasons))
+        if result.stop_reason:
+            kept = result.recommendations[0].step if result.recommendations else step
+            self.stop_reason = f"{result.stop_reason}; keeping checkpoint step {kept}"
+        return result.metrics_fields()
+
+
+def live_magnitudes(networks: dict[str, Any]) -> Callable[[], dict[str, Any]]:
+    def measure() -> dict[str, Any]:
+        with torch.no_grad():
+            return {expert: summarize(net.to_lora_tensors()) for expert, net in networks.items()}
+
+    return measure

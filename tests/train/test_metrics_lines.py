@@ -1,0 +1,44 @@
+"""Every metrics line a real run writes validates against the shipped JSON schema."""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+
+import jsonschema
+import pytest
+
+from cadence.metrics.jsonl import read_metrics
+from cadence.train.runner import run_training
+
+from .conftest import job_dict, write_job
+
+
+@pytest.mark.slow
+def test_lines_validate_and_carry_per_expert_fields(tiny_i2v: Path, clips: Path, tmp_path: Path) -> None:
+    job = job_dict(tiny_i2v, clips, tmp_path / "out", steps=60, switch_boundary_every=5)
+    job["network"]["alpha_schedule"] = {
+        "enabled": True,
+        "conv_alpha_phases": {
+            "foundation": {"alpha": 1, "min_steps": 10, "exit_criteria": {
+                "loss_improvement_rate_below": 10.0, "min_gradient_stability": 0.0, "min_loss_r2": 0.0,
+                "max_loss_cv": 100.0}},
+            "balance": {"alpha": 3, "min_steps": 10},
+        },
+    }
+    job["datasets"][0]["is_eval"] = False
+    job["train"]["eval_split"] = 0.2
+    job["train"]["eval_every"] = 20
+    assert run_training(write_job(tmp_path / "job.yaml", job)) == 0
+    schema = json.loads(resources.files("cadence.metrics").joinpath("metrics_line.schema.json").read_text())
+    rows = read_metrics(tmp_path / "out" / "job" / "metrics_job.jsonl")
+    assert len(rows) == 60
+    for row in rows:
+        jsonschema.validate(row, schema)
+    assert rows[-1]["loss_samples_high_noise"] + rows[-1]["loss_samples_low_noise"] == 60
+    assert "eval_loss_high_noise" in rows[19] and "eval_loss_low_noise" in rows[39]
+    assert rows[24]["weight_magnitude_high_noise"] > 0 and rows[24]["weight_ratio"] > 0
+    # the conv-only schedule drives the linear adapters on Wan (only Linear layers are trained)
+    alphas = {row["linear_alpha"] for row in rows}
+    assert {1.0, 3.0} <= alphas, alphas

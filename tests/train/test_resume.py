@@ -17,7 +17,7 @@ from cadence.train.runner import run_training
 
 from .conftest import job_dict, write_job
 
-VOLATILE = {"timestamp", "step_seconds"}
+VOLATILE = {"timestamp", "step_time_s"}
 
 
 def _metrics(run: Path) -> list[dict]:

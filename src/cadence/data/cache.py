@@ -1,0 +1,219 @@
+"""Latent and text-embedding caches: safetensors files whose metadata is a fingerprint of their inputs.
+
+An entry is reused only when its stored fingerprint equals the one computed now (model id/revision, arch,
+bucket, frame plan, source file size + mtime, I2V conditioning on/off; model id + caption for text), so a
+changed input re-encodes and an unchanged one is read back. Entries are written atomically
+(`cadence.atomic`), one file per item, so an interrupted run keeps everything finished before the
+interruption and the next run continues from there. A file that fails to decode is skipped and reported;
+the run goes on. Layout: docs/caching.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+from cadence.atomic import atomic_write_with
+from cadence.data.dataset import load_pixels
+from cadence.data.media import CACHE_DIR_NAME, MediaError, MediaItem, SkippedFile
+
+log = logging.getLogger(__name__)
+
+CACHE_FORMAT = "cadence-cache-1"
+LATENTS_KEY = "latents"
+TEXT_KEY = "embeds"
+Progress = Callable[[str], None]  # called once per entry with "encoded" | "reused" | "skipped"
+
+
+class CacheMissError(KeyError):
+    """No valid cache entry for the request (absent, unreadable, or made from different inputs)."""
+
+    def __str__(self) -> str:  # KeyError would repr() the message
+        return str(self.args[0]) if self.args else ""
+
+
+@dataclass
+class CacheReport:
+    encoded: int = 0
+    reused: int = 0
+    skipped: list[SkippedFile] = field(default_factory=list)
+    folders: set[Path] = field(default_factory=set)
+
+    def merge(self, other: CacheReport) -> CacheReport:
+        return CacheReport(self.encoded + other.encoded, self.reused + other.reused,
+                           self.skipped + other.skipped, self.folders | other.folders)
+
+
+def read_fingerprint(path: Path) -> dict[str, str] | None:
+    """The metadata of a cache file, or None when it is missing or unreadable (then it is re-encoded)."""
+    if not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            return dict(handle.metadata() or {})
+    except (SafetensorError, OSError, ValueError) as exc:
+        log.warning("cache entry %s is unreadable (%s); it will be re-encoded", path, exc)
+        return None
+
+
+def _save(path: Path, tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> None:
+    cpu = {k: v.detach().to("cpu").contiguous().clone() for k, v in tensors.items()}
+    atomic_write_with(path, lambda tmp: save_file(cpu, str(tmp), metadata=metadata))
+
+
+def _adapter_device(adapter: object) -> torch.device:
+    return torch.device(getattr(adapter, "device", "cpu"))
+
+
+# ------------------------------------------------------------------------------------------------ latents
+class LatentCache:
+    """VAE latents (+ I2V conditioning tensors) per item, under {dataset folder}/_cadence_cache/{arch}/."""
+
+    def __init__(self, model_id: str, arch: str, is_i2v: bool) -> None:
+        self.model_id = model_id
+        self.arch = arch
+        self.is_i2v = is_i2v
+        self.encode_calls = 0  # number of items actually run through the VAE by this object
+
+    @classmethod
+    def for_adapter(cls, adapter: object) -> LatentCache:
+        return cls(adapter.model_id, adapter.arch, bool(adapter.is_i2v))  # type: ignore[attr-defined]
+
+    def folder(self, item: MediaItem) -> Path:
+        return item.path.parent / CACHE_DIR_NAME / self.arch
+
+    def path(self, item: MediaItem) -> Path:
+        """Stable name per (file, bucket, frame plan); inputs that change in place overwrite the entry."""
+        key = hashlib.sha256(f"{item.path.name}|{item.bucket_name}|{item.frames_hash}".encode()).hexdigest()
+        return self.folder(item) / f"{item.path.stem}_{item.bucket_name}_{key[:12]}.safetensors"
+
+    def wants_condition(self, item: MediaItem) -> bool:
+        return self.is_i2v and item.do_i2v
+
+    def fingerprint(self, item: MediaItem) -> dict[str, str]:
+        return {
+            "format": CACHE_FORMAT, "kind": "latents", "model_id": self.model_id, "arch": self.arch,
+            "source": item.path.name, "bucket": item.bucket_name, "frames": item.frames_hash,
+            "file_size": str(item.file_size), "mtime_ns": str(item.mtime_ns),
+            "condition": "1" if self.wants_condition(item) else "0",
+        }
+
+    def is_valid(self, item: MediaItem) -> bool:
+        return read_fingerprint(self.path(item)) == self.fingerprint(item)
+
+    def store(self, item: MediaItem, tensors: dict[str, torch.Tensor]) -> Path:
+        """Write one entry atomically: `latents` [C, F', h, w] plus any conditioning tensors."""
+        if LATENTS_KEY not in tensors:
+            raise ValueError(f"a latent cache entry needs a {LATENTS_KEY!r} tensor, got {sorted(tensors)}")
+        path = self.path(item)
+        _save(path, tensors, self.fingerprint(item))
+        return path
+
+    def load(self, item: MediaItem) -> dict[str, torch.Tensor]:
+        """{"latents": [C, F', h, w], + conditioning tensors (I2V)}; CacheMissError when stale/absent."""
+        path = self.path(item)
+        if read_fingerprint(path) != self.fingerprint(item):
+            raise CacheMissError(f"no up-to-date latent cache for {item.path} ({item.bucket_name}) at {path}; "
+                                 "run `cadence cache CONFIG` or enable latent caching")
+        return load_file(str(path))
+
+    def ensure(self, items: Sequence[MediaItem], adapter: object,
+               progress: Progress | None = None) -> CacheReport:
+        """Encode every item without a valid entry; reuse the rest; skip (and report) undecodable files."""
+        if adapter.model_id != self.model_id or adapter.arch != self.arch:  # type: ignore[attr-defined]
+            raise ValueError(f"this cache is for {self.model_id} ({self.arch}), not {adapter.model_id}")  # type: ignore[attr-defined]
+        report = CacheReport()
+        for item in items:
+            report.folders.add(self.folder(item))
+            status = self._ensure_one(item, adapter, report)
+            if progress is not None:
+                progress(status)
+        return report
+
+    def _ensure_one(self, item: MediaItem, adapter: object, report: CacheReport) -> str:
+        if self.is_valid(item):
+            report.reused += 1
+            return "reused"
+        try:
+            pixels = load_pixels(item)
+        except MediaError as exc:
+            report.skipped.append(SkippedFile(item.path, f"{exc.problem}; {exc.advice}"))
+            log.warning("skipping %s", exc)
+            return "skipped"
+        self.store(item, self.encode(item, pixels, adapter))
+        report.encoded += 1
+        return "encoded"
+
+    @torch.no_grad()
+    def encode(self, item: MediaItem, pixels: torch.Tensor, adapter: object) -> dict[str, torch.Tensor]:
+        """Run the VAE (and the I2V conditioning of the first frame of the same frames) for one item."""
+        # float32 pixels: the adapter casts to its VAE's dtype (bf16 pixels would lose precision first)
+        batch = pixels[None].to(device=_adapter_device(adapter), dtype=torch.float32)
+        tensors = {LATENTS_KEY: adapter.encode_video(batch)[0]}  # type: ignore[attr-defined]
+        if self.wants_condition(item):
+            cond = adapter.encode_condition(batch[:, :, 0], item.num_frames)  # type: ignore[attr-defined]
+            for name, value in cond.items():
+                if name == LATENTS_KEY:
+                    raise ValueError(f"conditioning tensor name {name!r} clashes with the latents key")
+                tensors[name] = value[0]
+        self.encode_calls += 1
+        return tensors
+
+
+# ------------------------------------------------------------------------------------------------- text
+class TextCache:
+    """Text-encoder outputs [L, D] (unpadded) per (model id, caption) under {run_dir}/text_cache/."""
+
+    def __init__(self, folder: Path | str, model_id: str, batch_size: int = 8) -> None:
+        self.folder = Path(folder)
+        self.model_id = model_id
+        self.batch_size = batch_size
+        self.encode_calls = 0  # number of captions actually run through the text encoder
+
+    def path(self, caption: str) -> Path:
+        digest = hashlib.sha256(f"{self.model_id}\0{caption}".encode()).hexdigest()
+        return self.folder / f"{digest[:32]}.safetensors"
+
+    def fingerprint(self, caption: str) -> dict[str, str]:
+        return {"format": CACHE_FORMAT, "kind": "text", "model_id": self.model_id, "caption": caption}
+
+    def is_valid(self, caption: str) -> bool:
+        return read_fingerprint(self.path(caption)) == self.fingerprint(caption)
+
+    def load(self, caption: str) -> torch.Tensor:
+        path = self.path(caption)
+        if read_fingerprint(path) != self.fingerprint(caption):
+            raise CacheMissError(f"no text embedding cached for caption {caption[:60]!r} at {path}; "
+                                 "run `cadence cache CONFIG` or enable train.cache_text_embeddings")
+        return load_file(str(path))[TEXT_KEY]
+
+    def ensure(self, captions: Iterable[str], adapter: object,
+               progress: Progress | None = None) -> CacheReport:
+        """Encode each distinct caption without a valid entry, in batches; the rest are reused."""
+        report = CacheReport(folders={self.folder})
+        todo: list[str] = []
+        for caption in dict.fromkeys(captions):
+            if self.is_valid(caption):
+                report.reused += 1
+                if progress is not None:
+                    progress("reused")
+            else:
+                todo.append(caption)
+        for start in range(0, len(todo), self.batch_size):
+            chunk = todo[start:start + self.batch_size]
+            with torch.no_grad():
+                embeds = adapter.encode_prompts(chunk)  # type: ignore[attr-defined]
+            self.encode_calls += len(chunk)
+            for caption, embed in zip(chunk, embeds, strict=True):
+                _save(self.path(caption), {TEXT_KEY: embed}, self.fingerprint(caption))
+                report.encoded += 1
+                if progress is not None:
+                    progress("encoded")
+        return report

@@ -1,0 +1,80 @@
+"""Captions: same-stem text files, `[trigger]` substitution, default caption and caption dropout.
+
+Missing captions are common and usually intended (a default caption or none), so they produce one summary
+warning per dataset instead of one line per file.
+"""
+
+from __future__ import annotations
+
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+TRIGGER_TOKEN = "[trigger]"
+
+
+@dataclass
+class CaptionStats:
+    """What happened while reading one dataset's captions; turned into one warning line each."""
+
+    missing: int = 0
+    unreadable: list[str] | None = None
+    untriggered: int = 0  # captions with [trigger] while trigger_word is None
+
+
+def caption_path(media: Path, caption_ext: str) -> Path:
+    return media.with_suffix("." + caption_ext.lstrip("."))
+
+
+def apply_trigger(text: str, trigger_word: str | None) -> str:
+    """Replace every `[trigger]` with the trigger word; without a trigger word the text stays as written."""
+    if trigger_word is None:
+        return text
+    return text.replace(TRIGGER_TOKEN, trigger_word)
+
+
+def read_caption(
+    media: Path, caption_ext: str, default_caption: str | None, trigger_word: str | None, stats: CaptionStats
+) -> str:
+    """The caption for `media`: its same-stem file (stripped) or the default caption (or "")."""
+    path = caption_path(media, caption_ext)
+    try:
+        text = path.read_text(encoding="utf-8").strip()
+    except FileNotFoundError:
+        stats.missing += 1
+        text = default_caption or ""
+    except (OSError, UnicodeDecodeError) as exc:
+        stats.unreadable = (stats.unreadable or []) + [f"{path} ({exc.__class__.__name__})"]
+        stats.missing += 1
+        text = default_caption or ""
+    if trigger_word is None and TRIGGER_TOKEN in text:
+        stats.untriggered += 1
+    return apply_trigger(text, trigger_word)
+
+
+def caption_warnings(stats: CaptionStats, folder: Path, caption_ext: str, default_caption: str | None,
+                     total: int) -> list[str]:
+    """One line per kind of caption problem in a dataset folder."""
+    lines: list[str] = []
+    if stats.missing:
+        used = f"default_caption {default_caption!r}" if default_caption else "an empty caption"
+        lines.append(
+            f"{stats.missing} of {total} media files in {folder} have no .{caption_ext} caption; using {used}. "
+            f"Add same-stem .{caption_ext} files (clip.mp4 -> clip.{caption_ext}) or set default_caption."
+        )
+    if stats.unreadable:
+        lines.append(f"unreadable caption files (not UTF-8 text?): {', '.join(stats.unreadable[:5])}")
+    if stats.untriggered:
+        lines.append(
+            f"{stats.untriggered} captions in {folder} contain [trigger] but trigger_word is not set; "
+            "the text is used as written. Set trigger_word in the config."
+        )
+    return lines
+
+
+def apply_caption_dropout(caption: str, rate: float, rng: random.Random) -> str:
+    """Return "" with probability `rate` (the unconditional caption), else the caption unchanged.
+
+    The draw happens even for rate 0 so that the RNG stream does not depend on the rate.
+    """
+    return "" if rng.random() < rate else caption

@@ -1,0 +1,53 @@
+"""Image probing and loading with PIL (EXIF orientation applied, converted to RGB)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from cadence.data.media import MediaError
+
+_ORIENTATION_TAG = 0x0112
+_SWAPPING_ORIENTATIONS = {5, 6, 7, 8}  # rotated by 90/270 degrees: width and height swap
+_ADVICE = "re-save it as PNG or JPEG, or remove it"
+
+
+def _open(path: Path) -> Image.Image:
+    try:
+        if path.stat().st_size == 0:
+            raise MediaError(path, "is empty (0 bytes)", "replace it with the full file or remove it")
+        return Image.open(path)
+    except PermissionError as exc:
+        raise MediaError(path, "cannot be read (permission denied)", "fix its permissions") from exc
+    except (UnidentifiedImageError, OSError) as exc:
+        raise MediaError(path, f"is not a readable image ({exc.__class__.__name__})", _ADVICE) from exc
+
+
+def probe_image(path: Path) -> tuple[int, int]:
+    """(width, height) as displayed (after EXIF rotation), reading only the header."""
+    with _open(path) as img:
+        width, height = img.size
+        try:
+            orientation = img.getexif().get(_ORIENTATION_TAG)
+        except Exception:  # noqa: BLE001 - a broken EXIF block only loses the rotation hint
+            orientation = None
+    if orientation in _SWAPPING_ORIENTATIONS:
+        width, height = height, width
+    if width <= 0 or height <= 0:
+        raise MediaError(path, f"has an invalid size {width}x{height}", _ADVICE)
+    return width, height
+
+
+def load_image(path: Path, width: int, height: int) -> np.ndarray:
+    """uint8 [height, width, 3]: EXIF-rotated, RGB, cover-resized and center-cropped to the bucket."""
+    try:
+        with _open(path) as img:
+            img = ImageOps.exif_transpose(img).convert("RGB")
+            fitted = ImageOps.fit(img, (width, height), method=Image.Resampling.LANCZOS, centering=(0.5, 0.5))
+            return np.array(fitted, dtype=np.uint8)
+    except MediaError:
+        raise
+    except (OSError, ValueError, Image.DecompressionBombError) as exc:
+        raise MediaError(path, f"failed to decode ({exc.__class__.__name__}: {exc})", _ADVICE) from exc

@@ -1,0 +1,88 @@
+"""Shared data types of the dataset pipeline: media items, skipped files, and the user-facing errors.
+
+A `MediaItem` is everything needed to decode one training sample and to fingerprint its cache entry,
+so the caches and the trainer never look at the dataset folder again after indexing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp"})
+VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".webm", ".mkv"})
+CACHE_DIR_NAME = "_cadence_cache"
+
+Bucket = tuple[int, int, int]  # (width, height, num_frames)
+
+
+class DatasetError(Exception):
+    """A dataset problem that stops indexing (missing folder, no usable media). The text is for users."""
+
+
+class MediaError(Exception):
+    """One file cannot be used (corrupt, too short, unreadable). Callers skip the file and count it."""
+
+    def __init__(self, path: Path, problem: str, advice: str) -> None:
+        self.path = Path(path)
+        self.problem = problem
+        self.advice = advice
+        super().__init__(f"{self.path}: {problem}; {advice}")
+
+
+@dataclass(frozen=True)
+class SkippedFile:
+    path: Path
+    reason: str
+
+
+@dataclass(frozen=True)
+class MediaItem:
+    """One training sample: a file, its caption and the exact pixels/frames the model will see."""
+
+    path: Path
+    kind: Literal["image", "video"]
+    caption: str  # [trigger] replaced; default caption (or "") when the file has none
+    dataset_index: int
+    width: int  # bucket size in pixels
+    height: int
+    frames: tuple[int, ...]  # source frame indices to decode, ascending ((0,) for images)
+    source_fps: float  # 0.0 for images
+    file_size: int
+    mtime_ns: int
+    source_width: int = 0
+    source_height: int = 0
+    do_i2v: bool = False  # dataset asks for I2V conditioning (used only when the model is I2V)
+    num_repeats: int = 1
+    is_eval: bool = False
+    caption_dropout_rate: float = 0.0
+    budget: int = 0  # pixel budget (per frame) that produced the bucket
+
+    @property
+    def num_frames(self) -> int:
+        return len(self.frames)
+
+    @property
+    def bucket(self) -> Bucket:
+        return (self.width, self.height, len(self.frames))
+
+    @property
+    def bucket_name(self) -> str:
+        return f"{self.width}x{self.height}x{len(self.frames)}"
+
+    @property
+    def frames_hash(self) -> str:
+        """Short digest of the frame plan: a different selection means a different cache entry."""
+        text = ",".join(str(i) for i in self.frames)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def media_kind(path: Path) -> Literal["image", "video"] | None:
+    suffix = path.suffix.lower()
+    if suffix in IMAGE_EXTENSIONS:
+        return "image"
+    if suffix in VIDEO_EXTENSIONS:
+        return "video"
+    return None

@@ -1,0 +1,144 @@
+"""Video probing and frame decoding with PyAV.
+
+Probing reads container/stream headers only. Decoding seeks to the keyframe before the first wanted frame
+and decodes forward, keeping only wanted frames and stopping after the last one, so a long clip is never
+read whole. Each kept frame is scaled (cover) and converted by libswscale, then center-cropped to the
+bucket.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import av
+import numpy as np
+from av.video.reformatter import VideoReformatter
+
+from cadence.data.buckets import center_crop_box, cover_size
+from cadence.data.media import MediaError
+
+log = logging.getLogger(__name__)
+
+# frames missing at the very end (container metadata promising one or two frames more than the stream has)
+# are filled with the last decoded frame; more than this is a broken file.
+MAX_MISSING_TAIL = 2
+_REENCODE = "re-encode it (e.g. ffmpeg -i IN -c:v libx264 -pix_fmt yuv420p OUT.mp4) or remove it"
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    width: int
+    height: int
+    num_frames: int
+    fps: float
+    duration: float  # seconds
+
+
+def _open(path: Path) -> av.container.InputContainer:
+    try:
+        return av.open(str(path), mode="r")
+    except (av.FFmpegError, OSError) as exc:
+        if isinstance(exc, PermissionError):
+            raise MediaError(path, "cannot be read (permission denied)", "fix its permissions") from exc
+        raise MediaError(path, f"is not a readable video ({exc.__class__.__name__})", _REENCODE) from exc
+
+
+def probe_video(path: Path) -> VideoInfo:
+    """Size, frame count, rate and duration from the headers, without decoding frames."""
+    if path.stat().st_size == 0:
+        raise MediaError(path, "is empty (0 bytes)", "replace it with the full file or remove it")
+    with _open(path) as container:
+        if not container.streams.video:
+            raise MediaError(path, "has no video stream", "remove it or convert it to a video file")
+        stream = container.streams.video[0]
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        fps = float(rate) if rate else 0.0
+        if stream.duration is not None and stream.time_base is not None:
+            duration = float(stream.duration * stream.time_base)
+        elif container.duration is not None:
+            duration = container.duration / av.time_base
+        else:
+            duration = 0.0
+        frames = int(stream.frames or 0) or (round(duration * fps) if fps > 0 else 0)
+        width, height = stream.codec_context.width, stream.codec_context.height
+    if fps <= 0 or frames <= 0 or width <= 0 or height <= 0:
+        raise MediaError(path, f"has no usable frames (size {width}x{height}, {frames} frames, {fps:g} fps)",
+                         _REENCODE)
+    return VideoInfo(width, height, frames, fps, duration or frames / fps)
+
+
+def decode_video_frames(path: Path, indices: tuple[int, ...], width: int, height: int,
+                        fps: float) -> np.ndarray:
+    """Decode frames `indices` (ascending source indices), cover-resized and center-cropped to
+    width x height; returns uint8 [F, height, width, 3] RGB."""
+    out = np.empty((len(indices), height, width, 3), dtype=np.uint8)
+    wanted: dict[int, list[int]] = {}
+    for slot, index in enumerate(indices):
+        wanted.setdefault(index, []).append(slot)
+    last_index = max(indices)
+    filled = 0
+    last_slot = -1
+    convert = _BucketConverter(width, height)
+    try:
+        with _open(path) as container:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            tb = stream.time_base
+            start = stream.start_time or 0
+            first = min(indices)
+            if first > 0:
+                # half a frame early so rounding never puts us past the wanted frame
+                container.seek(start + int((first - 0.5) / fps / tb), stream=stream, backward=True)
+            counter = -1
+            for frame in container.decode(stream):
+                counter += 1
+                index = round(float((frame.pts - start) * tb) * fps) if frame.pts is not None else counter
+                if index > last_index:
+                    break
+                slots = wanted.pop(index, None)
+                if slots is None:
+                    continue
+                pixels = convert(frame)
+                for slot in slots:
+                    out[slot] = pixels
+                    filled += 1
+                    last_slot = max(last_slot, slot)
+                if not wanted:
+                    break
+    except av.FFmpegError as exc:
+        raise MediaError(path, f"failed to decode ({exc.__class__.__name__}: {exc})", _REENCODE) from exc
+    if wanted:
+        missing = sorted(wanted)
+        tail = all(idx > max((i for i in indices if i not in wanted), default=-1) for idx in missing)
+        if filled == 0 or not tail or len(missing) > MAX_MISSING_TAIL:
+            raise MediaError(path, f"ended before frames {missing[:5]} (metadata promised more frames)",
+                             _REENCODE)
+        log.debug("%s: %d trailing frames missing, repeating the last one", path, len(missing))
+        for index in missing:
+            for slot in wanted[index]:
+                out[slot] = out[last_slot]
+    return out
+
+
+class _BucketConverter:
+    """Frame -> RGB bucket crop, with libswscale contexts reused across the frames of one clip.
+
+    Scaling in the decoder's planar YUV format and then converting to RGB unscaled hits libswscale's
+    fast paths; scaling straight into packed rgb24 takes its slow generic path (measured 3.5x slower at
+    832x480 -> 672x384), and a fresh context per frame re-initializes the filters every time.
+    """
+
+    def __init__(self, width: int, height: int) -> None:
+        self.width, self.height = width, height
+        self.scaler = VideoReformatter()
+        self.to_rgb = VideoReformatter()
+
+    def __call__(self, frame: av.VideoFrame) -> np.ndarray:
+        cw, ch = cover_size(frame.width, frame.height, self.width, self.height)
+        if (cw, ch) != (frame.width, frame.height):
+            frame = self.scaler.reformat(frame, width=cw, height=ch, interpolation="AREA")
+        rgb = self.to_rgb.reformat(frame, format="rgb24").to_ndarray()
+        left, top, right, bottom = center_crop_box(cw, ch, self.width, self.height)
+        return rgb[top:bottom, left:right]

@@ -1,0 +1,35 @@
+import random
+
+from cadence.data.captions import CaptionStats, apply_caption_dropout, caption_warnings, read_caption
+
+
+def test_caption_file_trigger_and_default(tmp_path):
+    media = tmp_path / "clip.mp4"
+    (tmp_path / "clip.txt").write_text("  [trigger] walks, [trigger] waves \n")
+    stats = CaptionStats()
+    assert read_caption(media, "txt", None, "sks", stats) == "sks walks, sks waves"
+    assert read_caption(tmp_path / "other.mp4", "txt", "a video", "sks", stats) == "a video"
+    assert read_caption(tmp_path / "third.mp4", ".txt", None, "sks", stats) == ""
+    assert stats.missing == 2
+    lines = caption_warnings(stats, tmp_path, "txt", None, total=3)
+    assert len(lines) == 1 and "2 of 3" in lines[0] and str(tmp_path) in lines[0]
+
+
+def test_trigger_without_trigger_word_is_kept_and_warned(tmp_path):
+    (tmp_path / "a.caption").write_text("[trigger] dances")
+    stats = CaptionStats()
+    assert read_caption(tmp_path / "a.png", "caption", None, None, stats) == "[trigger] dances"
+    lines = caption_warnings(stats, tmp_path, "caption", None, total=1)
+    assert any("trigger_word" in line for line in lines)
+
+
+def test_caption_dropout_rate_and_determinism():
+    rng = random.Random(0)
+    out = [apply_caption_dropout("text", 0.25, rng) for _ in range(4000)]
+    dropped = out.count("")
+    assert 850 < dropped < 1150 and set(out) == {"", "text"}
+    assert [apply_caption_dropout("t", 0.5, random.Random(7)) for _ in range(3)] == [
+        apply_caption_dropout("t", 0.5, random.Random(7)) for _ in range(3)
+    ]
+    assert all(apply_caption_dropout("t", 0.0, rng) == "t" for _ in range(100))
+    assert all(apply_caption_dropout("t", 1.0, rng) == "" for _ in range(100))

@@ -76,18 +76,48 @@ def _adapter_device(adapter: object) -> torch.device:
 class LatentCache:
     """VAE latents (+ I2V conditioning tensors) per item, under {dataset folder}/_cadence_cache/{arch}/."""
 
-    def __init__(self, model_id: str, arch: str, is_i2v: bool) -> None:
+    def __init__(
+        self,
+        model_id: str,
+        arch: str,
+        is_i2v: bool,
+        run_folder: Path | None = None,
+        shared_datasets: frozenset[int] | None = None,
+        memory_datasets: frozenset[int] = frozenset(),
+    ) -> None:
         self.model_id = model_id
         self.arch = arch
         self.is_i2v = is_i2v
+        # Datasets with cache_latents_to_disk share one cache beside their media (reused by every run);
+        # the others get a cache private to the run folder. None = every dataset shares (cadence cache).
+        self.run_folder = run_folder
+        self.shared_datasets = shared_datasets
+        self.memory_datasets = memory_datasets  # cache_latents: keep loaded entries in RAM
+        self._memory: dict[Path, dict[str, torch.Tensor]] = {}
         self.encode_calls = 0  # number of items actually run through the VAE by this object
 
     @classmethod
     def for_adapter(cls, adapter: object) -> LatentCache:
         return cls(adapter.model_id, adapter.arch, bool(adapter.is_i2v))  # type: ignore[attr-defined]
 
+    @classmethod
+    def for_job(cls, cfg: object, adapter: object, run_folder: Path) -> LatentCache:
+        """The training cache: dataset flags cache_latents_to_disk / cache_latents decide where entries live."""
+        datasets = cfg.datasets  # type: ignore[attr-defined]
+        return cls(
+            adapter.model_id,  # type: ignore[attr-defined]
+            adapter.arch,  # type: ignore[attr-defined]
+            bool(adapter.is_i2v),  # type: ignore[attr-defined]
+            run_folder=run_folder,
+            shared_datasets=frozenset(i for i, ds in enumerate(datasets) if ds.cache_latents_to_disk),
+            memory_datasets=frozenset(i for i, ds in enumerate(datasets) if ds.cache_latents),
+        )
+
     def folder(self, item: MediaItem) -> Path:
-        return item.path.parent / CACHE_DIR_NAME / self.arch
+        if self.shared_datasets is None or item.dataset_index in self.shared_datasets or self.run_folder is None:
+            return item.path.parent / CACHE_DIR_NAME / self.arch
+        source = hashlib.sha256(str(item.path.parent.resolve()).encode()).hexdigest()[:12]
+        return self.run_folder / "latent_cache" / self.arch / f"{item.path.parent.name}_{source}"
 
     def path(self, item: MediaItem) -> Path:
         """Stable name per (file, bucket, frame plan); inputs that change in place overwrite the entry."""
@@ -119,10 +149,15 @@ class LatentCache:
     def load(self, item: MediaItem) -> dict[str, torch.Tensor]:
         """{"latents": [C, F', h, w], + conditioning tensors (I2V)}; CacheMissError when stale/absent."""
         path = self.path(item)
+        if path in self._memory:
+            return self._memory[path]
         if read_fingerprint(path) != self.fingerprint(item):
             raise CacheMissError(f"no up-to-date latent cache for {item.path} ({item.bucket_name}) at {path}; "
                                  "run `cadence cache CONFIG` or enable latent caching")
-        return load_file(str(path))
+        tensors = load_file(str(path))
+        if item.dataset_index in self.memory_datasets:
+            self._memory[path] = tensors
+        return tensors
 
     def ensure(self, items: Sequence[MediaItem], adapter: object,
                progress: Progress | None = None) -> CacheReport:

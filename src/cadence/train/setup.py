@@ -210,7 +210,7 @@ def _prepare_caches(
     cfg: JobConfig, adapter: ModelAdapter, index: DatasetIndex, paths: RunPaths
 ) -> tuple[LatentCache, TextCache]:
     """Encode what is not cached yet; drop items whose media failed to decode (counted, not fatal)."""
-    latent_cache = LatentCache.for_adapter(adapter)
+    latent_cache = LatentCache.for_job(cfg, adapter, paths.run_dir)
     text_cache = TextCache(paths.run_dir / "text_cache", adapter.model_id)
     report = latent_cache.ensure(index.items, adapter)
     if report.skipped:

@@ -1,0 +1,153 @@
+"""File/media routes and the datasets page API (browse, captions, buckets, uploads).
+
+Every path goes through `files.resolve_safe` against the current allowed roots. HTML files (the analysis
+report) are served with a sandbox CSP so a report can never act with the UI's origin or cookie.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+
+from fastapi import APIRouter, HTTPException, Request
+from fastapi.responses import FileResponse
+from pydantic import BaseModel, Field
+
+from cadence.atomic import atomic_path, atomic_write_text
+from cadence.ui.context import MAX_UPLOAD_BYTES, Ctx, UIContext
+from cadence.ui.files import FileAccessError, content_type, media_kind, resolve_safe
+
+log = logging.getLogger(__name__)
+router = APIRouter(prefix="/api")
+
+
+def _safe(path: str, roots: list[Path]) -> Path:
+    try:
+        return resolve_safe(path, roots)
+    except FileAccessError as exc:
+        raise HTTPException(exc.status, str(exc)) from None
+
+
+def _serve(real: Path, download: bool) -> FileResponse:
+    headers = {"X-Content-Type-Options": "nosniff"}
+    if real.suffix.lower() in (".html", ".htm", ".svg"):
+        headers["Content-Security-Policy"] = "sandbox allow-scripts"
+    return FileResponse(real, media_type=content_type(real), headers=headers,
+                        content_disposition_type="attachment" if download else "inline",
+                        filename=real.name)
+
+
+@router.get("/files")
+def get_file(c: Ctx, path: str, download: bool = False) -> FileResponse:
+    """Any file under a run folder, job folder or dataset root (checkpoints, logs, reports)."""
+    return _serve(_safe(path, c.allowed_roots()), download)
+
+
+@router.get("/media")
+def get_media(c: Ctx, path: str) -> FileResponse:
+    """Images and videos only (range requests work, so videos seek)."""
+    real = _safe(path, c.allowed_roots())
+    if media_kind(real) is None:
+        raise HTTPException(415, f"{real.name} is not an image or video")
+    return _serve(real, download=False)
+
+
+# ---------------------------------------------------------------------------------------------- datasets
+def _dataset_root(root: str, c: UIContext) -> Path:
+    wanted = Path(root).resolve()
+    for r in c.dataset_roots():
+        if r.resolve() == wanted:
+            return wanted
+    raise HTTPException(404, f"{root} is not a configured dataset root")
+
+
+def _buckets(root: Path, c: UIContext) -> tuple[dict[str, dict], str | None]:
+    """path -> bucket of the first job whose config uses `root`, from cadence.data's own index."""
+    from cadence.config.loader import load_config
+    from cadence.data.dataset import build_dataset_index
+
+    for job in c.store.list():
+        try:
+            cfg = load_config(job.config_path)
+        except Exception:  # a broken or deleted config simply has no buckets
+            continue
+        if not any(Path(ds.folder_path).resolve() == root for ds in cfg.datasets):
+            continue
+        spatial, temporal, fps = _geometry(cfg.model.arch)
+        try:
+            index = build_dataset_index(cfg, spatial, temporal, fps)
+        except Exception as exc:
+            return {}, f"buckets unavailable: {exc}"
+        out = {}
+        for item in [*index.train_items, *index.eval_items]:
+            out.setdefault(str(Path(item.path).resolve()), {
+                "width": item.width, "height": item.height, "frames": len(item.frames)})
+        return out, f"buckets from job {job.name} ({cfg.model.arch})"
+    return {}, None
+
+
+def _geometry(arch: str) -> tuple[int, int, int]:
+    """Bucket multiples for `arch` from the models package when it exposes them; the indexer's defaults else."""
+    try:
+        from cadence.models.registry import arch_geometry  # type: ignore[attr-defined]
+    except ImportError:
+        return 16, 4, 16
+    return tuple(arch_geometry(arch))  # type: ignore[return-value]
+
+
+@router.get("/datasets")
+def list_roots(c: Ctx) -> dict:
+    return {"roots": [str(r) for r in c.dataset_roots()]}
+
+
+@router.get("/datasets/files")
+def list_dataset_files(c: Ctx, root: str) -> dict:
+    base = _dataset_root(root, c)
+    buckets, note = _buckets(base, c)
+    items = []
+    for f in sorted(base.rglob("*")):
+        if "_cadence_cache" in f.parts or not f.is_file() or media_kind(f) is None:
+            continue
+        caption = f.with_suffix(".txt")
+        real = str(f.resolve())
+        items.append({"path": str(f), "name": str(f.relative_to(base)), "kind": media_kind(f),
+                      "caption": caption.read_text(encoding="utf-8", errors="replace") if caption.is_file() else None,
+                      "caption_path": str(caption), "bucket": buckets.get(real)})
+    return {"root": str(base), "items": items, "bucket_note": note}
+
+
+class CaptionEdit(BaseModel):
+    path: str = Field(description="the media file whose caption is edited")
+    text: str = Field(max_length=100_000)
+
+
+@router.put("/datasets/caption")
+def put_caption(c: Ctx, body: CaptionEdit) -> dict:
+    """Write the caption beside a media file atomically (a crash leaves the old or the new caption)."""
+    media = _safe(body.path, c.dataset_roots())
+    if media_kind(media) is None:
+        raise HTTPException(415, f"{media.name} is not an image or video")
+    target = media.with_suffix(".txt")
+    atomic_write_text(target, body.text)
+    return {"caption_path": str(target), "bytes": len(body.text.encode())}
+
+
+@router.post("/datasets/upload", status_code=201)
+async def upload(c: Ctx, request: Request, root: str, filename: str) -> dict:
+    """Stream the raw request body into `root/filename` (media only), refusing more than the upload limit."""
+    base = _dataset_root(root, c)
+    name = os.path.basename(filename)
+    if not name or name != filename or name.startswith(".") or media_kind(Path(name)) is None:
+        raise HTTPException(400, f"filename {filename!r} must be a plain image/video file name")
+    declared = int(request.headers.get("content-length") or 0)
+    if declared > MAX_UPLOAD_BYTES:
+        raise HTTPException(413, f"upload is {declared} bytes; the limit is {MAX_UPLOAD_BYTES} (CADENCE_UI_MAX_UPLOAD)")
+    target, total = base / name, 0
+    with atomic_path(target) as tmp, open(tmp, "wb") as out:
+        async for chunk in request.stream():
+            total += len(chunk)
+            if total > MAX_UPLOAD_BYTES:
+                raise HTTPException(413, f"upload exceeds the limit of {MAX_UPLOAD_BYTES} bytes")
+            out.write(chunk)
+    return {"path": str(target), "bytes": total}

@@ -1,0 +1,71 @@
+"""Token auth for every route when `CADENCE_AUTH` is set.
+
+Accepted credentials: `Authorization: Bearer <token>` (API clients) or the `cadence_session` cookie set by
+the login page. The cookie holds an HMAC of a fixed label keyed by the token, never the token itself, and
+is HttpOnly + SameSite=Strict. All comparisons are constant-time. Only the login page, its POST and its
+stylesheet are open; everything else (pages, API, files, media, /openapi.json) answers 401 or, for a
+browser asking for a page, redirects to /login.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import ipaddress
+import socket
+
+from starlette.middleware.base import BaseHTTPMiddleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, RedirectResponse, Response
+
+COOKIE = "cadence_session"
+OPEN_PATHS = frozenset({"/login", "/static/login.css"})
+
+
+def session_value(token: str) -> str:
+    return hmac.new(token.encode(), b"cadence-ui-session-v1", hashlib.sha256).hexdigest()
+
+
+def check_token(candidate: str, token: str) -> bool:
+    return hmac.compare_digest(candidate.encode(), token.encode())
+
+
+def is_authorized(request: Request, token: str) -> bool:
+    header = request.headers.get("authorization", "")
+    scheme, _, value = header.partition(" ")
+    if scheme.lower() == "bearer" and value and check_token(value.strip(), token):
+        return True
+    cookie = request.cookies.get(COOKIE)
+    return bool(cookie) and hmac.compare_digest(cookie.encode(), session_value(token).encode())
+
+
+class AuthMiddleware(BaseHTTPMiddleware):
+    """Refuses every request without a valid credential (when a token is configured)."""
+
+    def __init__(self, app, token: str | None) -> None:
+        super().__init__(app)
+        self.token = token
+
+    async def dispatch(self, request: Request, call_next) -> Response:
+        if not self.token or request.url.path in OPEN_PATHS or is_authorized(request, self.token):
+            return await call_next(request)
+        wants_page = request.method == "GET" and "text/html" in request.headers.get("accept", "")
+        if wants_page and not request.url.path.startswith("/api/"):
+            return RedirectResponse("/login", status_code=303)
+        return JSONResponse({"detail": "authentication required: send Authorization: Bearer <CADENCE_AUTH> "
+                                       "or log in at /login"}, status_code=401,
+                            headers={"WWW-Authenticate": "Bearer"})
+
+
+def is_loopback_host(host: str) -> bool:
+    """True when every address `host` resolves to is loopback (127.0.0.0/8, ::1)."""
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        pass
+    try:
+        infos = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    addrs = {info[4][0] for info in infos}
+    return bool(addrs) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addrs)

@@ -1,0 +1,83 @@
+"""CADENCE_AUTH: every route in the OpenAPI schema, plus files/media/static/openapi, needs the token."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from pathlib import Path
+
+import pytest
+
+from cadence.ui.auth import COOKIE, OPEN_PATHS, session_value
+from cadence.ui.server import refuse_reason, ui_command
+
+from .conftest import TOKEN, config_yaml
+
+
+def _concrete(path: str) -> str:
+    return re.sub(r"\{[^}]+\}", "abc123", path)
+
+
+def test_every_route_refuses_without_the_token(make_client, tiny_model: Path, clips: Path, tmp_path: Path) -> None:
+    client = make_client(token=TOKEN)
+    bearer = {"Authorization": f"Bearer {TOKEN}"}
+    schema = client.get("/openapi.json", headers=bearer)
+    assert schema.status_code == 200
+    routes = [(m.upper(), _concrete(p)) for p, ops in schema.json()["paths"].items() for m in ops]
+    assert len(routes) >= 20
+    routes += [("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/redoc"), ("GET", "/static/js/job.js"),
+               ("GET", "/static/vendor/uPlot.iife.min.js"), ("GET", "/api/files?path=/etc/passwd"),
+               ("GET", "/api/media?path=/etc/passwd")]
+    assert OPEN_PATHS == {"/login", "/static/login.css"}  # the only open doors, checked separately below
+    for method, path in routes:
+        if path in OPEN_PATHS:
+            continue
+        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN},
+                        {"Cookie": f"{COOKIE}={TOKEN}"}):
+            r = client.request(method, path, headers={**headers, "accept": "application/json"},
+                               follow_redirects=False)
+            assert r.status_code == 401, (method, path, headers, r.status_code)
+            assert "abc123" not in r.text and "root:" not in r.text
+    page = client.get("/jobs/abc", headers={"accept": "text/html"}, follow_redirects=False)
+    assert page.status_code == 303 and page.headers["location"] == "/login"
+
+    # With the token the API works (create a job so data exists), by header or by the login cookie.
+    text = config_yaml(name="authjob", model=tiny_model, data=clips, out=tmp_path)
+    assert client.post("/api/jobs", json={"yaml": text}, headers=bearer).status_code == 201
+    assert client.get("/api/jobs", headers=bearer).json()["jobs"][0]["name"] == "authjob"
+
+
+def test_login_sets_a_derived_httponly_strict_cookie(make_client) -> None:
+    client = make_client(token=TOKEN)
+    assert client.get("/login").status_code == 200
+    assert client.get("/static/login.css").status_code == 200
+    bad = client.post("/login", data={"token": "nope"}, follow_redirects=False)
+    assert bad.status_code == 401 and "Wrong token" in bad.text and COOKIE not in bad.headers.get("set-cookie", "")
+    good = client.post("/login", data={"token": TOKEN}, follow_redirects=False)
+    assert good.status_code == 303
+    cookie = good.headers["set-cookie"]
+    assert "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
+    assert TOKEN not in cookie and session_value(TOKEN) in cookie
+    assert client.get("/api/jobs").status_code == 200  # the client kept the cookie
+    assert client.get("/openapi.json").status_code == 200
+    client.cookies.clear()
+    assert client.get("/api/jobs").status_code == 401
+
+
+def test_docs_pages_are_off_because_they_need_a_cdn(make_client) -> None:
+    client = make_client()
+    assert client.get("/docs").status_code == 404 and client.get("/redoc").status_code == 404
+    assert client.get("/openapi.json").status_code == 200
+    html = client.get("/jobs/x").text + client.get("/").text
+    assert "http://" not in html and "https://" not in html  # every asset is local
+
+
+def test_non_loopback_bind_needs_auth(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    assert refuse_reason("127.0.0.1", None) is None
+    assert refuse_reason("localhost", None) is None
+    assert refuse_reason("::1", None) is None
+    assert refuse_reason("0.0.0.0", TOKEN) is None
+    assert "CADENCE_AUTH" in refuse_reason("0.0.0.0", None)
+    monkeypatch.delenv("CADENCE_AUTH", raising=False)
+    code = ui_command(argparse.Namespace(host="0.0.0.0", port=0, home=None))
+    assert code == 2 and "refusing to serve on 0.0.0.0" in capsys.readouterr().err

@@ -107,12 +107,9 @@ def test_optimizer_names_case_insensitive(make_flat):
         ("train", "ema_config", {"use_ema": True, "ema_decay": 0.99}, "cadence ema-merge"),
         ("train", "train_text_encoder", True, "only the transformer"),
         ("train", "content_or_style", "style", "timestep biasing"),
-        ("train", "compile", True, "GPU performance"),
-        ("train", "attention_backend", "flash", "GPU performance"),
         ("logging", "use_wandb", True, "Weights & Biases"),
         ("save", "push_to_hub", True, "Hugging Face Hub"),
         ("model", "assistant_lora_path", "ostris/adapter", "assistant LoRAs"),
-        ("model", "blocks_to_swap", 20, "GPU performance"),
     ],
 )
 def test_unsupported_keys_refused(make_flat, section, key, value, reason):
@@ -143,11 +140,23 @@ def test_lycoris_types_refused_with_registry_message(make_flat, kind):
     assert message.startswith(f"'type: {kind.lower()}' is valid for ai-toolkit but not supported yet by Cadence")
 
 
-def test_quantize_true_refused_false_accepted(make_flat):
-    message = issues_of(make_flat(model={"name_or_path": "m", "arch": "wan21", "quantize": True}))
-    assert "'quantize: true' is valid for ai-toolkit but not supported yet" in message["model.quantize"]
-    cfg = load_config_dict(make_flat(model={"name_or_path": "m", "arch": "wan22_14b_i2v", "quantize": False}))
-    assert cfg.model.quantize is False
+def test_quantize_qtypes_accepted_torchao_refused(make_flat):
+    model = {"name_or_path": "m", "arch": "wan21", "quantize": True, "qtype": "FP8", "qtype_te": "qint8"}
+    cfg = load_config_dict(make_flat(model=model))
+    assert cfg.model.quantize is True and cfg.model.qtype == "fp8" and cfg.model.qtype_te == "qint8"
+    message = issues_of(make_flat(model={**model, "qtype": "uint4|ostris/ara/wan_uint4.safetensors"}))
+    assert "needs torchao" in message["model.qtype"]
+    assert "unknown qtype" in issues_of(make_flat(model={**model, "qtype": "nf4"}))["model.qtype"]
+
+
+def test_performance_keys_validated(make_flat):
+    train = {"attention_backend": "flash", "compile": True, "gradient_checkpointing": 2, "adapter_dtype": "bf16"}
+    cfg = load_config_dict(make_flat(train=train, model={"name_or_path": "m", "arch": "wan21", "blocks_to_swap": 20}))
+    assert cfg.train.gradient_checkpointing == 2 and cfg.train.compile is True
+    assert cfg.model.blocks_to_swap == 20 and cfg.train.attention_backend == "flash"
+    assert load_config_dict(make_flat(train={"gradient_checkpointing": True})).train.gradient_checkpointing is True
+    assert "no backward pass" in issues_of(make_flat(train={"attention_backend": "sage"}))["train.attention_backend"]
+    assert "N >= 1" in issues_of(make_flat(train={"gradient_checkpointing": 0}))["train.gradient_checkpointing"]
 
 
 def test_inert_seed_values_accepted(make_flat):
@@ -161,15 +170,38 @@ def test_inert_seed_values_accepted(make_flat):
     assert cfg.name == "t"
 
 
-def test_sampling_refused_unless_disabled(make_flat):
-    data = make_flat(sample={"prompts": ["a cat"]}, train={"disable_sampling": False})
-    assert issues_of(data) == {"sample": "sampling during training is not supported yet; set "
-                                         "train.disable_sampling: true (the sample section is still validated)"}
-    data["train"]["disable_sampling"] = True
+def test_sampling_section_validated(make_flat):
+    data = make_flat(model={"name_or_path": "m", "arch": "wan22_14b"}, sample={"prompts": ["a cat"]},
+                     train={"disable_sampling": False})
     assert load_config_dict(data).sample.prompts == ["a cat"]
-    # the section is still validated
     data["sample"]["sample_steps"] = 0
     assert "sample.sample_steps" in issues_of(data)
+    data["sample"].update(sample_steps=2, num_frames=8)
+    assert "4k+1" in issues_of(data)["sample.num_frames"]
+
+
+def test_i2v_sampling_needs_readable_ctrl_img(tmp_path, make_flat):
+    good = tmp_path / "first.png"
+    from PIL import Image
+
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(good)
+    bad = tmp_path / "broken.png"
+    bad.write_bytes(b"not an image")
+    samples = [{"prompt": "ok", "ctrl_img": str(good)}, {"prompt": "no image"},
+               {"prompt": "gone", "ctrl_img": str(tmp_path / "gone.png")}, {"prompt": "b", "ctrl_img": str(bad)}]
+    data = make_flat(sample={"samples": samples, "prompts": ["plain"]}, train={"disable_sampling": False})
+    issues = issues_of(data)
+    assert set(issues) == {"sample.samples[1].ctrl_img", "sample.samples[2].ctrl_img",
+                           "sample.samples[3].ctrl_img", "sample.prompts[0]"}
+    assert "missing" in issues["sample.samples[1].ctrl_img"]
+    assert str(tmp_path / "gone.png") in issues["sample.samples[2].ctrl_img"]
+    assert "not a readable image" in issues["sample.samples[3].ctrl_img"]
+    # with sampling off nothing is opened; a T2V arch needs no ctrl_img
+    data["train"]["disable_sampling"] = True
+    assert len(load_config_dict(data).sample.samples) == 4
+    t2v = make_flat(model={"name_or_path": "m", "arch": "wan22_14b"}, train={"disable_sampling": False},
+                    sample={"samples": [{"prompt": "x"}]})
+    assert load_config_dict(t2v).sample.samples[0].ctrl_img is None
 
 
 def test_real_seed_wan22_config_refusals(make_seed):
@@ -231,10 +263,10 @@ meta: {name: "[name]", version: '1.0'}
 """
     issues = issues_of(yaml.safe_load(text))
     p = "config.process[0]."
-    assert set(issues) == {p + "model.quantize", p + "model.quantize_te", p + "sample"}
+    assert set(issues) == {p + "model.qtype"} and "needs torchao" in issues[p + "model.qtype"]
     data = yaml.safe_load(text)
     proc = data["config"]["process"][0]
-    proc["model"].update(quantize=False, quantize_te=False)
+    proc["model"].update(qtype="fp8")
     proc["train"]["disable_sampling"] = True
     cfg = load_config_dict(data)
     assert cfg.datasets[0].resolution == [512, 768, 1024] and cfg.datasets[0].do_i2v is False

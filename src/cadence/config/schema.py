@@ -424,7 +424,8 @@ class JobConfig(Strict):
                            "write it as samples: [{prompt: ..., ctrl_img: FILE}]")
             errors.append(InitErrorDetails(
                 type=PydanticCustomError("sample_ctrl_img", "{problem}", {"problem": problem}),
-                loc=loc, input=str(item.ctrl_img) if i < n else item.prompt,
+                # a mapping as input: the message reads "missing", not "got 'None'"
+                loc=loc, input=str(item.ctrl_img) if item.ctrl_img is not None else {"prompt": item.prompt},
             ))
         if errors:
             raise ValidationError.from_exception_data("JobConfig", errors)

@@ -130,9 +130,7 @@ REGISTRY: list[Unsupported] = [
       False),
     U("train.xformers", "attention goes through diffusers' dispatcher (SDPA)", False),
     U("train.sdp", "attention always uses SDPA", accepts=lambda v: isinstance(v, bool)),
-    U("train.attention_backend", _PERF, "native"),
-    U("train.compile", _PERF, False),
-    U("train.force_first_sample", "sampling during training is not supported yet", False),
+    U("train.force_first_sample", "the baseline sample runs at step 0 only (not again on resume)", False),
     U("train.weight_jitter", "weight jitter is not implemented", 0.0),
     U("train.noise_multiplier", "noise scaling is not implemented", 1.0),
     U("train.img_multiplier", "latent scaling is not implemented", 1.0),
@@ -158,15 +156,11 @@ REGISTRY: list[Unsupported] = [
     U("train.optimal_noise_pairing_samples", "noise pairing is not implemented", 1),
     U("train.force_consistent_noise", "fixed per-item noise is not implemented", False),
     # ---------------------------------------------------------------- model
-    U("model.quantize", "base-model quantization (qtype) is not implemented yet",
-      False),
-    U("model.quantize_te", "text-encoder quantization is not implemented yet", False),
     U("model.assistant_lora_path", "assistant LoRAs are not implemented", None),
     U("model.lora_path", "loading a LoRA into the base model is not implemented", None),
     U("model.inference_lora_path", "inference LoRAs are not implemented", None),
     U("model.accuracy_recovery_adapter", "accuracy recovery adapters need quantization", None),
     U("model.compile", _PERF, False),
-    U("model.blocks_to_swap", _PERF, 0, source="musubi-tuner"),
     U("model.layer_offloading", _PERF + "; low_vram offloads the idle expert", False),
     U("model.auto_memory", _PERF, False),
     U("model.split_model_over_gpus", "multi-GPU model splitting is not implemented", False),
@@ -234,24 +228,8 @@ REGISTRY: list[Unsupported] = [
 ]
 
 
-def _has_prompts(sample: Any) -> bool:
-    if not isinstance(sample, dict):
-        return False
-    return bool(sample.get("samples")) or bool(sample.get("prompts"))
-
-
-def _sampling_rule(body: dict[str, Any]) -> list[tuple[Parts, str]]:
-    """Sampling is parsed and validated, but running it during training is not implemented."""
-    train = body.get("train")
-    disabled = isinstance(train, dict) and train.get("disable_sampling") is True
-    if disabled or not _has_prompts(body.get("sample")):
-        return []
-    return [(("sample",), "sampling during training is not supported yet; set train.disable_sampling: true "
-                    "(the sample section is still validated)")]
-
-
 # rules that look at more than one key; each returns (path, message) issues
-RULES: list[Callable[[dict[str, Any]], list[tuple[Parts, str]]]] = [_sampling_rule]
+RULES: list[Callable[[dict[str, Any]], list[tuple[Parts, str]]]] = []
 
 
 def _in_schema(section: str, key: str) -> bool:

@@ -41,7 +41,23 @@ def filesystem_issues(cfg: JobConfig, prefix: str = "") -> list[tuple[str, str]]
             issues.append((path, f"'{ds.folder_path}' is a file, expected a folder of media and captions"))
     if not cfg.datasets:
         issues.append((format_path(("datasets",), prefix), "no datasets; add at least one folder_path"))
+    issues.extend(_model_issues(cfg, prefix))
     return issues
+
+
+def _model_issues(cfg: JobConfig, prefix: str) -> list[tuple[str, str]]:
+    """A local model folder must hold the arch the config names (checked without reading weights)."""
+    folder = Path(cfg.model.name_or_path).expanduser()
+    if not folder.is_dir():
+        return []  # a hub id: checked when the model is loaded (offline, with a clear error)
+    from cadence.models.base import ModelLoadError
+    from cadence.models.registry import check_model
+
+    try:
+        check_model(str(folder), cfg.model.arch, cfg.model.revision)
+    except ModelLoadError as error:
+        return [(format_path(("model", "name_or_path"), prefix), str(error))]
+    return []
 
 
 def check_config_file(path: str | Path) -> JobConfig:

@@ -20,7 +20,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/cadence demo --out demo_output
 
-test: $(STAMP)
+browser:
+	sh scripts/install_browser.sh
+
+test: $(STAMP) browser
 	$(VENV)/bin/ruff check src tests bench
 	$(PY) -m pytest -q
 

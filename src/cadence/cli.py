@@ -20,6 +20,7 @@ HANDLERS: dict[str, str] = {
     "convert": "cadence.tools.convert:convert_command",
     "inspect": "cadence.tools.inspect:inspect_command",
     "ui": "cadence.ui.server:ui_command",
+    "sample": "cadence.sampling.command:sample_command",
 }
 
 
@@ -58,6 +59,22 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="rank, alpha, targets, magnitudes and metadata of a LoRA file")
     p.add_argument("file")
     p.add_argument("--json", action="store_true")
+    p = sub.add_parser("sample", help="generate videos with trained LoRA files (same code as in training)")
+    p.add_argument("target", help="a job config (its model and sample section) or a model folder")
+    p.add_argument("--lora-high", dest="lora_high", default=None, help="high-noise expert LoRA file")
+    p.add_argument("--lora-low", dest="lora_low", default=None, help="low-noise expert LoRA file")
+    p.add_argument("--lora", default=None, help="LoRA file of a single-expert model")
+    p.add_argument("--prompt", action="append", default=None)
+    p.add_argument("--image", action="append", default=None, help="first frame for I2V (one per prompt)")
+    p.add_argument("--seed", type=int, default=None)
+    p.add_argument("--steps", type=int, default=None)
+    p.add_argument("--width", type=int, default=None)
+    p.add_argument("--height", type=int, default=None)
+    p.add_argument("--num-frames", dest="num_frames", type=int, default=None)
+    p.add_argument("--multiplier", type=float, default=None)
+    p.add_argument("--out", default="samples")
+    p.add_argument("--device", default=None)
+    p.add_argument("--dtype", default=None)
     p = sub.add_parser("ui", help="web UI for queueing and watching jobs")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8675)

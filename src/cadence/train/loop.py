@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from cadence.train.checks import evaluation_weights
 from cadence.train.objective import flow_matching_loss, noisy_latents, velocity_target
 from cadence.train.setup import TrainingSetup
 
@@ -153,6 +154,8 @@ class Trainer:
         self.stop.install()
         progress = s.progress(start_step, total)
         step = start_step
+        if start_step == 0:
+            self._sample(0)
         try:
             for step in range(start_step + 1, total + 1):
                 self._place_experts()
@@ -171,6 +174,7 @@ class Trainer:
                 self._summary(step, row)
                 if saving:
                     s.recorder.save(s, step)
+                self._sample(step)
                 if self.stop.requested:
                     log.info("stopped by %s at step %d; checkpoint saved", self.stop.signal_name, step)
                     return 0
@@ -188,6 +192,12 @@ class Trainer:
             s.close()
         log.info("finished %d steps; outputs in %s", step, s.paths.run_dir)
         return 0
+
+    def _sample(self, step: int) -> None:
+        samples = self.s.samples
+        if samples is not None and samples.due(step):
+            with evaluation_weights(self.s.optimizer):
+                samples.run(step)
 
     def _place_experts(self) -> None:
         """With low_vram only the active expert stays on the accelerator."""

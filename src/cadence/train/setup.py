@@ -14,6 +14,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
+from cadence.config.errors import ConfigError
 from cadence.config.schema import JobConfig
 from cadence.config.validate import config_hash, dump_resolved
 from cadence.data.cache import LatentCache, TextCache
@@ -25,6 +26,7 @@ from cadence.networks.lora import LoRANetwork
 from cadence.optim.factory import build_optimizer, clip_grad_norm
 from cadence.optim.param_groups import build_param_groups
 from cadence.optim.schedulers import build_lr_scheduler
+from cadence.sampling import TrainingSampler, sample_texts, validate_samples
 from cadence.schedule.experts import ExpertRouter
 from cadence.schedule.timesteps import TimestepSampler
 from cadence.tools.health import HealthMonitor
@@ -63,6 +65,7 @@ class TrainingSetup:
     hub: MetricsHub
     recorder: RunRecorder
     checks: PeriodicChecks
+    samples: TrainingSampler | None = None
     start_step: int = 0
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -114,12 +117,15 @@ def _trained_experts(cfg: JobConfig, adapter: ModelAdapter) -> list[str]:
     return [spec.name for spec in adapter.experts if wanted.get(spec.name, True)]
 
 
-def _build_networks(cfg: JobConfig, adapter: ModelAdapter, experts: list[str]) -> dict[str, LoRANetwork]:
+def _build_networks(
+    cfg: JobConfig, adapter: ModelAdapter, experts: list[str], device: torch.device
+) -> dict[str, LoRANetwork]:
     networks: dict[str, LoRANetwork] = {}
     for offset, expert in enumerate(experts):
         transformer = adapter.transformer(expert)
         # Each expert gets its own adapter, initialised from its own seed: never one shared adapter.
         net = LoRANetwork(transformer, cfg.network, name=expert, seed=cfg.train.seed + 1000 * (offset + 1))
+        net.to(device)  # adapters stay on the training device even when low_vram parks the base on the CPU
         net.apply()
         networks[expert] = net
     return networks
@@ -127,6 +133,9 @@ def _build_networks(cfg: JobConfig, adapter: ModelAdapter, experts: list[str]) -
 
 def build_training(cfg: JobConfig) -> TrainingSetup:
     paths = RunPaths(cfg.run_dir, cfg.name)
+    problems = validate_samples(cfg)
+    if problems:
+        raise ConfigError(problems)
     paths.run_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.train.dtype)
@@ -139,7 +148,7 @@ def build_training(cfg: JobConfig) -> TrainingSetup:
     latent_cache, text_cache = _prepare_caches(cfg, adapter, index, paths)
 
     experts = _trained_experts(cfg, adapter)
-    networks = _build_networks(cfg, adapter, experts)
+    networks = _build_networks(cfg, adapter, experts, device)
     for expert in experts:
         adapter.transformer(expert).train()
         if cfg.train.gradient_checkpointing:
@@ -202,6 +211,8 @@ def build_training(cfg: JobConfig) -> TrainingSetup:
         checks=checks,
     )
     setup.start_step = _resume(setup)
+    if not cfg.train.disable_sampling:
+        setup.samples = TrainingSampler(cfg, adapter, networks, paths.samples)
     _write_resolved_config(cfg, paths.config)
     return setup
 
@@ -221,7 +232,10 @@ def _prepare_caches(
         log.warning("skipped %d file(s) that failed to decode: %s", len(bad), ", ".join(sorted(map(str, bad))))
     if not index.train_items:
         raise ValueError("no usable training items are left after caching; see the warnings above")
-    text_cache.ensure(sorted({item.caption or "" for item in index.items} | {""}), adapter)
+    captions = {item.caption or "" for item in index.items} | {""}
+    if not cfg.train.disable_sampling:
+        captions |= set(sample_texts(cfg))  # sample prompts must survive the text encoder's unloading
+    text_cache.ensure(sorted(captions), adapter)
     if cfg.train.cache_text_embeddings:
         adapter.unload_text_encoder()
     log.info("caches ready: %d latent entries (%d encoded now), %d captions", len(index.items),

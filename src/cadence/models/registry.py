@@ -208,10 +208,6 @@ def load_model_adapter(model_cfg, device: torch.device, dtype: torch.dtype) -> M
     kwargs = model_cfg.model_kwargs
     boundary = resolve_boundary(model_cfg.arch, read_model_index(folder), kwargs.boundary_ratio)
     model_id = model_cfg.name_or_path + (f"@{model_cfg.revision}" if model_cfg.revision else "")
-    if model_cfg.quantize:
-        log.warning(
-            "model.quantize is set but Cadence's loader does not quantize yet; weights stay in %s", dtype
-        )
     trained = ("main",)
     if model_cfg.arch in TWO_EXPERT:
         trained = tuple(

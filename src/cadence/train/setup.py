@@ -26,6 +26,7 @@ from cadence.networks.lora import LoRANetwork
 from cadence.optim.factory import build_optimizer, clip_grad_norm
 from cadence.optim.param_groups import build_param_groups
 from cadence.optim.schedulers import build_lr_scheduler
+from cadence.perf import apply_memory_options, apply_quantization
 from cadence.sampling import TrainingSampler, sample_texts, validate_samples
 from cadence.schedule.experts import ExpertRouter
 from cadence.schedule.timesteps import TimestepSampler
@@ -142,6 +143,7 @@ def build_training(cfg: JobConfig) -> TrainingSetup:
     seed_everything(cfg.train.seed)
 
     adapter = load_model_adapter(cfg.model, device, dtype)
+    apply_quantization(adapter, cfg.model)  # before caching and before LoRA: quantizers may swap Linear classes
     index = build_dataset_index(
         cfg, adapter.spatial_multiple, adapter.temporal_multiple, adapter.native_fps, cfg.train.seed
     )
@@ -151,8 +153,8 @@ def build_training(cfg: JobConfig) -> TrainingSetup:
     networks = _build_networks(cfg, adapter, experts, device)
     for expert in experts:
         adapter.transformer(expert).train()
-        if cfg.train.gradient_checkpointing:
-            adapter.enable_gradient_checkpointing(expert)
+    # attention backend, checkpointing, block swap, adapter dtype, regional compile (after LoRA hooks exist)
+    perf = apply_memory_options(adapter, cfg, experts, networks)
     groups = build_param_groups(networks, cfg.train, cfg.network.network_kwargs.loraplus_lr_ratio)
     optimizer = build_optimizer(cfg.train, groups)
     lr_scheduler = build_lr_scheduler(
@@ -209,6 +211,7 @@ def build_training(cfg: JobConfig) -> TrainingSetup:
         hub=hub,
         recorder=recorder,
         checks=checks,
+        extras={"perf": perf},
     )
     setup.start_step = _resume(setup)
     if not cfg.train.disable_sampling:

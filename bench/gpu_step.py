@@ -1,0 +1,235 @@
+"""One LoRA training step of a Wan 2.2 I2V A14B expert with random weights, for each speed/memory option.
+
+On CUDA the expert is full size (built on the meta device, materialised on the GPU with random weights: no
+download) and the results table replaces the marked section of docs/performance.md. On CPU a small config
+runs the same code (tests/perf/test_bench.py) and writes only where --out says.
+
+    .venv/bin/python bench/gpu_step.py                      # CUDA: full size, 33 and 81 frames at 480x832
+    .venv/bin/python bench/gpu_step.py --small --out /tmp/p.md
+
+Step FLOPs follow docs/performance.md: F_linear = blocks*(L*(12d^2 + 4*d*ffn) + 4*T*d^2),
+F_attn = blocks*(4*L^2*d + 4*L*T*d); a frozen-base LoRA step = 2*F_linear + 3.5*F_attn ("MFU"), plus one
+more forward (F_linear + F_attn) when checkpointing recomputes it ("HFU").
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import logging
+import statistics
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from cadence.config.schema import NetworkConfig  # noqa: E402
+from cadence.models import wan_memory  # noqa: E402
+from cadence.networks.lora import LoRANetwork  # noqa: E402
+from cadence.perf import (  # noqa: E402
+    AttentionBackendError,
+    BlockSwapper,
+    apply_attention_backend,
+    compile_blocks,
+    enable_checkpointing,
+    quantize_linears,
+)
+
+log = logging.getLogger("gpu_step")
+MARK_START, MARK_END = "<!-- bench:gpu_step:start -->", "<!-- bench:gpu_step:end -->"
+PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "RTX 4090": 165.0}
+FULL = {"heads": 40, "head_dim": 128, "ffn": 13824, "layers": 40, "text_dim": 4096, "freq_dim": 256, "text_len": 512}
+SMALL = {"heads": 2, "head_dim": 12, "ffn": 48, "layers": 4, "text_dim": 32, "freq_dim": 32, "text_len": 16}
+OPTIONS = ("baseline", "no_checkpointing", "flash", "fp8", "fp8+swap", "compile")
+
+
+@dataclass
+class Result:
+    option: str
+    frames: int
+    tokens: int
+    step_s: float | None = None
+    mfu: float | None = None
+    hfu: float | None = None
+    peak_alloc_gib: float | None = None
+    peak_reserved_gib: float | None = None
+    note: str = ""
+
+
+def build_expert(dims: dict, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
+    """A Wan 2.2 I2V A14B expert with random weights: meta construction, then filled on `device`."""
+    from diffusers import WanTransformer3DModel
+
+    with torch.device("meta"):
+        model = WanTransformer3DModel(
+            patch_size=(1, 2, 2), num_attention_heads=dims["heads"], attention_head_dim=dims["head_dim"],
+            in_channels=36, out_channels=16, text_dim=dims["text_dim"], freq_dim=dims["freq_dim"],
+            ffn_dim=dims["ffn"], num_layers=dims["layers"], cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024,
+        )
+    model = model.to_empty(device=device)
+    gen = torch.Generator(device=device).manual_seed(0)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.endswith("bias"):
+                p.zero_()
+            elif p.dim() == 1:
+                p.fill_(1.0)
+            else:
+                p.normal_(0.0, 0.02, generator=gen)
+        model.rope.__init__(model.rope.attention_head_dim, model.rope.patch_size, model.rope.max_seq_len)
+    model.rope.to(device)
+    return model.to(dtype).requires_grad_(False).train()
+
+
+def latent_shape(frames: int, height: int, width: int) -> tuple[int, int, int]:
+    return (frames - 1) // 4 + 1, height // 8, width // 8
+
+
+def step_flops(dims: dict, tokens: int, checkpointing: bool) -> tuple[float, float]:
+    d, ffn, n, t = dims["heads"] * dims["head_dim"], dims["ffn"], dims["layers"], dims["text_len"]
+    f_lin = n * (tokens * (12 * d * d + 4 * d * ffn) + 4 * t * d * d)
+    f_attn = n * (4 * tokens * tokens * d + 4 * tokens * t * d)
+    model = 2 * f_lin + 3.5 * f_attn
+    return model, model + (f_lin + f_attn if checkpointing else 0.0)
+
+
+def peak_tflops(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+
+
+def prepare(option: str, dims: dict, device: torch.device, dtype: torch.dtype, swap: int):
+    """Model + LoRA with `option` applied, in the order train setup uses."""
+    model = build_expert(dims, device, dtype)
+    blocks = wan_memory.transformer_blocks(model)
+    if option.startswith("fp8"):
+        quantize_linears(model, wan_memory.quantizable_linears(model), "fp8")
+    net = LoRANetwork(model, NetworkConfig(linear=16, linear_alpha=16), name="bench", seed=0).apply().to(device)
+    apply_attention_backend([model], "flash" if option == "flash" else "native")
+    enable_checkpointing(model, blocks, option != "no_checkpointing")
+    swapper = BlockSwapper(blocks, swap, device) if option.endswith("swap") else None
+    if option == "compile":
+        compile_blocks(blocks, 32, backend="inductor" if device.type == "cuda" else "aot_eager")
+    return model, net, swapper
+
+
+def run_option(option: str, frames: int, size: tuple[int, int], dims: dict, device: torch.device,
+               dtype: torch.dtype, steps: int, warmup: int, swap: int) -> Result:
+    lat = latent_shape(frames, *size)
+    tokens = lat[0] * (lat[1] // 2) * (lat[2] // 2)
+    result = Result(option, frames, tokens)
+    try:
+        model, net, _ = prepare(option, dims, device, dtype, swap)
+    except AttentionBackendError as exc:
+        result.note = str(exc).split(";")[0]
+        return result
+    opt = torch.optim.AdamW(net.trainable_parameters(), lr=1e-5)
+    hidden = torch.randn(1, 36, *lat, device=device, dtype=dtype)
+    text = torch.randn(1, dims["text_len"], dims["text_dim"], device=device, dtype=dtype)
+    target = torch.randn(1, 16, *lat, device=device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    try:
+        for i in range(warmup + steps):
+            start = time.perf_counter()
+            out = model(hidden_states=hidden, timestep=torch.tensor([500.0], device=device),
+                        encoder_hidden_states=text, return_dict=False)[0]
+            torch.nn.functional.mse_loss(out.float(), target).backward()
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if i >= warmup:
+                times.append(time.perf_counter() - start)
+    except torch.OutOfMemoryError:
+        result.note = "out of memory"
+    if times:
+        result.step_s = statistics.median(times)
+        peak = peak_tflops(device)
+        model_f, hw_f = step_flops(dims, tokens, option != "no_checkpointing")
+        if peak:
+            result.mfu = model_f / result.step_s / (peak * 1e12)
+            result.hfu = hw_f / result.step_s / (peak * 1e12)
+    if device.type == "cuda":
+        result.peak_alloc_gib = torch.cuda.max_memory_allocated(device) / 2**30
+        result.peak_reserved_gib = torch.cuda.max_memory_reserved(device) / 2**30
+    del model, net, opt
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return result
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "—" if value is None else format(value, spec)
+
+
+def markdown(results: list[Result], device: torch.device, size: tuple[int, int], dims: dict) -> str:
+    import diffusers
+
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (small config, not a GPU figure)"
+    lines = [
+        f"Measured {datetime.date.today().isoformat()} on {gpu}; torch {torch.__version__}, "
+        f"diffusers {diffusers.__version__}; {size[0]}x{size[1]}, {dims['layers']} blocks, "
+        f"dim {dims['heads'] * dims['head_dim']}, LoRA rank 16 on every block Linear.",
+        "",
+        "| option | frames | tokens | median step (s) | tokens/s | MFU | HFU | peak alloc (GiB) | peak reserved (GiB) | note |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        tps = None if r.step_s is None else r.tokens / r.step_s
+        lines.append(
+            f"| {r.option} | {r.frames} | {r.tokens} | {_fmt(r.step_s, '.3f')} | {_fmt(tps, '.0f')} | "
+            f"{_fmt(r.mfu, '.1%')} | {_fmt(r.hfu, '.1%')} | {_fmt(r.peak_alloc_gib, '.1f')} | "
+            f"{_fmt(r.peak_reserved_gib, '.1f')} | {r.note} |"
+        )
+    return "\n".join(lines)
+
+
+def write_section(path: Path, table: str) -> None:
+    """Replace the marked section of `path` (or write a file holding only the table)."""
+    text = path.read_text(encoding="utf-8") if path.exists() else f"{MARK_START}\n{MARK_END}\n"
+    head, _, rest = text.partition(MARK_START)
+    _, _, tail = rest.partition(MARK_END)
+    path.write_text(f"{head}{MARK_START}\n{table}\n{MARK_END}{tail}", encoding="utf-8")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--small", action="store_true", help="tiny dims (forced on CPU)")
+    ap.add_argument("--frames", type=int, nargs="+", default=None)
+    ap.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"))
+    ap.add_argument("--options", nargs="+", default=list(OPTIONS), choices=OPTIONS)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--swap", type=int, default=None, help="blocks_to_swap for the +swap option")
+    ap.add_argument("--out", type=Path, default=None, help="markdown file (CUDA default: docs/performance.md)")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    small = args.small or device.type != "cuda"
+    dims = SMALL if small else FULL
+    size = tuple(args.size or ((64, 64) if small else (480, 832)))
+    frames = args.frames or ([5] if small else [33, 81])
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    swap = args.swap or (dims["layers"] // 2)
+    results = [run_option(o, f, size, dims, device, dtype, args.steps, args.warmup, swap)
+               for f in frames for o in args.options]
+    table = markdown(results, device, size, dims)
+    sys.stdout.write(table + "\n")
+    out = args.out or (ROOT / "docs" / "performance.md" if device.type == "cuda" else None)
+    if out is not None:
+        write_section(out, table)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,56 @@
+"""Weight-only quantization of a transformer's block Linears (and of the text encoder).
+
+`fp8` is Cadence's block-scaled e4m3 (fp8.py, layers stay the same objects). `qfloat8`/`qint8`/`qint4`
+use optimum-quanto, which *replaces* each Linear by a `QLinear` (still an nn.Linear subclass): quantize
+before building the LoRA network so the hooks attach to the final modules. Which layers are eligible is
+the caller's (model-specific) choice: norms, embeddings, head and modulation stay in high precision.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+
+from cadence.perf.fp8 import quantize_linears_fp8
+
+log = logging.getLogger(__name__)
+
+QUANTO = {"qfloat8": "qfloat8", "qint8": "qint8", "qint4": "qint4"}
+
+
+class QuantizeError(ValueError):
+    """A qtype that cannot be applied here; the message names the config key and what to do."""
+
+
+def quantize_linears(root: nn.Module, linears: dict[str, nn.Linear], qtype: str, key: str = "model.qtype") -> None:
+    """Quantize the named Linears of `root` (names relative to `root`) in place with `qtype`."""
+    qtype = qtype.lower()
+    if qtype == "fp8":
+        saved = quantize_linears_fp8(linears)
+        log.info("fp8: %d Linear layers quantized, %.1f MiB saved", len(linears), saved / 2**20)
+        return
+    if qtype not in QUANTO:
+        raise QuantizeError(f"{key}: {qtype!r} is not implemented; use fp8, qfloat8, qint8 or qint4")
+    try:
+        from optimum import quanto
+    except ImportError as exc:
+        raise QuantizeError(
+            f"{key}: {qtype!r} needs optimum-quanto (`pip install optimum-quanto`); or use fp8"
+        ) from exc
+    weights = getattr(quanto, QUANTO[qtype])
+    quanto.quantize(root, weights=weights, include=list(linears))
+    quanto.freeze(root)
+    log.info("%s: %d Linear layers quantized with optimum-quanto", qtype, len(linears))
+
+
+def all_linears(root: nn.Module) -> dict[str, nn.Linear]:
+    """Every nn.Linear of `root` (the text encoder: its embeddings and norms are not Linears)."""
+    return {name: m for name, m in root.named_modules() if type(m) is nn.Linear}
+
+
+def quantize_text_encoder(encoder: nn.Module, qtype: str) -> None:
+    """`model.quantize_te`: weight-only quantization of every Linear of the (frozen) text encoder."""
+    with torch.no_grad():
+        quantize_linears(encoder, all_linears(encoder), qtype, key="model.qtype_te")

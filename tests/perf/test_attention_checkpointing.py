@@ -1,0 +1,76 @@
+"""Attention backend selection and every-N-block gradient checkpointing on the tiny A14B transformer."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tests.perf.conftest import make_network, train
+
+from cadence.models import wan_memory
+from cadence.perf import AttentionBackendError, apply_attention_backend, enable_checkpointing
+from cadence.perf.attention import attention_backends_of
+from cadence.perf.checkpointing import checkpointed_indices, phase
+
+
+def test_native_backend_set_on_every_expert_and_training_unchanged(load_transformer, baseline):
+    experts = [load_transformer(), load_transformer()]
+    apply_attention_backend(experts, "native")
+    for model in experts:
+        assert attention_backends_of(model) == {"native"}
+    losses, weights = train(experts[0], make_network(experts[0]))
+    assert losses == baseline[0]
+    assert all(torch.equal(weights[k], baseline[1][k]) for k in weights)
+
+
+@pytest.mark.parametrize(("backend", "needle"), [("sage", "no backward pass"), ("flash", "flash-attn"),
+                                                 ("flash3", "FlashAttention 3"), ("xformers", "unknown")])
+def test_unusable_backends_refused(load_transformer, backend, needle):
+    with pytest.raises(AttentionBackendError, match="train.attention_backend") as err:
+        apply_attention_backend([load_transformer()], backend)
+    assert needle in str(err.value)
+
+
+def test_a14b_timestep_not_expanded_per_token(tiny_folder):
+    """Only TI2V-5B passes a per-token timestep; A14B's modulation stays [B, 6, dim]."""
+    from cadence.config.schema import ModelConfig
+    from cadence.models.registry import load_model_adapter
+
+    adapter = load_model_adapter(ModelConfig(name_or_path=str(tiny_folder), arch="wan22_14b_i2v"),
+                                 torch.device("cpu"), torch.float32)
+    seen = []
+    model = adapter.transformer("low_noise")
+    model.blocks[0].register_forward_pre_hook(lambda _m, args: seen.append(tuple(args[2].shape)))
+    noisy = torch.randn(1, 16, 3, 8, 8)
+    cond = {"condition": torch.randn(1, 20, 3, 8, 8)}
+    with torch.no_grad():
+        adapter.predict("low_noise", noisy, torch.tensor([0.5]), torch.randn(1, 512, 32), cond)
+    dim = model.config.num_attention_heads * model.config.attention_head_dim
+    assert seen == [(1, 6, dim)]
+    assert not wan_memory.expands_timestep_per_token("wan22_14b_i2v") and wan_memory.expands_timestep_per_token("wan22_5b")
+
+
+def test_checkpoint_indices():
+    assert checkpointed_indices(5, True) == [0, 1, 2, 3, 4]
+    assert checkpointed_indices(5, 2) == [0, 2, 4]
+    assert checkpointed_indices(5, False) == []
+    with pytest.raises(ValueError, match="gradient_checkpointing"):
+        checkpointed_indices(5, 0)
+
+
+@pytest.mark.parametrize("every", [True, 2])
+def test_checkpointing_every_n_trains_identically(load_transformer, baseline, every):
+    model = load_transformer()
+    net = make_network(model)
+    blocks = wan_memory.transformer_blocks(model)
+    indices = enable_checkpointing(model, blocks, every)
+    phases: list[tuple[int, str]] = []
+    for i, block in enumerate(blocks):
+        block.register_forward_pre_hook(lambda _m, _a, i=i: phases.append((i, phase())))
+    losses, weights = train(model, net)
+    assert indices == ([0, 1] if every is True else [0])
+    # checkpointed blocks run twice per step (first pass + recompute in backward), the others once
+    step = phases[: len(phases) // 3]
+    assert sorted(step) == sorted([(i, "forward") for i in indices] + [(i, "recompute") for i in indices]
+                                  + [(i, "plain") for i in range(len(blocks)) if i not in indices])
+    assert losses == pytest.approx(baseline[0], rel=1e-6)
+    assert all(torch.allclose(weights[k], baseline[1][k], rtol=1e-5, atol=1e-7) for k in weights)

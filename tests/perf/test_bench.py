@@ -1,0 +1,42 @@
+"""bench/gpu_step.py runs its small config on CPU and writes its table into the marked section."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _bench():
+    spec = importlib.util.spec_from_file_location("gpu_step", ROOT / "bench" / "gpu_step.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["gpu_step"] = module  # dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_flops_formula_matches_design_notes():
+    bench = _bench()
+    assert bench.latent_shape(33, 480, 832) == (9, 60, 104)
+    assert 9 * 30 * 52 == 14040 and 21 * 30 * 52 == 32760
+    model, hw = bench.step_flops(bench.FULL, 14040, checkpointing=True)
+    d, ffn, lin_tokens = 5120, 13824, 14040
+    f_lin = 40 * (lin_tokens * (12 * d * d + 4 * d * ffn) + 4 * 512 * d * d)
+    f_attn = 40 * (4 * lin_tokens**2 * d + 4 * lin_tokens * 512 * d)
+    assert model == 2 * f_lin + 3.5 * f_attn and hw == model + f_lin + f_attn
+
+
+def test_bench_runs_small_and_writes_section(tmp_path):
+    bench = _bench()
+    out = tmp_path / "perf.md"
+    out.write_text(f"# Perf\n\nintro\n\n{bench.MARK_START}\nold\n{bench.MARK_END}\n\ntail\n")
+    assert bench.main(["--small", "--steps", "1", "--warmup", "0", "--options", "baseline", "fp8+swap",
+                       "flash", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert text.startswith("# Perf\n\nintro") and text.rstrip().endswith("tail") and "\nold\n" not in text
+    rows = [line for line in text.splitlines() if line.startswith("| baseline") or line.startswith("| fp8+swap")]
+    assert len(rows) == 2 and all("| 5 | 32 |" in r and "| — |" in r for r in rows)
+    assert all(r.split("|")[4].strip() != "—" for r in rows)  # a step time was measured
+    assert "not usable here" in text  # flash refused on CPU, reported in the table

@@ -17,7 +17,7 @@ from cadence.train.runner import run_training
 
 from .conftest import job_dict, write_job
 
-VOLATILE = {"timestamp", "step_time_s"}
+VOLATILE = {"timestamp", "step_time_s", "data_time_s", "samples_per_s"}
 
 
 def _metrics(run: Path) -> list[dict]:

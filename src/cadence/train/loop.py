@@ -72,13 +72,16 @@ class Trainer:
         self.stop = StopFlag()
         self.nan_streak = 0
         self.nan_total = 0
+        self.data_seconds = 0.0  # batch assembly time of the current step
 
     # ------------------------------------------------------------------------------------------ step
     def _micro_batch_loss(self, expert: str) -> tuple[torch.Tensor, torch.Tensor]:
         s = self.s
         spec = s.expert_specs[expert]
+        loading = time.perf_counter()
         indices = s.sampler.next_batch()
         batch = s.batches.assemble(indices, s.randomness.captions).to(s.device, s.dtype)
+        self.data_seconds += time.perf_counter() - loading
         noise = torch.randn(batch.latents.shape, generator=s.randomness.noise, dtype=torch.float32)
         noise = noise.to(device=s.device, dtype=s.dtype)
         t = s.timesteps.sample(batch.latents.shape[0], spec.t_low, spec.t_high, s.randomness.timesteps)
@@ -92,6 +95,7 @@ class Trainer:
     def train_step(self) -> StepResult:
         s = self.s
         started = time.perf_counter()
+        self.data_seconds = 0.0
         expert = s.router.current()
         network = s.networks[expert]
         params = [p for p in network.parameters() if p.requires_grad]
@@ -136,7 +140,12 @@ class Trainer:
             "t": result.t_mean,
             "grad_norm": result.grad_norm,
             "step_time_s": result.seconds,
+            "data_time_s": self.data_seconds,
+            "samples_per_s": s.cfg.train.batch_size * s.cfg.train.gradient_accumulation / max(result.seconds, 1e-9),
+            "epoch": s.sampler.state_dict()["epoch"],
         }
+        if s.device.type == "cuda":
+            row["peak_memory_gb"] = torch.cuda.max_memory_allocated(s.device) / 2**30
         row.update(s.lr_fields())
         if self.nan_total:
             row["nan_skipped"] = self.nan_total

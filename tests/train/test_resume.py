@@ -112,3 +112,34 @@ def test_sigint_saves_a_checkpoint_and_exits_zero(tiny_i2v: Path, clips: Path, t
     last = rows[-1]["step"]
     assert (tmp_path / "c" / "job" / f"job_{last:09d}_high_noise.safetensors").exists()
     assert (tmp_path / "c" / "job" / "training_state" / f"step_{last:09d}").is_dir()
+
+
+@pytest.mark.slow
+def test_resume_mid_phase_with_automagic_keeps_phase_windows_and_optimizer(
+    tiny_i2v: Path, clips: Path, tmp_path: Path
+) -> None:
+    """Alpha phases change at steps ~20 and ~25; stopping at 23 (inside phase 'b') must not shift anything."""
+    permissive = {"loss_improvement_rate_below": 100.0, "min_gradient_stability": 0.0, "min_loss_r2": 0.0,
+                  "max_loss_cv": 100.0}
+
+    def job(out: Path, steps: int) -> dict:
+        spec = job_dict(tiny_i2v, clips, out, steps=steps, optimizer="automagic", lr=1e-4,
+                        optimizer_params={"lr_bump": 1e-5, "min_lr": 1e-5, "max_lr": 1e-3})
+        spec["model"]["model_kwargs"] = {"train_low_noise": False}
+        spec["network"]["alpha_schedule"] = {"enabled": True, "conv_alpha_phases": {
+            "a": {"alpha": 1, "min_steps": 5, "exit_criteria": permissive},
+            "b": {"alpha": 2, "min_steps": 5, "exit_criteria": permissive},
+            "c": {"alpha": 3},
+        }}
+        return spec
+
+    assert run_training(write_job(tmp_path / "a.yaml", job(tmp_path / "a", 40))) == 0
+    assert run_training(write_job(tmp_path / "b.yaml", job(tmp_path / "b", 23))) == 0
+    assert run_training(write_job(tmp_path / "b.yaml", job(tmp_path / "b", 40))) == 0
+    rows_a, rows_b = _metrics(tmp_path / "a" / "job"), _metrics(tmp_path / "b" / "job")
+    phases = [row["phase"] for row in rows_a]
+    assert phases[22] == "b" and phases[-1] == "c", phases
+    assert rows_a == rows_b
+    file_a = load_file(tmp_path / "a" / "job" / "job_000000040_high_noise.safetensors")
+    file_b = load_file(tmp_path / "b" / "job" / "job_000000040_high_noise.safetensors")
+    assert file_a.keys() == file_b.keys() and all(file_a[k].equal(file_b[k]) for k in file_a)

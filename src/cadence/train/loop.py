@@ -70,8 +70,6 @@ class Trainer:
     def __init__(self, setup: TrainingSetup) -> None:
         self.s = setup
         self.stop = StopFlag()
-        self.nan_streak = 0
-        self.nan_total = 0
         self.data_seconds = 0.0  # batch assembly time of the current step
 
     # ------------------------------------------------------------------------------------------ step
@@ -147,8 +145,8 @@ class Trainer:
         if s.device.type == "cuda":
             row["peak_memory_gb"] = torch.cuda.max_memory_allocated(s.device) / 2**30
         row.update(s.lr_fields())
-        if self.nan_total:
-            row["nan_skipped"] = self.nan_total
+        if self.s.hub.nan_total:
+            row["nan_skipped"] = self.s.hub.nan_total
         row.update(s.hub.observe(step, result.expert, result.loss, result.grad_norm))
         return row
 
@@ -169,11 +167,12 @@ class Trainer:
             for step in range(start_step + 1, total + 1):
                 self._place_experts()
                 result = self.train_step()
-                self._account_nan(result, step)
+                self._count_nan(result)
                 row = self.metrics_row(step, result)
                 saving = step % s.cfg.save.save_every == 0 or step == total or self.stop.requested
                 row.update(s.checks.run(step, saving, row))
                 s.recorder.write(row)
+                self._stop_on_nan_streak(step)
                 progress.update(1)
                 progress.set_postfix(
                     loss=f"{result.loss:.4f}" if result.loss is not None else "nan",
@@ -231,17 +230,22 @@ class Trainer:
             parts.append(f"phase={row['phase']}")
         log.info("summary: %s", " ".join(parts))
 
-    def _account_nan(self, result: StepResult, step: int) -> None:
+    def _count_nan(self, result: StepResult) -> None:
+        hub = self.s.hub
         if result.loss is not None and math.isfinite(result.loss):
-            self.nan_streak = 0
+            hub.nan_streak = 0
             return
-        self.nan_streak += 1
-        self.nan_total += 1
-        log.warning("step %d: non-finite loss, update skipped (%d in a row)", step, self.nan_streak)
+        hub.nan_streak += 1
+        hub.nan_total += 1
+
+    def _stop_on_nan_streak(self, step: int) -> None:
+        if not self.s.hub.nan_streak:
+            return
+        log.warning("step %d: non-finite loss, update skipped (%d in a row)", step, self.s.hub.nan_streak)
         limit = self.s.cfg.train.max_nan_steps
-        if self.nan_streak >= limit:
+        if self.s.hub.nan_streak >= limit:
             raise TrainingStopped(
-                f"stopping at step {step}: {self.nan_streak} non-finite losses in a row "
+                f"stopping at step {step}: {self.s.hub.nan_streak} non-finite losses in a row "
                 f"(train.max_nan_steps={limit}). The last good checkpoint is intact; lower train.lr, check "
                 "the data, or use train.dtype: bf16/fp32."
             )

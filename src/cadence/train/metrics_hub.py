@@ -35,6 +35,8 @@ class MetricsHub:
         self.alpha = alpha_scheduler
         self.magnitude_every = magnitude_every
         self.transitions: list[dict[str, Any]] = []
+        self.nan_streak = 0  # consecutive skipped (non-finite) steps
+        self.nan_total = 0
 
     def label(self, expert: str) -> str | None:
         return expert if expert in self.labelled else None
@@ -98,6 +100,7 @@ class MetricsHub:
             "stability": self.stability.state_dict(),
             "alpha": self.alpha.state_dict() if self.alpha is not None else None,
             "transitions": list(self.transitions),
+            "nan": {"streak": self.nan_streak, "total": self.nan_total},
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -107,3 +110,5 @@ class MetricsHub:
             self.alpha.load_state_dict(state["alpha"])
             self.apply_alphas()
         self.transitions = list(state.get("transitions", []))
+        self.nan_streak = state["nan"]["streak"]
+        self.nan_total = state["nan"]["total"]

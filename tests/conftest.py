@@ -10,3 +10,28 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
 torch.set_num_threads(1)
+
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_models(tmp_path_factory: pytest.TempPathFactory):
+    """arch -> a tiny random-weight Diffusers folder, written at most once per test session."""
+    from cadence.models.tiny import write_tiny_model
+
+    root = tmp_path_factory.mktemp("tiny_models")
+    made: dict = {}
+
+    def get(arch: str):
+        if arch not in made:
+            made[arch] = write_tiny_model(root / arch, arch, seed=0)
+        return made[arch]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def tiny_i2v(tiny_models):
+    """The tiny Wan 2.2 I2V A14B folder most training and sampling tests use."""
+    return tiny_models("wan22_14b_i2v")

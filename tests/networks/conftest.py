@@ -2,25 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 
-from cadence.models.tiny import build_tiny_pipeline, write_tiny_model
+from cadence.models.tiny import build_tiny_pipeline
 
 
 @pytest.fixture(scope="session")
-def tiny_pipeline_dir(tmp_path_factory: pytest.TempPathFactory):
-    """arch -> Diffusers folder with tiny random weights, written at most once per session."""
-    root = tmp_path_factory.mktemp("tiny_lora_models")
-    made: dict[str, Path] = {}
-
-    def get(arch: str) -> Path:
-        if arch not in made:
-            made[arch] = write_tiny_model(root / arch, arch, seed=0)
-        return made[arch]
-
-    return get
+def tiny_pipeline_dir(tiny_models):
+    """arch -> tiny Diffusers folder (shared with every test package, see tests/conftest.py)."""
+    return tiny_models
 
 
 @pytest.fixture

@@ -12,18 +12,12 @@ from PIL import Image
 
 from cadence.config.loader import load_config
 from cadence.models.registry import load_model_adapter
-from cadence.models.tiny import write_tiny_model
 from cadence.networks.lora import LoRANetwork
 
 
 @pytest.fixture(scope="session")
-def tiny_i2v(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_model(tmp_path_factory.mktemp("model") / "tiny_wan22_i2v", "wan22_14b_i2v", seed=0)
-
-
-@pytest.fixture(scope="session")
-def tiny_5b(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_model(tmp_path_factory.mktemp("model") / "tiny_wan22_5b", "wan22_5b", seed=0)
+def tiny_5b(tiny_models) -> Path:
+    return tiny_models("wan22_5b")
 
 
 @pytest.fixture(scope="session")

@@ -9,12 +9,6 @@ import pytest
 import yaml
 
 from cadence.data.synthetic import write_synthetic_dataset
-from cadence.models.tiny import write_tiny_model
-
-
-@pytest.fixture(scope="session")
-def tiny_i2v(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_tiny_model(tmp_path_factory.mktemp("model") / "tiny_wan22_i2v", "wan22_14b_i2v", seed=0)
 
 
 @pytest.fixture(scope="session")

@@ -13,6 +13,7 @@ import pytest
 from safetensors.torch import load_file
 
 from cadence.metrics.jsonl import read_metrics
+from cadence.train.checkpoint import CheckpointManager, RunPaths
 from cadence.train.runner import run_training
 
 from .conftest import job_dict, write_job
@@ -28,6 +29,16 @@ def _lora_files(run: Path, step: int) -> dict[str, dict]:
     return {
         expert: load_file(run / f"job_{step:09d}_{expert}.safetensors") for expert in ("high_noise", "low_noise")
     }
+
+
+def _spawn_train(config: Path, stderr: int) -> subprocess.Popen:
+    """`cadence train` in its own process group, so signals reach it as they would from a terminal."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "cadence.cli", "train", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=stderr,
+        start_new_session=True,
+    )
 
 
 def _assert_same_tensors(a: dict[str, dict], b: dict[str, dict]) -> None:
@@ -68,12 +79,7 @@ def test_kill_9_then_resume_matches_uninterrupted_run(tiny_i2v: Path, clips: Pat
     job["save"]["save_every"] = 1  # a save at every step, so the kill very likely lands inside one
     job["save"]["max_step_saves_to_keep"] = 2
     config = write_job(tmp_path / "b.yaml", job)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cadence.cli", "train", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
+    proc = _spawn_train(config, subprocess.DEVNULL)
     state_root = tmp_path / "b" / "job" / "training_state"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
@@ -92,26 +98,26 @@ def test_kill_9_then_resume_matches_uninterrupted_run(tiny_i2v: Path, clips: Pat
     assert not list(state_root.glob(".tmp_*")), "temporary checkpoint folders must not survive"
 
 
-def test_sigint_saves_a_checkpoint_and_exits_zero(tiny_i2v: Path, clips: Path, tmp_path: Path) -> None:
+def test_double_sigint_saves_a_checkpoint_and_exits_zero(tiny_i2v: Path, clips: Path, tmp_path: Path) -> None:
     job = job_dict(tiny_i2v, clips, tmp_path / "c", steps=100000)
     config = write_job(tmp_path / "c.yaml", job)
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cadence.cli", "train", str(config)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
+    proc = _spawn_train(config, subprocess.PIPE)
     metrics = tmp_path / "c" / "job" / "metrics_job.jsonl"
     deadline = time.time() + 120
     while time.time() < deadline and not (metrics.exists() and metrics.stat().st_size > 0):
         time.sleep(0.1)
     os.killpg(proc.pid, signal.SIGINT)
+    time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGINT)  # a second Ctrl-C while stopping/saving must not corrupt anything
     _, err = proc.communicate(timeout=120)
     assert proc.returncode == 0, err.decode()[-2000:]
     rows = read_metrics(metrics)
     last = rows[-1]["step"]
     assert (tmp_path / "c" / "job" / f"job_{last:09d}_high_noise.safetensors").exists()
     assert (tmp_path / "c" / "job" / "training_state" / f"step_{last:09d}").is_dir()
+    paths = RunPaths(tmp_path / "c" / "job", "job")
+    adapters, state = CheckpointManager(paths, keep=5).load(last)
+    assert state["step"] == last and adapters
 
 
 @pytest.mark.slow

@@ -61,15 +61,18 @@ class StopFlag:
         for sig in (signal.SIGINT, signal.SIGTERM):
             self._previous[sig] = signal.signal(sig, self._handle)
 
-    def uninstall(self) -> None:
+    def uninstall(self, keep_ignoring: bool = False) -> None:
+        """Restore the previous handlers; with keep_ignoring, a stopped process ignores further signals
+        until it exits (a late Ctrl-C must not turn a clean stop into a crash)."""
         for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
+            signal.signal(sig, signal.SIG_IGN if keep_ignoring and self.requested else handler)
 
 
 class Trainer:
-    def __init__(self, setup: TrainingSetup) -> None:
+    def __init__(self, setup: TrainingSetup, stop: StopFlag | None = None) -> None:
         self.s = setup
-        self.stop = StopFlag()
+        self.stop = stop or StopFlag()
+        self._owns_stop_flag = stop is None
         self.data_seconds = 0.0  # batch assembly time of the current step
 
     # ------------------------------------------------------------------------------------------ step
@@ -158,13 +161,17 @@ class Trainer:
         if start_step >= total:
             log.info("run already at step %d of %d; raise train.steps to continue", start_step, total)
             return 0
-        self.stop.install()
+        if self._owns_stop_flag:
+            self.stop.install()
         progress = s.progress(start_step, total)
         step = start_step
         if start_step == 0:
             self._sample(0)
         try:
             for step in range(start_step + 1, total + 1):
+                if self.stop.requested and step == start_step + 1:
+                    log.info("stopped by %s before the first step; nothing new to save", self.stop.signal_name)
+                    return 0
                 self._place_experts()
                 result = self.train_step()
                 self._count_nan(result)
@@ -196,7 +203,8 @@ class Trainer:
             return 3
         finally:
             progress.close()
-            self.stop.uninstall()
+            if self._owns_stop_flag:
+                self.stop.uninstall()
             s.close()
         log.info("finished %d steps; outputs in %s", step, s.paths.run_dir)
         return 0

@@ -30,11 +30,12 @@ def attach_log_file(path: Path) -> logging.Handler:
     return handler
 
 
-def run_training(config_path: str | Path) -> int:
+def run_training(config_path: str | Path, exiting: bool = False) -> int:
+    """Train the job in `config_path`. `exiting=True` (the CLI) keeps ignoring signals after a clean stop."""
     from cadence.config.errors import ConfigError
     from cadence.config.loader import load_config
     from cadence.models.base import ModelLoadError
-    from cadence.train.loop import Trainer
+    from cadence.train.loop import StopFlag, Trainer
     from cadence.train.setup import build_training
 
     try:
@@ -43,9 +44,16 @@ def run_training(config_path: str | Path) -> int:
         sys.stderr.write(f"{error}\n")
         return 2
     handler = attach_log_file(cfg.run_dir / "log.txt")
+    stop = StopFlag()
     try:
-        setup = build_training(cfg)
-        return Trainer(setup).run()
+        try:
+            setup = build_training(cfg)
+        except KeyboardInterrupt:
+            # cache entries are written atomically one by one: the next run reuses what was finished
+            log.warning("interrupted during setup/caching; finished cache entries are kept")
+            return 130
+        stop.install()  # from here a Ctrl-C checkpoints at the next step boundary and exits 0
+        return Trainer(setup, stop).run()
     except (ModelLoadError, ConfigError, ValueError, FileNotFoundError) as error:
         log.error("%s", error)
         return 2
@@ -53,9 +61,10 @@ def run_training(config_path: str | Path) -> int:
         log.error(OOM_ADVICE)
         return 4
     finally:
+        stop.uninstall(keep_ignoring=exiting)
         logging.getLogger().removeHandler(handler)
         handler.close()
 
 
 def train_command(args: argparse.Namespace) -> int:
-    return run_training(args.config)
+    return run_training(args.config, exiting=True)

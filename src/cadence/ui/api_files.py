@@ -15,8 +15,9 @@ from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
 from cadence.atomic import atomic_path, atomic_write_text
+from cadence.data.media import media_kind
 from cadence.ui.context import MAX_UPLOAD_BYTES, Ctx, UIContext
-from cadence.ui.files import FileAccessError, content_type, media_kind, resolve_safe
+from cadence.ui.files import FileAccessError, content_type, resolve_safe
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api")

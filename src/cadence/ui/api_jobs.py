@@ -13,9 +13,9 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 
 from cadence.config.errors import ConfigError
+from cadence.data.media import media_kind
 from cadence.ui import configs
 from cadence.ui.context import Ctx
-from cadence.ui.files import media_kind
 from cadence.ui.metrics_tail import read_metrics, read_text_tail
 from cadence.ui.store import ACTIVE, Job
 

@@ -12,9 +12,6 @@ import mimetypes
 from collections.abc import Iterable
 from pathlib import Path, PurePosixPath
 
-IMAGE_EXTS = frozenset({".png", ".jpg", ".jpeg", ".webp", ".gif", ".bmp"})
-VIDEO_EXTS = frozenset({".mp4", ".webm", ".mov", ".mkv", ".avi"})
-
 
 class FileAccessError(Exception):
     """`status` is the HTTP status to answer with (400 malformed, 403 outside the roots, 404 missing)."""
@@ -49,13 +46,6 @@ def resolve_safe(requested: str, roots: Iterable[Path]) -> Path:
     raise FileAccessError(403, f"{requested} is outside the dataset and run folders the UI may serve")
 
 
-def media_kind(path: Path) -> str | None:
-    ext = path.suffix.lower()
-    if ext in IMAGE_EXTS:
-        return "image"
-    if ext in VIDEO_EXTS:
-        return "video"
-    return None
 
 
 def content_type(path: Path) -> str:

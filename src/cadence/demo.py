@@ -2,7 +2,7 @@
 
 Writes a tiny random-weight Wan 2.2 I2V pipeline folder and a small synthetic dataset (real H.264 clips
 with moving shapes, plus images), a seed-layout config, validates it, caches latents and text embeddings,
-trains one LoRA per expert, and prints where everything is.
+trains one LoRA per expert, runs the motion health analysis on the run, and prints where everything is.
 """
 
 from __future__ import annotations
@@ -96,12 +96,16 @@ def demo_command(args: argparse.Namespace) -> int:
     config_path.write_text(yaml.safe_dump(demo_config(root, steps), sort_keys=False))
     cfg = load_config(config_path)
     _say(f"[3/4] config validated: {config_path}")
-    _say(f"[4/4] training {steps} steps (caches first) ...")
+    _say(f"[4/4] training {steps} steps (caches first), then the motion health analysis ...")
     code = run_training(config_path)
     if code != 0:
         _say(f"training failed with exit code {code}; see {cfg.run_dir / 'log.txt'}")
         return code
     run_dir = cfg.run_dir
+    from cadence.tools.analyze import analyze_run, format_report, write_outputs
+
+    report = analyze_run(run_dir, preset="motion")
+    _say(format_report(report, write_outputs(report)))
     _say("done.")
     _say(f"  LoRA files:   {run_dir}/{cfg.name}_*_high_noise.safetensors, *_low_noise.safetensors")
     _say(f"  metrics:      {run_dir / f'metrics_{cfg.name}.jsonl'}")

@@ -157,3 +157,21 @@ def test_file_errors(tmp_path, name, text, expected):
 def test_missing_file(tmp_path):
     with pytest.raises(ConfigError, match="file not found"):
         load_config(tmp_path / "nope.yaml")
+
+
+def test_ai_toolkit_ui_export_loads_unchanged():
+    """A config written by the seed trainer's own UI runs as is (inert UI keys accepted, nothing ignored)."""
+    from pathlib import Path
+
+    import yaml
+
+    from cadence.config.loader import load_config_dict
+
+    path = Path(__file__).parent / "data" / "aitk_ui_wan22_i2v.yaml"
+    data = yaml.safe_load(path.read_text())
+    cfg = load_config_dict(data, path)
+    assert cfg.model.arch == "wan22_14b_i2v" and cfg.model.quantize and cfg.model.qtype == "qfloat8"
+    assert cfg.performance_log_every == 10 and cfg.datasets[0].num_frames == 41
+    data["config"]["process"][0]["model"]["arch"] = "wan22_14b:t2v"  # the UI's "arch:variant" spelling
+    data["config"]["process"][0]["datasets"][0]["do_i2v"] = False
+    assert load_config_dict(data, path).model.arch == "wan22_14b"

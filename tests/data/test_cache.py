@@ -162,6 +162,6 @@ def test_cache_command_reports_model_errors(small_dir, make_config, capsys):
 
 
 def test_captions_to_cache_adds_empty_caption(small_dir, make_config, adapter):
-    _, index = _index(small_dir, make_config, adapter)
-    captions = captions_to_cache(index)
+    cfg, index = _index(small_dir, make_config, adapter)
+    captions = captions_to_cache(cfg, index)
     assert captions[-1] == "" and len(captions) == len(set(captions)) == 4

@@ -8,17 +8,19 @@ def test_caption_file_trigger_and_default(tmp_path):
     (tmp_path / "clip.txt").write_text("  [trigger] walks, [trigger] waves \n")
     stats = CaptionStats()
     assert read_caption(media, "txt", None, "sks", stats) == "sks walks, sks waves"
-    assert read_caption(tmp_path / "other.mp4", "txt", "a video", "sks", stats) == "a video"
-    assert read_caption(tmp_path / "third.mp4", ".txt", None, "sks", stats) == ""
-    assert stats.missing == 2
-    lines = caption_warnings(stats, tmp_path, "txt", None, total=3)
-    assert len(lines) == 1 and "2 of 3" in lines[0] and str(tmp_path) in lines[0]
+    # the seed trainer prepends the trigger word to captions that lack it
+    assert read_caption(tmp_path / "other.mp4", "txt", "a video", "sks", stats) == "sks a video"
+    assert read_caption(tmp_path / "third.mp4", ".txt", None, "sks", stats) == "sks"
+    assert read_caption(tmp_path / "third.mp4", ".txt", "[name] runs", "sks", stats) == "sks runs"
+    assert stats.missing == 3
+    lines = caption_warnings(stats, tmp_path, "txt", None, total=4)
+    assert len(lines) == 1 and "3 of 4" in lines[0] and str(tmp_path) in lines[0]
 
 
-def test_trigger_without_trigger_word_is_kept_and_warned(tmp_path):
+def test_trigger_without_trigger_word_is_removed_and_warned(tmp_path):
     (tmp_path / "a.caption").write_text("[trigger] dances")
     stats = CaptionStats()
-    assert read_caption(tmp_path / "a.png", "caption", None, None, stats) == "[trigger] dances"
+    assert read_caption(tmp_path / "a.png", "caption", None, None, stats) == "dances"
     lines = caption_warnings(stats, tmp_path, "caption", None, total=1)
     assert any("trigger_word" in line for line in lines)
 

@@ -78,7 +78,7 @@ def test_missing_captions_give_one_counted_warning(dataset_dir, make_config):
     index = build_dataset_index(make_config(dataset_dir, default_caption="a clip"), 16, 4, 16, seed=0)
     lines = [w for w in index.warnings if "caption" in w and "have no" in w]
     assert len(lines) == 1 and "3 of 9" in lines[0] and str(dataset_dir) in lines[0]
-    assert {it.caption for it in index.train_items if it.path.stem in {"clip_00", "image_01"}} == {"a clip"}
+    assert {it.caption for it in index.train_items if it.path.stem in {"clip_00", "image_01"}} == {"sks a clip"}
 
 
 def test_short_video_uses_fewer_frames_with_one_warning(dataset_dir, make_config):

@@ -359,6 +359,7 @@ class JobConfig(Strict):
     training_folder: Path = Path("output")
     device: str = "auto"
     trigger_word: str | None = None
+    performance_log_every: int = Field(0, ge=0, description="steps between timing lines in the log; 0 = off")
     network: NetworkConfig = Field(default_factory=NetworkConfig)
     save: SaveConfig = Field(default_factory=SaveConfig)
     datasets: list[DatasetConfig] = Field(default_factory=list)

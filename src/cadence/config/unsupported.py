@@ -76,7 +76,7 @@ _NO_CTRL = "control/mask/reference inputs are not implemented"
 
 REGISTRY: list[Unsupported] = [
     # ---------------------------------------------------------------- process level
-    U("performance_log_every", "per-phase timing logs are not implemented", 0),
+    U("sqlite_db_path", "the ai-toolkit UI's job database; Cadence's UI keeps its own", accepts=lambda v: True),
     U("log_dir", "TensorBoard logs always go to {run_dir}/tensorboard", None),
     U("embedding", "textual-inversion embeddings are not trained by Cadence", None),
     U("adapter", "IP/T2I/control adapters are not trained by Cadence", None),
@@ -140,6 +140,11 @@ REGISTRY: list[Unsupported] = [
     U("train.single_item_batching", "use train.gradient_accumulation", False),
     U("train.inverted_mask_prior", _NO_CTRL, False),
     U("train.diff_output_preservation", "output preservation is not implemented", False),
+    U("train.diff_output_preservation_multiplier", "only used with diff_output_preservation (refused)",
+      accepts=lambda v: True),
+    U("train.diff_output_preservation_class", "only used with diff_output_preservation (refused)",
+      accepts=lambda v: True),
+    U("train.bypass_guidance_embedding", "guidance-embedding bypass is for guidance-distilled models", False),
     U("train.blank_prompt_preservation", "output preservation is not implemented", False),
     U("train.do_prior_divergence", "prior divergence is not implemented", False),
     U("train.do_cfg", "CFG training is not implemented", False),
@@ -162,6 +167,10 @@ REGISTRY: list[Unsupported] = [
     U("model.accuracy_recovery_adapter", "accuracy recovery adapters need quantization", None),
     U("model.compile", _PERF, False),
     U("model.layer_offloading", _PERF + "; low_vram offloads the idle expert", False),
+    U("model.layer_offloading_text_encoder_percent", "only used with layer_offloading (refused)",
+      accepts=lambda v: True),
+    U("model.layer_offloading_transformer_percent", "only used with layer_offloading (refused)",
+      accepts=lambda v: True),
     U("model.auto_memory", _PERF, False),
     U("model.split_model_over_gpus", "multi-GPU model splitting is not implemented", False),
     U("model.dtype", "the base model is loaded in train.dtype"),
@@ -175,8 +184,8 @@ REGISTRY: list[Unsupported] = [
     U("save.hf_repo_id", "uploading to the Hugging Face Hub is not implemented", None),
     U("save.hf_private", "uploading to the Hugging Face Hub is not implemented",
       accepts=lambda v: not v),
-    U("save.save_format", "LoRA files are always safetensors (see save.format for the key layout)",
-      "safetensors"),
+    U("save.save_format", "LoRA files are always safetensors (the seed's 'diffusers' value only affects full "
+      "fine-tunes; see save.format for the LoRA key layout)", accepts=lambda v: v in ("safetensors", "diffusers")),
     # ---------------------------------------------------------------- datasets
     U("datasets[].flip_x", _NO_AUG, False),
     U("datasets[].flip_y", _NO_AUG, False),
@@ -193,6 +202,7 @@ REGISTRY: list[Unsupported] = [
     U("datasets[].trigger_word", "use the process-level trigger_word", None),
     U("datasets[].control_path", _NO_CTRL, None),
     U("datasets[].mask_path", _NO_CTRL, None),
+    U("datasets[].mask_min_value", "only used with mask_path (refused)", accepts=lambda v: True),
     U("datasets[].alpha_mask", _NO_CTRL, False),
     U("datasets[].inpaint_path", _NO_CTRL, None),
     U("datasets[].clip_image_path", _NO_CTRL, None),

@@ -206,18 +206,20 @@ class LatentCache:
 class TextCache:
     """Text-encoder outputs [L, D] (unpadded) per (model id, caption) under {run_dir}/text_cache/."""
 
-    def __init__(self, folder: Path | str, model_id: str, batch_size: int = 8) -> None:
+    def __init__(self, folder: Path | str, model_id: str, batch_size: int = 8, encoder: str = "") -> None:
         self.folder = Path(folder)
         self.model_id = model_id
         self.batch_size = batch_size
+        self.encoder = encoder  # text-encoder dtype/quantization: a different encoder re-encodes
         self.encode_calls = 0  # number of captions actually run through the text encoder
 
     def path(self, caption: str) -> Path:
-        digest = hashlib.sha256(f"{self.model_id}\0{caption}".encode()).hexdigest()
+        digest = hashlib.sha256(f"{self.model_id}\0{self.encoder}\0{caption}".encode()).hexdigest()
         return self.folder / f"{digest[:32]}.safetensors"
 
     def fingerprint(self, caption: str) -> dict[str, str]:
-        return {"format": CACHE_FORMAT, "kind": "text", "model_id": self.model_id, "caption": caption}
+        return {"format": CACHE_FORMAT, "kind": "text", "model_id": self.model_id, "encoder": self.encoder,
+                "caption": caption}
 
     def is_valid(self, caption: str) -> bool:
         return read_fingerprint(self.path(caption)) == self.fingerprint(caption)

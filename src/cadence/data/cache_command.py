@@ -1,7 +1,8 @@
 """`cadence cache CONFIG`: encode VAE latents (+ I2V conditioning) and text embeddings, nothing else.
 
-Every dataset's latents are cached (the user asked for caching explicitly), and the text embeddings of
-every caption plus the empty caption used by caption dropout. Files that cannot be decoded are listed and
+Latents go where `cadence train` reads them (shared beside the media with cache_latents_to_disk, else in
+the run folder), text embeddings of every caption plus the empty caption used by caption dropout (and the
+sample prompts when sampling is on), all with the training device, dtype and quantization. Files that cannot be decoded are listed and
 skipped; the exit code is 0 as long as the config and the model load (1 otherwise), so a long caching run
 is never thrown away because of one bad clip.
 """
@@ -13,7 +14,6 @@ import logging
 import sys
 from pathlib import Path
 
-import torch
 from tqdm import tqdm
 
 from cadence.config.schema import JobConfig
@@ -29,33 +29,30 @@ def _out(line: str = "") -> None:
     sys.stdout.flush()
 
 
-def pick_device(cfg: JobConfig) -> tuple[torch.device, torch.dtype]:
-    """cuda when the config says so (or "auto" with a GPU present), else cpu in float32."""
-    wanted = cfg.device.lower()
-    use_cuda = wanted.startswith("cuda") or (wanted == "auto" and torch.cuda.is_available())
-    if not use_cuda:
-        return torch.device("cpu"), torch.float32
-    dtype = {"fp16": torch.float16, "float16": torch.float16, "fp32": torch.float32,
-             "float32": torch.float32}.get(cfg.train.dtype, torch.bfloat16)
-    return torch.device("cuda" if wanted == "auto" else wanted), dtype
-
-
 def text_cache_for(cfg: JobConfig, model_id: str) -> TextCache:
-    return TextCache(Path(cfg.run_dir) / "text_cache", model_id)
+    """The run's text cache; its fingerprint names the encoder variant (dtype, quantization)."""
+    encoder = f"{cfg.train.dtype}|{cfg.model.qtype_te if cfg.model.quantize_te else 'none'}"
+    return TextCache(Path(cfg.run_dir) / "text_cache", model_id, encoder=encoder)
 
 
-def captions_to_cache(index: DatasetIndex) -> list[str]:
-    """Every distinct caption of the index plus "" (the caption-dropout / unconditional caption)."""
-    return list(dict.fromkeys([it.caption for it in index.items] + [""]))
+def captions_to_cache(cfg: JobConfig, index: DatasetIndex) -> list[str]:
+    """Every distinct caption plus "" (caption dropout) and, with sampling on, the sample prompts (they must
+    survive the text encoder's unloading)."""
+    captions = [it.caption for it in index.items] + [""]
+    if not cfg.train.disable_sampling:
+        from cadence.sampling import sample_texts
+
+        captions += sample_texts(cfg)
+    return list(dict.fromkeys(captions))
 
 
 def run_caches(cfg: JobConfig, adapter: object, index: DatasetIndex,
                show_progress: bool = True) -> tuple[CacheReport, CacheReport]:
-    """Fill both caches for `index`; returns (latent report, text report)."""
-    latents = LatentCache.for_adapter(adapter)
+    """Fill both caches for `index` exactly as training reads them; returns (latent report, text report)."""
+    latents = LatentCache.for_job(cfg, adapter, Path(cfg.run_dir))
     with tqdm(total=len(index.items), desc="latents", unit="item", disable=not show_progress) as bar:
         latent_report = latents.ensure(index.items, adapter, progress=lambda _s: bar.update(1))
-    captions = captions_to_cache(index)
+    captions = captions_to_cache(cfg, index)
     text = text_cache_for(cfg, adapter.model_id)  # type: ignore[attr-defined]
     with tqdm(total=len(captions), desc="text", unit="caption", disable=not show_progress) as bar:
         text_report = text.ensure(captions, adapter, progress=lambda _s: bar.update(1))
@@ -79,15 +76,18 @@ def print_summary(index: DatasetIndex, latent: CacheReport, text: CacheReport) -
 def cache_command(args: argparse.Namespace) -> int:
     from cadence.config.loader import load_config
     from cadence.models.registry import load_model_adapter
+    from cadence.perf import apply_quantization
+    from cadence.train.precision import resolve_device, resolve_dtype
 
     try:
         cfg = load_config(args.config)
     except Exception as exc:  # noqa: BLE001 - ConfigError and file errors alike are printed for the user
         _out(f"error: {exc}")
         return 1
-    device, dtype = pick_device(cfg)
     try:
-        adapter = load_model_adapter(cfg.model, device, dtype)
+        # the same device, dtype and quantization as `cadence train`, so training reuses every entry
+        adapter = load_model_adapter(cfg.model, resolve_device(cfg.device), resolve_dtype(cfg.train.dtype))
+        apply_quantization(adapter, cfg.model)
     except Exception as exc:  # noqa: BLE001 - ModelLoadError, OSError from from_pretrained, ...
         _out(f"error: cannot load model {cfg.model.name_or_path!r}: {exc}")
         return 1

@@ -19,18 +19,25 @@ class CaptionStats:
 
     missing: int = 0
     unreadable: list[str] | None = None
-    untriggered: int = 0  # captions with [trigger] while trigger_word is None
+    untriggered: int = 0  # captions with [trigger] while trigger_word is None (the token is removed)
 
 
 def caption_path(media: Path, caption_ext: str) -> Path:
     return media.with_suffix("." + caption_ext.lstrip("."))
 
 
+NAME_TOKEN = "[name]"
+
+
 def apply_trigger(text: str, trigger_word: str | None) -> str:
-    """Replace every `[trigger]` with the trigger word; without a trigger word the text stays as written."""
-    if trigger_word is None:
-        return text
-    return text.replace(TRIGGER_TOKEN, trigger_word)
+    """The seed trainer's rule: `[trigger]` (and `[name]`) become the trigger word, and a caption that still
+    lacks the trigger word gets it prepended ("sks a red ball"). Without a trigger word the tokens are
+    removed. A caption dropped by caption dropout stays empty (unconditional), unlike the seed."""
+    trigger = trigger_word or ""
+    out = text.replace(TRIGGER_TOKEN, trigger).replace(NAME_TOKEN, trigger)
+    if trigger.strip() and trigger not in out:
+        out = f"{trigger} {out}"
+    return out.strip()
 
 
 def read_caption(
@@ -67,7 +74,7 @@ def caption_warnings(stats: CaptionStats, folder: Path, caption_ext: str, defaul
     if stats.untriggered:
         lines.append(
             f"{stats.untriggered} captions in {folder} contain [trigger] but trigger_word is not set; "
-            "the text is used as written. Set trigger_word in the config."
+            "the token is removed (as the seed trainer does). Set trigger_word in the config."
         )
     return lines
 

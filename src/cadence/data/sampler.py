@@ -10,10 +10,13 @@ shuffled with the same generator. Because an epoch is a pure function of (seed, 
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import Iterator, Sequence
 
 from cadence.data.media import Bucket, MediaItem
+
+log = logging.getLogger(__name__)
 
 
 class BucketBatchSampler:
@@ -85,12 +88,20 @@ class BucketBatchSampler:
                 "batch_size": self.batch_size, "num_items": len(self.buckets)}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        """Continue exactly where `state` was taken. The dataset and batch size must be the same."""
-        for key, mine in (("seed", self.seed), ("batch_size", self.batch_size), ("num_items", len(self.buckets))):
-            if key in state and int(state[key]) != mine:
-                raise ValueError(
-                    f"sampler state was saved with {key}={state[key]} but this run has {key}={mine}; "
-                    "the batch order cannot be resumed exactly. Restore the dataset/config or start a new run."
-                )
+        """Continue exactly where `state` was taken. If the dataset, batch size or seed changed since, the
+        batch order cannot continue exactly: a warning says so and training goes on from a fresh epoch (the
+        rest of the resumed state — weights, optimizer, phases — is kept)."""
+        changed = [
+            f"{key} {state[key]} -> {mine}"
+            for key, mine in (("seed", self.seed), ("batch_size", self.batch_size), ("num_items", len(self.buckets)))
+            if key in state and int(state[key]) != mine
+        ]
+        if changed:
+            log.warning(
+                "the dataset or batching changed since the checkpoint (%s): resuming from a fresh epoch, so the "
+                "batch order differs from an uninterrupted run", ", ".join(changed),
+            )
+            self.epoch, self.position = int(state["epoch"]) + 1, 0
+            return
         self.epoch = int(state["epoch"])
         self.position = int(state["position"])

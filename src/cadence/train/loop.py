@@ -74,6 +74,7 @@ class Trainer:
         self.stop = stop or StopFlag()
         self._owns_stop_flag = stop is None
         self.data_seconds = 0.0  # batch assembly time of the current step
+        self._times: list[tuple[float, float]] = []  # (step, data) seconds since the last timing line
 
     # ------------------------------------------------------------------------------------------ step
     def _micro_batch_loss(self, expert: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -227,7 +228,19 @@ class Trainer:
             else:
                 s.adapter.offload(spec.name)
 
+    def _timing(self, step: int, row: dict[str, Any]) -> None:
+        """performance_log_every: mean step and data time over the last interval (seed key)."""
+        every = self.s.cfg.performance_log_every
+        self._times.append((row["step_time_s"], row["data_time_s"]))
+        if every and step % every == 0:
+            step_mean = sum(t for t, _ in self._times) / len(self._times)
+            data_mean = sum(d for _, d in self._times) / len(self._times)
+            log.info("timing: steps %d-%d mean %.3f s/step, of which %.3f s data loading",
+                     step - len(self._times) + 1, step, step_mean, data_mean)
+            self._times.clear()
+
     def _summary(self, step: int, row: dict[str, Any]) -> None:
+        self._timing(step, row)
         every = self.s.cfg.train.log_every
         if step % every:
             return

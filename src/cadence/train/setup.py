@@ -18,6 +18,7 @@ from cadence.config.errors import ConfigError
 from cadence.config.schema import JobConfig
 from cadence.config.validate import config_hash, dump_resolved
 from cadence.data.cache import LatentCache, TextCache
+from cadence.data.cache_command import run_caches, text_cache_for
 from cadence.data.dataset import DatasetIndex, build_dataset_index
 from cadence.data.sampler import BucketBatchSampler
 from cadence.models.base import ExpertSpec, ModelAdapter
@@ -27,7 +28,7 @@ from cadence.optim.factory import build_optimizer, clip_grad_norm
 from cadence.optim.param_groups import build_param_groups
 from cadence.optim.schedulers import build_lr_scheduler
 from cadence.perf import apply_memory_options, apply_quantization
-from cadence.sampling import TrainingSampler, sample_texts, validate_samples
+from cadence.sampling import TrainingSampler, validate_samples
 from cadence.schedule.experts import ExpertRouter
 from cadence.schedule.timesteps import TimestepSampler
 from cadence.tools.health import HealthMonitor
@@ -223,27 +224,21 @@ def build_training(cfg: JobConfig) -> TrainingSetup:
 def _prepare_caches(
     cfg: JobConfig, adapter: ModelAdapter, index: DatasetIndex, paths: RunPaths
 ) -> tuple[LatentCache, TextCache]:
-    """Encode what is not cached yet; drop items whose media failed to decode (counted, not fatal)."""
-    latent_cache = LatentCache.for_job(cfg, adapter, paths.run_dir)
-    text_cache = TextCache(paths.run_dir / "text_cache", adapter.model_id)
-    report = latent_cache.ensure(index.items, adapter)
-    if report.skipped:
-        bad = {entry.path for entry in report.skipped}
+    """Encode what is not cached yet (the same code as `cadence cache`); drop items whose media failed to
+    decode (counted, not fatal)."""
+    latent_report, _ = run_caches(cfg, adapter, index)
+    if latent_report.skipped:
+        bad = {entry.path for entry in latent_report.skipped}
         index.train_items = [item for item in index.train_items if item.path not in bad]
         index.eval_items = [item for item in index.eval_items if item.path not in bad]
-        index.skipped.extend(report.skipped)
+        index.skipped.extend(latent_report.skipped)
         log.warning("skipped %d file(s) that failed to decode: %s", len(bad), ", ".join(sorted(map(str, bad))))
     if not index.train_items:
         raise ValueError("no usable training items are left after caching; see the warnings above")
-    captions = {item.caption or "" for item in index.items} | {""}
-    if not cfg.train.disable_sampling:
-        captions |= set(sample_texts(cfg))  # sample prompts must survive the text encoder's unloading
-    text_cache.ensure(sorted(captions), adapter)
     if cfg.train.cache_text_embeddings:
         adapter.unload_text_encoder()
-    log.info("caches ready: %d latent entries (%d encoded now), %d captions", len(index.items),
-             report.encoded, len({item.caption or "" for item in index.items}))
-    return latent_cache, text_cache
+    log.info("caches ready: %d latent entries (%d encoded now)", len(index.items), latent_report.encoded)
+    return LatentCache.for_job(cfg, adapter, paths.run_dir), text_cache_for(cfg, adapter.model_id)
 
 
 def _split_eval(cfg: JobConfig, index: DatasetIndex) -> list:

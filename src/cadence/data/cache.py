@@ -211,6 +211,7 @@ class TextCache:
         self.model_id = model_id
         self.batch_size = batch_size
         self.encoder = encoder  # text-encoder dtype/quantization: a different encoder re-encodes
+        self._memory: dict[str, torch.Tensor] = {}
         self.encode_calls = 0  # number of captions actually run through the text encoder
 
     def path(self, caption: str) -> Path:
@@ -225,11 +226,16 @@ class TextCache:
         return read_fingerprint(self.path(caption)) == self.fingerprint(caption)
 
     def load(self, caption: str) -> torch.Tensor:
+        """Embeddings are small and read every step: after the first read they are served from memory."""
+        if caption in self._memory:
+            return self._memory[caption]
         path = self.path(caption)
         if read_fingerprint(path) != self.fingerprint(caption):
             raise CacheMissError(f"no text embedding cached for caption {caption[:60]!r} at {path}; "
                                  "run `cadence cache CONFIG` or enable train.cache_text_embeddings")
-        return load_file(str(path))[TEXT_KEY]
+        embeds = load_file(str(path))[TEXT_KEY]
+        self._memory[caption] = embeds
+        return embeds
 
     def ensure(self, captions: Iterable[str], adapter: object,
                progress: Progress | None = None) -> CacheReport:
@@ -250,6 +256,7 @@ class TextCache:
             self.encode_calls += len(chunk)
             for caption, embed in zip(chunk, embeds, strict=True):
                 _save(self.path(caption), {TEXT_KEY: embed}, self.fingerprint(caption))
+                self._memory.pop(caption, None)
                 report.encoded += 1
                 if progress is not None:
                     progress("encoded")

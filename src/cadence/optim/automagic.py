@@ -146,8 +146,10 @@ class Automagic(torch.optim.Optimizer):
 
         sign = update > 0
         mask = state["lr_mask"]
-        last_step = state["last_step"]
-        if last_step is not None and last_step == self._step_count - 1:
+        # Compare with this parameter's own previous update. An expert that sat idle (grad None, skipped)
+        # keeps the sign of its last real update, so its first step back compares like-for-like; comparing
+        # only on consecutive optimizer steps would freeze the mask when experts alternate every step.
+        if state["step"] > 0:
             bump = float(group["lr_bump"])
             mask = torch.where(sign == state["last_sign"], mask + bump, mask - bump)
         mask = mask.clamp(min=float(group["min_lr"]), max=float(group["max_lr"]))

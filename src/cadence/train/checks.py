@@ -26,15 +26,25 @@ log = logging.getLogger(__name__)
 
 @contextlib.contextmanager
 def evaluation_weights(optimizer: torch.optim.Optimizer) -> Iterator[None]:
-    """Schedule-free optimizers hold training-point weights; the averaged ones are what users get."""
-    switch = needs_train_eval_mode(optimizer)
-    if switch:
-        optimizer.eval()  # type: ignore[attr-defined]
+    """Schedule-free optimizers hold training-point weights; the averaged ones are what users get.
+
+    Switching to the averaged weights and back is not exact in floating point, so the training-point
+    weights are copied before and restored bit for bit afterwards: saving, evaluating or sampling never
+    changes the training trajectory (exact resume holds).
+    """
+    if not needs_train_eval_mode(optimizer):
+        yield
+        return
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    saved = [p.detach().clone() for p in params]
+    optimizer.eval()  # type: ignore[attr-defined]
     try:
         yield
     finally:
-        if switch:
-            optimizer.train()  # type: ignore[attr-defined]
+        optimizer.train()  # type: ignore[attr-defined]
+        with torch.no_grad():
+            for param, value in zip(params, saved, strict=True):
+                param.copy_(value)
 
 
 class PeriodicChecks:
@@ -62,9 +72,11 @@ class PeriodicChecks:
             return False
         return step % self.eval_every == 0 if self.eval_every else saving
 
-    def run(self, step: int, saving: bool, row: dict[str, Any]) -> dict[str, Any]:
+    def run(self, step: int, saving: bool, row: dict[str, Any], stopping: bool = False) -> dict[str, Any]:
+        """Eval and health fields for this step's metrics line (eval is skipped when the user asked to stop,
+        so a stop never waits for it)."""
         fields: dict[str, Any] = {}
-        if self.eval_due(step, saving):
+        if self.eval_due(step, saving) and not stopping:
             assert self.evaluator is not None
             fields.update(self.run_eval(self.evaluator))
         if self.health is not None and self.health.due(step, saving):

@@ -30,11 +30,12 @@ class TrainingStopped(Exception):
 
 @dataclass
 class StepResult:
-    loss: float | None
+    loss: float | None  # None: the step was skipped (non-finite loss or gradient)
     expert: str
     t_mean: float
     grad_norm: float | None
     seconds: float
+    lrs: dict[str, float]  # the learning rates this step used
 
 
 class StopFlag:
@@ -115,21 +116,23 @@ class Trainer:
             (loss / accum).backward()
             losses.append(float(loss.detach()))
         t_mean = float(torch.cat(t_values).mean())
-        if not finite:
+        grad_norm = s.clip_grad_norm(params, s.cfg.train.max_grad_norm) if finite else None
+        if grad_norm is None or not math.isfinite(grad_norm):
+            # skipped: no update, but the step counts (schedule, router) so the run stays aligned with steps
+            lrs = s.lr_fields()
             s.optimizer.zero_grad(set_to_none=True)
+            s.lr_scheduler.step()
             s.router.advance()
-            return StepResult(None, expert, t_mean, None, time.perf_counter() - started)
-        grad_norm = s.clip_grad_norm(params, s.cfg.train.max_grad_norm)
-        if not math.isfinite(grad_norm):
-            s.optimizer.zero_grad(set_to_none=True)
-            s.router.advance()
-            return StepResult(None, expert, t_mean, grad_norm, time.perf_counter() - started)
-        before = [p.detach().clone() for p in params]
+            return StepResult(None, expert, t_mean, grad_norm, time.perf_counter() - started, lrs)
+        s.hub.stability.before_step(expert, params)
         s.optimizer.step()
+        lrs = s.lr_fields()  # after the step (automagic's mask as applied), before the scheduler moves on
         s.lr_scheduler.step()
-        s.hub.stability.observe(expert, [p.detach() - b for p, b in zip(params, before, strict=True)])
+        s.optimizer.zero_grad(set_to_none=True)  # free gradients before eval, sampling and saving
+        s.hub.stability.after_step(expert, params)
         s.router.advance()
-        return StepResult(sum(losses) / len(losses), expert, t_mean, grad_norm, time.perf_counter() - started)
+        loss = sum(losses) / len(losses)
+        return StepResult(loss, expert, t_mean, grad_norm, time.perf_counter() - started, lrs)
 
     # --------------------------------------------------------------------------------------- metrics
     def metrics_row(self, step: int, result: StepResult) -> dict[str, Any]:
@@ -148,7 +151,7 @@ class Trainer:
         }
         if s.device.type == "cuda":
             row["peak_memory_gb"] = torch.cuda.max_memory_allocated(s.device) / 2**30
-        row.update(s.lr_fields())
+        row.update(result.lrs)
         if self.s.hub.nan_total:
             row["nan_skipped"] = self.s.hub.nan_total
         row.update(s.hub.observe(step, result.expert, result.loss, result.grad_norm))
@@ -161,6 +164,7 @@ class Trainer:
         total = s.cfg.train.steps
         if start_step >= total:
             log.info("run already at step %d of %d; raise train.steps to continue", start_step, total)
+            s.close()
             return 0
         if self._owns_stop_flag:
             self.stop.install()
@@ -178,7 +182,7 @@ class Trainer:
                 self._count_nan(result)
                 row = self.metrics_row(step, result)
                 saving = step % s.cfg.save.save_every == 0 or step == total or self.stop.requested
-                row.update(s.checks.run(step, saving, row))
+                row.update(s.checks.run(step, saving, row, stopping=self.stop.requested))
                 s.recorder.write(row)
                 self._stop_on_nan_streak(step)
                 progress.update(1)
@@ -190,8 +194,11 @@ class Trainer:
                 self._summary(step, row)
                 if saving:
                     s.recorder.save(s, step)
-                self._sample(step)
-                if self.stop.requested:
+                if not self.stop.requested:
+                    self._sample(step)
+                if self.stop.requested:  # also a signal that arrived during checks, the write or sampling
+                    if not saving:
+                        s.recorder.save(s, step)
                     log.info("stopped by %s at step %d; checkpoint saved", self.stop.signal_name, step)
                     return 0
                 if s.checks.stop_reason:

@@ -45,9 +45,14 @@ class MetricsHub:
     def observe(self, step: int, expert: str, loss: float | None, grad_norm: float | None) -> dict[str, Any]:
         label = self.label(expert)
         self.trend.add_loss(loss, label)
-        self.trend.add_grad_norm(grad_norm, label)
         stability_fields = self.stability.metrics(self.labelled)
-        self.trend.add_gradient_stability(stability_fields["gradient_stability"], label)
+        if loss is None:  # a skipped step measured nothing: no stale stability value, nothing fed to the EMAs
+            stability_fields["gradient_stability"] = None
+            if label:
+                stability_fields[f"gradient_stability_{label}"] = None
+        else:
+            self.trend.add_grad_norm(grad_norm, label)
+            self.trend.add_gradient_stability(stability_fields["gradient_stability"], label)
         fields: dict[str, Any] = {}
         fields.update(self.trend.metrics())
         fields.update(stability_fields)
@@ -105,7 +110,9 @@ class MetricsHub:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.trend.load_state_dict(state["trend"])
-        self.stability.load_state_dict(state["stability"])
+        # previous update signs live beside the adapters (the GPU on a CUDA run; checkpoints load on the CPU)
+        device = next(iter(self.networks.values())).parameters().__next__().device
+        self.stability.load_state_dict(state["stability"], device=device)
         if self.alpha is not None and state.get("alpha") is not None:
             self.alpha.load_state_dict(state["alpha"])
             self.apply_alphas()

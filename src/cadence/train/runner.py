@@ -52,11 +52,13 @@ def run_training(config_path: str | Path, exiting: bool = False) -> int:
             # cache entries are written atomically one by one: the next run reuses what was finished
             log.warning("interrupted during setup/caching; finished cache entries are kept")
             return 130
+        except (ModelLoadError, ConfigError, ValueError, FileNotFoundError) as error:
+            # setup errors are the user's to fix (config, model folder, data); the message says what to do
+            log.error("%s", error)
+            log.debug("setup failed", exc_info=True)
+            return 2
         stop.install()  # from here a Ctrl-C checkpoints at the next step boundary and exits 0
         return Trainer(setup, stop).run()
-    except (ModelLoadError, ConfigError, ValueError, FileNotFoundError) as error:
-        log.error("%s", error)
-        return 2
     except torch.OutOfMemoryError:
         log.error(OOM_ADVICE)
         return 4

@@ -29,6 +29,7 @@ from cadence.optim.param_groups import build_param_groups
 from cadence.optim.schedulers import build_lr_scheduler
 from cadence.perf import apply_memory_options, apply_quantization
 from cadence.sampling import TrainingSampler, validate_samples
+from cadence.sampling.state import sampling_state
 from cadence.schedule.experts import ExpertRouter
 from cadence.schedule.timesteps import TimestepSampler
 from cadence.tools.health import HealthMonitor
@@ -78,9 +79,11 @@ class TrainingSetup:
         return self.hub.label(expert)
 
     def lr_fields(self) -> dict[str, float]:
+        """lr per param group (and per expert); automagic reports the mean of its per-element lr mask."""
         fields: dict[str, float] = {}
-        for group in self.optimizer.param_groups:
-            lr = float(group.get("lr", 0.0))
+        rates = getattr(self.optimizer, "get_learning_rates", None)
+        values = rates() if rates else [float(g.get("lr", 0.0)) for g in self.optimizer.param_groups]
+        for group, lr in zip(self.optimizer.param_groups, values, strict=True):
             fields[f"lr_{group.get('name', len(fields))}"] = lr
             expert = group.get("expert")
             if expert and self.hub.label(expert) and f"lr_{expert}" not in fields:
@@ -186,7 +189,8 @@ def build_training(cfg: JobConfig) -> TrainingSetup:
     health = HealthMonitor(cfg.train.health) if cfg.train.health else None
 
     def run_eval(ev: FixedEval) -> dict[str, float]:
-        with evaluation_weights(optimizer):
+        # no grad, adapters in eval mode (no LoRA dropout), global RNG restored, low_vram placement per expert
+        with evaluation_weights(optimizer), sampling_state(adapter, networks):
             return ev.evaluate(adapter, device, dtype, label=hub.label)
 
     checks = PeriodicChecks(

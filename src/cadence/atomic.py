@@ -13,6 +13,25 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 
+def _read_umask() -> int:
+    current = os.umask(0)
+    os.umask(current)
+    return current
+
+
+_UMASK = _read_umask()  # read once at import: os.umask is process-wide and not thread-safe to probe
+
+
+def remove_stale_temporaries(folder: Path) -> int:
+    """Delete temp files a killed writer left behind in `folder` (never a published file)."""
+    removed = 0
+    for leftover in folder.glob(".*.tmp"):
+        if leftover.is_file():
+            leftover.unlink(missing_ok=True)
+            removed += 1
+    return removed
+
+
 def fsync_dir(folder: Path) -> None:
     """Make a rename/creation inside `folder` durable."""
     fd = os.open(folder, os.O_RDONLY)
@@ -32,6 +51,8 @@ def atomic_path(target: Path | str) -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        # mkstemp (and some writers, e.g. safetensors) make 0600; outputs get a normal file's permissions
+        os.chmod(tmp, 0o666 & ~_UMASK)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, target)

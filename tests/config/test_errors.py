@@ -288,3 +288,17 @@ def test_registry_entries_are_well_formed():
     keys = [e.key for e in REGISTRY]
     assert len(keys) == len(set(keys))
     assert all(e.reason and e.key for e in REGISTRY)
+
+
+def test_expert_settings_on_a_single_transformer_arch_are_refused():
+    from cadence.config.errors import ConfigError
+    from cadence.config.loader import load_config_dict
+
+    data = {"name": "x", "model": {"name_or_path": "m", "arch": "wan21",
+                                   "model_kwargs": {"train_low_noise": False, "boundary_ratio": 0.8}}}
+    try:
+        load_config_dict(data)
+    except ConfigError as error:
+        assert "train_low_noise, boundary_ratio" in str(error) and "single transformer" in str(error)
+    else:
+        raise AssertionError("expected a ConfigError")

@@ -100,6 +100,9 @@ def test_kill_9_then_resume_matches_uninterrupted_run(tiny_i2v: Path, clips: Pat
     assert _metrics(run_a) == _metrics(run_b)
     _assert_same_tensors(_lora_files(run_a, steps), _lora_files(run_b, steps))
     assert not list(state_root.glob(".tmp_*")), "temporary checkpoint folders must not survive"
+    assert not list((tmp_path / "b" / "job").glob(".*.tmp")), "temporary files of an interrupted save are removed"
+    lora = tmp_path / "b" / "job" / f"job_{steps:09d}_high_noise.safetensors"
+    assert lora.stat().st_mode & 0o044, "LoRA files are readable by others (not mkstemp's 0600)"
 
 
 def test_double_sigint_saves_a_checkpoint_and_exits_zero(tiny_i2v: Path, clips: Path, tmp_path: Path) -> None:

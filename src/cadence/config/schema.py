@@ -17,6 +17,7 @@ from cadence.config.health import HealthConfig
 
 ExpertName = Literal["high_noise", "low_noise"]
 Arch = Literal["wan21", "wan21_i2v", "wan22_14b", "wan22_14b_i2v", "wan22_5b"]
+SINGLE_EXPERT_ARCHS = frozenset({"wan21", "wan21_i2v", "wan22_5b"})
 I2V_ONLY_ARCHS = frozenset({"wan21_i2v", "wan22_14b_i2v"})
 T2V_ONLY_ARCHS = frozenset({"wan21", "wan22_14b"})
 DType = Literal["fp32", "float32", "fp16", "float16", "bf16", "bfloat16"]
@@ -374,6 +375,20 @@ class JobConfig(Strict):
         if not value or any(c in value for c in "/\\\0") or value in {".", ".."}:
             raise ValueError("name must be a plain file name (no slashes), e.g. my_motion_lora")
         return value
+
+    @model_validator(mode="after")
+    def _expert_keys_fit_arch(self) -> JobConfig:
+        """Expert settings on a single-transformer arch would do nothing: refuse them instead."""
+        kw = self.model.model_kwargs
+        if self.model.arch in SINGLE_EXPERT_ARCHS:
+            off = [k for k in ("train_high_noise", "train_low_noise") if not getattr(kw, k)]
+            if off or kw.boundary_ratio is not None:
+                keys = ", ".join(off + (["boundary_ratio"] if kw.boundary_ratio is not None else []))
+                raise ValueError(
+                    f"model.model_kwargs: {keys} only apply to the two-expert Wan 2.2 A14B archs; "
+                    f"{self.model.arch} has a single transformer. Remove them"
+                )
+        return self
 
     @model_validator(mode="after")
     def _some_expert_trained(self) -> JobConfig:

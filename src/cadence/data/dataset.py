@@ -171,6 +171,12 @@ def _dataset_warnings(ds: DatasetConfig, notes: _Notes, stats: CaptionStats, tot
             f"{native_fps:g} fps, so motion will play too fast or too slow ({mode}): {_some(notes.fps)}. "
             "Set shrink_video_to_frames: false and fps: 16, or trim the clips."
         )
+    if ds.max_pixels_per_frame and len(ds.resolution) > 1:
+        lines.append(
+            f"datasets folder {folder}: max_pixels_per_frame={ds.max_pixels_per_frame} sets the pixel budget, so "
+            f"the resolution list {ds.resolution} gives one bucket size per file, not {len(ds.resolution)}; "
+            "drop max_pixels_per_frame to train at every listed resolution"
+        )
     return lines
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from safetensors.torch import load_file, save_file
 
-from cadence.atomic import atomic_write_with, fsync_dir
+from cadence.atomic import atomic_write_with, fsync_dir, remove_stale_temporaries
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ class CheckpointManager:
             for path in self.paths.step_outputs(step):
                 path.unlink(missing_ok=True)
             log.debug("pruned checkpoint step %d", step)
-        self._remove_stale_temp()
+        self.clean_leftovers()
         return removed
 
     def _discard(self, folder: Path) -> None:
@@ -151,7 +151,9 @@ class CheckpointManager:
         fsync_dir(folder.parent)
         shutil.rmtree(trash, ignore_errors=True)
 
-    def _remove_stale_temp(self) -> None:
+    def clean_leftovers(self) -> None:
+        """Remove what an interrupted save or prune left: temp files, temp and trash folders."""
+        remove_stale_temporaries(self.paths.run_dir)
         root = self.paths.run_dir / STATE_DIR
         for child in root.glob(".tmp_step_*"):
             shutil.rmtree(child, ignore_errors=True)

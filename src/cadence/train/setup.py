@@ -274,6 +274,8 @@ def _alpha_scheduler(cfg: JobConfig, networks: dict[str, LoRANetwork], experts: 
 def _resume(setup: TrainingSetup) -> int:
     """Restore the newest complete checkpoint, if any; returns the step to continue from."""
     manager = setup.recorder.checkpoints
+    if (manager.paths.run_dir / "training_state").is_dir():
+        manager.clean_leftovers()  # temp files and folders of a save that a kill -9 interrupted
     step = manager.latest_step()
     if step is None:
         setup.recorder.open(purge_step=None, truncate_after=0)

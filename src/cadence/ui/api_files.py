@@ -63,29 +63,45 @@ def _dataset_root(root: str, c: UIContext) -> Path:
     raise HTTPException(404, f"{root} is not a configured dataset root")
 
 
-def _buckets(root: Path, c: UIContext) -> tuple[dict[str, dict], str | None]:
-    """path -> bucket of the first job whose config uses `root`, from cadence.data's own index."""
+def _dataset_config(root: Path, c: UIContext):
+    """(job, cfg, dataset) of the first job whose config trains on `root`, or None."""
     from cadence.config.loader import load_config
-    from cadence.data.dataset import build_dataset_index
 
     for job in c.store.list():
         try:
             cfg = load_config(job.config_path)
-        except Exception:  # a broken or deleted config simply has no buckets
+        except Exception:  # a broken or deleted config simply contributes nothing
             continue
-        if not any(Path(ds.folder_path).resolve() == root for ds in cfg.datasets):
-            continue
-        spatial, temporal, fps = _geometry(cfg.model.arch)
-        try:
-            index = build_dataset_index(cfg, spatial, temporal, fps)
-        except Exception as exc:
-            return {}, f"buckets unavailable: {exc}"
-        out = {}
-        for item in [*index.train_items, *index.eval_items]:
-            out.setdefault(str(Path(item.path).resolve()), {
-                "width": item.width, "height": item.height, "frames": len(item.frames)})
-        return out, f"buckets from job {job.name} ({cfg.model.arch})"
-    return {}, None
+        for ds in cfg.datasets:
+            if Path(ds.folder_path).resolve() == root:
+                return job, cfg, ds
+    return None
+
+
+def _caption_ext(root: Path, c: UIContext) -> str:
+    """The caption extension training reads for this root (datasets[].caption_ext), else txt."""
+    found = _dataset_config(root, c)
+    return found[2].caption_ext if found else "txt"
+
+
+def _buckets(root: Path, c: UIContext) -> tuple[dict[str, dict], str | None]:
+    """path -> bucket of the first job whose config uses `root`, from cadence.data's own index."""
+    from cadence.data.dataset import build_dataset_index
+
+    found = _dataset_config(root, c)
+    if found is None:
+        return {}, None
+    job, cfg, _ = found
+    spatial, temporal, fps = _geometry(cfg.model.arch)
+    try:
+        index = build_dataset_index(cfg, spatial, temporal, fps)
+    except Exception as exc:
+        return {}, f"buckets unavailable: {exc}"
+    out = {}
+    for item in [*index.train_items, *index.eval_items]:
+        out.setdefault(str(Path(item.path).resolve()), {
+            "width": item.width, "height": item.height, "frames": len(item.frames)})
+    return out, f"buckets from job {job.name} ({cfg.model.arch})"
 
 
 def _geometry(arch: str) -> tuple[int, int, int]:
@@ -106,11 +122,12 @@ def list_roots(c: Ctx) -> dict:
 def list_dataset_files(c: Ctx, root: str) -> dict:
     base = _dataset_root(root, c)
     buckets, note = _buckets(base, c)
+    ext = _caption_ext(base, c)
     items = []
-    for f in sorted(base.rglob("*")):
-        if "_cadence_cache" in f.parts or not f.is_file() or media_kind(f) is None:
+    for f in sorted(base.iterdir()):  # training reads the top level of a dataset folder only
+        if f.name.startswith(".") or not f.is_file() or media_kind(f) is None:
             continue
-        caption = f.with_suffix(".txt")
+        caption = f.with_suffix("." + ext)
         real = str(f.resolve())
         items.append({"path": str(f), "name": str(f.relative_to(base)), "kind": media_kind(f),
                       "caption": caption.read_text(encoding="utf-8", errors="replace") if caption.is_file() else None,
@@ -129,7 +146,8 @@ def put_caption(c: Ctx, body: CaptionEdit) -> dict:
     media = _safe(body.path, c.dataset_roots())
     if media_kind(media) is None:
         raise HTTPException(415, f"{media.name} is not an image or video")
-    target = media.with_suffix(".txt")
+    root = next((r.resolve() for r in c.dataset_roots() if media.is_relative_to(r.resolve())), media.parent)
+    target = media.with_suffix("." + _caption_ext(root, c))
     atomic_write_text(target, body.text)
     return {"caption_path": str(target), "bytes": len(body.text.encode())}
 

@@ -30,3 +30,17 @@ def test_nan_streak_stops_run_and_keeps_last_good_checkpoint(tiny_i2v: Path, cli
     tensors = load_file(run / f"job_{good:09d}_high_noise.safetensors")
     assert all(t.isfinite().all() for t in tensors.values())
     assert (run / "training_state" / f"step_{good:09d}").is_dir()
+
+
+def test_cadence_device_overrides_the_config_device(monkeypatch) -> None:
+    import pytest as _pytest
+    import torch
+
+    from cadence.train.precision import resolve_device
+
+    monkeypatch.setenv("CADENCE_DEVICE", "cpu")
+    assert resolve_device("cuda:1") == torch.device("cpu")
+    monkeypatch.delenv("CADENCE_DEVICE")
+    if not torch.cuda.is_available():
+        with _pytest.raises(ValueError, match="no CUDA GPU is visible"):
+            resolve_device("cuda")

@@ -75,6 +75,8 @@ class JobRunner:
         (job_dir / "exit_code").unlink(missing_ok=True)
         env = dict(os.environ)
         env["CUDA_VISIBLE_DEVICES"] = "" if job.device == "cpu" else job.device
+        # the slot decides the device: inside the job the chosen GPU is cuda:0 whatever the config says
+        env["CADENCE_DEVICE"] = "cpu" if job.device == "cpu" else "cuda:0"
         env["PYTHONUNBUFFERED"] = "1"
         cmd = [sys.executable, "-m", "cadence.ui.job_wrapper", str(job_dir), "--",
                *self.train_cmd, job.config_path]

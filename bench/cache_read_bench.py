@@ -27,8 +27,11 @@ def make_items(folder: Path, n: int, width: int, height: int, frames: int) -> li
     for i in range(n):
         path = folder / f"clip_{i:03d}.mp4"
         path.write_bytes(b"")  # the cache only needs the name; size/mtime come from the item
-        items.append(MediaItem(path, "video", "", 0, width, height, tuple(range(frames)), 16.0, 1000 + i, i,
-                               do_i2v=True))
+        items.append(
+            MediaItem(
+                path, "video", "", 0, width, height, tuple(range(frames)), 16.0, 1000 + i, i, do_i2v=True
+            )
+        )
     return items
 
 
@@ -36,7 +39,7 @@ def read_pass(cache: LatentCache, items: list[MediaItem], batch_size: int) -> tu
     """(batches/s, MB/s) for one pass over the items."""
     start, nbytes, batches = time.perf_counter(), 0, 0
     for b in range(0, len(items), batch_size):
-        entries = [cache.load(it) for it in items[b:b + batch_size]]
+        entries = [cache.load(it) for it in items[b : b + batch_size]]
         latents = torch.stack([e["latents"] for e in entries])
         cond = torch.stack([e["condition"] for e in entries])
         nbytes += latents.nbytes + cond.nbytes
@@ -60,15 +63,24 @@ def main(argv: list[str] | None = None) -> int:
         cache = LatentCache("bench/model", "wan22_14b_i2v", is_i2v=True)
         gen = torch.Generator().manual_seed(0)
         for item in items:
-            cache.store(item, {"latents": torch.randn(16, lat_f, h, w, generator=gen),
-                               "condition": torch.randn(20, lat_f, h, w, generator=gen)})
+            cache.store(
+                item,
+                {
+                    "latents": torch.randn(16, lat_f, h, w, generator=gen),
+                    "condition": torch.randn(20, lat_f, h, w, generator=gen),
+                },
+            )
         entry_mb = cache.path(items[0]).stat().st_size / 1e6
-        sys.stdout.write(f"{args.items} entries of {entry_mb:.1f} MB (latents [16, {lat_f}, {h}, {w}] + "
-                         f"condition [20, {lat_f}, {h}, {w}], fp32), batch size {args.batch_size}\n")
+        sys.stdout.write(
+            f"{args.items} entries of {entry_mb:.1f} MB (latents [16, {lat_f}, {h}, {w}] + "
+            f"condition [20, {lat_f}, {h}, {w}], fp32), batch size {args.batch_size}\n"
+        )
         for p in range(args.passes):
             rate, mbps = read_pass(cache, items, args.batch_size)
-            sys.stdout.write(f"pass {p + 1}: {rate:8.1f} batches/s  {rate * args.batch_size:8.1f} items/s  "
-                             f"{mbps:8.0f} MB/s\n")
+            sys.stdout.write(
+                f"pass {p + 1}: {rate:8.1f} batches/s  {rate * args.batch_size:8.1f} items/s  "
+                f"{mbps:8.0f} MB/s\n"
+            )
     return 0
 
 

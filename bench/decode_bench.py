@@ -70,14 +70,23 @@ def main(argv: list[str] | None = None) -> int:
         width = args.width or args.size
         clip = write_clip(folder / "bench.mp4", width, args.size, args.frames, 16, seed=0)
         (folder / "bench.txt").write_text("bench")
-        cfg = JobConfig(name="bench", model={"name_or_path": "none", "arch": "wan22_14b_i2v"}, datasets=[{
-            "folder_path": folder, "resolution": [args.resolution], "num_frames": args.frames}])
+        cfg = JobConfig(
+            name="bench",
+            model={"name_or_path": "none", "arch": "wan22_14b_i2v"},
+            datasets=[{"folder_path": folder, "resolution": [args.resolution], "num_frames": args.frames}],
+        )
         item = build_dataset_index(cfg, 16, 4, 16, seed=0).train_items[0]
-        best = best_of({
-            "bare": lambda: bare_decode(clip),
-            "ours": lambda: len(decode_video_frames(clip, item.frames, item.width, item.height, item.source_fps)),
-            "tensor": lambda: load_pixels(item).shape[1],
-        }, args.repeats, args.rounds)
+        best = best_of(
+            {
+                "bare": lambda: bare_decode(clip),
+                "ours": lambda: len(
+                    decode_video_frames(clip, item.frames, item.width, item.height, item.source_fps)
+                ),
+                "tensor": lambda: load_pixels(item).shape[1],
+            },
+            args.repeats,
+            args.rounds,
+        )
         bare, ours, tensor = best["bare"], best["ours"], best["tensor"]
     sys.stdout.write(
         f"clip {width}x{args.size} x{args.frames} frames ({video_codec()}), "

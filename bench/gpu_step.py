@@ -43,7 +43,15 @@ from cadence.perf import (  # noqa: E402
 log = logging.getLogger("gpu_step")
 MARK_START, MARK_END = "<!-- bench:gpu_step:start -->", "<!-- bench:gpu_step:end -->"
 PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "RTX 4090": 165.0}
-FULL = {"heads": 40, "head_dim": 128, "ffn": 13824, "layers": 40, "text_dim": 4096, "freq_dim": 256, "text_len": 512}
+FULL = {
+    "heads": 40,
+    "head_dim": 128,
+    "ffn": 13824,
+    "layers": 40,
+    "text_dim": 4096,
+    "freq_dim": 256,
+    "text_len": 512,
+}
 SMALL = {"heads": 2, "head_dim": 12, "ffn": 48, "layers": 4, "text_dim": 32, "freq_dim": 32, "text_len": 16}
 OPTIONS = ("baseline", "no_checkpointing", "flash", "fp8", "fp8+swap", "compile")
 
@@ -67,10 +75,19 @@ def build_expert(dims: dict, device: torch.device, dtype: torch.dtype) -> torch.
 
     with torch.device("meta"):
         model = WanTransformer3DModel(
-            patch_size=(1, 2, 2), num_attention_heads=dims["heads"], attention_head_dim=dims["head_dim"],
-            in_channels=36, out_channels=16, text_dim=dims["text_dim"], freq_dim=dims["freq_dim"],
-            ffn_dim=dims["ffn"], num_layers=dims["layers"], cross_attn_norm=True,
-            qk_norm="rms_norm_across_heads", eps=1e-6, rope_max_seq_len=1024,
+            patch_size=(1, 2, 2),
+            num_attention_heads=dims["heads"],
+            attention_head_dim=dims["head_dim"],
+            in_channels=36,
+            out_channels=16,
+            text_dim=dims["text_dim"],
+            freq_dim=dims["freq_dim"],
+            ffn_dim=dims["ffn"],
+            num_layers=dims["layers"],
+            cross_attn_norm=True,
+            qk_norm="rms_norm_across_heads",
+            eps=1e-6,
+            rope_max_seq_len=1024,
         )
     model = model.to_empty(device=device)
     gen = torch.Generator(device=device).manual_seed(0)
@@ -112,7 +129,9 @@ def prepare(option: str, dims: dict, device: torch.device, dtype: torch.dtype, s
     blocks = wan_memory.transformer_blocks(model)
     if option.startswith("fp8"):
         quantize_linears(model, wan_memory.quantizable_linears(model), "fp8")
-    net = LoRANetwork(model, NetworkConfig(linear=16, linear_alpha=16), name="bench", seed=0).apply().to(device)
+    net = (
+        LoRANetwork(model, NetworkConfig(linear=16, linear_alpha=16), name="bench", seed=0).apply().to(device)
+    )
     apply_attention_backend([model], "flash" if option == "flash" else "native")
     enable_checkpointing(model, blocks, option != "no_checkpointing")
     swapper = BlockSwapper(blocks, swap, device) if option.endswith("swap") else None
@@ -121,8 +140,17 @@ def prepare(option: str, dims: dict, device: torch.device, dtype: torch.dtype, s
     return model, net, swapper
 
 
-def run_option(option: str, frames: int, size: tuple[int, int], dims: dict, device: torch.device,
-               dtype: torch.dtype, steps: int, warmup: int, swap: int) -> Result:
+def run_option(
+    option: str,
+    frames: int,
+    size: tuple[int, int],
+    dims: dict,
+    device: torch.device,
+    dtype: torch.dtype,
+    steps: int,
+    warmup: int,
+    swap: int,
+) -> Result:
     lat = latent_shape(frames, *size)
     tokens = lat[0] * (lat[1] // 2) * (lat[2] // 2)
     result = Result(option, frames, tokens)
@@ -141,8 +169,12 @@ def run_option(option: str, frames: int, size: tuple[int, int], dims: dict, devi
     try:
         for i in range(warmup + steps):
             start = time.perf_counter()
-            out = model(hidden_states=hidden, timestep=torch.tensor([500.0], device=device),
-                        encoder_hidden_states=text, return_dict=False)[0]
+            out = model(
+                hidden_states=hidden,
+                timestep=torch.tensor([500.0], device=device),
+                encoder_hidden_states=text,
+                return_dict=False,
+            )[0]
             torch.nn.functional.mse_loss(out.float(), target).backward()
             opt.step()
             opt.zero_grad(set_to_none=True)
@@ -175,7 +207,11 @@ def _fmt(value: float | None, spec: str) -> str:
 def markdown(results: list[Result], device: torch.device, size: tuple[int, int], dims: dict) -> str:
     import diffusers
 
-    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU (small config, not a GPU figure)"
+    gpu = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else "CPU (small config, not a GPU figure)"
+    )
     lines = [
         f"Measured {datetime.date.today().isoformat()} on {gpu}; torch {torch.__version__}, "
         f"diffusers {diffusers.__version__}; {size[0]}x{size[1]}, {dims['layers']} blocks, "
@@ -211,7 +247,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--swap", type=int, default=None, help="blocks_to_swap for the +swap option")
-    ap.add_argument("--out", type=Path, default=None, help="markdown file (CUDA default: docs/performance.md)")
+    ap.add_argument(
+        "--out", type=Path, default=None, help="markdown file (CUDA default: docs/performance.md)"
+    )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -221,8 +259,11 @@ def main(argv: list[str] | None = None) -> int:
     frames = args.frames or ([5] if small else [33, 81])
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     swap = args.swap or (dims["layers"] // 2)
-    results = [run_option(o, f, size, dims, device, dtype, args.steps, args.warmup, swap)
-               for f in frames for o in args.options]
+    results = [
+        run_option(o, f, size, dims, device, dtype, args.steps, args.warmup, swap)
+        for f in frames
+        for o in args.options
+    ]
     table = markdown(results, device, size, dims)
     sys.stdout.write(table + "\n")
     out = args.out or (ROOT / "docs" / "performance.md" if device.type == "cuda" else None)

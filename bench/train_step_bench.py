@@ -50,12 +50,28 @@ def job(root: Path, steps: int) -> dict:
         "device": "cpu",
         "network": {"linear": 16, "linear_alpha": 16},
         "save": {"save_every": 100000},
-        "datasets": [{"folder_path": str(root / "clips"), "resolution": [256], "num_frames": 33,
-                      "cache_latents_to_disk": True, "cache_latents": True}],
-        "train": {"steps": steps, "lr": 1e-4, "dtype": "fp32", "gradient_checkpointing": False,
-                  "switch_boundary_every": 1000, "disable_sampling": True},
-        "model": {"name_or_path": str(root / "model"), "arch": "wan22_14b_i2v",
-                  "model_kwargs": {"train_low_noise": False}},
+        "datasets": [
+            {
+                "folder_path": str(root / "clips"),
+                "resolution": [256],
+                "num_frames": 33,
+                "cache_latents_to_disk": True,
+                "cache_latents": True,
+            }
+        ],
+        "train": {
+            "steps": steps,
+            "lr": 1e-4,
+            "dtype": "fp32",
+            "gradient_checkpointing": False,
+            "switch_boundary_every": 1000,
+            "disable_sampling": True,
+        },
+        "model": {
+            "name_or_path": str(root / "model"),
+            "arch": "wan22_14b_i2v",
+            "model_kwargs": {"train_low_noise": False},
+        },
         "logging": {"tensorboard": True},
     }
 
@@ -77,7 +93,9 @@ def bare_step_times(setup, steps: int) -> list[float]:
         started = time.perf_counter()
         noise = torch.randn(batch.latents.shape, generator=generator)
         t = torch.rand(1, generator=generator) * (spec.t_high - spec.t_low) + spec.t_low
-        prediction = setup.adapter.predict(expert, noisy_latents(batch.latents, noise, t), t, batch.text, batch.cond)
+        prediction = setup.adapter.predict(
+            expert, noisy_latents(batch.latents, noise, t), t, batch.text, batch.cond
+        )
         loss = flow_matching_loss(prediction, velocity_target(batch.latents, noise))
         loss.backward()
         optimizer.step()

@@ -13,7 +13,9 @@ import pytest
 def test_demo_trains_both_experts_and_reports(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "cadence.cli", "demo", "--out", str(tmp_path / "demo"), "--steps", "20"],
-        capture_output=True, text=True, timeout=600,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
     run = tmp_path / "demo" / "output" / "demo_motion_lora"

@@ -28,8 +28,11 @@ def seed(body: dict[str, Any], process_type: str = "sd_trainer") -> dict[str, An
     """Wrap a flat config into the seed layout."""
     body = copy.deepcopy(body)
     name = body.pop("name")
-    return {"job": "extension", "config": {"name": name, "process": [{"type": process_type, **body}]},
-            "meta": {"name": "[name]", "version": "1.0"}}
+    return {
+        "job": "extension",
+        "config": {"name": name, "process": [{"type": process_type, **body}]},
+        "meta": {"name": "[name]", "version": "1.0"},
+    }
 
 
 @pytest.fixture

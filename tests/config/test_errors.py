@@ -30,8 +30,12 @@ def test_typo_paths_follow_seed_layout(make_flat, make_seed):
 
 def test_typo_inside_alpha_phase_and_synonym_suggestion(make_flat):
     schedule = {"enabled": True, "conv_alpha_phases": {"foundation": {"alhpa": 8}}}
-    issues = issues_of(make_flat(network={"alpha_schedule": schedule}, train={
-        "gradient_acumulation_steps": 2, "disable_sampling": True}))
+    issues = issues_of(
+        make_flat(
+            network={"alpha_schedule": schedule},
+            train={"gradient_acumulation_steps": 2, "disable_sampling": True},
+        )
+    )
     assert "did you mean 'alpha'?" in issues["network.alpha_schedule.conv_alpha_phases.foundation.alhpa"]
     assert "did you mean 'gradient_accumulation_steps'?" in issues["train.gradient_acumulation_steps"]
 
@@ -70,20 +74,24 @@ def test_str_is_a_readable_multiline_report(make_flat):
 
 
 def test_seed_synonyms_are_renamed(make_flat):
-    cfg = load_config_dict(make_flat(
-        network={"rank": 32, "alpha": 8},
-        train={"gradient_accumulation_steps": 4, "skip_first_sample": True, "disable_sampling": True},
-        save={"save_dtype": "bf16"},
-        datasets=[{"folder_path": "/x", "caption_type": ".cap"}],
-        training_seed=7,
-    ))
+    cfg = load_config_dict(
+        make_flat(
+            network={"rank": 32, "alpha": 8},
+            train={"gradient_accumulation_steps": 4, "skip_first_sample": True, "disable_sampling": True},
+            save={"save_dtype": "bf16"},
+            datasets=[{"folder_path": "/x", "caption_type": ".cap"}],
+            training_seed=7,
+        )
+    )
     assert (cfg.network.linear, cfg.network.linear_alpha) == (32, 8)
     assert cfg.train.gradient_accumulation == 4 and cfg.sample.skip_first_sample is True
     assert cfg.save.dtype == "bf16" and cfg.datasets[0].caption_ext == "cap" and cfg.train.seed == 7
 
 
 def test_errors_on_synonyms_name_the_key_the_user_wrote(make_flat, make_seed):
-    issues = issues_of(make_seed(make_flat(train={"gradient_accumulation_steps": 0, "disable_sampling": True})))
+    issues = issues_of(
+        make_seed(make_flat(train={"gradient_accumulation_steps": 0, "disable_sampling": True}))
+    )
     assert issues == {"config.process[0].train.gradient_accumulation_steps": "got 0; must be >= 1"}
 
 
@@ -137,7 +145,9 @@ def test_token_dropout_refused_in_seed_layout(make_flat, make_seed):
 @pytest.mark.parametrize("kind", ["lokr", "loha", "locon", "LoKr"])
 def test_lycoris_types_refused_with_registry_message(make_flat, kind):
     message = issues_of(make_flat(network={"type": kind}))["network.type"]
-    assert message.startswith(f"'type: {kind.lower()}' is valid for ai-toolkit but not supported yet by Cadence")
+    assert message.startswith(
+        f"'type: {kind.lower()}' is valid for ai-toolkit but not supported yet by Cadence"
+    )
 
 
 def test_quantize_qtypes_accepted_torchao_refused(make_flat):
@@ -150,29 +160,55 @@ def test_quantize_qtypes_accepted_torchao_refused(make_flat):
 
 
 def test_performance_keys_validated(make_flat):
-    train = {"attention_backend": "flash", "compile": True, "gradient_checkpointing": 2, "adapter_dtype": "bf16"}
-    cfg = load_config_dict(make_flat(train=train, model={"name_or_path": "m", "arch": "wan21", "blocks_to_swap": 20}))
+    train = {
+        "attention_backend": "flash",
+        "compile": True,
+        "gradient_checkpointing": 2,
+        "adapter_dtype": "bf16",
+    }
+    cfg = load_config_dict(
+        make_flat(train=train, model={"name_or_path": "m", "arch": "wan21", "blocks_to_swap": 20})
+    )
     assert cfg.train.gradient_checkpointing == 2 and cfg.train.compile is True
     assert cfg.model.blocks_to_swap == 20 and cfg.train.attention_backend == "flash"
-    assert load_config_dict(make_flat(train={"gradient_checkpointing": True})).train.gradient_checkpointing is True
-    assert "no backward pass" in issues_of(make_flat(train={"attention_backend": "sage"}))["train.attention_backend"]
-    assert "N >= 1" in issues_of(make_flat(train={"gradient_checkpointing": 0}))["train.gradient_checkpointing"]
+    assert (
+        load_config_dict(make_flat(train={"gradient_checkpointing": True})).train.gradient_checkpointing
+        is True
+    )
+    assert (
+        "no backward pass"
+        in issues_of(make_flat(train={"attention_backend": "sage"}))["train.attention_backend"]
+    )
+    assert (
+        "N >= 1" in issues_of(make_flat(train={"gradient_checkpointing": 0}))["train.gradient_checkpointing"]
+    )
 
 
 def test_inert_seed_values_accepted(make_flat):
-    cfg = load_config_dict(make_flat(
-        train={"train_unet": True, "train_text_encoder": False, "noise_offset": 0, "disable_sampling": True,
-               "ema_config": {"use_ema": False}},
-        datasets=[{"folder_path": "/x", "flip_x": False, "shuffle_tokens": False, "control_path": ""}],
-        save={"push_to_hub": False}, logging={"use_wandb": False},
-        performance_log_every=0,
-    ))
+    cfg = load_config_dict(
+        make_flat(
+            train={
+                "train_unet": True,
+                "train_text_encoder": False,
+                "noise_offset": 0,
+                "disable_sampling": True,
+                "ema_config": {"use_ema": False},
+            },
+            datasets=[{"folder_path": "/x", "flip_x": False, "shuffle_tokens": False, "control_path": ""}],
+            save={"push_to_hub": False},
+            logging={"use_wandb": False},
+            performance_log_every=0,
+        )
+    )
     assert cfg.name == "t"
 
 
 def test_sampling_section_validated(make_flat):
-    data = make_flat(model={"name_or_path": "m", "arch": "wan22_14b"}, sample={"prompts": ["a cat"]},
-                     train={"disable_sampling": False})
+    data = make_flat(
+        model={"name_or_path": "m", "arch": "wan22_14b"},
+        sample={"prompts": ["a cat"]},
+        train={"disable_sampling": False},
+    )
     assert load_config_dict(data).sample.prompts == ["a cat"]
     data["sample"]["sample_steps"] = 0
     assert "sample.sample_steps" in issues_of(data)
@@ -187,20 +223,31 @@ def test_i2v_sampling_needs_readable_ctrl_img(tmp_path, make_flat):
     Image.new("RGB", (32, 32), (200, 10, 10)).save(good)
     bad = tmp_path / "broken.png"
     bad.write_bytes(b"not an image")
-    samples = [{"prompt": "ok", "ctrl_img": str(good)}, {"prompt": "no image"},
-               {"prompt": "gone", "ctrl_img": str(tmp_path / "gone.png")}, {"prompt": "b", "ctrl_img": str(bad)}]
+    samples = [
+        {"prompt": "ok", "ctrl_img": str(good)},
+        {"prompt": "no image"},
+        {"prompt": "gone", "ctrl_img": str(tmp_path / "gone.png")},
+        {"prompt": "b", "ctrl_img": str(bad)},
+    ]
     data = make_flat(sample={"samples": samples, "prompts": ["plain"]}, train={"disable_sampling": False})
     issues = issues_of(data)
-    assert set(issues) == {"sample.samples[1].ctrl_img", "sample.samples[2].ctrl_img",
-                           "sample.samples[3].ctrl_img", "sample.prompts[0]"}
+    assert set(issues) == {
+        "sample.samples[1].ctrl_img",
+        "sample.samples[2].ctrl_img",
+        "sample.samples[3].ctrl_img",
+        "sample.prompts[0]",
+    }
     assert "missing" in issues["sample.samples[1].ctrl_img"]
     assert str(tmp_path / "gone.png") in issues["sample.samples[2].ctrl_img"]
     assert "not a readable image" in issues["sample.samples[3].ctrl_img"]
     # with sampling off nothing is opened; a T2V arch needs no ctrl_img
     data["train"]["disable_sampling"] = True
     assert len(load_config_dict(data).sample.samples) == 4
-    t2v = make_flat(model={"name_or_path": "m", "arch": "wan22_14b"}, train={"disable_sampling": False},
-                    sample={"samples": [{"prompt": "x"}]})
+    t2v = make_flat(
+        model={"name_or_path": "m", "arch": "wan22_14b"},
+        train={"disable_sampling": False},
+        sample={"samples": [{"prompt": "x"}]},
+    )
     assert load_config_dict(t2v).sample.samples[0].ctrl_img is None
 
 
@@ -294,8 +341,14 @@ def test_expert_settings_on_a_single_transformer_arch_are_refused():
     from cadence.config.errors import ConfigError
     from cadence.config.loader import load_config_dict
 
-    data = {"name": "x", "model": {"name_or_path": "m", "arch": "wan21",
-                                   "model_kwargs": {"train_low_noise": False, "boundary_ratio": 0.8}}}
+    data = {
+        "name": "x",
+        "model": {
+            "name_or_path": "m",
+            "arch": "wan21",
+            "model_kwargs": {"train_low_noise": False, "boundary_ratio": 0.8},
+        },
+    }
     try:
         load_config_dict(data)
     except ConfigError as error:

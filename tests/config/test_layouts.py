@@ -71,8 +71,16 @@ def test_toml_and_json_examples_are_the_same_job():
     assert b.datasets[0].do_i2v is True and b.model.arch == "wan22_5b"
 
 
-@pytest.mark.parametrize("name", ["wan22_i2v_motion.yaml", "seed000_video_alpha.yaml",
-                                  "seed001_image_thresholds.yaml", "flat_layout.toml", "flat_layout.json"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "wan22_i2v_motion.yaml",
+        "seed000_video_alpha.yaml",
+        "seed001_image_thresholds.yaml",
+        "flat_layout.toml",
+        "flat_layout.json",
+    ],
+)
 def test_examples_load(name, tmp_path):
     cfg = load_config(EXAMPLES / name)
     assert isinstance(cfg, JobConfig)

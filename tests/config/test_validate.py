@@ -97,11 +97,17 @@ def test_validate_refuses_an_arch_that_does_not_match_the_model_folder(tmp_path)
     model = write_tiny_model(tmp_path / "t2v", "wan21")
     (tmp_path / "data").mkdir()
     config = tmp_path / "job.yaml"
-    config.write_text(yaml.safe_dump({
-        "name": "x", "datasets": [{"folder_path": str(tmp_path / "data")}],
-        "model": {"name_or_path": str(model), "arch": "wan22_14b_i2v"},
-    }))
-    result = subprocess.run([sys.executable, "-m", "cadence.cli", "validate", str(config)],
-                            capture_output=True, text=True)
+    config.write_text(
+        yaml.safe_dump(
+            {
+                "name": "x",
+                "datasets": [{"folder_path": str(tmp_path / "data")}],
+                "model": {"name_or_path": str(model), "arch": "wan22_14b_i2v"},
+            }
+        )
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "cadence.cli", "validate", str(config)], capture_output=True, text=True
+    )
     assert result.returncode == 2
     assert "model.name_or_path" in result.stderr and "'wan21'" in result.stderr, result.stderr

@@ -29,9 +29,9 @@ def test_portrait_is_transposed_landscape():
 
 def test_budgets_from_resolution_or_max_pixels():
     assert pixel_budgets(DatasetConfig(folder_path="x", resolution=[256, 512, 256])) == [256 * 256, 512 * 512]
-    assert pixel_budgets(DatasetConfig(folder_path="x", resolution=[512], max_pixels_per_frame=400 * 400)) == [
-        160000
-    ]
+    assert pixel_budgets(
+        DatasetConfig(folder_path="x", resolution=[512], max_pixels_per_frame=400 * 400)
+    ) == [160000]
 
 
 def test_cover_then_center_crop():

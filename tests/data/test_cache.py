@@ -29,8 +29,9 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def adapter(tiny_model_dir: Path):
-    return load_model_adapter(ModelConfig(name_or_path=str(tiny_model_dir), arch=ARCH), torch.device("cpu"),
-                              torch.float32)
+    return load_model_adapter(
+        ModelConfig(name_or_path=str(tiny_model_dir), arch=ARCH), torch.device("cpu"), torch.float32
+    )
 
 
 @pytest.fixture
@@ -46,7 +47,9 @@ def small_dir(synthetic_master: Path, tmp_path: Path) -> Path:
 
 def _index(folder: Path, make_config, adapter, **ds):
     cfg = make_config(folder, resolution=[64], num_frames=5, **ds)
-    return cfg, build_dataset_index(cfg, adapter.spatial_multiple, adapter.temporal_multiple, adapter.native_fps, 0)
+    return cfg, build_dataset_index(
+        cfg, adapter.spatial_multiple, adapter.temporal_multiple, adapter.native_fps, 0
+    )
 
 
 def test_latents_hit_miss_and_invalidation(small_dir, make_config, adapter):

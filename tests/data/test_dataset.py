@@ -41,7 +41,10 @@ def test_seeking_decode_returns_the_wanted_frames(tmp_path):
     wanted = (21, 25, 29, 33, 37)
     frames = decode_video_frames(path, wanted, 96, 64, 16.0)
     for got, index in zip(frames, wanted, strict=True):
-        errors = {t: np.abs(got.astype(int) - render_frame(t, 96, 64, 1)).mean() for t in range(index - 2, index + 3)}
+        errors = {
+            t: np.abs(got.astype(int) - render_frame(t, 96, 64, 1)).mean()
+            for t in range(index - 2, index + 3)
+        }
         assert min(errors, key=errors.get) == index, errors
         assert errors[index] < 8
 
@@ -78,7 +81,9 @@ def test_missing_captions_give_one_counted_warning(dataset_dir, make_config):
     index = build_dataset_index(make_config(dataset_dir, default_caption="a clip"), 16, 4, 16, seed=0)
     lines = [w for w in index.warnings if "caption" in w and "have no" in w]
     assert len(lines) == 1 and "3 of 9" in lines[0] and str(dataset_dir) in lines[0]
-    assert {it.caption for it in index.train_items if it.path.stem in {"clip_00", "image_01"}} == {"sks a clip"}
+    assert {it.caption for it in index.train_items if it.path.stem in {"clip_00", "image_01"}} == {
+        "sks a clip"
+    }
 
 
 def test_short_video_uses_fewer_frames_with_one_warning(dataset_dir, make_config):

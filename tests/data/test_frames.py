@@ -17,8 +17,10 @@ def test_fps_mode_steps_source_frames_and_is_deterministic():
     assert a == b
     steps = {j - i for i, j in zip(a.indices, a.indices[1:], strict=False)}
     assert steps == {2} and a.effective_fps == pytest.approx(15.0)
-    starts = {plan_frames(300, 30.0, 17, shrink=False, target_fps=15, seed=s, key="clip.mp4").indices[0]
-              for s in range(20)}
+    starts = {
+        plan_frames(300, 30.0, 17, shrink=False, target_fps=15, seed=s, key="clip.mp4").indices[0]
+        for s in range(20)
+    }
     assert len(starts) > 5  # a random start, not always 0
     assert max(starts) <= 300 - 1 - 32
 

@@ -9,8 +9,21 @@ def _items(n: int) -> list[MediaItem]:
     out = []
     for i in range(n):
         w, h, f = sizes[i % 3]
-        out.append(MediaItem(Path(f"f{i}.mp4"), "video", "c", 0, w, h, tuple(range(f)), 16.0, 1, 1,
-                             num_repeats=2 if i == 0 else 1))
+        out.append(
+            MediaItem(
+                Path(f"f{i}.mp4"),
+                "video",
+                "c",
+                0,
+                w,
+                h,
+                tuple(range(f)),
+                16.0,
+                1,
+                1,
+                num_repeats=2 if i == 0 else 1,
+            )
+        )
     return out
 
 
@@ -34,7 +47,7 @@ def test_deterministic_for_seed_and_different_across_seeds_and_epochs():
     assert first == [b.next_batch() for _ in range(40)]
     assert first != [c.next_batch() for _ in range(40)]
     n = len(a)
-    assert first[:n] != first[n:2 * n]
+    assert first[:n] != first[n : 2 * n]
 
 
 def test_resume_mid_epoch_equals_uninterrupted_sequence():

@@ -81,7 +81,11 @@ def test_per_expert_split_matches_separate_fits() -> None:
         (high if expert == "high_noise" else low).append(loss)
         both.append(loss)
     m = tracker.metrics()
-    assert m["loss_samples"] == 200 and m["loss_samples_high_noise"] == 150 and m["loss_samples_low_noise"] == 150
+    assert (
+        m["loss_samples"] == 200
+        and m["loss_samples_high_noise"] == 150
+        and m["loss_samples_low_noise"] == 150
+    )
     for key, series in (("", both[-200:]), ("_high_noise", high), ("_low_noise", low)):
         ref = linregress(np.arange(len(series)), series)
         assert m[f"loss_slope{key}"] == pytest.approx(ref.slope, rel=1e-9, abs=1e-15)

@@ -40,8 +40,8 @@ def test_bf16_tensors_are_computed_in_fp32() -> None:
 
 def test_conv_kernel_delta_matches_direct() -> None:
     g = torch.Generator().manual_seed(1)
-    down = torch.randn(3, 5, 3, 3, generator=g)   # [rank, in, kh, kw]
-    up = torch.randn(7, 3, 1, 1, generator=g)     # [out, rank, 1, 1]
+    down = torch.randn(3, 5, 3, 3, generator=g)  # [rank, in, kh, kw]
+    up = torch.randn(7, 3, 1, 1, generator=g)  # [out, rank, 1, 1]
     t = T(down, up, alpha=6.0)
     direct = torch.einsum("or,rihw->oihw", up[:, :, 0, 0].double(), down.double()) * (6.0 / 3)
     got = delta_weight(t)

@@ -83,8 +83,16 @@ def test_idle_expert_compares_with_its_own_last_update_and_uses_its_own_bounds()
     high = torch.nn.Parameter(torch.randn(4, 4, generator=gen))
     low = torch.nn.Parameter(torch.randn(4, 4, generator=gen))
     groups = automagic_groups_from_params(
-        {"lr_bump": 1e-5, "high_noise_lr_bump": 2e-5, "high_noise_min_lr": 2e-5, "high_noise_max_lr": 5e-4,
-         "low_noise_min_lr": 5e-6, "low_noise_max_lr": 1e-4, "beta2": 0.9, "weight_decay": 0.0},
+        {
+            "lr_bump": 1e-5,
+            "high_noise_lr_bump": 2e-5,
+            "high_noise_min_lr": 2e-5,
+            "high_noise_max_lr": 5e-4,
+            "low_noise_min_lr": 5e-6,
+            "low_noise_max_lr": 1e-4,
+            "beta2": 0.9,
+            "weight_decay": 0.0,
+        },
         [{"params": [high], "expert": "high_noise"}, {"params": [low], "expert": "low_noise"}],
     )
     opt = Automagic(groups, lr=1e-4, clip_threshold=1.0)
@@ -132,15 +140,22 @@ def _run(opt: Automagic, params: list[torch.nn.Parameter], gen: torch.Generator,
 def test_state_dict_round_trip_is_bitwise() -> None:
     def make() -> list[torch.nn.Parameter]:
         g = torch.Generator().manual_seed(7)
-        return [torch.nn.Parameter(torch.randn(6, 3, generator=g)), torch.nn.Parameter(torch.randn(5, generator=g))]
+        return [
+            torch.nn.Parameter(torch.randn(6, 3, generator=g)),
+            torch.nn.Parameter(torch.randn(5, generator=g)),
+        ]
 
     straight = make()
-    opt = Automagic([{"params": straight[:1], "expert": "high_noise"}, {"params": straight[1:], "lr_bump": 3e-6}], **OPTS)
+    opt = Automagic(
+        [{"params": straight[:1], "expert": "high_noise"}, {"params": straight[1:], "lr_bump": 3e-6}], **OPTS
+    )
     gen = torch.Generator().manual_seed(3)
     _run(opt, straight, gen, range(10))
 
     resumed = make()
-    first = Automagic([{"params": resumed[:1], "expert": "high_noise"}, {"params": resumed[1:], "lr_bump": 3e-6}], **OPTS)
+    first = Automagic(
+        [{"params": resumed[:1], "expert": "high_noise"}, {"params": resumed[1:], "lr_bump": 3e-6}], **OPTS
+    )
     gen = torch.Generator().manual_seed(3)
     _run(first, resumed, gen, range(5))
     saved = torch.load(_save(first.state_dict()), weights_only=True)
@@ -198,7 +213,9 @@ def test_bf16_params_use_stochastic_rounding_reproducibly() -> None:
     def run(seed: int) -> torch.Tensor:
         w = torch.nn.Parameter(start.to(torch.bfloat16))
         opt = Automagic([w], lr=1e-3, min_lr=1e-3, max_lr=1e-3, lr_bump=0.0, rounding_seed=seed)
-        w.grad = torch.ones_like(w)  # normalized update = 1 everywhere -> p -= 1e-3 (bf16 spacing below 1.0: 3.9e-3)
+        w.grad = torch.ones_like(
+            w
+        )  # normalized update = 1 everywhere -> p -= 1e-3 (bf16 spacing below 1.0: 3.9e-3)
         opt.step()
         assert w.dtype == torch.bfloat16 and opt.state[w]["lr_mask"].dtype == torch.float32
         return w.detach().float()

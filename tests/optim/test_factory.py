@@ -53,11 +53,17 @@ class Rig:
         return [p for n in self.nets.values() for p in n.trainable_parameters()]
 
 
-def make_rig(base_roots: dict[str, torch.nn.Module], train: TrainConfig, loraplus: float | None = None) -> Rig:
+def make_rig(
+    base_roots: dict[str, torch.nn.Module], train: TrainConfig, loraplus: float | None = None
+) -> Rig:
     roots = {name: copy.deepcopy(root) for name, root in base_roots.items()}
-    nets = {name: LoRANetwork(roots[name], NetworkConfig(linear=4), name=name, seed=3).apply() for name in roots}
+    nets = {
+        name: LoRANetwork(roots[name], NetworkConfig(linear=4), name=name, seed=3).apply() for name in roots
+    }
     opt = build_optimizer(train, build_param_groups(nets, train, loraplus))
-    sched = build_lr_scheduler(opt, train.lr_scheduler, train.steps, train.lr_warmup_steps, train.lr_scheduler_params)
+    sched = build_lr_scheduler(
+        opt, train.lr_scheduler, train.steps, train.lr_warmup_steps, train.lr_scheduler_params
+    )
     return Rig(train, roots, nets, opt, sched, ExpertRouter(list(nets), train.switch_boundary_every))
 
 
@@ -71,7 +77,9 @@ def expert_loss(rig: Rig, expert: str, step: int) -> torch.Tensor:
     cond = torch.randn(1, 20, 1, 8, 8, generator=gen)
     text = torch.randn(1, 8, TEXT_DIM, generator=gen)
     hidden = torch.cat([noisy_latents(x0, noise, t), cond], dim=1)
-    pred = rig.roots[expert](hidden_states=hidden, timestep=t * 1000, encoder_hidden_states=text, return_dict=False)[0]
+    pred = rig.roots[expert](
+        hidden_states=hidden, timestep=t * 1000, encoder_hidden_states=text, return_dict=False
+    )[0]
     return flow_matching_loss(pred, velocity_target(x0, noise))
 
 
@@ -101,12 +109,19 @@ def _snapshot(rig: Rig) -> dict[str, torch.Tensor]:
 # ------------------------------------------------------------------------------------------- resume
 RESUME_CASES = {
     "adamw": dict(optimizer="adamw", lr=1e-3, lr_scheduler="cosine", lr_warmup_steps=2),
-    "prodigy": dict(optimizer="prodigy", lr_scheduler="linear", lr_warmup_steps=1,
-                    optimizer_params={"high_noise_lr": 2.0, "low_noise_lr": 0.5, "weight_decay": 0.01}),
-    "adamw_schedulefree": dict(optimizer="adamw_schedulefree", lr=2e-3, lr_warmup_steps=2,
-                               optimizer_params={"weight_decay": 0.01}),
-    "automagic": dict(optimizer="automagic", optimizer_params={"high_noise_lr_bump": 4e-6, "lr_bump": 1e-6,
-                                                               "min_lr": 1e-7, "max_lr": 1e-3}),
+    "prodigy": dict(
+        optimizer="prodigy",
+        lr_scheduler="linear",
+        lr_warmup_steps=1,
+        optimizer_params={"high_noise_lr": 2.0, "low_noise_lr": 0.5, "weight_decay": 0.01},
+    ),
+    "adamw_schedulefree": dict(
+        optimizer="adamw_schedulefree", lr=2e-3, lr_warmup_steps=2, optimizer_params={"weight_decay": 0.01}
+    ),
+    "automagic": dict(
+        optimizer="automagic",
+        optimizer_params={"high_noise_lr_bump": 4e-6, "lr_bump": 1e-6, "min_lr": 1e-7, "max_lr": 1e-3},
+    ),
 }
 
 
@@ -122,8 +137,15 @@ def test_resume_is_bit_exact_mid_block(base_roots, case: str) -> None:
     first = make_rig(base_roots, train)
     train_steps(first, 0, 3)
     buffer = io.BytesIO()
-    torch.save({"nets": {e: n.state_dict() for e, n in first.nets.items()}, "opt": first.opt.state_dict(),
-                "sched": first.sched.state_dict(), "router": first.router.state_dict()}, buffer)
+    torch.save(
+        {
+            "nets": {e: n.state_dict() for e, n in first.nets.items()},
+            "opt": first.opt.state_dict(),
+            "sched": first.sched.state_dict(),
+            "router": first.router.state_dict(),
+        },
+        buffer,
+    )
     buffer.seek(0)
     saved = torch.load(buffer, weights_only=True)
 
@@ -139,7 +161,9 @@ def test_resume_is_bit_exact_mid_block(base_roots, case: str) -> None:
     for key in end:
         assert torch.equal(end[key], again[key]), key
     for expert in ("high_noise", "low_noise"):  # both experts really trained
-        assert not torch.equal(end[f"{expert}.lora.blocks-0-attn1-to_q.up"], start[f"{expert}.lora.blocks-0-attn1-to_q.up"])
+        assert not torch.equal(
+            end[f"{expert}.lora.blocks-0-attn1-to_q.up"], start[f"{expert}.lora.blocks-0-attn1-to_q.up"]
+        )
     assert [g["lr"] for g in straight.opt.param_groups] == [g["lr"] for g in resumed.opt.param_groups]
 
 
@@ -153,8 +177,11 @@ def _param_state(opt: torch.optim.Optimizer, p: torch.Tensor) -> dict:
 
 
 def _group_stats(opt: torch.optim.Optimizer, expert: str) -> list[dict]:
-    return [{k: copy.deepcopy(v) for k, v in g.items() if k != "params"}
-            for g in opt.param_groups if g["expert"] == expert]
+    return [
+        {k: copy.deepcopy(v) for k, v in g.items() if k != "params"}
+        for g in opt.param_groups
+        if g["expert"] == expert
+    ]
 
 
 @pytest.mark.parametrize("case", RESUME_CASES)
@@ -184,17 +211,25 @@ def test_idle_expert_params_state_and_statistics_untouched(base_roots, case: str
 
 # ------------------------------------------------------------------------------------ per-expert lr
 def test_high_noise_lr_four_times_low_in_groups_and_in_a_step(base_roots) -> None:
-    train = _train(steps=4, switch_boundary_every=1, optimizer="adamw",
-                   optimizer_params={"high_noise_lr": 4e-4, "low_noise_lr": 1e-4, "weight_decay": 0.0})
+    train = _train(
+        steps=4,
+        switch_boundary_every=1,
+        optimizer="adamw",
+        optimizer_params={"high_noise_lr": 4e-4, "low_noise_lr": 1e-4, "weight_decay": 0.0},
+    )
     rig = make_rig(base_roots, train)
     assert [(g["name"], g["expert"], g["lr"]) for g in rig.opt.param_groups] == [
-        ("high_noise", "high_noise", 4e-4), ("low_noise", "low_noise", 1e-4)]
+        ("high_noise", "high_noise", 4e-4),
+        ("low_noise", "low_noise", 1e-4),
+    ]
     before = _snapshot(rig)
     train_steps(rig, 0, 2)
     after = _snapshot(rig)
     # Adam's first step moves each element by lr * g / (|g| + eps): the largest move is the lr.
-    moves = {e: max(float((after[k] - before[k]).abs().max()) for k in before if k.startswith(e))
-             for e in ("high_noise", "low_noise")}
+    moves = {
+        e: max(float((after[k] - before[k]).abs().max()) for k in before if k.startswith(e))
+        for e in ("high_noise", "low_noise")
+    }
     assert moves["high_noise"] == pytest.approx(4e-4, rel=1e-3)
     assert moves["low_noise"] == pytest.approx(1e-4, rel=1e-3)
 
@@ -204,8 +239,11 @@ def test_loraplus_groups_are_tagged_and_cover_all_params(base_roots) -> None:
     rig = make_rig(base_roots, train, loraplus=16.0)
     groups = rig.opt.param_groups
     assert [(g["name"], g["expert"], g["lr"]) for g in groups] == [
-        ("high_noise", "high_noise", 4e-4), ("high_noise_up", "high_noise", pytest.approx(6.4e-3)),
-        ("low_noise", "low_noise", 1e-4), ("low_noise_up", "low_noise", pytest.approx(1.6e-3))]
+        ("high_noise", "high_noise", 4e-4),
+        ("high_noise_up", "high_noise", pytest.approx(6.4e-3)),
+        ("low_noise", "low_noise", 1e-4),
+        ("low_noise_up", "low_noise", pytest.approx(1.6e-3)),
+    ]
     grouped = [id(p) for g in groups for p in g["params"]]
     assert sorted(grouped) == sorted(id(p) for p in rig.params()) and len(set(grouped)) == len(grouped)
     up_ids = {id(m.up) for m in rig.nets["low_noise"].modules_by_name.values()}
@@ -213,7 +251,9 @@ def test_loraplus_groups_are_tagged_and_cover_all_params(base_roots) -> None:
 
 
 def test_single_expert_uses_train_lr(base_roots) -> None:
-    nets = {"main": LoRANetwork(copy.deepcopy(base_roots["high_noise"]), NetworkConfig(linear=2), name="main")}
+    nets = {
+        "main": LoRANetwork(copy.deepcopy(base_roots["high_noise"]), NetworkConfig(linear=2), name="main")
+    }
     groups = build_param_groups(nets, _train(lr=3e-4), None)
     assert [(g["name"], g["expert"], g["lr"]) for g in groups] == [("main", "main", 3e-4)]
 
@@ -242,24 +282,49 @@ def test_prodigy_lr_default_and_small_lr_warning(base_roots, caplog) -> None:
 
 
 def test_automagic_gets_per_expert_bounds(base_roots) -> None:
-    rig = make_rig(base_roots, _train(optimizer="automagic", optimizer_params={
-        "high_noise_lr_bump": 2e-5, "high_noise_max_lr": 5e-4, "low_noise_lr_bump": 5e-6, "low_noise_max_lr": 1e-4}))
+    rig = make_rig(
+        base_roots,
+        _train(
+            optimizer="automagic",
+            optimizer_params={
+                "high_noise_lr_bump": 2e-5,
+                "high_noise_max_lr": 5e-4,
+                "low_noise_lr_bump": 5e-6,
+                "low_noise_max_lr": 1e-4,
+            },
+        ),
+    )
     assert isinstance(rig.opt, Automagic)
     assert [(g["expert"], g["lr_bump"], g["max_lr"]) for g in rig.opt.param_groups] == [
-        ("high_noise", 2e-5, 5e-4), ("low_noise", 5e-6, 1e-4)]
+        ("high_noise", 2e-5, 5e-4),
+        ("low_noise", 5e-6, 1e-4),
+    ]
 
 
 @pytest.mark.parametrize(
     "settings,path,hint",
     [
         (dict(optimizer="adamw", optimizer_params={"beta3": 0.9}), "train.optimizer_params.beta3", "betas"),
-        (dict(optimizer="adamw", optimizer_params={"high_noise_lr_bump": 1e-5}),
-         "train.optimizer_params.high_noise_lr_bump", "weight_decay"),
-        (dict(optimizer="adamw_schedulefree", optimizer_params={"d0": 1e-6}), "train.optimizer_params.d0",
-         "warmup_steps"),
-        (dict(optimizer="adamw", optimizer_params={"betas": [0.9]}), "train.optimizer_params.betas", "two numbers"),
-        (dict(optimizer="automagic", optimizer_params={"momentum": 0.9}), "train.optimizer_params.momentum",
-         "lr_bump"),
+        (
+            dict(optimizer="adamw", optimizer_params={"high_noise_lr_bump": 1e-5}),
+            "train.optimizer_params.high_noise_lr_bump",
+            "weight_decay",
+        ),
+        (
+            dict(optimizer="adamw_schedulefree", optimizer_params={"d0": 1e-6}),
+            "train.optimizer_params.d0",
+            "warmup_steps",
+        ),
+        (
+            dict(optimizer="adamw", optimizer_params={"betas": [0.9]}),
+            "train.optimizer_params.betas",
+            "two numbers",
+        ),
+        (
+            dict(optimizer="automagic", optimizer_params={"momentum": 0.9}),
+            "train.optimizer_params.momentum",
+            "lr_bump",
+        ),
         (dict(optimizer="adamw8bit"), "train.optimizer", "optimizer: adamw"),
     ],
 )
@@ -284,7 +349,9 @@ def test_clip_grad_norm_reports_and_clips(base_roots) -> None:
     assert expected > 0 and all(p.grad is None for p in rig.nets["low_noise"].trainable_parameters())
 
     assert clip_grad_norm(params, 0.0) == pytest.approx(expected, rel=1e-6)
-    assert all(torch.equal(g, p.grad) for g, p in zip(grads, [p for p in params if p.grad is not None], strict=True))
+    assert all(
+        torch.equal(g, p.grad) for g, p in zip(grads, [p for p in params if p.grad is not None], strict=True)
+    )
 
     assert clip_grad_norm(params, expected / 4) == pytest.approx(expected, rel=1e-6)
     assert clip_grad_norm(params, 0.0) == pytest.approx(expected / 4, rel=1e-4)

@@ -15,8 +15,10 @@ from cadence.optim.automagic import Automagic
 
 def _opt(lrs=(4e-4, 1e-4)) -> torch.optim.Optimizer:
     """AdamW with one group per expert on real tensors (high noise at 4x low noise)."""
-    groups = [{"params": [torch.nn.Parameter(torch.randn(3, 2))], "lr": lr, "expert": name, "name": name}
-              for lr, name in zip(lrs, ("high_noise", "low_noise"), strict=True)]
+    groups = [
+        {"params": [torch.nn.Parameter(torch.randn(3, 2))], "lr": lr, "expert": name, "name": name}
+        for lr, name in zip(lrs, ("high_noise", "low_noise"), strict=True)
+    ]
     return torch.optim.AdamW(groups, lr=1.0)
 
 

@@ -43,7 +43,9 @@ def make_network(model: torch.nn.Module) -> LoRANetwork:
     return LoRANetwork(model, NetworkConfig(linear=4, linear_alpha=4), name="low_noise", seed=7).apply()
 
 
-def train(model: torch.nn.Module, net: LoRANetwork, steps: int = 3, lr: float = 1e-2) -> tuple[list[float], dict]:
+def train(
+    model: torch.nn.Module, net: LoRANetwork, steps: int = 3, lr: float = 1e-2
+) -> tuple[list[float], dict]:
     """A few AdamW steps on fixed synthetic batches; returns the losses and the final LoRA weights."""
     opt = torch.optim.AdamW(net.trainable_parameters(), lr=lr)
     losses = []

@@ -22,8 +22,15 @@ def test_native_backend_set_on_every_expert_and_training_unchanged(load_transfor
     assert all(torch.equal(weights[k], baseline[1][k]) for k in weights)
 
 
-@pytest.mark.parametrize(("backend", "needle"), [("sage", "no backward pass"), ("flash", "flash-attn"),
-                                                 ("flash3", "FlashAttention 3"), ("xformers", "unknown")])
+@pytest.mark.parametrize(
+    ("backend", "needle"),
+    [
+        ("sage", "no backward pass"),
+        ("flash", "flash-attn"),
+        ("flash3", "FlashAttention 3"),
+        ("xformers", "unknown"),
+    ],
+)
 def test_unusable_backends_refused(load_transformer, backend, needle):
     with pytest.raises(AttentionBackendError, match="train.attention_backend") as err:
         apply_attention_backend([load_transformer()], backend)
@@ -35,8 +42,9 @@ def test_a14b_timestep_not_expanded_per_token(tiny_folder):
     from cadence.config.schema import ModelConfig
     from cadence.models.registry import load_model_adapter
 
-    adapter = load_model_adapter(ModelConfig(name_or_path=str(tiny_folder), arch="wan22_14b_i2v"),
-                                 torch.device("cpu"), torch.float32)
+    adapter = load_model_adapter(
+        ModelConfig(name_or_path=str(tiny_folder), arch="wan22_14b_i2v"), torch.device("cpu"), torch.float32
+    )
     seen = []
     model = adapter.transformer("low_noise")
     model.blocks[0].register_forward_pre_hook(lambda _m, args: seen.append(tuple(args[2].shape)))
@@ -46,7 +54,9 @@ def test_a14b_timestep_not_expanded_per_token(tiny_folder):
         adapter.predict("low_noise", noisy, torch.tensor([0.5]), torch.randn(1, 512, 32), cond)
     dim = model.config.num_attention_heads * model.config.attention_head_dim
     assert seen == [(1, 6, dim)]
-    assert not wan_memory.expands_timestep_per_token("wan22_14b_i2v") and wan_memory.expands_timestep_per_token("wan22_5b")
+    assert not wan_memory.expands_timestep_per_token(
+        "wan22_14b_i2v"
+    ) and wan_memory.expands_timestep_per_token("wan22_5b")
 
 
 def test_checkpoint_indices():
@@ -70,7 +80,10 @@ def test_checkpointing_every_n_trains_identically(load_transformer, baseline, ev
     assert indices == ([0, 1] if every is True else [0])
     # checkpointed blocks run twice per step (first pass + recompute in backward), the others once
     step = phases[: len(phases) // 3]
-    assert sorted(step) == sorted([(i, "forward") for i in indices] + [(i, "recompute") for i in indices]
-                                  + [(i, "plain") for i in range(len(blocks)) if i not in indices])
+    assert sorted(step) == sorted(
+        [(i, "forward") for i in indices]
+        + [(i, "recompute") for i in indices]
+        + [(i, "plain") for i in range(len(blocks)) if i not in indices]
+    )
     assert losses == pytest.approx(baseline[0], rel=1e-6)
     assert all(torch.allclose(weights[k], baseline[1][k], rtol=1e-5, atol=1e-7) for k in weights)

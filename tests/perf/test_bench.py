@@ -32,11 +32,29 @@ def test_bench_runs_small_and_writes_section(tmp_path):
     bench = _bench()
     out = tmp_path / "perf.md"
     out.write_text(f"# Perf\n\nintro\n\n{bench.MARK_START}\nold\n{bench.MARK_END}\n\ntail\n")
-    assert bench.main(["--small", "--steps", "1", "--warmup", "0", "--options", "baseline", "fp8+swap",
-                       "flash", "--out", str(out)]) == 0
+    assert (
+        bench.main(
+            [
+                "--small",
+                "--steps",
+                "1",
+                "--warmup",
+                "0",
+                "--options",
+                "baseline",
+                "fp8+swap",
+                "flash",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     text = out.read_text()
     assert text.startswith("# Perf\n\nintro") and text.rstrip().endswith("tail") and "\nold\n" not in text
-    rows = [line for line in text.splitlines() if line.startswith("| baseline") or line.startswith("| fp8+swap")]
+    rows = [
+        line for line in text.splitlines() if line.startswith("| baseline") or line.startswith("| fp8+swap")
+    ]
     assert len(rows) == 2 and all("| 5 | 32 |" in r and "| — |" in r for r in rows)
     assert all(r.split("|")[4].strip() != "—" for r in rows)  # a step time was measured
     assert "not usable here" in text  # flash refused on CPU, reported in the table

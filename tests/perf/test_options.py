@@ -13,11 +13,21 @@ from cadence.perf.attention import attention_backends_of
 
 
 def _cfg(folder, **train) -> JobConfig:
-    return JobConfig.model_validate({
-        "name": "perf", "model": {"name_or_path": str(folder), "arch": "wan22_14b_i2v", "quantize": True,
-                                  "qtype": "fp8", "quantize_te": True, "qtype_te": "fp8", "blocks_to_swap": 1},
-        "train": {"gradient_checkpointing": 2, "adapter_dtype": "bf16", **train},
-    })
+    return JobConfig.model_validate(
+        {
+            "name": "perf",
+            "model": {
+                "name_or_path": str(folder),
+                "arch": "wan22_14b_i2v",
+                "quantize": True,
+                "qtype": "fp8",
+                "quantize_te": True,
+                "qtype_te": "fp8",
+                "blocks_to_swap": 1,
+            },
+            "train": {"gradient_checkpointing": 2, "adapter_dtype": "bf16", **train},
+        }
+    )
 
 
 def test_apply_options_on_adapter(tiny_folder):
@@ -27,7 +37,9 @@ def test_apply_options_on_adapter(tiny_folder):
     for expert in ("high_noise", "low_noise"):
         assert isinstance(adapter.transformer(expert).blocks[0].ffn.net[2], Fp8Linear)
     assert any(isinstance(m, Fp8Linear) for m in adapter.components["text_encoder"].modules())
-    networks = {"low_noise": LoRANetwork(adapter.transformer("low_noise"), cfg.network, name="low_noise").apply()}
+    networks = {
+        "low_noise": LoRANetwork(adapter.transformer("low_noise"), cfg.network, name="low_noise").apply()
+    }
     state = apply_memory_options(adapter, cfg, ["low_noise"], networks)
     assert state.checkpointed == {"low_noise": [0]} and set(state.swappers) == {"low_noise"}
     assert networks["low_noise"].trainable_parameters()[0].dtype == torch.bfloat16

@@ -48,9 +48,14 @@ def test_high_precision_layers_kept(load_transformer):
     linears = wan_memory.quantizable_linears(model)
     quantize_linears(model, linears, "fp8")
     names = {n for n, m in model.named_modules() if isinstance(m, Fp8Linear)}
-    assert names == set(linears) and any(".attn1.to_q" in n for n in names) and any(".ffn." in n for n in names)
+    assert (
+        names == set(linears) and any(".attn1.to_q" in n for n in names) and any(".ffn." in n for n in names)
+    )
     assert not any(wan_memory.keep_high_precision(n) for n in names)
-    assert type(model.proj_out) is torch.nn.Linear and type(model.condition_embedder.time_proj) is torch.nn.Linear
+    assert (
+        type(model.proj_out) is torch.nn.Linear
+        and type(model.condition_embedder.time_proj) is torch.nn.Linear
+    )
     assert model.blocks[0].scale_shift_table.dtype == torch.float32
 
 
@@ -64,7 +69,9 @@ def test_fp8_trains_within_measured_bound(load_transformer, baseline):
     assert update_ratio(weights, baseline[1], load_transformer) < 0.35
 
 
-@pytest.mark.parametrize(("qtype", "loss_bound", "weight_bound"), [("qint8", 2e-4, 0.15), ("qint4", 3e-3, 0.5)])
+@pytest.mark.parametrize(
+    ("qtype", "loss_bound", "weight_bound"), [("qint8", 2e-4, 0.15), ("qint4", 3e-3, 0.5)]
+)
 def test_quanto_trains_within_bound(load_transformer, baseline, qtype, loss_bound, weight_bound):
     model = load_transformer()
     quantize_linears(model, wan_memory.quantizable_linears(model), qtype)  # before LoRA: quanto swaps modules
@@ -77,7 +84,9 @@ def test_quanto_trains_within_bound(load_transformer, baseline, qtype, loss_boun
 def test_text_encoder_fp8(tiny_folder):
     from transformers import UMT5EncoderModel
 
-    encoder = UMT5EncoderModel.from_pretrained(str(tiny_folder / "text_encoder"), local_files_only=True).eval()
+    encoder = UMT5EncoderModel.from_pretrained(
+        str(tiny_folder / "text_encoder"), local_files_only=True
+    ).eval()
     ids = torch.randint(5, 100, (1, 12))
     with torch.no_grad():
         ref = encoder(ids).last_hidden_state

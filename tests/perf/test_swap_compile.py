@@ -37,8 +37,12 @@ def test_block_swap_no_grad_offloads_after_use(load_transformer):
     model = load_transformer()
     swapper = BlockSwapper(wan_memory.transformer_blocks(model), 1, torch.device("cpu"))
     with torch.no_grad():
-        model(hidden_states=torch.randn(1, 36, 1, 4, 4), timestep=torch.tensor([10.0]),
-              encoder_hidden_states=torch.randn(1, 4, 32), return_dict=False)
+        model(
+            hidden_states=torch.randn(1, 36, 1, 4, 4),
+            timestep=torch.tensor([10.0]),
+            encoder_hidden_states=torch.randn(1, 4, 32),
+            return_dict=False,
+        )
     assert swapper.resident == set() and swapper.stats()[1] == {"loads": 1, "offloads": 1}
     with pytest.raises(ValueError, match="blocks_to_swap"):
         BlockSwapper(wan_memory.transformer_blocks(model), 2, torch.device("cpu"))
@@ -56,7 +60,11 @@ def test_regional_compile_after_lora_matches(load_transformer, baseline):
     assert all(torch.allclose(weights[k], baseline[1][k], rtol=1e-4, atol=1e-6) for k in weights)
     net.multiplier = 0.0  # a hook change after compiling is still honoured (dynamo guards on it)
     b = torch.randn(1, 36, 3, 8, 8)
-    kwargs = {"timestep": torch.tensor([5.0]), "encoder_hidden_states": torch.zeros(1, 16, 32), "return_dict": False}
+    kwargs = {
+        "timestep": torch.tensor([5.0]),
+        "encoder_hidden_states": torch.zeros(1, 16, 32),
+        "return_dict": False,
+    }
     with torch.no_grad():
         off = model(hidden_states=b, **kwargs)[0]
         net.multiplier = 1.0

@@ -78,10 +78,14 @@ def random_networks(adapter, cfg, seed: int = 5) -> dict[str, LoRANetwork]:
 @pytest.fixture
 def loaded(tiny_i2v: Path, ctrl_png: Path, tmp_path: Path):
     """(cfg, adapter, networks) for an I2V job with two samples."""
-    job = sample_job(tiny_i2v, tmp_path / "runs", samples=[
-        {"prompt": "a [trigger] cat", "ctrl_img": str(ctrl_png)},
-        {"prompt": "a dog", "ctrl_img": str(ctrl_png), "network_multiplier": 0.5, "seed": 99},
-    ])
+    job = sample_job(
+        tiny_i2v,
+        tmp_path / "runs",
+        samples=[
+            {"prompt": "a [trigger] cat", "ctrl_img": str(ctrl_png)},
+            {"prompt": "a dog", "ctrl_img": str(ctrl_png), "network_multiplier": 0.5, "seed": 99},
+        ],
+    )
     cfg = load_config(write_job(tmp_path / "job.yaml", job))
     adapter = load_model_adapter(cfg.model, torch.device("cpu"), torch.float32)
     return cfg, adapter, random_networks(adapter, cfg)

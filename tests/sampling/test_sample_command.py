@@ -34,14 +34,19 @@ def _export(networks, folder, step: int) -> dict[str, str]:
     files = {}
     for expert, net in networks.items():
         path = folder / f"job_{step:09d}_{expert}.safetensors"
-        save_lora_file(path, net.to_lora_tensors(), {"step": str(step), "expert": expert}, "comfyui", torch.float32)
+        save_lora_file(
+            path, net.to_lora_tensors(), {"step": str(step), "expert": expert}, "comfyui", torch.float32
+        )
         files[expert] = str(path)
     return files
 
 
 def test_cli_sample_equals_training_sample(tiny_i2v, ctrl_png, tmp_path, capsys):
-    job = sample_job(tiny_i2v, tmp_path / "runs", samples=[
-        {"prompt": "a [trigger] cat", "ctrl_img": str(ctrl_png), "network_multiplier": 0.8}])
+    job = sample_job(
+        tiny_i2v,
+        tmp_path / "runs",
+        samples=[{"prompt": "a [trigger] cat", "ctrl_img": str(ctrl_png), "network_multiplier": 0.8}],
+    )
     config = write_job(tmp_path / "job.yaml", job)
     cfg = load_config(config)
     adapter = load_model_adapter(cfg.model, torch.device("cpu"), torch.float32)
@@ -51,8 +56,19 @@ def test_cli_sample_equals_training_sample(tiny_i2v, ctrl_png, tmp_path, capsys)
     files = _export(networks, tmp_path, 7)
 
     out = tmp_path / "cli"
-    code = sample_command(_parse([str(config), "--lora-high", files["high_noise"], "--lora-low", files["low_noise"],
-                                  "--out", str(out)]))
+    code = sample_command(
+        _parse(
+            [
+                str(config),
+                "--lora-high",
+                files["high_noise"],
+                "--lora-low",
+                files["low_noise"],
+                "--out",
+                str(out),
+            ]
+        )
+    )
     assert code == 0
     printed = capsys.readouterr().out.split()
     assert printed == [str(out / f"000000007_00.{ext}") for ext in ("mp4", "webp", "png", "json")]
@@ -66,26 +82,60 @@ def test_cli_sample_equals_training_sample(tiny_i2v, ctrl_png, tmp_path, capsys)
     assert side["lora_files"]["high_noise"] == files["high_noise"]
 
     # the strength flag changes the video; without the low-noise file that expert runs as the base model
-    argv = [str(config), "--lora-high", files["high_noise"], "--lora-low", files["low_noise"], "--multiplier", "0.2",
-            "--out", str(tmp_path / "weak")]
+    argv = [
+        str(config),
+        "--lora-high",
+        files["high_noise"],
+        "--lora-low",
+        files["low_noise"],
+        "--multiplier",
+        "0.2",
+        "--out",
+        str(tmp_path / "weak"),
+    ]
     assert sample_command(_parse(argv)) == 0
     weak = json.loads((tmp_path / "weak" / "000000007_00.json").read_text())
     assert weak["multiplier"] == 0.2
     assert not np.array_equal(np.asarray(Image.open(tmp_path / "weak" / "000000007_00.png")), train_png)
-    code = sample_command(_parse([str(config), "--lora-high", files["high_noise"], "--out", str(tmp_path / "hi")]))
+    code = sample_command(
+        _parse([str(config), "--lora-high", files["high_noise"], "--out", str(tmp_path / "hi")])
+    )
     assert code == 0
     assert not np.array_equal(np.asarray(Image.open(tmp_path / "hi" / "000000007_00.png")), train_png)
 
 
 def test_cli_model_folder_prompt_image_and_overrides(tiny_i2v, ctrl_png, tmp_path, capsys):
     out = tmp_path / "out"
-    argv = [str(tiny_i2v), "--prompt", "a red ball", "--prompt", "a blue ball", "--image", str(ctrl_png),
-            "--seed", "5", "--steps", "2", "--width", "32", "--height", "48", "--num-frames", "5",
-            "--out", str(out), "--device", "cpu"]
+    argv = [
+        str(tiny_i2v),
+        "--prompt",
+        "a red ball",
+        "--prompt",
+        "a blue ball",
+        "--image",
+        str(ctrl_png),
+        "--seed",
+        "5",
+        "--steps",
+        "2",
+        "--width",
+        "32",
+        "--height",
+        "48",
+        "--num-frames",
+        "5",
+        "--out",
+        str(out),
+        "--device",
+        "cpu",
+    ]
     assert sample_command(_parse(argv)) == 0
     capsys.readouterr()
     side = [json.loads((out / f"000000000_{i:02d}.json").read_text()) for i in (0, 1)]
-    assert [s["prompt"] for s in side] == ["a red ball", "a blue ball"] and [s["seed"] for s in side] == [5, 5]
+    assert [s["prompt"] for s in side] == ["a red ball", "a blue ball"] and [s["seed"] for s in side] == [
+        5,
+        5,
+    ]
     assert side[0]["alphas"] == {} and side[0]["height"] == 48
     with Image.open(out / "000000000_01.png") as png:
         assert png.size == (32, 48)
@@ -96,11 +146,23 @@ def test_cli_reports_bad_input(tiny_i2v, ctrl_png, tmp_path, capsys):
     assert sample_command(_parse([str(tiny_i2v), "--prompt", "p", "--width", "40"])) == 2
     err = capsys.readouterr().err
     assert "sample.samples[0].ctrl_img: missing" in err and "sample.width: got 40" in err
-    argv = [str(tiny_i2v), "--prompt", "p", "--image", str(ctrl_png), "--lora", str(tmp_path / "x.safetensors")]
+    argv = [
+        str(tiny_i2v),
+        "--prompt",
+        "p",
+        "--image",
+        str(ctrl_png),
+        "--lora",
+        str(tmp_path / "x.safetensors"),
+    ]
     assert sample_command(_parse(argv)) == 2
     assert "pass --lora-high FILE" in capsys.readouterr().err
-    job = sample_job(tiny_i2v, tmp_path / "runs", attention_backend="sage",
-                     samples=[{"prompt": "p", "ctrl_img": str(ctrl_png)}])
+    job = sample_job(
+        tiny_i2v,
+        tmp_path / "runs",
+        attention_backend="sage",
+        samples=[{"prompt": "p", "ctrl_img": str(ctrl_png)}],
+    )
     config = write_job(tmp_path / "sage.yaml", job)
     assert sample_command(_parse([str(config)])) == 2
     assert "sample.attention_backend: sage is unavailable here" in capsys.readouterr().err
@@ -120,7 +182,8 @@ def test_cli_single_expert_lora(tiny_5b, tmp_path, capsys):
     capsys.readouterr()
     with av.open(str(tmp_path / "cli" / "000000003_00.mp4")) as container:
         assert container.streams.video[0].average_rate == 24
-    assert np.array_equal(np.asarray(Image.open(tmp_path / "cli" / "000000003_00.png")),
-                          np.asarray(Image.open(trained[2])))
+    assert np.array_equal(
+        np.asarray(Image.open(tmp_path / "cli" / "000000003_00.png")), np.asarray(Image.open(trained[2]))
+    )
     assert sample_command(_parse([str(config), "--lora-high", files["main"]])) == 2
     assert "pass --lora FILE" in capsys.readouterr().err

@@ -44,8 +44,12 @@ def test_samples_written_with_names_rate_and_sidecar(loaded, ctrl_png):
     sampler = TrainingSampler(cfg, adapter, networks, out)
     written = sampler.run(0) + sampler.run(12)
     names = sorted(p.name for p in out.iterdir())
-    expected = [f"{step:09d}_{i:02d}.{ext}" for step in (0, 12) for i in (0, 1)
-                for ext in ("json", "mp4", "png", "webp")]
+    expected = [
+        f"{step:09d}_{i:02d}.{ext}"
+        for step in (0, 12)
+        for i in (0, 1)
+        for ext in ("json", "mp4", "png", "webp")
+    ]
     assert names == expected and sorted(p.name for p in written) == expected
     frames, rate = _decode(out / "000000012_00.mp4")
     assert rate == 16 and len(frames) == 5 and frames[0].shape == (32, 32, 3)
@@ -131,8 +135,13 @@ def test_bad_settings_fail_before_training(tiny_i2v, ctrl_png, tmp_path, loaded)
     _, adapter, networks = loaded
     from cadence.config.loader import load_config
 
-    job = sample_job(tiny_i2v, tmp_path / "runs", width=40, attention_backend="sage",
-                     samples=[{"prompt": "p", "ctrl_img": str(ctrl_png), "height": 24}])
+    job = sample_job(
+        tiny_i2v,
+        tmp_path / "runs",
+        width=40,
+        attention_backend="sage",
+        samples=[{"prompt": "p", "ctrl_img": str(ctrl_png), "height": 24}],
+    )
     cfg = load_config(write_job(tmp_path / "bad.yaml", job))
     with pytest.raises(ConfigError) as err:
         TrainingSampler(cfg, adapter, networks, tmp_path / "samples")
@@ -146,8 +155,13 @@ def test_ti2v_5b_samples_at_24_fps_with_and_without_ctrl_img(tiny_5b, ctrl_png, 
     from cadence.config.loader import load_config
     from cadence.models.registry import load_model_adapter
 
-    job = sample_job(tiny_5b, tmp_path / "runs", arch="wan22_5b", prompts=["a [trigger] wave"],
-                     samples=[{"prompt": "from an image", "ctrl_img": str(ctrl_png)}])
+    job = sample_job(
+        tiny_5b,
+        tmp_path / "runs",
+        arch="wan22_5b",
+        prompts=["a [trigger] wave"],
+        samples=[{"prompt": "from an image", "ctrl_img": str(ctrl_png)}],
+    )
     cfg = load_config(write_job(tmp_path / "job5b.yaml", job))
     adapter = load_model_adapter(cfg.model, torch.device("cpu"), torch.float32)
     sampler = TrainingSampler(cfg, adapter, random_networks(adapter, cfg), cfg.run_dir / "samples")

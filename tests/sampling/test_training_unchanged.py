@@ -22,8 +22,9 @@ VOLATILE = {"timestamp", "step_seconds"}
 
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_synthetic_dataset(tmp_path_factory.mktemp("data") / "clips", n_videos=2, n_images=2,
-                                   width=48, height=32, num_frames=9)
+    return write_synthetic_dataset(
+        tmp_path_factory.mktemp("data") / "clips", n_videos=2, n_images=2, width=48, height=32, num_frames=9
+    )
 
 
 def _job(model: Path, data: Path, out: Path, ctrl: Path, steps: int, sampling: bool) -> dict:
@@ -34,13 +35,34 @@ def _job(model: Path, data: Path, out: Path, ctrl: Path, steps: int, sampling: b
         "trigger_word": "sks",
         "network": {"type": "lora", "linear": 4, "linear_alpha": 2, "dropout": 0.2},
         "save": {"save_every": 4, "max_step_saves_to_keep": 10, "dtype": "float32"},
-        "datasets": [{"folder_path": str(data), "resolution": [32], "num_frames": 5, "caption_dropout_rate": 0.3,
-                      "cache_latents_to_disk": True}],
-        "train": {"steps": steps, "lr": 1e-3, "dtype": "fp32", "gradient_checkpointing": False,
-                  "switch_boundary_every": 2, "disable_sampling": not sampling, "seed": 7},
+        "datasets": [
+            {
+                "folder_path": str(data),
+                "resolution": [32],
+                "num_frames": 5,
+                "caption_dropout_rate": 0.3,
+                "cache_latents_to_disk": True,
+            }
+        ],
+        "train": {
+            "steps": steps,
+            "lr": 1e-3,
+            "dtype": "fp32",
+            "gradient_checkpointing": False,
+            "switch_boundary_every": 2,
+            "disable_sampling": not sampling,
+            "seed": 7,
+        },
         "model": {"name_or_path": str(model), "arch": "wan22_14b_i2v"},
-        "sample": {"sample_every": 3, "width": 32, "height": 32, "num_frames": 5, "sample_steps": 2,
-                   "guidance_scale": 3.0, "samples": [{"prompt": "a [trigger] clip", "ctrl_img": str(ctrl)}]},
+        "sample": {
+            "sample_every": 3,
+            "width": 32,
+            "height": 32,
+            "num_frames": 5,
+            "sample_steps": 2,
+            "guidance_scale": 3.0,
+            "samples": [{"prompt": "a [trigger] clip", "ctrl_img": str(ctrl)}],
+        },
         "logging": {"tensorboard": False},
     }
 

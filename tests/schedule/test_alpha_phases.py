@@ -42,11 +42,25 @@ def test_conv_phases_drive_linear_adapters_when_no_conv_is_trained(caplog: pytes
     transitions = [sched.observe(step, "high_noise", GOOD, 0.55) for step in range(1, 6)]
     assert transitions[:4] == [None] * 4  # min_steps 5
     t = transitions[4]
-    assert (t.expert, t.from_phase, t.to_phase, t.step, t.steps_in_phase) == ("high_noise", "foundation", "balance", 5, 5)
+    assert (t.expert, t.from_phase, t.to_phase, t.step, t.steps_in_phase) == (
+        "high_noise",
+        "foundation",
+        "balance",
+        5,
+        5,
+    )
     assert t.alphas_before["linear"] == 8 and t.alphas_after["linear"] == 14
-    assert t.evidence["min_gradient_stability"] == {"value": 0.55, "threshold": 0.5, "passed": True, "advisory": False}
+    assert t.evidence["min_gradient_stability"] == {
+        "value": 0.55,
+        "threshold": 0.5,
+        "passed": True,
+        "advisory": False,
+    }
     assert t.evidence["loss_improvement_rate_below"]["value"] == 0.004
-    assert sched.current_alphas("high_noise")["linear"] == 14 and sched.current_alphas("low_noise")["linear"] == 8
+    assert (
+        sched.current_alphas("high_noise")["linear"] == 14
+        and sched.current_alphas("low_noise")["linear"] == 8
+    )
     m = sched.metrics("high_noise")
     assert m["phase"] == "balance" and m["phase_idx"] == 1 and m["steps_in_phase"] == 0 and m["alpha_enabled"]
     assert m["phase_low_noise"] == "foundation" and m["linear_alpha_low_noise"] == 8
@@ -73,7 +87,9 @@ BLOCKERS = {
 def test_each_criterion_blocks_on_its_own(name: str) -> None:
     case = {"steps": 5, "stats": GOOD, "stability": 0.55, **BLOCKERS[name]}
     sched = _linear_only()
-    results = [sched.observe(s, "low_noise", case["stats"], case["stability"]) for s in range(1, case["steps"] + 1)]
+    results = [
+        sched.observe(s, "low_noise", case["stats"], case["stability"]) for s in range(1, case["steps"] + 1)
+    ]
     assert results == [None] * case["steps"]
     assert sched.state["low_noise"].phase_idx == 0
     # the same stream with the one bad value fixed transitions (so the test can fail)
@@ -83,8 +99,12 @@ def test_each_criterion_blocks_on_its_own(name: str) -> None:
 
 def test_advisory_criterion_is_reported_but_does_not_block() -> None:
     crit = dict(CRIT, advisory=["min_loss_r2"])
-    sched = _linear_only(_schedule(alpha_phases=None, conv_alpha_phases={
-        "a": {"alpha": 4, "min_steps": 1, "exit_criteria": crit}, "b": {"alpha": 8}}))
+    sched = _linear_only(
+        _schedule(
+            alpha_phases=None,
+            conv_alpha_phases={"a": {"alpha": 4, "min_steps": 1, "exit_criteria": crit}, "b": {"alpha": 8}},
+        )
+    )
     t = sched.observe(1, "high_noise", dataclasses.replace(GOOD, r2=0.0), 0.6)
     assert t is not None
     assert t.evidence["min_loss_r2"] == {"value": 0.0, "threshold": 0.01, "passed": False, "advisory": True}
@@ -115,23 +135,42 @@ def test_criteria_use_each_experts_own_statistics() -> None:
 
 
 def test_preset_fills_only_missing_criteria_and_provides_phases() -> None:
-    sched = _linear_only(AlphaSchedule(enabled=True, preset="image", conv_alpha_phases={
-        "a": {"alpha": 4, "exit_criteria": {"min_loss_r2": 0.3, "min_gradient_stability": None}}, "b": {"alpha": 8}}))
+    sched = _linear_only(
+        AlphaSchedule(
+            enabled=True,
+            preset="image",
+            conv_alpha_phases={
+                "a": {"alpha": 4, "exit_criteria": {"min_loss_r2": 0.3, "min_gradient_stability": None}},
+                "b": {"alpha": 8},
+            },
+        )
+    )
     crit = sched.plans["high_noise"].phases[0].exit_criteria
     assert crit.min_loss_r2 == 0.3 and crit.min_gradient_stability is None
     assert crit.loss_improvement_rate_below == PRESET_CRITERIA["image"]["loss_improvement_rate_below"]
     video = _linear_only(AlphaSchedule(enabled=True, preset="video"))
     assert [(p.name, p.alpha, p.min_steps) for p in video.plans["low_noise"].phases] == [
-        ("foundation", 8, 2000), ("balance", 14, 3000), ("emphasis", 20, 2000)]
+        ("foundation", 8, 2000),
+        ("balance", 14, 3000),
+        ("emphasis", 20, 2000),
+    ]
     assert video.plans["low_noise"].phases[0].exit_criteria.min_gradient_stability == 0.5
 
 
 def test_per_expert_override_and_alpha_phases_key() -> None:
-    sched = AlphaPhaseScheduler.from_config(AlphaSchedule(
-        enabled=True,
-        alpha_phases={"x": {"alpha": 2, "min_steps": 1, "exit_criteria": CRIT}, "y": {"alpha": 3}},
-        per_expert={"high_noise": {"alpha_phases": {"p": {"alpha": 5}, "q": {"alpha": 6}, "r": {"alpha": 7}}}},
-    ), EXPERTS, {"linear", "conv"}, 16, 16)
+    sched = AlphaPhaseScheduler.from_config(
+        AlphaSchedule(
+            enabled=True,
+            alpha_phases={"x": {"alpha": 2, "min_steps": 1, "exit_criteria": CRIT}, "y": {"alpha": 3}},
+            per_expert={
+                "high_noise": {"alpha_phases": {"p": {"alpha": 5}, "q": {"alpha": 6}, "r": {"alpha": 7}}}
+            },
+        ),
+        EXPERTS,
+        {"linear", "conv"},
+        16,
+        16,
+    )
     assert sched.current_alphas("high_noise") == {"linear": 5.0, "conv": 16.0}
     assert sched.current_alphas("low_noise") == {"linear": 2.0, "conv": 16.0}
     assert len(sched.plans["high_noise"].phases) == 3
@@ -148,8 +187,14 @@ def test_config_errors_name_the_key() -> None:
 def test_disabled_schedule_reports_base_alphas() -> None:
     sched = AlphaPhaseScheduler.from_config(AlphaSchedule(enabled=False), ["main"], {"linear"}, 32)
     assert sched.observe(1, "main", GOOD, 0.9) is None
-    assert sched.metrics() == {"alpha_enabled": False, "phase": None, "phase_idx": None, "steps_in_phase": None,
-                               "linear_alpha": 32, "conv_alpha": None}
+    assert sched.metrics() == {
+        "alpha_enabled": False,
+        "phase": None,
+        "phase_idx": None,
+        "steps_in_phase": None,
+        "linear_alpha": 32,
+        "conv_alpha": None,
+    }
 
 
 def test_resume_mid_phase_keeps_phase_steps_and_windows() -> None:
@@ -167,8 +212,11 @@ def test_resume_mid_phase_keeps_phase_steps_and_windows() -> None:
         return out
 
     crit = dict(CRIT, loss_improvement_rate_below=0.05, advisory=["min_loss_r2"])
-    phases = {"a": {"alpha": 4, "min_steps": 10, "exit_criteria": crit},
-              "b": {"alpha": 6, "min_steps": 40, "exit_criteria": crit}, "c": {"alpha": 8}}
+    phases = {
+        "a": {"alpha": 4, "min_steps": 10, "exit_criteria": crit},
+        "b": {"alpha": 6, "min_steps": 40, "exit_criteria": crit},
+        "c": {"alpha": 8},
+    }
 
     def make():
         return _linear_only(_schedule(conv_alpha_phases=phases))
@@ -194,8 +242,13 @@ def test_seed_json_is_readable_and_seed_files_load() -> None:
     assert js["current_phase_idx"] == 1 and js["current_phase"] == "balance" and js["steps_in_phase"] == 2
     assert js["transition_history"][0]["to_phase"] == "balance" and js["total_steps"] == 7
     assert js["per_expert"]["low_noise"]["current_alphas"]["linear"] == 8
-    seed_file = {"enabled": True, "current_phase_idx": 1, "steps_in_phase": 300, "total_steps": 2300,
-                 "transition_history": []}
+    seed_file = {
+        "enabled": True,
+        "current_phase_idx": 1,
+        "steps_in_phase": 300,
+        "total_steps": 2300,
+        "transition_history": [],
+    }
     other = _linear_only()
     other.load_state_dict(seed_file)
     assert other.state["low_noise"].phase_idx == 1 and other.state["high_noise"].steps_in_phase == 300

@@ -84,12 +84,19 @@ def test_logit_normal_parameters_move_the_distribution() -> None:
 
 def test_edges_are_exact_in_float32() -> None:
     low, high = float32_range(BOUNDARY, 1.0)
-    assert low >= BOUNDARY and np.float32(low) == low and float(np.nextafter(np.float32(low), np.float32(0))) < BOUNDARY
+    assert (
+        low >= BOUNDARY
+        and np.float32(low) == low
+        and float(np.nextafter(np.float32(low), np.float32(0))) < BOUNDARY
+    )
     low2, high2 = float32_range(0.0, BOUNDARY)
-    assert low2 == 0.0 and high2 < BOUNDARY and float(np.nextafter(np.float32(high2), np.float32(1))) >= BOUNDARY
+    assert (
+        low2 == 0.0 and high2 < BOUNDARY and float(np.nextafter(np.float32(high2), np.float32(1))) >= BOUNDARY
+    )
     # A range so narrow that every draw lands on an edge still stays inside it.
-    t = TimestepSampler("shift").sample(1000, BOUNDARY, math.nextafter(BOUNDARY, 1.0) + 1e-7,
-                                         torch.Generator().manual_seed(0))
+    t = TimestepSampler("shift").sample(
+        1000, BOUNDARY, math.nextafter(BOUNDARY, 1.0) + 1e-7, torch.Generator().manual_seed(0)
+    )
     assert float(t.min()) >= BOUNDARY and float(t.max()) < BOUNDARY + 1e-6
 
 
@@ -107,7 +114,9 @@ def test_density_is_derivative_of_cdf_and_integrates_to_one(kind: str) -> None:
 def test_shift_favours_high_noise() -> None:
     gen = torch.Generator().manual_seed(0)
     assert float(TimestepSampler("shift", flow_shift=5.0).sample(N, 0, 1, gen).mean()) > 0.7
-    assert float(TimestepSampler("shift", flow_shift=1.0).sample(N, 0, 1, gen).mean()) == pytest.approx(0.5, abs=0.01)
+    assert float(TimestepSampler("shift", flow_shift=1.0).sample(N, 0, 1, gen).mean()) == pytest.approx(
+        0.5, abs=0.01
+    )
 
 
 def test_bad_arguments_are_reported() -> None:

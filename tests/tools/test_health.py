@@ -64,25 +64,39 @@ def write_run(root: Path, series: list[Interval], seed: int = 0) -> Path:
     for iv in series:
         for expert, mag in (("high_noise", iv.high), ("low_noise", iv.low)):
             path = run_dir / f"{NAME}_{iv.step:09d}_{expert}.safetensors"
-            save_lora_file(path, lora_modules(mag, iv.step), {"step": str(iv.step), "expert": expert},
-                           "comfyui", torch.float32)
+            save_lora_file(
+                path,
+                lora_modules(mag, iv.step),
+                {"step": str(iv.step), "expert": expert},
+                "comfyui",
+                torch.float32,
+            )
         for step in range(prev + 1, iv.step + 1):
             expert = "high_noise" if step % 2 else "low_noise"
             level = iv.loss_high if expert == "high_noise" else iv.loss_low
-            rows.append({
-                "step": step, "timestamp": 1000.0 + step, "expert": expert, "t": 0.5,
-                "loss": level + rng.gauss(0, 0.02), "grad_norm": 0.3,
-                "lr_high_noise": iv.lr_high, "lr_low_noise": iv.lr_low,
-                "gradient_stability": iv.stability + rng.gauss(0, 0.01),
-                **({"eval_loss": iv.eval_loss} if step == iv.step and iv.eval_loss is not None else {}),
-            })
+            rows.append(
+                {
+                    "step": step,
+                    "timestamp": 1000.0 + step,
+                    "expert": expert,
+                    "t": 0.5,
+                    "loss": level + rng.gauss(0, 0.02),
+                    "grad_norm": 0.3,
+                    "lr_high_noise": iv.lr_high,
+                    "lr_low_noise": iv.lr_low,
+                    "gradient_stability": iv.stability + rng.gauss(0, 0.01),
+                    **({"eval_loss": iv.eval_loss} if step == iv.step and iv.eval_loss is not None else {}),
+                }
+            )
         prev = iv.step
     text = "".join(json.dumps(r) + "\n" for r in rows)
     (run_dir / f"metrics_{NAME}.jsonl").write_text(text + '{"step": 99999, "loss": 0.1', encoding="utf-8")
     return run_dir
 
 
-def rules_fired(tmp_path: Path, series: list[Interval], preset: str = "motion", **over) -> dict[str, set[int]]:
+def rules_fired(
+    tmp_path: Path, series: list[Interval], preset: str = "motion", **over
+) -> dict[str, set[int]]:
     report = analyze_run(write_run(tmp_path, series), preset=preset, overrides=over or None)
     fired: dict[str, set[int]] = {}
     for w in report.warnings:
@@ -173,14 +187,17 @@ def test_recommend_best_motion_balance(tmp_path: Path) -> None:
 def test_live_monitor_stops_and_keeps_best(tmp_path: Path) -> None:
     series = [*HEALTHY[:3], replace(HEALTHY[3], high=0.0079, low=0.0045)]
     run = load_run(write_run(tmp_path, series))
-    cfg = HealthConfig(preset="motion", stop_on=["low_noise_outgrowing"],
-                       thresholds={"high_noise_magnitude_low": None})
+    cfg = HealthConfig(
+        preset="motion", stop_on=["low_noise_outgrowing"], thresholds={"high_noise_magnitude_low": None}
+    )
     monitor = HealthMonitor(cfg)
     assert monitor.due(100, saving=True) and not monitor.due(150, saving=False)
     results = []
     for step in run.steps:
-        mags = {e: summarize(lora_modules(m, step)) for e, m in (("high_noise", _iv(series, step).high),
-                                                                    ("low_noise", _iv(series, step).low))}
+        mags = {
+            e: summarize(lora_modules(m, step))
+            for e, m in (("high_noise", _iv(series, step).high), ("low_noise", _iv(series, step).low))
+        }
         rows = [r for r in run.metrics if r["step"] <= step]
         results.append(monitor.check(step, mags, rows))
     assert [r.stop_reason for r in results[:3]] == [None, None, None]
@@ -208,9 +225,13 @@ def test_health_config_validation() -> None:
 
 
 def test_series_from_magnitudes_without_files() -> None:
-    mags = {100: {"high_noise": summarize(lora_modules(0.004, 1)), "low_noise": summarize(lora_modules(0.004, 2))}}
-    rows = [{"step": 99, "expert": "high_noise", "loss": 0.1, "eval_loss_high_noise": 0.2},
-            {"step": 100, "expert": "low_noise", "loss": 0.1, "eval_loss_low_noise": 0.1}]
+    mags = {
+        100: {"high_noise": summarize(lora_modules(0.004, 1)), "low_noise": summarize(lora_modules(0.004, 2))}
+    }
+    rows = [
+        {"step": 99, "expert": "high_noise", "loss": 0.1, "eval_loss_high_noise": 0.2},
+        {"step": 100, "expert": "low_noise", "loss": 0.1, "eval_loss_low_noise": 0.1},
+    ]
     series = build_series(mags, rows)
     assert series.points[0].weight_ratio == pytest.approx(1.0, rel=1e-5)
     assert series.points[0].eval_loss == pytest.approx(0.15)  # mean of the experts' eval losses

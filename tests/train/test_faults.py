@@ -12,7 +12,9 @@ from cadence.train.runner import run_training
 from .conftest import job_dict, write_job
 
 
-def test_nan_streak_stops_run_and_keeps_last_good_checkpoint(tiny_i2v: Path, clips: Path, tmp_path: Path) -> None:
+def test_nan_streak_stops_run_and_keeps_last_good_checkpoint(
+    tiny_i2v: Path, clips: Path, tmp_path: Path
+) -> None:
     # lr 1e30: AdamW's first update makes the up-projections ~1e30, so every later loss overflows to inf/nan.
     job = job_dict(tiny_i2v, clips, tmp_path / "out", steps=50, lr=1e30, max_nan_steps=4)
     job["save"]["save_every"] = 1
@@ -21,7 +23,9 @@ def test_nan_streak_stops_run_and_keeps_last_good_checkpoint(tiny_i2v: Path, cli
     run = tmp_path / "out" / "job"
     rows = read_metrics(run / "metrics_job.jsonl")
     assert rows[0]["loss"] is not None
-    assert [row["loss"] for row in rows[-4:]] == [None] * 4, "the run stops at the 4th non-finite step in a row"
+    assert [row["loss"] for row in rows[-4:]] == [None] * 4, (
+        "the run stops at the 4th non-finite step in a row"
+    )
     skipped = [row for row in rows if row["loss"] is None]
     assert skipped[-1]["nan_skipped"] == len(skipped)
     log = (run / "log.txt").read_text()

@@ -14,13 +14,22 @@ from .conftest import job_dict, write_job
 
 @pytest.mark.slow
 def test_stop_on_rule_ends_run_and_keeps_best_checkpoint(tiny_i2v: Path, clips: Path, tmp_path: Path) -> None:
-    job = job_dict(tiny_i2v, clips, tmp_path / "out", steps=200, switch_boundary_every=10,
-                   optimizer_params={"high_noise_lr": 2e-3, "low_noise_lr": 1e-3})
+    job = job_dict(
+        tiny_i2v,
+        clips,
+        tmp_path / "out",
+        steps=200,
+        switch_boundary_every=10,
+        optimizer_params={"high_noise_lr": 2e-3, "low_noise_lr": 1e-3},
+    )
     job["save"].update({"save_every": 10, "max_step_saves_to_keep": 1})
     # character preset: a high-noise expert that outgrows the low-noise one is the warning sign. With a 2x LR
     # ratio and 10-step expert blocks the |dW| ratio is ~2x at step 20 and ~4x at step 30 (high had 20 steps).
-    job["train"]["health"] = {"preset": "character", "stop_on": ["weight_ratio_high"],
-                              "thresholds": {"weight_ratio_high": 3.0, "lr_ratio_high": None}}
+    job["train"]["health"] = {
+        "preset": "character",
+        "stop_on": ["weight_ratio_high"],
+        "thresholds": {"weight_ratio_high": 3.0, "lr_ratio_high": None},
+    }
     assert run_training(write_job(tmp_path / "job.yaml", job)) == 0
     run = tmp_path / "out" / "job"
     rows = read_metrics(run / "metrics_job.jsonl")

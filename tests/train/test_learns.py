@@ -23,8 +23,9 @@ def test_fixed_timestep_eval_loss_falls(tiny_i2v: Path, clips: Path, tmp_path: P
     job["datasets"][0]["caption_dropout_rate"] = 0.0
     cfg = load_config_dict(job, tmp_path / "job.yaml")
     setup = build_training(cfg)
-    evaluator = FixedEval(list(range(len(setup.index.train_items))), setup.batches, setup.adapter.experts,
-                          setup.timesteps)
+    evaluator = FixedEval(
+        list(range(len(setup.index.train_items))), setup.batches, setup.adapter.experts, setup.timesteps
+    )
     before = evaluator.evaluate(setup.adapter, setup.device, setup.dtype)
     assert evaluator.evaluate(setup.adapter, setup.device, setup.dtype) == before, "eval must be repeatable"
     assert Trainer(setup).run() == 0

@@ -44,9 +44,19 @@ def test_lr_fields_report_the_lr_each_step_used(tiny_i2v: Path, clips: Path, tmp
 
 
 @pytest.mark.slow
-def test_automagic_adapts_when_experts_alternate_every_step(tiny_i2v: Path, clips: Path, tmp_path: Path) -> None:
-    job = job_dict(tiny_i2v, clips, tmp_path / "m", steps=12, switch_boundary_every=1, optimizer="automagic",
-                   lr=1e-4, optimizer_params={"lr_bump": 1e-5, "min_lr": 1e-6, "max_lr": 1e-3})
+def test_automagic_adapts_when_experts_alternate_every_step(
+    tiny_i2v: Path, clips: Path, tmp_path: Path
+) -> None:
+    job = job_dict(
+        tiny_i2v,
+        clips,
+        tmp_path / "m",
+        steps=12,
+        switch_boundary_every=1,
+        optimizer="automagic",
+        lr=1e-4,
+        optimizer_params={"lr_bump": 1e-5, "min_lr": 1e-6, "max_lr": 1e-3},
+    )
     assert run_training(write_job(tmp_path / "m.yaml", job)) == 0
     rows = read_metrics(tmp_path / "m" / "job" / "metrics_job.jsonl")
     assert [r["expert"] for r in rows[:4]] == ["high_noise", "low_noise", "high_noise", "low_noise"]

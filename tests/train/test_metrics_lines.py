@@ -21,9 +21,16 @@ def test_lines_validate_and_carry_per_expert_fields(tiny_i2v: Path, clips: Path,
     job["network"]["alpha_schedule"] = {
         "enabled": True,
         "conv_alpha_phases": {
-            "foundation": {"alpha": 1, "min_steps": 10, "exit_criteria": {
-                "loss_improvement_rate_below": 10.0, "min_gradient_stability": 0.0, "min_loss_r2": 0.0,
-                "max_loss_cv": 100.0}},
+            "foundation": {
+                "alpha": 1,
+                "min_steps": 10,
+                "exit_criteria": {
+                    "loss_improvement_rate_below": 10.0,
+                    "min_gradient_stability": 0.0,
+                    "min_loss_r2": 0.0,
+                    "max_loss_cv": 100.0,
+                },
+            },
             "balance": {"alpha": 3, "min_steps": 10},
         },
     }

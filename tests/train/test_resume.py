@@ -22,12 +22,15 @@ VOLATILE = {"timestamp", "step_time_s", "data_time_s", "samples_per_s"}
 
 
 def _metrics(run: Path) -> list[dict]:
-    return [{k: v for k, v in row.items() if k not in VOLATILE} for row in read_metrics(run / "metrics_job.jsonl")]
+    return [
+        {k: v for k, v in row.items() if k not in VOLATILE} for row in read_metrics(run / "metrics_job.jsonl")
+    ]
 
 
 def _lora_files(run: Path, step: int) -> dict[str, dict]:
     return {
-        expert: load_file(run / f"job_{step:09d}_{expert}.safetensors") for expert in ("high_noise", "low_noise")
+        expert: load_file(run / f"job_{step:09d}_{expert}.safetensors")
+        for expert in ("high_noise", "low_noise")
     }
 
 
@@ -100,7 +103,9 @@ def test_kill_9_then_resume_matches_uninterrupted_run(tiny_i2v: Path, clips: Pat
     assert _metrics(run_a) == _metrics(run_b)
     _assert_same_tensors(_lora_files(run_a, steps), _lora_files(run_b, steps))
     assert not list(state_root.glob(".tmp_*")), "temporary checkpoint folders must not survive"
-    assert not list((tmp_path / "b" / "job").glob(".*.tmp")), "temporary files of an interrupted save are removed"
+    assert not list((tmp_path / "b" / "job").glob(".*.tmp")), (
+        "temporary files of an interrupted save are removed"
+    )
     lora = tmp_path / "b" / "job" / f"job_{steps:09d}_high_noise.safetensors"
     assert lora.stat().st_mode & 0o044, "LoRA files are readable by others (not mkstemp's 0600)"
 
@@ -132,18 +137,32 @@ def test_resume_mid_phase_with_automagic_keeps_phase_windows_and_optimizer(
     tiny_i2v: Path, clips: Path, tmp_path: Path
 ) -> None:
     """Alpha phases change at steps ~20 and ~25; stopping at 23 (inside phase 'b') must not shift anything."""
-    permissive = {"loss_improvement_rate_below": 100.0, "min_gradient_stability": 0.0, "min_loss_r2": 0.0,
-                  "max_loss_cv": 100.0}
+    permissive = {
+        "loss_improvement_rate_below": 100.0,
+        "min_gradient_stability": 0.0,
+        "min_loss_r2": 0.0,
+        "max_loss_cv": 100.0,
+    }
 
     def job(out: Path, steps: int) -> dict:
-        spec = job_dict(tiny_i2v, clips, out, steps=steps, optimizer="automagic", lr=1e-4,
-                        optimizer_params={"lr_bump": 1e-5, "min_lr": 1e-5, "max_lr": 1e-3})
+        spec = job_dict(
+            tiny_i2v,
+            clips,
+            out,
+            steps=steps,
+            optimizer="automagic",
+            lr=1e-4,
+            optimizer_params={"lr_bump": 1e-5, "min_lr": 1e-5, "max_lr": 1e-3},
+        )
         spec["model"]["model_kwargs"] = {"train_low_noise": False}
-        spec["network"]["alpha_schedule"] = {"enabled": True, "conv_alpha_phases": {
-            "a": {"alpha": 1, "min_steps": 5, "exit_criteria": permissive},
-            "b": {"alpha": 2, "min_steps": 5, "exit_criteria": permissive},
-            "c": {"alpha": 3},
-        }}
+        spec["network"]["alpha_schedule"] = {
+            "enabled": True,
+            "conv_alpha_phases": {
+                "a": {"alpha": 1, "min_steps": 5, "exit_criteria": permissive},
+                "b": {"alpha": 2, "min_steps": 5, "exit_criteria": permissive},
+                "c": {"alpha": 3},
+            },
+        }
         return spec
 
     assert run_training(write_job(tmp_path / "a.yaml", job(tmp_path / "a", 40))) == 0

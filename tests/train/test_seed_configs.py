@@ -29,7 +29,9 @@ def _shrink(process: dict, model: Path, data: Path, out: Path, arch: str) -> Non
 
 
 @pytest.mark.slow
-def test_seed000_video_config_runs_and_phases_drive_linear_alpha(tiny_i2v: Path, clips: Path, tmp_path: Path) -> None:
+def test_seed000_video_config_runs_and_phases_drive_linear_alpha(
+    tiny_i2v: Path, clips: Path, tmp_path: Path
+) -> None:
     data = yaml.safe_load((EXAMPLES / "seed000_video_alpha.yaml").read_text())
     process = data["config"]["process"][0]
     _shrink(process, tiny_i2v, clips, tmp_path / "out", "wan22_14b_i2v")

@@ -27,11 +27,14 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def clips(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return write_synthetic_dataset(tmp_path_factory.mktemp("data") / "clips", n_videos=2, n_images=2,
-                                   width=96, height=64, num_frames=17)
+    return write_synthetic_dataset(
+        tmp_path_factory.mktemp("data") / "clips", n_videos=2, n_images=2, width=96, height=64, num_frames=17
+    )
 
 
-def job_config(name: str, model: Path, data: Path, out: Path, steps: int = 400, save_every: int = 1000) -> dict:
+def job_config(
+    name: str, model: Path, data: Path, out: Path, steps: int = 400, save_every: int = 1000
+) -> dict:
     """A flat-layout config for the tiny model on CPU (fp32, no sampling, latents cached on disk)."""
     return {
         "name": name,
@@ -39,10 +42,17 @@ def job_config(name: str, model: Path, data: Path, out: Path, steps: int = 400, 
         "device": "cpu",
         "network": {"type": "lora", "linear": 4, "linear_alpha": 2},
         "save": {"save_every": save_every, "max_step_saves_to_keep": 3, "dtype": "float32"},
-        "datasets": [{"folder_path": str(data), "resolution": [64], "num_frames": 5,
-                      "cache_latents_to_disk": True}],
-        "train": {"steps": steps, "lr": 1e-3, "dtype": "fp32", "gradient_checkpointing": False,
-                  "disable_sampling": True, "seed": 3},
+        "datasets": [
+            {"folder_path": str(data), "resolution": [64], "num_frames": 5, "cache_latents_to_disk": True}
+        ],
+        "train": {
+            "steps": steps,
+            "lr": 1e-3,
+            "dtype": "fp32",
+            "gradient_checkpointing": False,
+            "disable_sampling": True,
+            "seed": 3,
+        },
         "model": {"name_or_path": str(model), "arch": "wan22_14b_i2v"},
         "logging": {"tensorboard": False},
     }

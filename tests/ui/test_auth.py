@@ -18,24 +18,37 @@ def _concrete(path: str) -> str:
     return re.sub(r"\{[^}]+\}", "abc123", path)
 
 
-def test_every_route_refuses_without_the_token(make_client, tiny_model: Path, clips: Path, tmp_path: Path) -> None:
+def test_every_route_refuses_without_the_token(
+    make_client, tiny_model: Path, clips: Path, tmp_path: Path
+) -> None:
     client = make_client(token=TOKEN)
     bearer = {"Authorization": f"Bearer {TOKEN}"}
     schema = client.get("/openapi.json", headers=bearer)
     assert schema.status_code == 200
     routes = [(m.upper(), _concrete(p)) for p, ops in schema.json()["paths"].items() for m in ops]
     assert len(routes) >= 20
-    routes += [("GET", "/openapi.json"), ("GET", "/docs"), ("GET", "/redoc"), ("GET", "/static/js/job.js"),
-               ("GET", "/static/vendor/uPlot.iife.min.js"), ("GET", "/api/files?path=/etc/passwd"),
-               ("GET", "/api/media?path=/etc/passwd")]
+    routes += [
+        ("GET", "/openapi.json"),
+        ("GET", "/docs"),
+        ("GET", "/redoc"),
+        ("GET", "/static/js/job.js"),
+        ("GET", "/static/vendor/uPlot.iife.min.js"),
+        ("GET", "/api/files?path=/etc/passwd"),
+        ("GET", "/api/media?path=/etc/passwd"),
+    ]
     assert OPEN_PATHS == {"/login", "/static/login.css"}  # the only open doors, checked separately below
     for method, path in routes:
         if path in OPEN_PATHS:
             continue
-        for headers in ({}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN},
-                        {"Cookie": f"{COOKIE}={TOKEN}"}):
-            r = client.request(method, path, headers={**headers, "accept": "application/json"},
-                               follow_redirects=False)
+        for headers in (
+            {},
+            {"Authorization": "Bearer wrong"},
+            {"Authorization": TOKEN},
+            {"Cookie": f"{COOKIE}={TOKEN}"},
+        ):
+            r = client.request(
+                method, path, headers={**headers, "accept": "application/json"}, follow_redirects=False
+            )
             assert r.status_code == 401, (method, path, headers, r.status_code)
             assert "abc123" not in r.text and "root:" not in r.text
     page = client.get("/jobs/abc", headers={"accept": "text/html"}, follow_redirects=False)
@@ -52,7 +65,11 @@ def test_login_sets_a_derived_httponly_strict_cookie(make_client) -> None:
     assert client.get("/login").status_code == 200
     assert client.get("/static/login.css").status_code == 200
     bad = client.post("/login", data={"token": "nope"}, follow_redirects=False)
-    assert bad.status_code == 401 and "Wrong token" in bad.text and COOKIE not in bad.headers.get("set-cookie", "")
+    assert (
+        bad.status_code == 401
+        and "Wrong token" in bad.text
+        and COOKIE not in bad.headers.get("set-cookie", "")
+    )
     good = client.post("/login", data={"token": TOKEN}, follow_redirects=False)
     assert good.status_code == 303
     cookie = good.headers["set-cookie"]

@@ -20,8 +20,14 @@ from .conftest import TOKEN, _kill_leftovers, config_yaml
 
 CHROMIUM = "/usr/bin/chromium"
 SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 
 def _free_port() -> int:
@@ -55,7 +61,14 @@ def page() -> Iterator[Page]:
         context = browser.new_context(viewport={"width": 1400, "height": 1000})
         pg = context.new_page()
         outside: list[str] = []
-        pg.on("request", lambda r: outside.append(r.url) if not r.url.startswith(("http://127.0.0.1", "data:", "blob:")) else None)
+        pg.on(
+            "request",
+            lambda r: (
+                outside.append(r.url)
+                if not r.url.startswith(("http://127.0.0.1", "data:", "blob:"))
+                else None
+            ),
+        )
         yield pg
         assert outside == [], f"the UI made outside requests: {outside}"
         browser.close()
@@ -74,7 +87,9 @@ def _wait_points(page: Page, chart: str, at_least: int, timeout: float) -> int:
     return n
 
 
-def test_login_create_watch_stop(server: str, page: Page, tiny_model: Path, clips: Path, tmp_path: Path) -> None:
+def test_login_create_watch_stop(
+    server: str, page: Page, tiny_model: Path, clips: Path, tmp_path: Path
+) -> None:
     page.goto(server + "/")
     expect(page).to_have_url(server + "/login")
     page.fill("#token", "wrong")
@@ -95,8 +110,12 @@ def test_login_create_watch_stop(server: str, page: Page, tiny_model: Path, clip
 
     # A tiny real job from YAML, queued at once.
     page.click("#tab-yaml")
-    page.fill("#yaml-text", config_yaml(name="browser", model=tiny_model, data=clips, out=tmp_path / "runs",
-                                        steps=400, save_every=1000))
+    page.fill(
+        "#yaml-text",
+        config_yaml(
+            name="browser", model=tiny_model, data=clips, out=tmp_path / "runs", steps=400, save_every=1000
+        ),
+    )
     page.click("#create-button")
     page.wait_for_url(server + "/jobs/*")
     expect(page.locator("#job-status .status")).to_have_text("running", timeout=30_000)

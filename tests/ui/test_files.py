@@ -48,9 +48,15 @@ def test_traversal_attempts_are_refused(served) -> None:
             assert r.status_code in (400, 403, 404), (label, route, r.status_code)
             assert "top secret" not in r.text and "root:" not in r.text, label
     # Percent-encoded (and double-encoded) traversal written straight into the URL.
-    for raw in (f"/api/files?path={data}/%2e%2e/secret.txt", f"/api/files?path={data}%2F..%2Fsecret.txt",
-                f"/api/files?path={data}/%252e%252e/secret.txt", "/api/files?path=%2Fetc%2Fpasswd",
-                "/api/files/..%2f..%2fetc/passwd", "/static/..%2f..%2fstore.py", "/static/../app.py"):
+    for raw in (
+        f"/api/files?path={data}/%2e%2e/secret.txt",
+        f"/api/files?path={data}%2F..%2Fsecret.txt",
+        f"/api/files?path={data}/%252e%252e/secret.txt",
+        "/api/files?path=%2Fetc%2Fpasswd",
+        "/api/files/..%2f..%2fetc/passwd",
+        "/static/..%2f..%2fstore.py",
+        "/static/../app.py",
+    ):
         r = client.get(raw)
         assert r.status_code in (400, 403, 404), (raw, r.status_code)
         assert "top secret" not in r.text and "root:" not in r.text and "import" not in r.text, raw
@@ -61,8 +67,14 @@ def test_resolve_safe_rules(tmp_path: Path) -> None:
     (root / "sub").mkdir(parents=True)
     (root / "sub" / "f.txt").write_text("x")
     assert resolve_safe(str(root / "sub" / "f.txt"), [root]) == (root / "sub" / "f.txt").resolve()
-    for bad, status in ((f"{root}/sub/../sub/f.txt", 400), ("", 400), (f"{root}/f\0.txt", 400),
-                        (str(root / "missing"), 404), (str(root / "sub"), 404), ("/etc/hostname", 403)):
+    for bad, status in (
+        (f"{root}/sub/../sub/f.txt", 400),
+        ("", 400),
+        (f"{root}/f\0.txt", 400),
+        (str(root / "missing"), 404),
+        (str(root / "sub"), 404),
+        ("/etc/hostname", 403),
+    ):
         with pytest.raises(FileAccessError) as err:
             resolve_safe(bad, [root])
         assert err.value.status == status, bad
@@ -80,13 +92,23 @@ def test_captions_buckets_and_upload_limit(served, monkeypatch: pytest.MonkeyPat
 
     monkeypatch.setattr(context, "MAX_UPLOAD_BYTES", 1000)
     from cadence.ui import api_files
+
     monkeypatch.setattr(api_files, "MAX_UPLOAD_BYTES", 1000)
-    small = client.post("/api/datasets/upload", params={"root": str(data), "filename": "up.png"}, content=b"p" * 500)
+    small = client.post(
+        "/api/datasets/upload", params={"root": str(data), "filename": "up.png"}, content=b"p" * 500
+    )
     assert small.status_code == 201 and (data / "up.png").stat().st_size == 500
-    big = client.post("/api/datasets/upload", params={"root": str(data), "filename": "big.png"}, content=b"p" * 5000)
+    big = client.post(
+        "/api/datasets/upload", params={"root": str(data), "filename": "big.png"}, content=b"p" * 5000
+    )
     assert big.status_code == 413 and not (data / "big.png").exists()
-    sneaky = client.post("/api/datasets/upload", params={"root": str(data), "filename": "../x.png"}, content=b"p")
+    sneaky = client.post(
+        "/api/datasets/upload", params={"root": str(data), "filename": "../x.png"}, content=b"p"
+    )
     assert sneaky.status_code == 400
-    huge_json = client.post("/api/jobs", content=b"{" + b" " * (3 * 1024 * 1024) + b"}",
-                            headers={"content-type": "application/json"})
+    huge_json = client.post(
+        "/api/jobs",
+        content=b"{" + b" " * (3 * 1024 * 1024) + b"}",
+        headers={"content-type": "application/json"},
+    )
     assert huge_json.status_code == 413

@@ -19,10 +19,18 @@ def _job(client, job_id: str) -> dict:
     return response.json()
 
 
-def test_form_errors_come_back_at_their_fields(make_client, tiny_model: Path, clips: Path, tmp_path: Path) -> None:
+def test_form_errors_come_back_at_their_fields(
+    make_client, tiny_model: Path, clips: Path, tmp_path: Path
+) -> None:
     client = make_client()
-    form = {"name": "bad/name", "model.name_or_path": str(tiny_model), "model.arch": "wan22_14b_i2v",
-            "datasets[0].folder_path": str(clips), "datasets[0].num_frames": 6, "train.lr": -1}
+    form = {
+        "name": "bad/name",
+        "model.name_or_path": str(tiny_model),
+        "model.arch": "wan22_14b_i2v",
+        "datasets[0].folder_path": str(clips),
+        "datasets[0].num_frames": 6,
+        "train.lr": -1,
+    }
     response = client.post("/api/jobs", json={"form": form})
     assert response.status_code == 422
     paths = {issue["path"] for issue in response.json()["issues"]}
@@ -33,7 +41,9 @@ def test_form_errors_come_back_at_their_fields(make_client, tiny_model: Path, cl
     assert response.status_code == 422
     assert "line" in response.json()["issues"][0]["message"]
 
-    form.update({"name": "good", "datasets[0].num_frames": 5, "train.lr": 0.001, "training_folder": str(tmp_path)})
+    form.update(
+        {"name": "good", "datasets[0].num_frames": 5, "train.lr": 0.001, "training_folder": str(tmp_path)}
+    )
     response = client.post("/api/jobs", json={"form": form})
     assert response.status_code == 201, response.text
     job = response.json()
@@ -43,9 +53,12 @@ def test_form_errors_come_back_at_their_fields(make_client, tiny_model: Path, cl
 
 
 def test_lifecycle_stop_checkpoint_clone_delete_and_detached_runs(
-        make_client, tiny_model: Path, clips: Path, tmp_path: Path) -> None:
+    make_client, tiny_model: Path, clips: Path, tmp_path: Path
+) -> None:
     client = make_client()
-    text = config_yaml(name="life", model=tiny_model, data=clips, out=tmp_path / "runs", steps=400, save_every=1000)
+    text = config_yaml(
+        name="life", model=tiny_model, data=clips, out=tmp_path / "runs", steps=400, save_every=1000
+    )
     created = client.post("/api/jobs", json={"yaml": text, "device": "cpu", "queue": True})
     assert created.status_code == 201, created.text
     job_id = created.json()["id"]
@@ -66,14 +79,23 @@ def test_lifecycle_stop_checkpoint_clone_delete_and_detached_runs(
 
     stopped = client.post(f"/api/jobs/{job_id}/stop")
     assert stopped.status_code == 200 and stopped.json()["status"] == "stopping"
-    final = wait_for(lambda: (j := _job(client, job_id))["status"] not in ("running", "stopping") and j, 120,
-                     "the graceful stop")
+    final = wait_for(
+        lambda: (j := _job(client, job_id))["status"] not in ("running", "stopping") and j,
+        120,
+        "the graceful stop",
+    )
     assert final["status"] == "stopped" and final["exit_code"] == 0, final
     artifacts = client.get(f"/api/jobs/{job_id}/artifacts").json()
     names = [c["name"] for c in artifacts["checkpoints"]]
     assert any(n.endswith("_high_noise.safetensors") for n in names), names
-    download = client.get("/api/files", params={"path": artifacts["checkpoints"][0]["path"], "download": True})
-    assert download.status_code == 200 and download.content[:8] and "attachment" in download.headers["content-disposition"]
+    download = client.get(
+        "/api/files", params={"path": artifacts["checkpoints"][0]["path"], "download": True}
+    )
+    assert (
+        download.status_code == 200
+        and download.content[:8]
+        and "attachment" in download.headers["content-disposition"]
+    )
     log = client.get(f"/api/jobs/{job_id}/log").json()["text"]
     assert "SIGINT" in log
 
@@ -85,12 +107,15 @@ def test_lifecycle_stop_checkpoint_clone_delete_and_detached_runs(
     assert Path(final["run_dir"]).is_dir()  # deleting a job keeps its LoRAs
 
 
-def test_queue_runs_one_cpu_job_at_a_time_to_completion(make_client, tiny_model: Path, clips: Path,
-                                                         tmp_path: Path) -> None:
+def test_queue_runs_one_cpu_job_at_a_time_to_completion(
+    make_client, tiny_model: Path, clips: Path, tmp_path: Path
+) -> None:
     client = make_client()
     ids = []
     for name in ("first", "second"):
-        text = config_yaml(name=name, model=tiny_model, data=clips, out=tmp_path / "runs", steps=3, save_every=3)
+        text = config_yaml(
+            name=name, model=tiny_model, data=clips, out=tmp_path / "runs", steps=3, save_every=3
+        )
         ids.append(client.post("/api/jobs", json={"yaml": text, "queue": True}).json()["id"])
     statuses = [_job(client, i)["status"] for i in ids]
     assert statuses == ["running", "queued"], statuses
@@ -101,7 +126,9 @@ def test_queue_runs_one_cpu_job_at_a_time_to_completion(make_client, tiny_model:
     assert (Path(second["run_dir"]) / "second_000000003_low_noise.safetensors").is_file()
 
 
-def test_reconcile_after_the_runner_is_killed(make_client, tiny_model: Path, clips: Path, tmp_path: Path) -> None:
+def test_reconcile_after_the_runner_is_killed(
+    make_client, tiny_model: Path, clips: Path, tmp_path: Path
+) -> None:
     client = make_client()
     text = config_yaml(name="killed", model=tiny_model, data=clips, out=tmp_path / "runs", steps=400)
     job_id = client.post("/api/jobs", json={"yaml": text, "queue": True}).json()["id"]
@@ -109,8 +136,11 @@ def test_reconcile_after_the_runner_is_killed(make_client, tiny_model: Path, cli
     assert job["status"] == "running"
     client.__exit__(None, None, None)  # the UI is gone...
     os.killpg(job["pid"], signal.SIGKILL)  # ...and the job's whole process group is killed (like a crash)
-    wait_for(lambda: not psutil.pid_exists(job["pid"]) or psutil.Process(job["pid"]).status() == "zombie", 30,
-             "the killed process to vanish")
+    wait_for(
+        lambda: not psutil.pid_exists(job["pid"]) or psutil.Process(job["pid"]).status() == "zombie",
+        30,
+        "the killed process to vanish",
+    )
     client = make_client()  # startup reconciles before the first request
     after = _job(client, job_id)
     assert after["status"] == "failed" and "without an exit status" in after["error"]
@@ -121,8 +151,9 @@ def test_reconcile_after_the_runner_is_killed(make_client, tiny_model: Path, cli
     assert _job(client, job_id)["status"] == "failed"
 
 
-def test_stop_escalates_to_sigkill_for_a_process_that_ignores_signals(tmp_path: Path, tiny_model: Path,
-                                                                       clips: Path) -> None:
+def test_stop_escalates_to_sigkill_for_a_process_that_ignores_signals(
+    tmp_path: Path, tiny_model: Path, clips: Path
+) -> None:
     """The runner's escalation, checked with a process that ignores SIGINT/SIGTERM (the trainer never does)."""
     import time
 
@@ -133,8 +164,17 @@ def test_stop_escalates_to_sigkill_for_a_process_that_ignores_signals(tmp_path: 
     store = JobStore(home / "cadence.db")
     stubborn = ("sh", "-c", 'trap "" INT TERM; while true; do sleep 0.1; done', "stubborn")
     runner = JobRunner(store, home, train_cmd=stubborn, stop_timeout=1.0, gpus=[])
-    store.add(Job(id="j1", name="stubborn", status="queued", device="cpu", config_yaml="",
-                  config_path=str(tmp_path / "c.yaml"), run_dir=str(tmp_path / "run")))
+    store.add(
+        Job(
+            id="j1",
+            name="stubborn",
+            status="queued",
+            device="cpu",
+            config_yaml="",
+            config_path=str(tmp_path / "c.yaml"),
+            run_dir=str(tmp_path / "run"),
+        )
+    )
     runner.tick()
     job = store.get("j1")
     assert job.status == "running" and runner.is_alive(job)

@@ -32,8 +32,14 @@ VALUE_ALIASES: dict[str, dict[str, str]] = {
     "train.noise_scheduler": {},
     "network.type": {},
     # the ai-toolkit UI writes "arch:variant"
-    "model.arch": {"wan21:1b": "wan21", "wan21:14b": "wan21", "wan21_i2v:14b": "wan21_i2v",
-                   "wan22_14b:t2v": "wan22_14b", "wan22_14b_i2v:i2v": "wan22_14b_i2v", "wan22_5b:ti2v": "wan22_5b"},
+    "model.arch": {
+        "wan21:1b": "wan21",
+        "wan21:14b": "wan21",
+        "wan21_i2v:14b": "wan21_i2v",
+        "wan22_14b:t2v": "wan22_14b",
+        "wan22_14b_i2v:i2v": "wan22_14b_i2v",
+        "wan22_5b:ti2v": "wan22_5b",
+    },
 }
 
 Parts = tuple[str | int, ...]

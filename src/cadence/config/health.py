@@ -22,6 +22,7 @@ RuleId = Literal[
     "gradient_unstable",
 ]
 
+
 class HealthConfig(BaseModel):
     """`train.health` in a job config: which checks run, how often, and which ones stop the run."""
 
@@ -31,7 +32,8 @@ class HealthConfig(BaseModel):
     every: int | None = Field(None, ge=1, description="steps between checks; None = at each checkpoint save")
     stop_on: list[RuleId] = Field(default_factory=list)
     thresholds: dict[RuleId, float | None] = Field(
-        default_factory=dict, description="rule id -> threshold; a number also turns the rule on, null turns it off"
+        default_factory=dict,
+        description="rule id -> threshold; a number also turns the rule on, null turns it off",
     )
 
     @model_validator(mode="after")

@@ -73,8 +73,10 @@ def _substitute_env(text: str, path: Path) -> str:
     missing = sorted({m for m in _ENV.findall(text) if m not in os.environ})
     if missing:
         raise ConfigError(
-            [("", f"environment variable {m} is used as ${{{m}}} but not set; export it or edit the file")
-             for m in missing],
+            [
+                ("", f"environment variable {m} is used as ${{{m}}} but not set; export it or edit the file")
+                for m in missing
+            ],
             path,
         )
     return _ENV.sub(lambda m: os.environ[m.group(1)], text)
@@ -106,7 +108,8 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     kind = _SUFFIXES.get(path.suffix.lower())
     if kind is None:
         raise ConfigError(
-            [("", f"unsupported file type '{path.suffix or '(none)'}'; use .yaml, .yml, .toml or .json")], path
+            [("", f"unsupported file type '{path.suffix or '(none)'}'; use .yaml, .yml, .toml or .json")],
+            path,
         )
     try:
         text = path.read_text(encoding="utf-8")
@@ -146,24 +149,37 @@ def _unwrap_seed(data: dict[str, Any], source: Path | None) -> dict[str, Any]:
         issues.append(("job", f"got {data['job']!r}; Cadence runs training configs with 'job: extension'"))
     config = data.get("config")
     if not isinstance(config, dict):
-        raise ConfigError([*issues, ("config", "missing or not a mapping; expected {name, process: [...]}")],
-                          source)
-    issues += [_unknown(k, ["name", "process"], f"config.{k}") for k in config if k not in ("name", "process")]
+        raise ConfigError(
+            [*issues, ("config", "missing or not a mapping; expected {name, process: [...]}")], source
+        )
+    issues += [
+        _unknown(k, ["name", "process"], f"config.{k}") for k in config if k not in ("name", "process")
+    ]
     process = config.get("process")
     if not isinstance(process, list) or not process:
-        raise ConfigError([*issues, ("config.process", "missing or empty; expected a list with one process")],
-                          source)
+        raise ConfigError(
+            [*issues, ("config.process", "missing or empty; expected a list with one process")], source
+        )
     if len(process) != 1:
-        issues.append(("config.process", f"has {len(process)} entries; Cadence runs exactly one process "
-                                         "per config (split them into separate files)"))
+        issues.append(
+            (
+                "config.process",
+                f"has {len(process)} entries; Cadence runs exactly one process "
+                "per config (split them into separate files)",
+            )
+        )
     body = process[0]
     if not isinstance(body, dict):
         raise ConfigError([*issues, (f"{SEED_PREFIX}", "expected a mapping (the process section)")], source)
     kind = body.get("type")
     if kind not in SEED_TRAINER_TYPES:
         got = "missing" if kind is None else f"got {kind!r}"
-        issues.append((f"{SEED_PREFIX}.type", f"{got}; Cadence runs the seed's LoRA trainer process types: "
-                                              f"{', '.join(SEED_TRAINER_TYPES)}"))
+        issues.append(
+            (
+                f"{SEED_PREFIX}.type",
+                f"{got}; Cadence runs the seed's LoRA trainer process types: {', '.join(SEED_TRAINER_TYPES)}",
+            )
+        )
     if issues:
         raise ConfigError(issues, source)
     body = {k: copy.deepcopy(v) for k, v in body.items() if k != "type"}
@@ -260,12 +276,13 @@ def _reword(err: dict[str, Any], loc: Parts, tags: list[str], path: str) -> str:
 def _user_loc(loc: Parts, renamed: dict[Parts, Parts]) -> Parts:
     for cadence, user in renamed.items():
         if loc[: len(cadence)] == cadence:
-            return user + loc[len(cadence):]
+            return user + loc[len(cadence) :]
     return loc
 
 
-def _validation_issues(exc: ValidationError, renamed: dict[Parts, Parts], prefix: str,
-                       name_path: str) -> list[tuple[Parts | str, str]]:
+def _validation_issues(
+    exc: ValidationError, renamed: dict[Parts, Parts], prefix: str, name_path: str
+) -> list[tuple[Parts | str, str]]:
     merged: dict[str, tuple[Parts | str, dict[str, Any], Parts, list[str]]] = {}
     for err in exc.errors(include_url=False):
         loc, tags = clean_loc(tuple(err["loc"]))
@@ -289,7 +306,9 @@ def load_config_dict(data: dict[str, Any], source: Path | None = None) -> JobCon
     anchors relative paths; without it, paths are kept as written."""
     source = Path(source) if source is not None else None
     if not isinstance(data, dict):
-        raise ConfigError([("", f"the top level must be a mapping of keys, got {type(data).__name__}")], source)
+        raise ConfigError(
+            [("", f"the top level must be a mapping of keys, got {type(data).__name__}")], source
+        )
     seed = is_seed_layout(data)
     if seed:
         body = _unwrap_seed(data, source)

@@ -276,7 +276,9 @@ class SamplePrompt(Strict):
     """One sample; unset per-item values fall back to the sample section (the seed's SampleItem)."""
 
     prompt: str
-    ctrl_img: Path | None = Field(None, description="first frame for I2V models (required for I2V-only archs)")
+    ctrl_img: Path | None = Field(
+        None, description="first frame for I2V models (required for I2V-only archs)"
+    )
     network_multiplier: float = Field(1.0, description="LoRA strength for this sample (1 = as trained)")
     seed: int | None = Field(None, description="overrides sample.seed (and walk_seed) for this sample")
     width: int | None = Field(None, ge=16)
@@ -307,7 +309,9 @@ class SampleConfig(Strict):
     fps: int | None = Field(None, ge=1, description="video frame rate; unset = the model's native rate")
     sample_steps: int = Field(20, ge=1)
     guidance_scale: float = 7.0
-    guidance_scale_2: float | None = Field(None, description="guidance of the low-noise expert (Wan 2.2 A14B)")
+    guidance_scale_2: float | None = Field(
+        None, description="guidance of the low-noise expert (Wan 2.2 A14B)"
+    )
     flow_shift: float | None = Field(None, gt=0, description="sampling shift; unset = the model's scheduler")
     neg: str = ""
     seed: int = 0
@@ -436,13 +440,18 @@ class JobConfig(Strict):
                 continue
             loc = ("sample", "samples", i, "ctrl_img") if i < n else ("sample", "prompts", i - n)
             if i >= n:
-                problem = ("a plain prompt has no ctrl_img, but image-to-video models need one per sample; "
-                           "write it as samples: [{prompt: ..., ctrl_img: FILE}]")
-            errors.append(InitErrorDetails(
-                type=PydanticCustomError("sample_ctrl_img", "{problem}", {"problem": problem}),
-                # a mapping as input: the message reads "missing", not "got 'None'"
-                loc=loc, input=str(item.ctrl_img) if item.ctrl_img is not None else {"prompt": item.prompt},
-            ))
+                problem = (
+                    "a plain prompt has no ctrl_img, but image-to-video models need one per sample; "
+                    "write it as samples: [{prompt: ..., ctrl_img: FILE}]"
+                )
+            errors.append(
+                InitErrorDetails(
+                    type=PydanticCustomError("sample_ctrl_img", "{problem}", {"problem": problem}),
+                    # a mapping as input: the message reads "missing", not "got 'None'"
+                    loc=loc,
+                    input=str(item.ctrl_img) if item.ctrl_img is not None else {"prompt": item.prompt},
+                )
+            )
         if errors:
             raise ValidationError.from_exception_data("JobConfig", errors)
         return self

@@ -76,7 +76,11 @@ _NO_CTRL = "control/mask/reference inputs are not implemented"
 
 REGISTRY: list[Unsupported] = [
     # ---------------------------------------------------------------- process level
-    U("sqlite_db_path", "the ai-toolkit UI's job database; Cadence's UI keeps its own", accepts=lambda v: True),
+    U(
+        "sqlite_db_path",
+        "the ai-toolkit UI's job database; Cadence's UI keeps its own",
+        accepts=lambda v: True,
+    ),
     U("log_dir", "TensorBoard logs always go to {run_dir}/tensorboard", None),
     U("embedding", "textual-inversion embeddings are not trained by Cadence", None),
     U("adapter", "IP/T2I/control adapters are not trained by Cadence", None),
@@ -85,8 +89,11 @@ REGISTRY: list[Unsupported] = [
     U("do_lorm", "LoRM is not implemented", False),
     U("torch_profiler", "use `python -m torch.utils.bottleneck` or a profiler outside Cadence", False),
     # ---------------------------------------------------------------- network
-    U("network.type", "only type 'lora' is implemented (LoKr/LoHa/LoCon/LoRM later)",
-      accepts=_not_in("lokr", "loha", "locon", "lorm")),
+    U(
+        "network.type",
+        "only type 'lora' is implemented (LoKr/LoHa/LoCon/LoRM later)",
+        accepts=_not_in("lokr", "loha", "locon", "lorm"),
+    ),
     U("network.lokr_full_rank", "LoKr is not implemented", True),
     U("network.lokr_factor", "LoKr is not implemented", -1),
     U("network.old_lokr_format", "LoKr is not implemented", False),
@@ -98,8 +105,11 @@ REGISTRY: list[Unsupported] = [
     U("network.all_layers", "only Linear/Conv layers get adapters", False),
     U("network.normalize", "weight normalization of adapters is not implemented", False),
     # ---------------------------------------------------------------- train
-    U("train.ema_config", "in-training EMA is not implemented; use `cadence ema-merge` on saved checkpoints",
-      accepts=_ema_off),
+    U(
+        "train.ema_config",
+        "in-training EMA is not implemented; use `cadence ema-merge` on saved checkpoints",
+        accepts=_ema_off,
+    ),
     U("train.noise_offset", "noise offset is not implemented (and rarely helps flow matching)", 0.0),
     U("train.dynamic_noise_offset", "noise offset is not implemented", False),
     U("train.min_snr_gamma", "Wan uses flow matching; min-SNR weighting is for DDPM", None),
@@ -108,26 +118,63 @@ REGISTRY: list[Unsupported] = [
     U("train.train_unet", "the transformer is always trained", True),
     U("train.unet_lr", "set train.lr", None),
     U("train.text_encoder_lr", "the text encoder is not trained; set train.lr", None),
-    U("train.content_or_style", "timestep biasing by content/style is not implemented; use timestep_type",
-      "balanced"),
+    U(
+        "train.content_or_style",
+        "timestep biasing by content/style is not implemented; use timestep_type",
+        "balanced",
+    ),
     U("train.loss_type", "only the MSE flow-matching loss is implemented", "mse"),
-    U("train.timestep_type", "this timestep distribution is not implemented",
-      accepts=_not_in("weighted", "flux_shift", "lumina2_shift", "lognorm_blend", "next_sample", "one_step")),
-    U("train.noise_scheduler", "Wan trains with flow matching only; use 'flowmatch'",
-      accepts=_not_in("ddpm", "ddim", "euler", "euler_a", "lms", "pndm", "lcm")),
-    U("train.optimizer", "this optimizer is not implemented; use adamw, adamw8bit, prodigy, "
-      "adamw_schedulefree or automagic",
-      accepts=_not_in("adam", "adam8", "adam8bit", "lion", "lion8bit", "adagrad", "adafactor",
-                      "ademamix8bit", "prodigy8bit", "dadaptation", "dadaptadam", "dadaptlion",
-                      "automagic2", "automagic3", "automagicexperiment")),
-    U("train.lr_scheduler", "this LR scheduler is not implemented; use constant, cosine or linear "
-      "(warmup: train.lr_warmup_steps)",
-      accepts=_not_in("cosine_with_restarts", "step", "constant_with_warmup", "polynomial")),
+    U(
+        "train.timestep_type",
+        "this timestep distribution is not implemented",
+        accepts=_not_in(
+            "weighted", "flux_shift", "lumina2_shift", "lognorm_blend", "next_sample", "one_step"
+        ),
+    ),
+    U(
+        "train.noise_scheduler",
+        "Wan trains with flow matching only; use 'flowmatch'",
+        accepts=_not_in("ddpm", "ddim", "euler", "euler_a", "lms", "pndm", "lcm"),
+    ),
+    U(
+        "train.optimizer",
+        "this optimizer is not implemented; use adamw, adamw8bit, prodigy, adamw_schedulefree or automagic",
+        accepts=_not_in(
+            "adam",
+            "adam8",
+            "adam8bit",
+            "lion",
+            "lion8bit",
+            "adagrad",
+            "adafactor",
+            "ademamix8bit",
+            "prodigy8bit",
+            "dadaptation",
+            "dadaptadam",
+            "dadaptlion",
+            "automagic2",
+            "automagic3",
+            "automagicexperiment",
+        ),
+    ),
+    U(
+        "train.lr_scheduler",
+        "this LR scheduler is not implemented; use constant, cosine or linear "
+        "(warmup: train.lr_warmup_steps)",
+        accepts=_not_in("cosine_with_restarts", "step", "constant_with_warmup", "polynomial"),
+    ),
     U("train.min_denoising_steps", "restricting the timestep range is not implemented", 0),
-    U("train.max_denoising_steps", "restricting the timestep range is not implemented", 999,
-      accepts=lambda v: v in (999, 1000)),
-    U("train.unload_text_encoder", "trigger-only training is not implemented; use cache_text_embeddings",
-      False),
+    U(
+        "train.max_denoising_steps",
+        "restricting the timestep range is not implemented",
+        999,
+        accepts=lambda v: v in (999, 1000),
+    ),
+    U(
+        "train.unload_text_encoder",
+        "trigger-only training is not implemented; use cache_text_embeddings",
+        False,
+    ),
     U("train.xformers", "attention goes through diffusers' dispatcher (SDPA)", False),
     U("train.sdp", "attention always uses SDPA", accepts=lambda v: isinstance(v, bool)),
     U("train.force_first_sample", "the baseline sample runs at step 0 only (not again on resume)", False),
@@ -140,10 +187,16 @@ REGISTRY: list[Unsupported] = [
     U("train.single_item_batching", "use train.gradient_accumulation", False),
     U("train.inverted_mask_prior", _NO_CTRL, False),
     U("train.diff_output_preservation", "output preservation is not implemented", False),
-    U("train.diff_output_preservation_multiplier", "only used with diff_output_preservation (refused)",
-      accepts=lambda v: True),
-    U("train.diff_output_preservation_class", "only used with diff_output_preservation (refused)",
-      accepts=lambda v: True),
+    U(
+        "train.diff_output_preservation_multiplier",
+        "only used with diff_output_preservation (refused)",
+        accepts=lambda v: True,
+    ),
+    U(
+        "train.diff_output_preservation_class",
+        "only used with diff_output_preservation (refused)",
+        accepts=lambda v: True,
+    ),
     U("train.bypass_guidance_embedding", "guidance-embedding bypass is for guidance-distilled models", False),
     U("train.blank_prompt_preservation", "output preservation is not implemented", False),
     U("train.do_prior_divergence", "prior divergence is not implemented", False),
@@ -154,8 +207,11 @@ REGISTRY: list[Unsupported] = [
     U("train.standardize_latents", "latent standardization is not implemented", False),
     U("train.start_step", "resume restores the step from the run folder", None),
     U("train.merge_network_on_save", "saving merged weights is not implemented", False),
-    U("train.max_loss", "loss clipping is not implemented; non-finite losses stop the run "
-      "(train.max_nan_steps)", None),
+    U(
+        "train.max_loss",
+        "loss clipping is not implemented; non-finite losses stop the run (train.max_nan_steps)",
+        None,
+    ),
     U("train.validation_config", "use a dataset with is_eval: true", None),
     U("train.do_paramiter_swapping", "parameter swapping is not implemented", False),
     U("train.optimal_noise_pairing_samples", "noise pairing is not implemented", 1),
@@ -167,10 +223,16 @@ REGISTRY: list[Unsupported] = [
     U("model.accuracy_recovery_adapter", "accuracy recovery adapters need quantization", None),
     U("model.compile", _PERF, False),
     U("model.layer_offloading", _PERF + "; low_vram offloads the idle expert", False),
-    U("model.layer_offloading_text_encoder_percent", "only used with layer_offloading (refused)",
-      accepts=lambda v: True),
-    U("model.layer_offloading_transformer_percent", "only used with layer_offloading (refused)",
-      accepts=lambda v: True),
+    U(
+        "model.layer_offloading_text_encoder_percent",
+        "only used with layer_offloading (refused)",
+        accepts=lambda v: True,
+    ),
+    U(
+        "model.layer_offloading_transformer_percent",
+        "only used with layer_offloading (refused)",
+        accepts=lambda v: True,
+    ),
     U("model.auto_memory", _PERF, False),
     U("model.split_model_over_gpus", "multi-GPU model splitting is not implemented", False),
     U("model.dtype", "the base model is loaded in train.dtype"),
@@ -182,10 +244,13 @@ REGISTRY: list[Unsupported] = [
     # ---------------------------------------------------------------- save
     U("save.push_to_hub", "uploading to the Hugging Face Hub is not implemented", False),
     U("save.hf_repo_id", "uploading to the Hugging Face Hub is not implemented", None),
-    U("save.hf_private", "uploading to the Hugging Face Hub is not implemented",
-      accepts=lambda v: not v),
-    U("save.save_format", "LoRA files are always safetensors (the seed's 'diffusers' value only affects full "
-      "fine-tunes; see save.format for the LoRA key layout)", accepts=lambda v: v in ("safetensors", "diffusers")),
+    U("save.hf_private", "uploading to the Hugging Face Hub is not implemented", accepts=lambda v: not v),
+    U(
+        "save.save_format",
+        "LoRA files are always safetensors (the seed's 'diffusers' value only affects full "
+        "fine-tunes; see save.format for the LoRA key layout)",
+        accepts=lambda v: v in ("safetensors", "diffusers"),
+    ),
     # ---------------------------------------------------------------- datasets
     U("datasets[].flip_x", _NO_AUG, False),
     U("datasets[].flip_y", _NO_AUG, False),
@@ -230,8 +295,11 @@ REGISTRY: list[Unsupported] = [
     U("sample.samples[].ctrl_img_1", "use ctrl_img", None),
     U("sample.samples[].ctrl_img_2", "multiple control images are not implemented", None),
     U("sample.samples[].ctrl_img_3", "multiple control images are not implemented", None),
-    U("logging.use_wandb", "Weights & Biases logging is not implemented; metrics go to JSONL and TensorBoard",
-      False),
+    U(
+        "logging.use_wandb",
+        "Weights & Biases logging is not implemented; metrics go to JSONL and TensorBoard",
+        False,
+    ),
     U("logging.project_name", "only used with use_wandb", accepts=lambda v: True),
     U("logging.run_name", "only used with use_wandb", accepts=lambda v: True),
     U("logging.use_ui_logger", "the Cadence UI reads the run folder", accepts=lambda v: isinstance(v, bool)),

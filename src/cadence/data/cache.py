@@ -47,8 +47,12 @@ class CacheReport:
     folders: set[Path] = field(default_factory=set)
 
     def merge(self, other: CacheReport) -> CacheReport:
-        return CacheReport(self.encoded + other.encoded, self.reused + other.reused,
-                           self.skipped + other.skipped, self.folders | other.folders)
+        return CacheReport(
+            self.encoded + other.encoded,
+            self.reused + other.reused,
+            self.skipped + other.skipped,
+            self.folders | other.folders,
+        )
 
 
 def read_fingerprint(path: Path) -> dict[str, str] | None:
@@ -114,7 +118,11 @@ class LatentCache:
         )
 
     def folder(self, item: MediaItem) -> Path:
-        if self.shared_datasets is None or item.dataset_index in self.shared_datasets or self.run_folder is None:
+        if (
+            self.shared_datasets is None
+            or item.dataset_index in self.shared_datasets
+            or self.run_folder is None
+        ):
             return item.path.parent / CACHE_DIR_NAME / self.arch
         source = hashlib.sha256(str(item.path.parent.resolve()).encode()).hexdigest()[:12]
         return self.run_folder / "latent_cache" / self.arch / f"{item.path.parent.name}_{source}"
@@ -129,9 +137,15 @@ class LatentCache:
 
     def fingerprint(self, item: MediaItem) -> dict[str, str]:
         return {
-            "format": CACHE_FORMAT, "kind": "latents", "model_id": self.model_id, "arch": self.arch,
-            "source": item.path.name, "bucket": item.bucket_name, "frames": item.frames_hash,
-            "file_size": str(item.file_size), "mtime_ns": str(item.mtime_ns),
+            "format": CACHE_FORMAT,
+            "kind": "latents",
+            "model_id": self.model_id,
+            "arch": self.arch,
+            "source": item.path.name,
+            "bucket": item.bucket_name,
+            "frames": item.frames_hash,
+            "file_size": str(item.file_size),
+            "mtime_ns": str(item.mtime_ns),
             "condition": "1" if self.wants_condition(item) else "0",
         }
 
@@ -152,15 +166,18 @@ class LatentCache:
         if path in self._memory:
             return self._memory[path]
         if read_fingerprint(path) != self.fingerprint(item):
-            raise CacheMissError(f"no up-to-date latent cache for {item.path} ({item.bucket_name}) at {path}; "
-                                 "run `cadence cache CONFIG` or enable latent caching")
+            raise CacheMissError(
+                f"no up-to-date latent cache for {item.path} ({item.bucket_name}) at {path}; "
+                "run `cadence cache CONFIG` or enable latent caching"
+            )
         tensors = load_file(str(path))
         if item.dataset_index in self.memory_datasets:
             self._memory[path] = tensors
         return tensors
 
-    def ensure(self, items: Sequence[MediaItem], adapter: object,
-               progress: Progress | None = None) -> CacheReport:
+    def ensure(
+        self, items: Sequence[MediaItem], adapter: object, progress: Progress | None = None
+    ) -> CacheReport:
         """Encode every item without a valid entry; reuse the rest; skip (and report) undecodable files."""
         if adapter.model_id != self.model_id or adapter.arch != self.arch:  # type: ignore[attr-defined]
             raise ValueError(f"this cache is for {self.model_id} ({self.arch}), not {adapter.model_id}")  # type: ignore[attr-defined]
@@ -219,8 +236,13 @@ class TextCache:
         return self.folder / f"{digest[:32]}.safetensors"
 
     def fingerprint(self, caption: str) -> dict[str, str]:
-        return {"format": CACHE_FORMAT, "kind": "text", "model_id": self.model_id, "encoder": self.encoder,
-                "caption": caption}
+        return {
+            "format": CACHE_FORMAT,
+            "kind": "text",
+            "model_id": self.model_id,
+            "encoder": self.encoder,
+            "caption": caption,
+        }
 
     def is_valid(self, caption: str) -> bool:
         return read_fingerprint(self.path(caption)) == self.fingerprint(caption)
@@ -231,14 +253,17 @@ class TextCache:
             return self._memory[caption]
         path = self.path(caption)
         if read_fingerprint(path) != self.fingerprint(caption):
-            raise CacheMissError(f"no text embedding cached for caption {caption[:60]!r} at {path}; "
-                                 "run `cadence cache CONFIG` or enable train.cache_text_embeddings")
+            raise CacheMissError(
+                f"no text embedding cached for caption {caption[:60]!r} at {path}; "
+                "run `cadence cache CONFIG` or enable train.cache_text_embeddings"
+            )
         embeds = load_file(str(path))[TEXT_KEY]
         self._memory[caption] = embeds
         return embeds
 
-    def ensure(self, captions: Iterable[str], adapter: object,
-               progress: Progress | None = None) -> CacheReport:
+    def ensure(
+        self, captions: Iterable[str], adapter: object, progress: Progress | None = None
+    ) -> CacheReport:
         """Encode each distinct caption without a valid entry, in batches; the rest are reused."""
         report = CacheReport(folders={self.folder})
         todo: list[str] = []
@@ -250,7 +275,7 @@ class TextCache:
             else:
                 todo.append(caption)
         for start in range(0, len(todo), self.batch_size):
-            chunk = todo[start:start + self.batch_size]
+            chunk = todo[start : start + self.batch_size]
             with torch.no_grad():
                 embeds = adapter.encode_prompts(chunk)  # type: ignore[attr-defined]
             self.encode_calls += len(chunk)

@@ -46,8 +46,9 @@ def captions_to_cache(cfg: JobConfig, index: DatasetIndex) -> list[str]:
     return list(dict.fromkeys(captions))
 
 
-def run_caches(cfg: JobConfig, adapter: object, index: DatasetIndex,
-               show_progress: bool = True) -> tuple[CacheReport, CacheReport]:
+def run_caches(
+    cfg: JobConfig, adapter: object, index: DatasetIndex, show_progress: bool = True
+) -> tuple[CacheReport, CacheReport]:
     """Fill both caches for `index` exactly as training reads them; returns (latent report, text report)."""
     latents = LatentCache.for_job(cfg, adapter, Path(cfg.run_dir))
     with tqdm(total=len(index.items), desc="latents", unit="item", disable=not show_progress) as bar:
@@ -92,8 +93,9 @@ def cache_command(args: argparse.Namespace) -> int:
         _out(f"error: cannot load model {cfg.model.name_or_path!r}: {exc}")
         return 1
     try:
-        index = build_dataset_index(cfg, adapter.spatial_multiple, adapter.temporal_multiple,
-                                    adapter.native_fps, cfg.train.seed)
+        index = build_dataset_index(
+            cfg, adapter.spatial_multiple, adapter.temporal_multiple, adapter.native_fps, cfg.train.seed
+        )
     except DatasetError as exc:
         _out(f"error: {exc}")
         return 1

@@ -59,8 +59,9 @@ def read_caption(
     return apply_trigger(text, trigger_word)
 
 
-def caption_warnings(stats: CaptionStats, folder: Path, caption_ext: str, default_caption: str | None,
-                     total: int) -> list[str]:
+def caption_warnings(
+    stats: CaptionStats, folder: Path, caption_ext: str, default_caption: str | None, total: int
+) -> list[str]:
     """One line per kind of caption problem in a dataset folder."""
     lines: list[str] = []
     if stats.missing:

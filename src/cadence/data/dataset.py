@@ -49,8 +49,13 @@ class _Notes:
     unsupported: dict[str, int] = field(default_factory=dict)
 
 
-def build_dataset_index(cfg: JobConfig, spatial_multiple: int, temporal_multiple: int = 4,
-                        native_fps: float = 16, seed: int | None = None) -> DatasetIndex:
+def build_dataset_index(
+    cfg: JobConfig,
+    spatial_multiple: int,
+    temporal_multiple: int = 4,
+    native_fps: float = 16,
+    seed: int | None = None,
+) -> DatasetIndex:
     """Index every dataset of `cfg` (see module docstring). Raises DatasetError for a missing folder or a
     dataset with no usable media; skips (and records) single bad files."""
     seed = cfg.train.seed if seed is None else seed
@@ -58,7 +63,9 @@ def build_dataset_index(cfg: JobConfig, spatial_multiple: int, temporal_multiple
     if not cfg.datasets:
         raise DatasetError("the config has no datasets; add one under `datasets:` with a folder_path")
     for i, ds in enumerate(cfg.datasets):
-        items = _index_one(i, ds, cfg.trigger_word, spatial_multiple, temporal_multiple, native_fps, seed, index)
+        items = _index_one(
+            i, ds, cfg.trigger_word, spatial_multiple, temporal_multiple, native_fps, seed, index
+        )
         (index.eval_items if ds.is_eval else index.train_items).extend(items)
     for line in index.warnings:
         log.warning(line)
@@ -69,8 +76,10 @@ def _list_media(i: int, ds: DatasetConfig, notes: _Notes) -> list[Path]:
     folder = Path(ds.folder_path)
     if not folder.is_dir():
         what = "is not a folder" if folder.exists() else "does not exist"
-        raise DatasetError(f"datasets[{i}].folder_path: {folder} {what}; point it at a folder of images/videos "
-                           "(relative paths are resolved against the config file's folder)")
+        raise DatasetError(
+            f"datasets[{i}].folder_path: {folder} {what}; point it at a folder of images/videos "
+            "(relative paths are resolved against the config file's folder)"
+        )
     media: list[Path] = []
     for path in sorted(folder.iterdir()):
         if path.name.startswith(".") or path.name == CACHE_DIR_NAME or path.is_dir():
@@ -83,8 +92,16 @@ def _list_media(i: int, ds: DatasetConfig, notes: _Notes) -> list[Path]:
     return media
 
 
-def _index_one(i: int, ds: DatasetConfig, trigger: str | None, multiple: int, temporal: int,
-               native_fps: float, seed: int, index: DatasetIndex) -> list[MediaItem]:
+def _index_one(
+    i: int,
+    ds: DatasetConfig,
+    trigger: str | None,
+    multiple: int,
+    temporal: int,
+    native_fps: float,
+    seed: int,
+    index: DatasetIndex,
+) -> list[MediaItem]:
     notes = _Notes()
     files = _list_media(i, ds, notes)
     stats = CaptionStats()
@@ -99,7 +116,9 @@ def _index_one(i: int, ds: DatasetConfig, trigger: str | None, multiple: int, te
     index.warnings.extend(_dataset_warnings(ds, notes, stats, len(files), native_fps))
     if not items:
         skipped = index.skipped[skipped_before:]
-        detail = f"; {len(skipped)} skipped, first: {skipped[0].path.name}: {skipped[0].reason}" if skipped else ""
+        detail = (
+            f"; {len(skipped)} skipped, first: {skipped[0].path.name}: {skipped[0].reason}" if skipped else ""
+        )
         raise DatasetError(
             f"datasets[{i}].folder_path: {ds.folder_path} has no usable media ({len(files)} media files{detail}). "
             "Add .jpg/.jpeg/.png/.webp images or .mp4/.mov/.webm/.mkv videos at the top level of the folder."
@@ -107,13 +126,26 @@ def _index_one(i: int, ds: DatasetConfig, trigger: str | None, multiple: int, te
     return items
 
 
-def _items_for(path: Path, i: int, ds: DatasetConfig, trigger: str | None, multiple: int, temporal: int,
-               native_fps: float, seed: int, stats: CaptionStats, notes: _Notes) -> list[MediaItem]:
+def _items_for(
+    path: Path,
+    i: int,
+    ds: DatasetConfig,
+    trigger: str | None,
+    multiple: int,
+    temporal: int,
+    native_fps: float,
+    seed: int,
+    stats: CaptionStats,
+    notes: _Notes,
+) -> list[MediaItem]:
     try:
         st = path.stat()
     except OSError as exc:
-        raise MediaError(path, f"cannot be read ({exc.__class__.__name__}: {exc.strerror})",
-                         "restore the file (or the link target) or remove it") from exc
+        raise MediaError(
+            path,
+            f"cannot be read ({exc.__class__.__name__}: {exc.strerror})",
+            "restore the file (or the link target) or remove it",
+        ) from exc
     kind = media_kind(path)
     if kind == "image":
         width, height = probe_image(path)
@@ -122,11 +154,20 @@ def _items_for(path: Path, i: int, ds: DatasetConfig, trigger: str | None, multi
         info = probe_video(path)
         width, height, fps = info.width, info.height, info.fps
         try:
-            plan = plan_frames(info.num_frames, info.fps, ds.num_frames, shrink=ds.shrink_video_to_frames,
-                               target_fps=ds.fps, seed=seed, key=path.name, temporal_multiple=temporal)
+            plan = plan_frames(
+                info.num_frames,
+                info.fps,
+                ds.num_frames,
+                shrink=ds.shrink_video_to_frames,
+                target_fps=ds.fps,
+                seed=seed,
+                key=path.name,
+                temporal_multiple=temporal,
+            )
         except TooShortError as exc:
-            raise MediaError(path, f"is too short: {exc}", "use a longer clip, lower num_frames or fps, "
-                             "or remove it") from exc
+            raise MediaError(
+                path, f"is too short: {exc}", "use a longer clip, lower num_frames or fps, or remove it"
+            ) from exc
         frames = plan.indices
         if plan.shortened:
             notes.shortened.append(f"{path.name} ({len(frames)})")
@@ -138,12 +179,27 @@ def _items_for(path: Path, i: int, ds: DatasetConfig, trigger: str | None, multi
         bw, bh = bucket_size(width, height, budget, multiple)
         if any(it.width == bw and it.height == bh for it in items):
             continue
-        items.append(MediaItem(
-            path=path, kind=kind, caption=caption, dataset_index=i, width=bw, height=bh, frames=frames,
-            source_fps=fps, file_size=st.st_size, mtime_ns=st.st_mtime_ns, source_width=width,
-            source_height=height, do_i2v=ds.do_i2v, num_repeats=ds.num_repeats, is_eval=ds.is_eval,
-            caption_dropout_rate=ds.caption_dropout_rate, budget=budget,
-        ))
+        items.append(
+            MediaItem(
+                path=path,
+                kind=kind,
+                caption=caption,
+                dataset_index=i,
+                width=bw,
+                height=bh,
+                frames=frames,
+                source_fps=fps,
+                file_size=st.st_size,
+                mtime_ns=st.st_mtime_ns,
+                source_width=width,
+                source_height=height,
+                do_i2v=ds.do_i2v,
+                num_repeats=ds.num_repeats,
+                is_eval=ds.is_eval,
+                caption_dropout_rate=ds.caption_dropout_rate,
+                budget=budget,
+            )
+        )
     return items
 
 
@@ -152,20 +208,28 @@ def _some(names: list[str]) -> str:
     return ", ".join(names[:_LIST_AT_MOST]) + more
 
 
-def _dataset_warnings(ds: DatasetConfig, notes: _Notes, stats: CaptionStats, total: int,
-                      native_fps: float) -> list[str]:
+def _dataset_warnings(
+    ds: DatasetConfig, notes: _Notes, stats: CaptionStats, total: int, native_fps: float
+) -> list[str]:
     folder = ds.folder_path
     lines = caption_warnings(stats, Path(folder), ds.caption_ext, ds.default_caption, total)
     if notes.unsupported:
         exts = ", ".join(f"{ext} x{n}" for ext, n in sorted(notes.unsupported.items()))
-        lines.append(f"{sum(notes.unsupported.values())} files in {folder} have unsupported extensions ({exts}) "
-                     "and are ignored; supported: .jpg .jpeg .png .webp .mp4 .mov .webm .mkv")
+        lines.append(
+            f"{sum(notes.unsupported.values())} files in {folder} have unsupported extensions ({exts}) "
+            "and are ignored; supported: .jpg .jpeg .png .webp .mp4 .mov .webm .mkv"
+        )
     if notes.shortened:
-        lines.append(f"{len(notes.shortened)} videos in {folder} are shorter than num_frames={ds.num_frames} "
-                     f"and use fewer frames (4k+1): {_some(notes.shortened)}")
+        lines.append(
+            f"{len(notes.shortened)} videos in {folder} are shorter than num_frames={ds.num_frames} "
+            f"and use fewer frames (4k+1): {_some(notes.shortened)}"
+        )
     if notes.fps:
-        mode = ("shrink_video_to_frames squeezes whole clips into num_frames" if ds.shrink_video_to_frames
-                else f"fps={ds.fps:g} cannot be reached from the source rate")
+        mode = (
+            "shrink_video_to_frames squeezes whole clips into num_frames"
+            if ds.shrink_video_to_frames
+            else f"fps={ds.fps:g} cannot be reached from the source rate"
+        )
         lines.append(
             f"{len(notes.fps)} videos in {folder} sample time at a rate more than 2x away from the model's "
             f"{native_fps:g} fps, so motion will play too fast or too slow ({mode}): {_some(notes.fps)}. "

@@ -22,8 +22,14 @@ log = logging.getLogger(__name__)
 class BucketBatchSampler:
     """Yields lists of item indices whose items share a bucket (width, height, num_frames). Infinite."""
 
-    def __init__(self, items: Sequence[MediaItem], batch_size: int, seed: int,
-                 num_repeats: int | Sequence[int] | None = None, drop_last: bool = False) -> None:
+    def __init__(
+        self,
+        items: Sequence[MediaItem],
+        batch_size: int,
+        seed: int,
+        num_repeats: int | Sequence[int] | None = None,
+        drop_last: bool = False,
+    ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         if not items:
@@ -58,7 +64,7 @@ class BucketBatchSampler:
         batches: list[list[int]] = []
         for members in by_bucket.values():
             for start in range(0, len(members), self.batch_size):
-                batch = members[start:start + self.batch_size]
+                batch = members[start : start + self.batch_size]
                 if len(batch) == self.batch_size or not self.drop_last:
                     batches.append(batch)
         rng.shuffle(batches)
@@ -84,8 +90,13 @@ class BucketBatchSampler:
             yield self.next_batch()
 
     def state_dict(self) -> dict[str, int]:
-        return {"epoch": self.epoch, "position": self.position, "seed": self.seed,
-                "batch_size": self.batch_size, "num_items": len(self.buckets)}
+        return {
+            "epoch": self.epoch,
+            "position": self.position,
+            "seed": self.seed,
+            "batch_size": self.batch_size,
+            "num_items": len(self.buckets),
+        }
 
     def load_state_dict(self, state: dict[str, int]) -> None:
         """Continue exactly where `state` was taken. If the dataset, batch size or seed changed since, the
@@ -93,13 +104,18 @@ class BucketBatchSampler:
         rest of the resumed state — weights, optimizer, phases — is kept)."""
         changed = [
             f"{key} {state[key]} -> {mine}"
-            for key, mine in (("seed", self.seed), ("batch_size", self.batch_size), ("num_items", len(self.buckets)))
+            for key, mine in (
+                ("seed", self.seed),
+                ("batch_size", self.batch_size),
+                ("num_items", len(self.buckets)),
+            )
             if key in state and int(state[key]) != mine
         ]
         if changed:
             log.warning(
                 "the dataset or batching changed since the checkpoint (%s): resuming from a fresh epoch, so the "
-                "batch order differs from an uninterrupted run", ", ".join(changed),
+                "batch order differs from an uninterrupted run",
+                ", ".join(changed),
             )
             self.epoch, self.position = int(state["epoch"]) + 1, 0
             return

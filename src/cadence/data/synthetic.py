@@ -43,12 +43,19 @@ def render_frame(t: int, width: int, height: int, seed: int) -> np.ndarray:
     disc = (xx - cx) ** 2 + (yy - cy) ** 2 <= radius * radius
     frame[disc] = colors[0]
     sx = (t * speed + seed * 5) % width
-    frame[max(0, height // 2 - 4):height // 2 + 4, sx:sx + radius] = colors[1]
+    frame[max(0, height // 2 - 4) : height // 2 + 4, sx : sx + radius] = colors[1]
     return frame
 
 
-def write_clip(path: Path, width: int, height: int, num_frames: int, fps: int, seed: int,
-               keyframe_interval: int | None = None) -> Path:
+def write_clip(
+    path: Path,
+    width: int,
+    height: int,
+    num_frames: int,
+    fps: int,
+    seed: int,
+    keyframe_interval: int | None = None,
+) -> Path:
     """Encode a synthetic clip (width and height must be even for yuv420p)."""
     codec = video_codec()
     options = {"crf": "20", "preset": "veryfast", "threads": "1"} if codec == "libx264" else {}
@@ -66,8 +73,16 @@ def write_clip(path: Path, width: int, height: int, num_frames: int, fps: int, s
     return path
 
 
-def write_synthetic_dataset(folder: Path | str, n_videos: int = 6, n_images: int = 3, width: int = 96,
-                            height: int = 64, num_frames: int = 33, fps: int = 16, seed: int = 0) -> Path:
+def write_synthetic_dataset(
+    folder: Path | str,
+    n_videos: int = 6,
+    n_images: int = 3,
+    width: int = 96,
+    height: int = 64,
+    num_frames: int = 33,
+    fps: int = 16,
+    seed: int = 0,
+) -> Path:
     """Write `n_videos` mp4 clips (every third one portrait) and `n_images` PNG/JPEG images, each with a
     same-stem .txt caption (some containing [trigger]). Returns the folder."""
     folder = Path(folder)

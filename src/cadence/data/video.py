@@ -64,13 +64,15 @@ def probe_video(path: Path) -> VideoInfo:
         frames = int(stream.frames or 0) or (round(duration * fps) if fps > 0 else 0)
         width, height = stream.codec_context.width, stream.codec_context.height
     if fps <= 0 or frames <= 0 or width <= 0 or height <= 0:
-        raise MediaError(path, f"has no usable frames (size {width}x{height}, {frames} frames, {fps:g} fps)",
-                         _REENCODE)
+        raise MediaError(
+            path, f"has no usable frames (size {width}x{height}, {frames} frames, {fps:g} fps)", _REENCODE
+        )
     return VideoInfo(width, height, frames, fps, duration or frames / fps)
 
 
-def decode_video_frames(path: Path, indices: tuple[int, ...], width: int, height: int,
-                        fps: float) -> np.ndarray:
+def decode_video_frames(
+    path: Path, indices: tuple[int, ...], width: int, height: int, fps: float
+) -> np.ndarray:
     """Decode frames `indices` (ascending source indices), cover-resized and center-cropped to
     width x height; returns uint8 [F, height, width, 3] RGB."""
     out = np.empty((len(indices), height, width, 3), dtype=np.uint8)
@@ -113,8 +115,9 @@ def decode_video_frames(path: Path, indices: tuple[int, ...], width: int, height
         missing = sorted(wanted)
         tail = all(idx > max((i for i in indices if i not in wanted), default=-1) for idx in missing)
         if filled == 0 or not tail or len(missing) > MAX_MISSING_TAIL:
-            raise MediaError(path, f"ended before frames {missing[:5]} (metadata promised more frames)",
-                             _REENCODE)
+            raise MediaError(
+                path, f"ended before frames {missing[:5]} (metadata promised more frames)", _REENCODE
+            )
         log.debug("%s: %d trailing frames missing, repeating the last one", path, len(missing))
         for index in missing:
             for slot in wanted[index]:

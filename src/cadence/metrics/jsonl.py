@@ -65,7 +65,9 @@ class MetricsLog:
         rows = read_metrics(self.path)
         kept = [row for row in rows if int(row.get("step", 0)) <= step]
         dropped = len(rows) - len(kept)
-        raw_lines = self.path.read_text(encoding="utf-8").splitlines(keepends=True) if self.path.exists() else []
+        raw_lines = (
+            self.path.read_text(encoding="utf-8").splitlines(keepends=True) if self.path.exists() else []
+        )
         torn = bool(raw_lines) and not raw_lines[-1].endswith("\n")
         if dropped or torn:
             with atomic_path(self.path) as tmp:

@@ -112,13 +112,16 @@ class GradientStability:
     def load_state_dict(self, state: dict[str, Any], device: torch.device | str | None = None) -> None:
         self.avg_window = int(state["avg_window"])
         self._prev_signs = {
-            e: [s.to(device=device, dtype=torch.int8) if device is not None else s.to(torch.int8).clone()
-                for s in signs]
+            e: [
+                s.to(device=device, dtype=torch.int8) if device is not None else s.to(torch.int8).clone()
+                for s in signs
+            ]
             for e, signs in state["prev_signs"].items()
         }
         self._history = deque((float(v) for v in state["history"]), maxlen=self.avg_window)
         self._expert_history = {
-            e: deque((float(v) for v in h), maxlen=self.avg_window) for e, h in state["expert_history"].items()
+            e: deque((float(v) for v in h), maxlen=self.avg_window)
+            for e, h in state["expert_history"].items()
         }
         self._last = {(None if k == "global" else k): v for k, v in state["last"].items()}
         self._last_expert = state["last_expert"]
@@ -134,7 +137,9 @@ def agreement(prev: Sequence[torch.Tensor], cur: Sequence[torch.Tensor], expert:
     compared_parts: list[torch.Tensor] = []
     for i, (a, b) in enumerate(zip(prev, cur, strict=True)):
         if a.shape != b.shape:
-            raise ValueError(f"expert {expert!r}: tensor {i} changed shape {tuple(a.shape)} -> {tuple(b.shape)}")
+            raise ValueError(
+                f"expert {expert!r}: tensor {i} changed shape {tuple(a.shape)} -> {tuple(b.shape)}"
+            )
         both = (a != 0) & (b != 0)
         compared_parts.append(both.sum(dtype=torch.int64))
         agree_parts.append(((a == b) & both).sum(dtype=torch.int64))

@@ -76,7 +76,9 @@ class TrendWindow:
 
     def __init__(self, window: int = DEFAULT_WINDOW, min_samples: int = DEFAULT_MIN_SAMPLES) -> None:
         if window < 2 or not 2 <= min_samples <= window:
-            raise ValueError(f"need 2 <= min_samples <= window, got min_samples={min_samples}, window={window}")
+            raise ValueError(
+                f"need 2 <= min_samples <= window, got min_samples={min_samples}, window={window}"
+            )
         self.window = window
         self.min_samples = min_samples
         self._values: deque[float] = deque(maxlen=window)

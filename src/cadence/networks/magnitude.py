@@ -87,7 +87,9 @@ def block_index(module_name: str) -> int | None:
 def summarize(modules: Mapping[str, LoraTensorsLike]) -> MagnitudeSummary:
     """Per-module mean |ΔW|, their mean per block, and their unweighted mean over all modules."""
     if not modules:
-        raise ValueError("no LoRA modules to summarize (the file or network holds no lora_down/lora_up pairs)")
+        raise ValueError(
+            "no LoRA modules to summarize (the file or network holds no lora_down/lora_up pairs)"
+        )
     per_module = {name: mean_abs_delta(t) for name, t in modules.items()}
     blocks: dict[int, list[float]] = {}
     for name, value in per_module.items():

@@ -77,7 +77,8 @@ def select_targets(root: nn.Module, cfg: NetworkConfig) -> dict[str, nn.Module]:
             "network.conv=%s is set but no Conv layer is targeted: Wan's transformer blocks are Linear-only "
             "(ai-toolkit configs set conv for models with conv layers). Name a conv layer in "
             "network_kwargs.include_patterns (e.g. 'patch_embedding') to adapt it; conv_alpha phases then "
-            "drive the Linear adapters", cfg.conv,
+            "drive the Linear adapters",
+            cfg.conv,
         )
     return selected
 

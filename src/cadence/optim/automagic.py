@@ -64,8 +64,14 @@ class Automagic(torch.optim.Optimizer):
         rounding_seed: int = 0,
     ) -> None:
         defaults = dict(
-            lr=lr, min_lr=min_lr, max_lr=max_lr, lr_bump=lr_bump, beta2=beta2, eps=eps,
-            clip_threshold=clip_threshold, weight_decay=weight_decay,
+            lr=lr,
+            min_lr=min_lr,
+            max_lr=max_lr,
+            lr_bump=lr_bump,
+            beta2=beta2,
+            eps=eps,
+            clip_threshold=clip_threshold,
+            weight_decay=weight_decay,
         )
         super().__init__(params, defaults)
         for index, group in enumerate(self.param_groups):
@@ -81,7 +87,9 @@ class Automagic(torch.optim.Optimizer):
             logger.warning(
                 "automagic: start lr %.3g of param group %s is above %.0e; using 1e-6 as the seed trainer "
                 "does (automagic raises the lr itself up to max_lr; set train.lr to 1e-6 to silence this)",
-                group["lr"], name, MAX_START_LR,
+                group["lr"],
+                name,
+                MAX_START_LR,
             )
             group["lr"] = 1e-6
         if not 0 < group["min_lr"] <= group["max_lr"]:
@@ -120,7 +128,9 @@ class Automagic(torch.optim.Optimizer):
         state["last_sign"] = torch.zeros(p.shape, dtype=torch.bool, device=p.device)
         if p.dim() >= 2:
             state["exp_avg_sq_row"] = torch.zeros(p.shape[:-1], dtype=torch.float32, device=p.device)
-            state["exp_avg_sq_col"] = torch.zeros(p.shape[:-2] + p.shape[-1:], dtype=torch.float32, device=p.device)
+            state["exp_avg_sq_col"] = torch.zeros(
+                p.shape[:-2] + p.shape[-1:], dtype=torch.float32, device=p.device
+            )
         else:
             state["exp_avg_sq"] = torch.zeros(p.shape, dtype=torch.float32, device=p.device)
         return state
@@ -226,7 +236,8 @@ class Automagic(torch.optim.Optimizer):
         for index, saved_state in state_dict["state"].items():
             p = index_to_param[int(index)]
             self.state[p] = {
-                k: v.detach().clone().to(p.device) if torch.is_tensor(v) else v for k, v in saved_state.items()
+                k: v.detach().clone().to(p.device) if torch.is_tensor(v) else v
+                for k, v in saved_state.items()
             }
         self._step_count = int(state_dict.get("automagic_step", 0))
 
@@ -242,7 +253,9 @@ def _copy_stochastic(target: torch.Tensor, source: torch.Tensor, gen: torch.Gene
     target.copy_(bits.view(torch.float32))
 
 
-def automagic_groups_from_params(optimizer_params: dict[str, Any], groups: list[dict[str, Any]]) -> list[dict]:
+def automagic_groups_from_params(
+    optimizer_params: dict[str, Any], groups: list[dict[str, Any]]
+) -> list[dict]:
     """Map `train.optimizer_params` onto param groups.
 
     Plain keys (`lr_bump`, `min_lr`, ...) apply to every group; `high_noise_<key>` / `low_noise_<key>`
@@ -253,7 +266,7 @@ def automagic_groups_from_params(optimizer_params: dict[str, Any], groups: list[
     per_expert: dict[str, dict[str, Any]] = {"high_noise": {}, "low_noise": {}}
     for key, value in optimizer_params.items():
         prefix = next((pre for pre in EXPERT_PREFIXES if key.startswith(pre)), None)
-        base = key[len(prefix):] if prefix else key
+        base = key[len(prefix) :] if prefix else key
         if base not in OPTION_KEYS:
             allowed = ", ".join(OPTION_KEYS)
             raise ValueError(

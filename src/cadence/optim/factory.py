@@ -31,8 +31,19 @@ PRODIGY_SMALL_LR = 0.1
 ACCEPTED_KEYS: dict[str, tuple[str, ...]] = {
     "adamw": ("betas", "eps", "weight_decay", "amsgrad"),
     "adamw8bit": ("betas", "eps", "weight_decay", "amsgrad", "min_8bit_size", "percentile_clipping"),
-    "prodigy": ("betas", "beta3", "eps", "weight_decay", "decouple", "use_bias_correction",
-                "safeguard_warmup", "d0", "d_coef", "growth_rate", "slice_p"),
+    "prodigy": (
+        "betas",
+        "beta3",
+        "eps",
+        "weight_decay",
+        "decouple",
+        "use_bias_correction",
+        "safeguard_warmup",
+        "d0",
+        "d_coef",
+        "growth_rate",
+        "slice_p",
+    ),
     "adamw_schedulefree": ("betas", "eps", "weight_decay", "warmup_steps", "r", "weight_lr_power"),
 }
 
@@ -66,14 +77,21 @@ def _checked_kwargs(train: TrainConfig) -> dict[str, Any]:
     unknown = sorted(set(params) - set(accepted))
     if unknown:
         allowed = ", ".join((*accepted, *EXPERT_LR_KEYS))
-        raise ConfigError([
-            (f"train.optimizer_params.{key}", f"not an option of optimizer {train.optimizer!r}; accepted keys: {allowed}")
-            for key in unknown
-        ])
+        raise ConfigError(
+            [
+                (
+                    f"train.optimizer_params.{key}",
+                    f"not an option of optimizer {train.optimizer!r}; accepted keys: {allowed}",
+                )
+                for key in unknown
+            ]
+        )
     if "betas" in params:
         betas = params["betas"]
         if not isinstance(betas, list | tuple) or len(betas) != 2:
-            raise ConfigError([("train.optimizer_params.betas", f"expected two numbers like [0.9, 0.999], got {betas!r}")])
+            raise ConfigError(
+                [("train.optimizer_params.betas", f"expected two numbers like [0.9, 0.999], got {betas!r}")]
+            )
         params["betas"] = (float(betas[0]), float(betas[1]))
     return params
 
@@ -89,24 +107,45 @@ def _automagic(train: TrainConfig, groups: list[dict[str, Any]]) -> torch.optim.
         raise ConfigError([("", str(exc))]) from exc
 
 
-def _adamw8bit(train: TrainConfig, groups: list[dict[str, Any]], kwargs: dict[str, Any]) -> torch.optim.Optimizer:
+def _adamw8bit(
+    train: TrainConfig, groups: list[dict[str, Any]], kwargs: dict[str, Any]
+) -> torch.optim.Optimizer:
     device = next(p.device for g in groups for p in g["params"])
     hint = "set train.optimizer: adamw (same maths, full-precision state)"
     try:
         import bitsandbytes as bnb
     except Exception as exc:  # ImportError, or a broken CUDA setup raising at import
-        raise ConfigError([("train.optimizer", f"adamw8bit needs bitsandbytes, which cannot be imported "
-                                               f"({type(exc).__name__}: {exc}); {hint}")]) from exc
+        raise ConfigError(
+            [
+                (
+                    "train.optimizer",
+                    f"adamw8bit needs bitsandbytes, which cannot be imported "
+                    f"({type(exc).__name__}: {exc}); {hint}",
+                )
+            ]
+        ) from exc
     if device.type != "cuda":
-        raise ConfigError([("train.optimizer", f"adamw8bit runs on CUDA GPUs only, but the LoRA parameters "
-                                               f"are on {device}; {hint}")])
+        raise ConfigError(
+            [
+                (
+                    "train.optimizer",
+                    f"adamw8bit runs on CUDA GPUs only, but the LoRA parameters are on {device}; {hint}",
+                )
+            ]
+        )
     try:  # a real 8-bit step on the device: catches kernels missing for this GPU/bitsandbytes build
         probe = torch.nn.Parameter(torch.zeros(4096, device=device))
         probe.grad = torch.ones_like(probe)
         bnb.optim.AdamW8bit([probe], lr=1e-3).step()
     except Exception as exc:
-        raise ConfigError([("train.optimizer", f"bitsandbytes AdamW8bit does not work on {device} "
-                                               f"({type(exc).__name__}: {exc}); {hint}")]) from exc
+        raise ConfigError(
+            [
+                (
+                    "train.optimizer",
+                    f"bitsandbytes AdamW8bit does not work on {device} ({type(exc).__name__}: {exc}); {hint}",
+                )
+            ]
+        ) from exc
     return bnb.optim.AdamW8bit(groups, lr=train.lr, **kwargs)
 
 
@@ -117,13 +156,21 @@ def _prodigy_factory(train: TrainConfig, groups: list[dict[str, Any]], kwargs: d
         log.warning(
             "train.lr=%g with optimizer prodigy: Prodigy multiplies lr by its own step-size estimate and "
             "expects lr around 1.0, so steps will be ~%gx smaller than Prodigy intends. Remove train.lr "
-            "(Cadence then uses 1.0) or set it to 1.0", train.lr, train.lr,
+            "(Cadence then uses 1.0) or set it to 1.0",
+            train.lr,
+            train.lr,
         )
     for expert in {g["expert"] for g in groups}:
         if len({g["lr"] for g in groups if g["expert"] == expert}) > 1:
-            raise ConfigError([("network.network_kwargs.loraplus_lr_ratio",
-                                "Prodigy runs all groups of a model at one lr, so LoRA+ cannot be used with "
-                                "optimizer prodigy; remove loraplus_lr_ratio or use adamw")])
+            raise ConfigError(
+                [
+                    (
+                        "network.network_kwargs.loraplus_lr_ratio",
+                        "Prodigy runs all groups of a model at one lr, so LoRA+ cannot be used with "
+                        "optimizer prodigy; remove loraplus_lr_ratio or use adamw",
+                    )
+                ]
+            )
     return lambda gs: Prodigy(gs, lr=gs[0]["lr"], **kwargs)
 
 

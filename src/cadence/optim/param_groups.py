@@ -39,7 +39,9 @@ def expert_lr(train: TrainConfig, expert: str) -> float:
     if value is None:
         return base_lr(train)
     if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-        raise ConfigError([(f"train.optimizer_params.{expert}_lr", f"must be a positive number, got {value!r}")])
+        raise ConfigError(
+            [(f"train.optimizer_params.{expert}_lr", f"must be a positive number, got {value!r}")]
+        )
     return float(value)
 
 
@@ -50,7 +52,9 @@ def build_param_groups(
     unused = [k for k in EXPERT_LR_KEYS if k in train.optimizer_params and k[: -len("_lr")] not in networks]
     if unused:
         log.warning(
-            "train.optimizer_params.%s has no effect: this run trains %s", ", ".join(unused), ", ".join(networks)
+            "train.optimizer_params.%s has no effect: this run trains %s",
+            ", ".join(unused),
+            ", ".join(networks),
         )
     groups: list[dict[str, Any]] = []
     for expert, network in networks.items():

@@ -165,7 +165,9 @@ class BlockSwapper:
             current = phase()
             if current == "recompute":
                 return
-            needs_backward = torch.is_grad_enabled() and isinstance(output, torch.Tensor) and output.requires_grad
+            needs_backward = (
+                torch.is_grad_enabled() and isinstance(output, torch.Tensor) and output.requires_grad
+            )
             if needs_backward:
                 output.register_hook(self._grad_hook(i))
             if not needs_backward or current == "forward":

@@ -19,8 +19,9 @@ from torch import nn
 log = logging.getLogger(__name__)
 
 
-def compile_blocks(blocks: nn.ModuleList, cache_size_limit: int = 32, backend: str = "inductor",
-                   dynamic: bool | None = None) -> None:
+def compile_blocks(
+    blocks: nn.ModuleList, cache_size_limit: int = 32, backend: str = "inductor", dynamic: bool | None = None
+) -> None:
     """Compile every block of `blocks` in place with `backend`; sets dynamo's recompile limit."""
     torch._dynamo.config.cache_size_limit = int(cache_size_limit)
     if hasattr(torch._dynamo.config, "accumulated_cache_size_limit"):

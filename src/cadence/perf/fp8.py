@@ -32,7 +32,9 @@ def quantize_blockwise(weight: torch.Tensor, block: int = BLOCK) -> tuple[torch.
     return (w / scale).to(FP8), scale
 
 
-def dequantize_blockwise(q: torch.Tensor, scale: torch.Tensor, in_features: int, dtype: torch.dtype) -> torch.Tensor:
+def dequantize_blockwise(
+    q: torch.Tensor, scale: torch.Tensor, in_features: int, dtype: torch.dtype
+) -> torch.Tensor:
     """Inverse of `quantize_blockwise`, in `dtype`, cut back to `in_features` columns."""
     w = q.to(scale.dtype) * scale
     return w.flatten(1)[:, :in_features].to(dtype)

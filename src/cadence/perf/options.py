@@ -63,7 +63,9 @@ def set_adapter_dtype(networks: dict[str, nn.Module], name: str) -> None:
         net.to(dtype)
 
 
-def apply_memory_options(adapter, cfg, trained_experts: list[str], networks: dict[str, nn.Module]) -> PerfState:
+def apply_memory_options(
+    adapter, cfg, trained_experts: list[str], networks: dict[str, nn.Module]
+) -> PerfState:
     """Checkpointing, attention backend, block swap, compile and adapter dtype for the trained experts."""
     helpers, train, state = _helpers(), cfg.train, PerfState()
     if cfg.model.blocks_to_swap and train.compile:

@@ -24,7 +24,9 @@ class QuantizeError(ValueError):
     """A qtype that cannot be applied here; the message names the config key and what to do."""
 
 
-def quantize_linears(root: nn.Module, linears: dict[str, nn.Linear], qtype: str, key: str = "model.qtype") -> None:
+def quantize_linears(
+    root: nn.Module, linears: dict[str, nn.Linear], qtype: str, key: str = "model.qtype"
+) -> None:
     """Quantize the named Linears of `root` (names relative to `root`) in place with `qtype`."""
     qtype = qtype.lower()
     if qtype == "fp8":

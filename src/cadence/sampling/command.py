@@ -37,13 +37,23 @@ def _job_for(args: argparse.Namespace) -> JobConfig:
 
         return load_config(target)
     if not (target / "model_index.json").is_file():
-        raise ConfigError([("target", f"{target} is neither a config file ({', '.join(CONFIG_SUFFIXES)}) nor a "
-                                      "Diffusers Wan model folder (model_index.json)")])
+        raise ConfigError(
+            [
+                (
+                    "target",
+                    f"{target} is neither a config file ({', '.join(CONFIG_SUFFIXES)}) nor a "
+                    "Diffusers Wan model folder (model_index.json)",
+                )
+            ]
+        )
     from cadence.models.registry import detect_arch
 
     dtype = args.dtype or ("bf16" if torch.cuda.is_available() else "fp32")
-    return JobConfig(name="sample", model=ModelConfig(name_or_path=str(target), arch=detect_arch(target)),
-                     train=TrainConfig(dtype=dtype, disable_sampling=True))
+    return JobConfig(
+        name="sample",
+        model=ModelConfig(name_or_path=str(target), arch=detect_arch(target)),
+        train=TrainConfig(dtype=dtype, disable_sampling=True),
+    )
 
 
 def _items(args: argparse.Namespace, sample: SampleConfig) -> list[SamplePrompt]:
@@ -55,20 +65,36 @@ def _items(args: argparse.Namespace, sample: SampleConfig) -> list[SamplePrompt]
         items = list(sample.items)
     if images:
         if len(images) not in (1, len(items)):
-            raise ConfigError([("--image", f"got {len(images)} images for {len(items)} prompts; give one image "
-                                           "for all prompts or one per prompt")])
-        items = [it.model_copy(update={"ctrl_img": images[0 if len(images) == 1 else i]})
-                 for i, it in enumerate(items)]
+            raise ConfigError(
+                [
+                    (
+                        "--image",
+                        f"got {len(images)} images for {len(items)} prompts; give one image "
+                        "for all prompts or one per prompt",
+                    )
+                ]
+            )
+        items = [
+            it.model_copy(update={"ctrl_img": images[0 if len(images) == 1 else i]})
+            for i, it in enumerate(items)
+        ]
     if not items:
-        raise ConfigError([("--prompt", "no prompts: pass --prompt TEXT or use a config with sample.samples")])
+        raise ConfigError(
+            [("--prompt", "no prompts: pass --prompt TEXT or use a config with sample.samples")]
+        )
     return items
 
 
 def apply_overrides(cfg: JobConfig, args: argparse.Namespace) -> JobConfig:
     """The config with the command-line sample settings applied (validated like the config file)."""
     data = cfg.sample.model_dump()
-    for flag, key in (("steps", "sample_steps"), ("width", "width"), ("height", "height"),
-                      ("num_frames", "num_frames"), ("seed", "seed")):
+    for flag, key in (
+        ("steps", "sample_steps"),
+        ("width", "width"),
+        ("height", "height"),
+        ("num_frames", "num_frames"),
+        ("seed", "seed"),
+    ):
         value = getattr(args, flag, None)
         if value is not None:
             data[key] = value
@@ -93,14 +119,22 @@ def _lora_plan(args: argparse.Namespace, experts: list[str]) -> dict[str, Path]:
             raise ConfigError([("--lora-high/--lora-low", "this model has one expert; pass --lora FILE")])
         return {"main": Path(args.lora)} if args.lora else {}
     if args.lora:
-        raise ConfigError([("--lora", "this model has two experts; pass --lora-high FILE and/or --lora-low FILE "
-                                      "(an expert without a file runs as the base model)")])
+        raise ConfigError(
+            [
+                (
+                    "--lora",
+                    "this model has two experts; pass --lora-high FILE and/or --lora-low FILE "
+                    "(an expert without a file runs as the base model)",
+                )
+            ]
+        )
     plan = {"high_noise": args.lora_high, "low_noise": args.lora_low}
     return {e: Path(f) for e, f in plan.items() if f}
 
 
-def generate_from_files(cfg: JobConfig, loras: dict[str, Path], out_dir: Path,
-                        multiplier: float | None = None) -> list[Path]:
+def generate_from_files(
+    cfg: JobConfig, loras: dict[str, Path], out_dir: Path, multiplier: float | None = None
+) -> list[Path]:
     """Load the model, attach `loras` (expert -> file) and write every sample of `cfg` to `out_dir`."""
     from cadence.models.registry import load_model_adapter
     from cadence.sampling.generate import SampleEngine
@@ -149,8 +183,10 @@ def sample_command(args: argparse.Namespace) -> int:
         sys.stderr.write(f"error: {error}\n")
         return 2
     except torch.OutOfMemoryError:
-        sys.stderr.write("error: out of memory while sampling; lower --width/--height/--num-frames or set "
-                         "model.low_vram: true in the config\n")
+        sys.stderr.write(
+            "error: out of memory while sampling; lower --width/--height/--num-frames or set "
+            "model.low_vram: true in the config\n"
+        )
         return 4
     for path in written:
         _out(str(path))
@@ -160,13 +196,20 @@ def sample_command(args: argparse.Namespace) -> int:
 def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
     """The `cadence sample` flags (cli.py adds a subparser and calls this)."""
     parser.add_argument("target", help="job config file, or a Diffusers Wan model folder")
-    parser.add_argument("--lora-high", dest="lora_high", default=None, help="LoRA file of the high-noise expert")
+    parser.add_argument(
+        "--lora-high", dest="lora_high", default=None, help="LoRA file of the high-noise expert"
+    )
     parser.add_argument("--lora-low", dest="lora_low", default=None, help="LoRA file of the low-noise expert")
     parser.add_argument("--lora", default=None, help="LoRA file of a single-expert model (Wan 2.1, TI2V-5B)")
-    parser.add_argument("--prompt", action="append", default=None,
-                        help="prompt (repeatable); replaces the config's samples")
-    parser.add_argument("--image", action="append", default=None,
-                        help="first frame for I2V (repeatable: one for all prompts, or one per prompt)")
+    parser.add_argument(
+        "--prompt", action="append", default=None, help="prompt (repeatable); replaces the config's samples"
+    )
+    parser.add_argument(
+        "--image",
+        action="append",
+        default=None,
+        help="first frame for I2V (repeatable: one for all prompts, or one per prompt)",
+    )
     parser.add_argument("--seed", type=int, default=None, help="base seed (walk_seed still adds the index)")
     parser.add_argument("--out", default="samples", help="output folder (default: ./samples)")
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (sample.sample_steps)")

@@ -97,8 +97,9 @@ class SampleEngine:
         pipe = self.adapter.build_pipeline(i2v=i2v)
         # No text encoder in the pipeline: embeddings are passed in, and an offloaded (low_vram) encoder
         # listed first would make diffusers pick the CPU as the execution device.
-        pipe.register_modules(text_encoder=None, scheduler=build_scheduler(self.adapter.components["scheduler"],
-                                                                           self.sample))
+        pipe.register_modules(
+            text_encoder=None, scheduler=build_scheduler(self.adapter.components["scheduler"], self.sample)
+        )
         pipe.set_progress_bar_config(disable=True)
         return pipe
 

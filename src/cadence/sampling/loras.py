@@ -20,8 +20,10 @@ from cadence.networks.targeting import NAME_PREFIX
 def _rank(lora: LoraFile, conv: bool, path: Path) -> int | None:
     ranks = {t.rank for t in lora.modules.values() if (t.down.dim() > 2) == conv}
     if len(ranks) > 1:
-        raise ValueError(f"{path}: {'conv' if conv else 'Linear'} modules have different ranks {sorted(ranks)}; "
-                         "Cadence samples files with one rank per module kind")
+        raise ValueError(
+            f"{path}: {'conv' if conv else 'Linear'} modules have different ranks {sorted(ranks)}; "
+            "Cadence samples files with one rank per module kind"
+        )
     return next(iter(ranks), None)
 
 

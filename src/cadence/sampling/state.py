@@ -117,7 +117,9 @@ def _placement(adapter, networks: dict[str, LoRANetwork]) -> Iterator[None]:
 
 
 @contextmanager
-def sampling_state(adapter, networks: dict[str, LoRANetwork], attention_backend: str = "native") -> Iterator[None]:
+def sampling_state(
+    adapter, networks: dict[str, LoRANetwork], attention_backend: str = "native"
+) -> Iterator[None]:
     transformers = [adapter.transformer(spec.name) for spec in adapter.experts]
     with ExitStack() as stack:
         stack.enter_context(torch.no_grad())

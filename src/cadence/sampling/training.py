@@ -31,22 +31,35 @@ def _is_oom(error: BaseException) -> bool:
 
 def sidecar(spec: SampleSpec, step: int, engine: SampleEngine, extra: dict | None = None) -> dict:
     """What produced a sample, for comparing samples across steps and runs."""
-    data = {**spec.describe(), "step": step, "alphas": engine.alphas(), "sampler": engine.sample.sampler,
-            "flow_shift": engine.flow_shift(), "arch": engine.adapter.arch}
+    data = {
+        **spec.describe(),
+        "step": step,
+        "alphas": engine.alphas(),
+        "sampler": engine.sample.sampler,
+        "flow_shift": engine.flow_shift(),
+        "arch": engine.adapter.arch,
+    }
     data.update(extra or {})
     return data
 
 
-def run_specs(engine: SampleEngine, specs: list[SampleSpec], step: int, out_dir: Path,
-              extra: dict | None = None, written: list[Path] | None = None) -> list[Path]:
+def run_specs(
+    engine: SampleEngine,
+    specs: list[SampleSpec],
+    step: int,
+    out_dir: Path,
+    extra: dict | None = None,
+    written: list[Path] | None = None,
+) -> list[Path]:
     """Generate and write `specs`, appending each file to `written` as it lands (so a caller that catches
     an error still knows what was written); returns `written`."""
     written = [] if written is None else written
     with engine.session():
         for spec in specs:
             frames = engine.generate(spec)
-            written += write_sample(out_dir, step, spec.index, frames, spec.fps,
-                                    sidecar(spec, step, engine, extra))
+            written += write_sample(
+                out_dir, step, spec.index, frames, spec.fps, sidecar(spec, step, engine, extra)
+            )
     return written
 
 
@@ -77,7 +90,9 @@ class TrainingSampler:
         sample = self.cfg.sample
         if step == 0:
             return not sample.skip_first_sample
-        return step >= sample.sample_start_step and (step - sample.sample_start_step) % sample.sample_every == 0
+        return (
+            step >= sample.sample_start_step and (step - sample.sample_start_step) % sample.sample_every == 0
+        )
 
     def run(self, step: int) -> list[Path]:
         """Write every sample for `step`; on OOM log it and return what was written before it."""
@@ -91,8 +106,11 @@ class TrainingSampler:
                 raise
             if torch.cuda.is_available():
                 torch.cuda.empty_cache()
-            log.error("step %d: out of memory while sampling; samples skipped, training continues. Lower "
-                      "sample.width/height/num_frames or use model.low_vram: true", step)
+            log.error(
+                "step %d: out of memory while sampling; samples skipped, training continues. Lower "
+                "sample.width/height/num_frames or use model.low_vram: true",
+                step,
+            )
             return written
         log.info("step %d: wrote %d sample(s) to %s", step, len(written) // 4, self.out_dir)
         return written

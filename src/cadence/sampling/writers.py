@@ -44,7 +44,9 @@ def write_mp4(path: Path, frames: np.ndarray, fps: int) -> None:
         stream.pix_fmt = "yuv420p"
         stream.options = {"crf": "16", "preset": "medium"}
         for frame in frames:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")):
+            for packet in stream.encode(
+                av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+            ):
                 container.mux(packet)
         for packet in stream.encode():
             container.mux(packet)
@@ -64,8 +66,9 @@ def write_png(path: Path, frame: np.ndarray) -> None:
         Image.fromarray(frame).save(tmp, format="PNG")
 
 
-def write_sample(out_dir: Path, step: int, index: int, frames: np.ndarray, fps: int,
-                 sidecar: dict[str, object]) -> list[Path]:
+def write_sample(
+    out_dir: Path, step: int, index: int, frames: np.ndarray, fps: int, sidecar: dict[str, object]
+) -> list[Path]:
     """Write the four files of one sample; returns their paths (mp4, webp, png, json)."""
     stem = out_dir / sample_stem(step, index)
     paths = [stem.with_suffix(ext) for ext in EXTENSIONS]

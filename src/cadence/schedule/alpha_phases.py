@@ -92,15 +92,22 @@ def evaluate_exit(
     checks: dict[str, tuple[float | None, float | None, bool]] = {
         "min_steps": (steps_in_phase, phase.min_steps, steps_in_phase >= phase.min_steps),
         "loss_improvement_rate_below": (
-            rate, crit.loss_improvement_rate_below,
+            rate,
+            crit.loss_improvement_rate_below,
             crit.loss_improvement_rate_below is None
             or (rate is not None and abs(rate) < crit.loss_improvement_rate_below),
         ),
         "min_gradient_stability": (
-            stability, crit.min_gradient_stability,
-            crit.min_gradient_stability is None or (stability is not None and stability >= crit.min_gradient_stability),
+            stability,
+            crit.min_gradient_stability,
+            crit.min_gradient_stability is None
+            or (stability is not None and stability >= crit.min_gradient_stability),
         ),
-        "min_loss_r2": (r2, crit.min_loss_r2, crit.min_loss_r2 is None or (r2 is not None and r2 >= crit.min_loss_r2)),
+        "min_loss_r2": (
+            r2,
+            crit.min_loss_r2,
+            crit.min_loss_r2 is None or (r2 is not None and r2 >= crit.min_loss_r2),
+        ),
         "max_loss_cv": (cv, crit.max_loss_cv, cv is not None and math.isfinite(cv) and cv < crit.max_loss_cv),
     }
     evidence: dict[str, dict[str, Any]] = {}
@@ -126,7 +133,9 @@ def _resolve_phases(phases: dict[str, AlphaPhase], fill_preset: str) -> list[Pha
 
 
 def _same_schedule(a: list[Phase], b: list[Phase]) -> bool:
-    return [(p.name, p.min_steps, p.exit_criteria) for p in a] == [(p.name, p.min_steps, p.exit_criteria) for p in b]
+    return [(p.name, p.min_steps, p.exit_criteria) for p in a] == [
+        (p.name, p.min_steps, p.exit_criteria) for p in b
+    ]
 
 
 class AlphaPhaseScheduler:
@@ -222,9 +231,16 @@ class AlphaPhaseScheduler:
             return None
         before = self.current_alphas(expert)
         transition = Transition(
-            expert=expert, step=step, from_phase=phase.name, to_phase=plan.phases[st.phase_idx + 1].name,
-            from_idx=st.phase_idx, to_idx=st.phase_idx + 1, steps_in_phase=st.steps_in_phase,
-            alphas_before=before, alphas_after={}, evidence=evidence,
+            expert=expert,
+            step=step,
+            from_phase=phase.name,
+            to_phase=plan.phases[st.phase_idx + 1].name,
+            from_idx=st.phase_idx,
+            to_idx=st.phase_idx + 1,
+            steps_in_phase=st.steps_in_phase,
+            alphas_before=before,
+            alphas_after={},
+            evidence=evidence,
         )
         st.phase_idx += 1
         st.steps_in_phase = 0
@@ -285,7 +301,9 @@ class AlphaPhaseScheduler:
             return
         for expert, saved in state["experts"].items():
             if expert not in self.state:
-                raise ValueError(f"alpha scheduler state names expert {expert!r}; this run trains {list(self.experts)}")
+                raise ValueError(
+                    f"alpha scheduler state names expert {expert!r}; this run trains {list(self.experts)}"
+                )
             names = [p.name for p in self.plans[expert].phases] if expert in self.plans else []
             if list(saved["phase_names"]) != names:
                 raise ValueError(
@@ -302,8 +320,10 @@ class AlphaPhaseScheduler:
             idx = min(int(state["current_phase_idx"]), len(plan.phases) - 1)
             self.state[expert] = _ExpertState(idx, int(state.get("steps_in_phase", 0)))
         self.last_step = int(state.get("total_steps", 0))
-        logger.info("alpha phases restored from a seed-trainer state file at phase index %s",
-                    state["current_phase_idx"])
+        logger.info(
+            "alpha phases restored from a seed-trainer state file at phase index %s",
+            state["current_phase_idx"],
+        )
 
     def to_seed_json(self) -> dict[str, Any]:
         """Readable state like the seed's `{checkpoint}_alpha_scheduler.json` (plus Cadence's full state)."""
@@ -342,7 +362,10 @@ def describe_transition(t: Transition) -> str:
         value = e["value"]
         shown = f"{value:.4g}" if isinstance(value, float) else str(value)
         mark = "ok" if e["passed"] else ("advisory-fail" if e["advisory"] else "FAIL")
-        parts.append(f"{name}={shown}" + (f" (threshold {e['threshold']:g}, {mark})" if e["threshold"] is not None else ""))
+        parts.append(
+            f"{name}={shown}"
+            + (f" (threshold {e['threshold']:g}, {mark})" if e["threshold"] is not None else "")
+        )
     return (
         f"alpha phase [{t.expert}] {t.from_phase} -> {t.to_phase} at step {t.step} after {t.steps_in_phase} "
         f"steps; {changes or 'alphas unchanged'} from step {t.step + 1}; evidence: " + "; ".join(parts)
@@ -354,13 +377,21 @@ def _plan_for_expert(
 ) -> ExpertPlan:
     override = (schedule.per_expert or {}).get(expert)
     prefix = f"{CONFIG_PATH}.per_expert.{expert}" if override else CONFIG_PATH
-    conv = (override.conv_alpha_phases if override and override.conv_alpha_phases else None) or schedule.conv_alpha_phases
+    conv = (
+        override.conv_alpha_phases if override and override.conv_alpha_phases else None
+    ) or schedule.conv_alpha_phases
     lin = (override.alpha_phases if override and override.alpha_phases else None) or schedule.alpha_phases
     if conv is None and lin is None and schedule.preset:
         conv = preset_phases(schedule.preset)
     if conv is None and lin is None:
-        raise ConfigError([(CONFIG_PATH, "enabled: true but no phases: set conv_alpha_phases, alpha_phases "
-                                         "or preset: video|image")])
+        raise ConfigError(
+            [
+                (
+                    CONFIG_PATH,
+                    "enabled: true but no phases: set conv_alpha_phases, alpha_phases or preset: video|image",
+                )
+            ]
+        )
     for name, phases in (("conv_alpha_phases", conv), ("alpha_phases", lin)):
         if phases is not None and len(phases) == 0:
             raise ConfigError([(f"{prefix}.{name}", "is empty; list at least one phase or remove the key")])
@@ -373,19 +404,32 @@ def _plan_for_expert(
         notes.add(
             f"{CONFIG_PATH}.conv_alpha_phases: no Conv adapters are trained (these blocks are Linear-only), "
             f"so the phases {steps} are applied to the trained Linear adapters instead"
-            + (f" (replacing the fixed linear_alpha {schedule.linear_alpha:g})" if schedule.linear_alpha else "")
+            + (
+                f" (replacing the fixed linear_alpha {schedule.linear_alpha:g})"
+                if schedule.linear_alpha
+                else ""
+            )
         )
     elif conv is not None:
-        notes.add(f"{CONFIG_PATH}.conv_alpha_phases: no Conv adapters are trained; ignored (alpha_phases drive "
-                  "the Linear adapters)")
+        notes.add(
+            f"{CONFIG_PATH}.conv_alpha_phases: no Conv adapters are trained; ignored (alpha_phases drive "
+            "the Linear adapters)"
+        )
     if lin is not None:
         lists["linear"] = lin
     resolved = {kind: _resolve_phases(phases, fill) for kind, phases in lists.items()}
     kinds = tuple(resolved)
     if len(kinds) == 2 and not _same_schedule(resolved["linear"], resolved["conv"]):
-        raise ConfigError([(prefix, "conv_alpha_phases and alpha_phases both apply (Conv and Linear adapters are "
-                                    "trained) but differ in phase names, min_steps or exit_criteria; they share one "
-                                    "phase position, so make them match (only alpha may differ)")])
+        raise ConfigError(
+            [
+                (
+                    prefix,
+                    "conv_alpha_phases and alpha_phases both apply (Conv and Linear adapters are "
+                    "trained) but differ in phase names, min_steps or exit_criteria; they share one "
+                    "phase position, so make them match (only alpha may differ)",
+                )
+            ]
+        )
     return ExpertPlan(
         phases=resolved[kinds[0]],
         targets=kinds,

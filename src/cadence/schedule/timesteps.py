@@ -123,14 +123,15 @@ def float32_range(t_low: float, t_high: float) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def density(kind: str, t: torch.Tensor, flow_shift: float = 3.0, logit_mean: float = 0.0,
-            logit_std: float = 1.0) -> torch.Tensor:
+def density(
+    kind: str, t: torch.Tensor, flow_shift: float = 3.0, logit_mean: float = 0.0, logit_std: float = 1.0
+) -> torch.Tensor:
     """Density of `kind` at t (untruncated), for tests and plots."""
     return TimestepSampler(kind, flow_shift, logit_mean, logit_std).density(t)
 
 
-def cdf(kind: str, t: torch.Tensor, flow_shift: float = 3.0, logit_mean: float = 0.0,
-        logit_std: float = 1.0) -> torch.Tensor:
+def cdf(
+    kind: str, t: torch.Tensor, flow_shift: float = 3.0, logit_mean: float = 0.0, logit_std: float = 1.0
+) -> torch.Tensor:
     """CDF of `kind` at t (untruncated), for tests and plots."""
     return TimestepSampler(kind, flow_shift, logit_mean, logit_std).cdf(t)
-

@@ -63,8 +63,15 @@ class AnalysisReport:
                     "per_block": {str(k): v for k, v in e.per_block.items()},
                     "file": self.files.get(p.step, {}).get(name),
                 }
-            checkpoints.append({"step": p.step, "weight_ratio": p.weight_ratio, "lr_ratio": p.lr_ratio,
-                                "eval_loss": p.eval_loss, "experts": experts})
+            checkpoints.append(
+                {
+                    "step": p.step,
+                    "weight_ratio": p.weight_ratio,
+                    "lr_ratio": p.lr_ratio,
+                    "eval_loss": p.eval_loss,
+                    "experts": experts,
+                }
+            )
         return {
             "run_dir": self.run_dir,
             "name": self.name,
@@ -78,7 +85,9 @@ class AnalysisReport:
         }
 
 
-def health_config(run: RunData, preset: str | None, overrides: dict[str, float | None] | None) -> HealthConfig:
+def health_config(
+    run: RunData, preset: str | None, overrides: dict[str, float | None] | None
+) -> HealthConfig:
     """train.health from config.yaml, then the caller's preset ("none" = no preset) and threshold overrides."""
     raw = dict(((run.config or {}).get("train") or {}).get("health") or {})
     if preset is not None:
@@ -97,8 +106,9 @@ def _validate_health(raw: dict[str, Any], run: RunData) -> HealthConfig:
     try:
         return HealthConfig.model_validate(raw)
     except ValidationError as exc:
-        raise ValueError(f"{run.run_dir / 'config.yaml'}: train.health (with command-line overrides) "
-                         f"is invalid: {exc}") from exc
+        raise ValueError(
+            f"{run.run_dir / 'config.yaml'}: train.health (with command-line overrides) is invalid: {exc}"
+        ) from exc
 
 
 def measure(run: RunData) -> dict[int, dict[str, MagnitudeSummary]]:
@@ -124,15 +134,26 @@ def analyze_run(
     warnings = evaluate(series, cfg)
     notes = []
     if cfg.preset is None and {"high_noise", "low_noise"} <= set(run.experts):
-        notes.append("no preset: the expert-balance rules are off; pass --preset motion or --preset character "
-                     "(their advice is opposite) or set train.health.preset")
+        notes.append(
+            "no preset: the expert-balance rules are off; pass --preset motion or --preset character "
+            "(their advice is opposite) or set train.health.preset"
+        )
     if not run.metrics:
         notes.append(f"no metrics_{run.name}.jsonl rows: LR, loss and stability columns are empty")
-    files = {s: {e: run.checkpoints[e][s].name for e in run.experts if s in run.checkpoints[e]} for s in run.steps}
+    files = {
+        s: {e: run.checkpoints[e][s].name for e in run.experts if s in run.checkpoints[e]} for s in run.steps
+    }
     return AnalysisReport(
-        run_dir=str(run.run_dir), name=run.name, preset=cfg.preset, experts=run.experts,
-        thresholds=active_thresholds(cfg), series=series, warnings=warnings,
-        recommendations=recommend(series, warnings, cfg), files=files, notes=notes,
+        run_dir=str(run.run_dir),
+        name=run.name,
+        preset=cfg.preset,
+        experts=run.experts,
+        thresholds=active_thresholds(cfg),
+        series=series,
+        warnings=warnings,
+        recommendations=recommend(series, warnings, cfg),
+        files=files,
+        notes=notes,
     )
 
 
@@ -157,13 +178,19 @@ def _ratio(value: float | None, show: bool) -> str:
 
 def format_table(report: AnalysisReport) -> str:
     """One row per expert per checkpoint; the ratio columns sit on each checkpoint's first row."""
-    head = (f"{'step':>9}  {'expert':<10}  {'|dW| mean':>10}  {'growth':>7}  {'W ratio':>7}  {'LR':>9}  "
-            f"{'LR ratio':>8}  {'loss mean±std (n)':>24}  {'grad stab':>9}  {'eval':>8}")
+    head = (
+        f"{'step':>9}  {'expert':<10}  {'|dW| mean':>10}  {'growth':>7}  {'W ratio':>7}  {'LR':>9}  "
+        f"{'LR ratio':>8}  {'loss mean±std (n)':>24}  {'grad stab':>9}  {'eval':>8}"
+    )
     lines = [head, "-" * len(head)]
     for p in report.series.points:
         for i, (name, e) in enumerate(p.experts.items()):
             s, first = e.stats, i == 0
-            loss = "-" if s.loss_mean is None else f"{s.loss_mean:.4f}±{_fmt(s.loss_std, '.4f')} ({s.loss_count})"
+            loss = (
+                "-"
+                if s.loss_mean is None
+                else f"{s.loss_mean:.4f}±{_fmt(s.loss_std, '.4f')} ({s.loss_count})"
+            )
             evl = s.eval_loss if s.eval_loss is not None else (p.eval_loss if first else None)
             lines.append(
                 f"{(p.step if first else ''):>9}  {name:<10}  {e.magnitude:>10.6f}  {_fmt(e.growth, '+.1%'):>7}  "
@@ -194,7 +221,11 @@ def collapse_warnings(report: AnalysisReport) -> list[str]:
 
 
 def format_report(report: AnalysisReport, paths: tuple[Path, Path]) -> str:
-    parts = [f"run {report.name} ({report.run_dir}), preset: {report.preset or 'none'}", "", format_table(report)]
+    parts = [
+        f"run {report.name} ({report.run_dir}), preset: {report.preset or 'none'}",
+        "",
+        format_table(report),
+    ]
     parts += ["", "Warnings:"] + ([f"  {line}" for line in collapse_warnings(report)] or ["  none"])
     parts += ["", "Recommended checkpoints:"]
     for rec in report.recommendations:

@@ -66,9 +66,12 @@ def build_series(
         experts: dict[str, ExpertPoint] = {}
         for expert, summary in magnitudes[step].items():
             before = previous.experts.get(expert) if previous else None
-            growth = (summary.mean - before.magnitude) / before.magnitude if before and before.magnitude else None
-            experts[expert] = ExpertPoint(summary.mean, dict(summary.per_block), growth,
-                                          interval_stats(rows, lo, step, expert))
+            growth = (
+                (summary.mean - before.magnitude) / before.magnitude if before and before.magnitude else None
+            )
+            experts[expert] = ExpertPoint(
+                summary.mean, dict(summary.per_block), growth, interval_stats(rows, lo, step, expert)
+            )
         high, low = experts.get("high_noise"), experts.get("low_noise")
         eval_loss = last_value(rows, lo, step, "eval_loss")
         if eval_loss is None and MAIN_EXPERT not in experts:
@@ -120,8 +123,10 @@ def _weight_ratio_low(s: RunSeries, i: int, th: float) -> list[HealthWarning]:
     p = s.points[i]
     if p.weight_ratio is None or p.weight_ratio >= th:
         return []
-    msg = (f"high/low |ΔW| ratio {p.weight_ratio:.2f}x is below {th:.2f}x: the low-noise expert is catching up "
-           "and tends to tame motion; stop here or lower the low-noise LR")
+    msg = (
+        f"high/low |ΔW| ratio {p.weight_ratio:.2f}x is below {th:.2f}x: the low-noise expert is catching up "
+        "and tends to tame motion; stop here or lower the low-noise LR"
+    )
     return [HealthWarning("weight_ratio_low", p.step, None, msg, p.weight_ratio, th)]
 
 
@@ -129,8 +134,10 @@ def _weight_ratio_high(s: RunSeries, i: int, th: float) -> list[HealthWarning]:
     p = s.points[i]
     if p.weight_ratio is None or p.weight_ratio <= th * (1 + 1e-9):
         return []
-    msg = (f"high/low |ΔW| ratio {p.weight_ratio:.2f}x is above {th:.2f}x: for character/style LoRAs a dominant "
-           "high-noise expert memorises poses and backgrounds; lower its LR or keep an earlier checkpoint")
+    msg = (
+        f"high/low |ΔW| ratio {p.weight_ratio:.2f}x is above {th:.2f}x: for character/style LoRAs a dominant "
+        "high-noise expert memorises poses and backgrounds; lower its LR or keep an earlier checkpoint"
+    )
     return [HealthWarning("weight_ratio_high", p.step, None, msg, p.weight_ratio, th)]
 
 
@@ -142,9 +149,11 @@ def _low_noise_outgrowing(s: RunSeries, i: int, th: float) -> list[HealthWarning
     limit = max(high.growth, 0.0) * th
     if low.growth <= 0 or low.growth <= limit:
         return []
-    msg = (f"since step {s.points[i - 1].step} low-noise |ΔW| grew {low.growth:+.1%}, faster than high-noise "
-           f"({high.growth:+.1%}, factor {th:g}): the low-noise expert is overpowering motion; keep the "
-           "previous checkpoint or lower the low-noise max LR")
+    msg = (
+        f"since step {s.points[i - 1].step} low-noise |ΔW| grew {low.growth:+.1%}, faster than high-noise "
+        f"({high.growth:+.1%}, factor {th:g}): the low-noise expert is overpowering motion; keep the "
+        "previous checkpoint or lower the low-noise max LR"
+    )
     return [HealthWarning("low_noise_outgrowing", p.step, "low_noise", msg, low.growth, limit)]
 
 
@@ -153,8 +162,10 @@ def _high_noise_magnitude_low(s: RunSeries, i: int, th: float) -> list[HealthWar
     high = p.experts.get("high_noise")
     if not high or high.magnitude >= th:
         return []
-    msg = (f"high-noise mean |ΔW| {high.magnitude:.6f} is below the target {th:g} for strong motion; "
-           "if it stays there, raise the high-noise LR for the next run (the target depends on rank/alpha/LR)")
+    msg = (
+        f"high-noise mean |ΔW| {high.magnitude:.6f} is below the target {th:g} for strong motion; "
+        "if it stays there, raise the high-noise LR for the next run (the target depends on rank/alpha/LR)"
+    )
     return [HealthWarning("high_noise_magnitude_low", p.step, "high_noise", msg, high.magnitude, th)]
 
 
@@ -162,8 +173,10 @@ def _lr_ratio_low(s: RunSeries, i: int, th: float) -> list[HealthWarning]:
     p = s.points[i]
     if p.lr_ratio is None or p.lr_ratio >= th * (1 - 1e-9):
         return []
-    msg = (f"high/low LR ratio {p.lr_ratio:.2f}x is under {th:.2f}x: motion LoRAs need the high-noise expert "
-           "to learn faster (3-4x); raise the high-noise LR")
+    msg = (
+        f"high/low LR ratio {p.lr_ratio:.2f}x is under {th:.2f}x: motion LoRAs need the high-noise expert "
+        "to learn faster (3-4x); raise the high-noise LR"
+    )
     return [HealthWarning("lr_ratio_low", p.step, None, msg, p.lr_ratio, th)]
 
 
@@ -171,8 +184,10 @@ def _lr_ratio_high(s: RunSeries, i: int, th: float) -> list[HealthWarning]:
     p = s.points[i]
     if p.lr_ratio is None or p.lr_ratio <= th * (1 + 1e-9):
         return []
-    msg = (f"high/low LR ratio {p.lr_ratio:.2f}x is above {th:.2f}x: character/style LoRAs overfit at high "
-           "noise; give the high-noise expert the lower LR")
+    msg = (
+        f"high/low LR ratio {p.lr_ratio:.2f}x is above {th:.2f}x: character/style LoRAs overfit at high "
+        "noise; give the high-noise expert the lower LR"
+    )
     return [HealthWarning("lr_ratio_high", p.step, None, msg, p.lr_ratio, th)]
 
 
@@ -189,8 +204,10 @@ def _loss_rising(s: RunSeries, i: int, th: float) -> list[HealthWarning]:
         rise = (b.loss_mean - a.loss_mean) / a.loss_mean * 100
         if rise <= th or not _significant(a, b):
             continue
-        msg = (f"{expert} loss mean {b.loss_mean:.4f} over steps {prev.step + 1}-{p.step} is {rise:+.1f}% above "
-               f"the previous interval ({a.loss_mean:.4f}), more than {th:g}%: training is diverging")
+        msg = (
+            f"{expert} loss mean {b.loss_mean:.4f} over steps {prev.step + 1}-{p.step} is {rise:+.1f}% above "
+            f"the previous interval ({a.loss_mean:.4f}), more than {th:g}%: training is diverging"
+        )
         out.append(HealthWarning("loss_rising", p.step, expert, msg, rise, th))
     return out
 
@@ -209,8 +226,10 @@ def _gradient_unstable(s: RunSeries, i: int, th: float) -> list[HealthWarning]:
     for expert, e in p.experts.items():
         value = e.stats.grad_stability
         if value is not None and value < th:
-            msg = (f"{expert} gradient stability {value:.3f} is below {th:g} (0.5 = random signs): updates "
-                   "disagree step to step; lower the LR or raise the batch size")
+            msg = (
+                f"{expert} gradient stability {value:.3f} is below {th:g} (0.5 = random signs): updates "
+                "disagree step to step; lower the LR or raise the batch size"
+            )
             out.append(HealthWarning("gradient_unstable", p.step, expert, msg, value, th))
     return out
 
@@ -219,17 +238,36 @@ RULES: dict[str, Rule] = {
     r.id: r
     for r in (
         Rule("weight_ratio_low", "high/low |ΔW| ratio below threshold", {"motion": 1.5}, _weight_ratio_low),
-        Rule("weight_ratio_high", "high/low |ΔW| ratio above threshold", {"character": 1.0}, _weight_ratio_high),
-        Rule("low_noise_outgrowing", "low-noise growth > high-noise growth x factor", {"motion": 1.0},
-             _low_noise_outgrowing),
-        Rule("high_noise_magnitude_low", "high-noise mean |ΔW| below target at the latest checkpoint",
-             {"motion": 0.008}, _high_noise_magnitude_low, final_only=True),
+        Rule(
+            "weight_ratio_high", "high/low |ΔW| ratio above threshold", {"character": 1.0}, _weight_ratio_high
+        ),
+        Rule(
+            "low_noise_outgrowing",
+            "low-noise growth > high-noise growth x factor",
+            {"motion": 1.0},
+            _low_noise_outgrowing,
+        ),
+        Rule(
+            "high_noise_magnitude_low",
+            "high-noise mean |ΔW| below target at the latest checkpoint",
+            {"motion": 0.008},
+            _high_noise_magnitude_low,
+            final_only=True,
+        ),
         Rule("lr_ratio_low", "high/low LR ratio below threshold", {"motion": 3.0}, _lr_ratio_low),
         Rule("lr_ratio_high", "high/low LR ratio above threshold", {"character": 1.0}, _lr_ratio_high),
-        Rule("loss_rising", "interval loss mean above the previous interval by more than threshold %",
-             {None: 10.0, "motion": 10.0, "character": 10.0}, _loss_rising),
-        Rule("gradient_unstable", "interval gradient stability below threshold",
-             {None: 0.45, "motion": 0.45, "character": 0.45}, _gradient_unstable),
+        Rule(
+            "loss_rising",
+            "interval loss mean above the previous interval by more than threshold %",
+            {None: 10.0, "motion": 10.0, "character": 10.0},
+            _loss_rising,
+        ),
+        Rule(
+            "gradient_unstable",
+            "interval gradient stability below threshold",
+            {None: 0.45, "motion": 0.45, "character": 0.45},
+            _gradient_unstable,
+        ),
     )
 }
 
@@ -282,9 +320,17 @@ def recommend(
     if not picks:
         last = series.points[-1].step
         flagged = any(w.step == last for w in warnings)
-        picks.append((last, "latest checkpoint; " + (
-            "its warnings concern the whole run, not a turn for the worse" if flagged
-            else "no health rule fired against it")))
+        picks.append(
+            (
+                last,
+                "latest checkpoint; "
+                + (
+                    "its warnings concern the whole run, not a turn for the worse"
+                    if flagged
+                    else "no health rule fired against it"
+                ),
+            )
+        )
     merged: dict[int, list[str]] = {}
     for step, reason in picks:
         merged.setdefault(step, []).append(reason)
@@ -301,8 +347,12 @@ def _before_first_degradation(
     index = series.index_of(first.step)
     if index == 0:
         return []
-    return [(series.points[index - 1].step,
-             f"last checkpoint before {first.rule} fired at step {first.step} ({first.message})")]
+    return [
+        (
+            series.points[index - 1].step,
+            f"last checkpoint before {first.rule} fired at step {first.step} ({first.message})",
+        )
+    ]
 
 
 def _lowest_eval(series: RunSeries) -> list[tuple[int, str]]:
@@ -310,21 +360,32 @@ def _lowest_eval(series: RunSeries) -> list[tuple[int, str]]:
     if not scored:
         return []
     best = min(scored, key=lambda p: p.eval_loss)  # type: ignore[arg-type,return-value]
-    return [(best.step, f"lowest eval loss ({best.eval_loss:.5f}) of {len(scored)} checkpoints with eval loss")]
+    return [
+        (best.step, f"lowest eval loss ({best.eval_loss:.5f}) of {len(scored)} checkpoints with eval loss")
+    ]
 
 
 def _best_motion_balance(series: RunSeries, warnings: list[HealthWarning]) -> list[tuple[int, str]]:
     outgrown = {w.step for w in warnings if w.rule == "low_noise_outgrowing"}
     healthy = [
-        p for p in series.points
-        if p.weight_ratio is not None and p.step not in outgrown
-        and (h := p.experts.get("high_noise")) is not None and h.growth is not None and h.growth > 0
+        p
+        for p in series.points
+        if p.weight_ratio is not None
+        and p.step not in outgrown
+        and (h := p.experts.get("high_noise")) is not None
+        and h.growth is not None
+        and h.growth > 0
     ]
     if not healthy:
         return []
     best = max(healthy, key=lambda p: p.weight_ratio)  # type: ignore[arg-type,return-value]
-    return [(best.step, f"highest high/low |ΔW| ratio ({best.weight_ratio:.2f}x) among checkpoints where the "
-             "high-noise expert was still growing and the low-noise expert did not outgrow it (motion)")]
+    return [
+        (
+            best.step,
+            f"highest high/low |ΔW| ratio ({best.weight_ratio:.2f}x) among checkpoints where the "
+            "high-noise expert was still growing and the low-noise expert did not outgrow it (motion)",
+        )
+    ]
 
 
 # ------------------------------------------------------------------------------------------ live checks
@@ -363,4 +424,6 @@ class HealthMonitor:
         series = build_series(self.magnitudes, rows)
         warnings = evaluate(series, self.cfg)
         current = [w for w in warnings if w.step == step]
-        return HealthResult(step, current, should_stop(current, self.cfg), recommend(series, warnings, self.cfg))
+        return HealthResult(
+            step, current, should_stop(current, self.cfg), recommend(series, warnings, self.cfg)
+        )

@@ -43,8 +43,9 @@ def _series(data: dict[str, Any], expert: str, key: str) -> tuple[list[int], lis
     return xs, ys
 
 
-def _per_expert(data: dict[str, Any], key: str, title: str, scale: float = 1.0,
-                line: float | None = None) -> Callable[[Figure], None]:
+def _per_expert(
+    data: dict[str, Any], key: str, title: str, scale: float = 1.0, line: float | None = None
+) -> Callable[[Figure], None]:
     def draw(fig: Figure) -> None:
         ax = fig.add_subplot()
         for expert in data["experts"]:
@@ -53,6 +54,7 @@ def _per_expert(data: dict[str, Any], key: str, title: str, scale: float = 1.0,
         if line is not None:
             ax.axhline(line, color="#888", linestyle="--", label=f"threshold {line:g}")
         _finish(ax, title)
+
     return draw
 
 
@@ -61,15 +63,23 @@ def _ratios(data: dict[str, Any]) -> Callable[[Figure], None]:
 
     def draw(fig: Figure) -> None:
         ax = fig.add_subplot()
-        for key, label, color in (("weight_ratio", "|ΔW| high/low", "#6c3483"), ("lr_ratio", "LR high/low", "#ca6f1e")):
+        for key, label, color in (
+            ("weight_ratio", "|ΔW| high/low", "#6c3483"),
+            ("lr_ratio", "LR high/low", "#ca6f1e"),
+        ):
             pts = [(c["step"], c[key]) for c in data["checkpoints"] if c[key] is not None]
             if pts:
                 ax.plot(*zip(*pts, strict=True), "o-", color=color, label=label)
-        for rule, style in (("weight_ratio_low", "--"), ("weight_ratio_high", "--"), ("lr_ratio_low", ":"),
-                            ("lr_ratio_high", ":")):
+        for rule, style in (
+            ("weight_ratio_low", "--"),
+            ("weight_ratio_high", "--"),
+            ("lr_ratio_low", ":"),
+            ("lr_ratio_high", ":"),
+        ):
             if rule in th:
                 ax.axhline(th[rule], color="#888", linestyle=style, label=f"{rule} {th[rule]:g}")
         _finish(ax, "High/low ratios")
+
     return draw
 
 
@@ -77,15 +87,21 @@ def _losses(data: dict[str, Any]) -> Callable[[Figure], None]:
     def draw(fig: Figure) -> None:
         ax = fig.add_subplot()
         for expert in data["experts"]:
-            pts = [(c["step"], e["loss_mean"], e["loss_std"] or 0.0) for c in data["checkpoints"]
-                   if (e := c["experts"].get(expert)) and e.get("loss_mean") is not None]
+            pts = [
+                (c["step"], e["loss_mean"], e["loss_std"] or 0.0)
+                for c in data["checkpoints"]
+                if (e := c["experts"].get(expert)) and e.get("loss_mean") is not None
+            ]
             if pts:
                 xs, ys, err = zip(*pts, strict=True)
-                ax.errorbar(xs, ys, yerr=err, fmt="o-", capsize=3, color=COLORS.get(expert), label=f"{expert} loss")
+                ax.errorbar(
+                    xs, ys, yerr=err, fmt="o-", capsize=3, color=COLORS.get(expert), label=f"{expert} loss"
+                )
         evals = [(c["step"], c["eval_loss"]) for c in data["checkpoints"] if c["eval_loss"] is not None]
         if evals:
             ax.plot(*zip(*evals, strict=True), "s--", color="#111", label="eval loss")
         _finish(ax, "Loss mean ± std over each interval")
+
     return draw
 
 
@@ -102,6 +118,7 @@ def _blocks(data: dict[str, Any], expert: str) -> Callable[[Figure], None]:
         ax.set_ylabel("block")
         ax.set_title(f"{expert}: mean |ΔW| per block")
         fig.colorbar(image, ax=ax)
+
     return draw
 
 
@@ -123,7 +140,9 @@ def _plots(data: dict[str, Any]) -> list[str]:
         images.append(_png(_ratios(data)))
     images.append(_png(_losses(data)))
     images.append(_png(_per_expert(data, "lr", "Mean LR over each interval")))
-    images.append(_png(_per_expert(data, "grad_stability", "Gradient stability", line=th.get("gradient_unstable"))))
+    images.append(
+        _png(_per_expert(data, "grad_stability", "Gradient stability", line=th.get("gradient_unstable")))
+    )
     for expert in data["experts"]:
         if any(c["experts"].get(expert, {}).get("per_block") for c in data["checkpoints"]):
             images.append(_png(_blocks(data, expert), size=(8, 4.5)))
@@ -137,8 +156,10 @@ def _cell(value: Any, spec: str = "") -> str:
 
 
 def _table(data: dict[str, Any]) -> str:
-    rows = ["<tr><th>step</th><th>expert</th><th>|ΔW| mean</th><th>growth</th><th>W ratio</th><th>LR</th>"
-            "<th>LR ratio</th><th>loss mean</th><th>loss std</th><th>n</th><th>grad stab</th><th>eval</th></tr>"]
+    rows = [
+        "<tr><th>step</th><th>expert</th><th>|ΔW| mean</th><th>growth</th><th>W ratio</th><th>LR</th>"
+        "<th>LR ratio</th><th>loss mean</th><th>loss std</th><th>n</th><th>grad stab</th><th>eval</th></tr>"
+    ]
     for c in data["checkpoints"]:
         for expert, e in c["experts"].items():
             rows.append(
@@ -154,10 +175,14 @@ def _table(data: dict[str, Any]) -> str:
 def render_html(data: dict[str, Any]) -> str:
     """The whole page as one string (write it with cadence.atomic)."""
     esc = html.escape
-    warnings = "".join(
-        f"<tr><td>{w['step']}</td><td class=l>{esc(w['rule'])}</td><td class=l>{esc(w['expert'] or '')}</td>"
-        f"<td class='l warn'>{esc(w['message'])}</td></tr>" for w in data["warnings"]
-    ) or "<tr><td class=l colspan=4>none</td></tr>"
+    warnings = (
+        "".join(
+            f"<tr><td>{w['step']}</td><td class=l>{esc(w['rule'])}</td><td class=l>{esc(w['expert'] or '')}</td>"
+            f"<td class='l warn'>{esc(w['message'])}</td></tr>"
+            for w in data["warnings"]
+        )
+        or "<tr><td class=l colspan=4>none</td></tr>"
+    )
     recs = "".join(
         f"<li><b>step {r['step']}</b><ul>{''.join(f'<li>{esc(x)}</li>' for x in r['reasons'])}</ul></li>"
         for r in data["recommendations"]

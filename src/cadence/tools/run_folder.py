@@ -54,7 +54,9 @@ def discover_checkpoints(run_dir: Path, name: str | None = None) -> tuple[str, d
             found.append((match.group("name"), int(match.group("step")), expert, path))
     names = Counter(item[0] for item in found)
     if name is None:
-        name = run_dir.name if run_dir.name in names else (names.most_common(1)[0][0] if names else run_dir.name)
+        name = (
+            run_dir.name if run_dir.name in names else (names.most_common(1)[0][0] if names else run_dir.name)
+        )
     checkpoints: dict[str, dict[int, Path]] = {}
     for file_name, step, expert, path in sorted(found, key=lambda item: item[1]):
         if file_name == name:
@@ -150,7 +152,9 @@ def _row_lr(row: dict[str, Any], expert: str, own_row: bool) -> float | None:
     if not own_row:
         return None
     others = ("lr_high_noise", "lr_low_noise")
-    plain = [_num(v) for k, v in row.items() if (k == "lr" or k.startswith("lr_")) and not k.startswith(others)]
+    plain = [
+        _num(v) for k, v in row.items() if (k == "lr" or k.startswith("lr_")) and not k.startswith(others)
+    ]
     plain_f = [v for v in plain if v is not None]
     return sum(plain_f) / len(plain_f) if plain_f else None
 

@@ -61,7 +61,9 @@ class BatchAssembler:
 
     def assemble(self, indices: list[int], rng: random.Random | None) -> Batch:
         items = [self.items[i] for i in indices]
-        captions = [self.caption_for(item, rng) if rng is not None else (item.caption or "") for item in items]
+        captions = [
+            self.caption_for(item, rng) if rng is not None else (item.caption or "") for item in items
+        ]
         entries = [self.latents.load(item) for item in items]
         latents = torch.stack([entry["latents"] for entry in entries])
         cond_keys = sorted(k for k in entries[0] if k != "latents")

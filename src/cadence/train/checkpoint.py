@@ -110,7 +110,9 @@ class CheckpointManager:
         final.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".tmp_step_{step:09d}_", dir=final.parent))
         try:
-            save_file({k: v.detach().contiguous().cpu() for k, v in adapters.items()}, tmp / "adapters.safetensors")
+            save_file(
+                {k: v.detach().contiguous().cpu() for k, v in adapters.items()}, tmp / "adapters.safetensors"
+            )
             torch.save(state, tmp / "state.pt")
             for child in tmp.iterdir():
                 with open(child, "rb+") as handle:

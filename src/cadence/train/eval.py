@@ -50,8 +50,9 @@ class FixedEval:
             self._noise[index] = torch.randn(shape, generator=generator)
 
     @torch.no_grad()
-    def evaluate(self, adapter: ModelAdapter, device: torch.device, dtype: torch.dtype,
-                 label: Any = lambda name: name) -> dict[str, float]:
+    def evaluate(
+        self, adapter: ModelAdapter, device: torch.device, dtype: torch.dtype, label: Any = lambda name: name
+    ) -> dict[str, float]:
         """Mean loss per expert and quantile; keys eval_loss, eval_loss_{expert}, eval_loss_{expert}_q{NN}."""
         results: dict[str, float] = {}
         per_expert: list[float] = []
@@ -73,8 +74,9 @@ class FixedEval:
             results["eval_loss"] = sum(per_expert) / len(per_expert)
         return results
 
-    def _expert_losses(self, adapter: ModelAdapter, spec: ExpertSpec, device: torch.device,
-                       dtype: torch.dtype) -> list[float]:
+    def _expert_losses(
+        self, adapter: ModelAdapter, spec: ExpertSpec, device: torch.device, dtype: torch.dtype
+    ) -> list[float]:
         losses = []
         for t_value in self.t_values[spec.name]:
             total = 0.0
@@ -82,8 +84,9 @@ class FixedEval:
                 batch = self.batches.assemble([index], None).to(device, dtype)
                 noise = self._noise[index].to(device=device, dtype=dtype)
                 t = torch.full((1,), t_value, dtype=torch.float32, device=device)
-                prediction = adapter.predict(spec.name, noisy_latents(batch.latents, noise, t), t, batch.text,
-                                             batch.cond)
+                prediction = adapter.predict(
+                    spec.name, noisy_latents(batch.latents, noise, t), t, batch.text, batch.cond
+                )
                 target = velocity_target(batch.latents, noise)
                 total += float(flow_matching_loss(prediction, target, adapter.loss_mask(batch.cond)))
             losses.append(total / len(self.item_indices))

@@ -146,7 +146,9 @@ class Trainer:
             "grad_norm": result.grad_norm,
             "step_time_s": result.seconds,
             "data_time_s": self.data_seconds,
-            "samples_per_s": s.cfg.train.batch_size * s.cfg.train.gradient_accumulation / max(result.seconds, 1e-9),
+            "samples_per_s": s.cfg.train.batch_size
+            * s.cfg.train.gradient_accumulation
+            / max(result.seconds, 1e-9),
             "epoch": s.sampler.state_dict()["epoch"],
         }
         if s.device.type == "cuda":
@@ -175,7 +177,9 @@ class Trainer:
         try:
             for step in range(start_step + 1, total + 1):
                 if self.stop.requested and step == start_step + 1:
-                    log.info("stopped by %s before the first step; nothing new to save", self.stop.signal_name)
+                    log.info(
+                        "stopped by %s before the first step; nothing new to save", self.stop.signal_name
+                    )
                     return 0
                 self._place_experts()
                 result = self.train_step()
@@ -242,8 +246,13 @@ class Trainer:
         if every and step % every == 0:
             step_mean = sum(t for t, _ in self._times) / len(self._times)
             data_mean = sum(d for _, d in self._times) / len(self._times)
-            log.info("timing: steps %d-%d mean %.3f s/step, of which %.3f s data loading",
-                     step - len(self._times) + 1, step, step_mean, data_mean)
+            log.info(
+                "timing: steps %d-%d mean %.3f s/step, of which %.3f s data loading",
+                step - len(self._times) + 1,
+                step,
+                step_mean,
+                data_mean,
+            )
             self._times.clear()
 
     def _summary(self, step: int, row: dict[str, Any]) -> None:

@@ -43,5 +43,7 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device: {name!r} was asked for but no CUDA GPU is visible; use device: cpu or auto")
+        raise ValueError(
+            f"device: {name!r} was asked for but no CUDA GPU is visible; use device: cpu or auto"
+        )
     return device

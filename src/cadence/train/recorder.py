@@ -34,7 +34,11 @@ class RunRecorder:
         self.metrics = MetricsLog(self.paths.metrics)
         dropped = self.metrics.truncate_after(truncate_after)
         if dropped:
-            log.info("dropped %d metrics lines written after step %d (not in the checkpoint)", dropped, truncate_after)
+            log.info(
+                "dropped %d metrics lines written after step %d (not in the checkpoint)",
+                dropped,
+                truncate_after,
+            )
         if self.cfg.logging.tensorboard:
             self.tensorboard = TensorBoardLog(self.paths.tensorboard, purge_step=purge_step)
 

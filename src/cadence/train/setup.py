@@ -147,7 +147,9 @@ def build_training(cfg: JobConfig) -> TrainingSetup:
     seed_everything(cfg.train.seed)
 
     adapter = load_model_adapter(cfg.model, device, dtype)
-    apply_quantization(adapter, cfg.model)  # before caching and before LoRA: quantizers may swap Linear classes
+    apply_quantization(
+        adapter, cfg.model
+    )  # before caching and before LoRA: quantizers may swap Linear classes
     index = build_dataset_index(
         cfg, adapter.spatial_multiple, adapter.temporal_multiple, adapter.native_fps, cfg.train.seed
     )
@@ -162,7 +164,11 @@ def build_training(cfg: JobConfig) -> TrainingSetup:
     groups = build_param_groups(networks, cfg.train, cfg.network.network_kwargs.loraplus_lr_ratio)
     optimizer = build_optimizer(cfg.train, groups)
     lr_scheduler = build_lr_scheduler(
-        optimizer, cfg.train.lr_scheduler, cfg.train.steps, cfg.train.lr_warmup_steps, cfg.train.lr_scheduler_params
+        optimizer,
+        cfg.train.lr_scheduler,
+        cfg.train.steps,
+        cfg.train.lr_warmup_steps,
+        cfg.train.lr_scheduler_params,
     )
     labelled = tuple(e for e in experts if e != "main") if len(adapter.experts) > 1 else ()
     alpha = _alpha_scheduler(cfg, networks, experts)
@@ -172,15 +178,23 @@ def build_training(cfg: JobConfig) -> TrainingSetup:
 
     eval_items = _split_eval(cfg, index)
     batches = BatchAssembler(
-        index.train_items, latent_cache, text_cache, adapter.pad_text, [ds.caption_dropout_rate for ds in cfg.datasets]
+        index.train_items,
+        latent_cache,
+        text_cache,
+        adapter.pad_text,
+        [ds.caption_dropout_rate for ds in cfg.datasets],
     )
     timesteps = TimestepSampler(cfg.train.timestep_type, flow_shift=cfg.train.flow_shift)
     recorder = RunRecorder(cfg, paths, CheckpointManager(paths, cfg.save.max_step_saves_to_keep))
     evaluator = None
     if eval_items:
-        eval_batches = BatchAssembler(eval_items, latent_cache, text_cache, adapter.pad_text, [0.0] * len(cfg.datasets))
+        eval_batches = BatchAssembler(
+            eval_items, latent_cache, text_cache, adapter.pad_text, [0.0] * len(cfg.datasets)
+        )
         specs = [spec for spec in adapter.experts if spec.name in networks]
-        evaluator = FixedEval(list(range(len(eval_items))), eval_batches, specs, timesteps, seed=cfg.train.seed)
+        evaluator = FixedEval(
+            list(range(len(eval_items))), eval_batches, specs, timesteps, seed=cfg.train.seed
+        )
     elif cfg.train.eval_every:
         raise ValueError(
             "train.eval_every is set but there is no eval set: mark a dataset with datasets[].is_eval: true "
@@ -194,7 +208,12 @@ def build_training(cfg: JobConfig) -> TrainingSetup:
             return ev.evaluate(adapter, device, dtype, label=hub.label)
 
     checks = PeriodicChecks(
-        evaluator, cfg.train.eval_every, health, run_eval, live_magnitudes(networks), paths.metrics,
+        evaluator,
+        cfg.train.eval_every,
+        health,
+        run_eval,
+        live_magnitudes(networks),
+        paths.metrics,
         recorder.checkpoints,
     )
     setup = TrainingSetup(
@@ -236,7 +255,9 @@ def _prepare_caches(
         index.train_items = [item for item in index.train_items if item.path not in bad]
         index.eval_items = [item for item in index.eval_items if item.path not in bad]
         index.skipped.extend(latent_report.skipped)
-        log.warning("skipped %d file(s) that failed to decode: %s", len(bad), ", ".join(sorted(map(str, bad))))
+        log.warning(
+            "skipped %d file(s) that failed to decode: %s", len(bad), ", ".join(sorted(map(str, bad)))
+        )
     if not index.train_items:
         raise ValueError("no usable training items are left after caching; see the warnings above")
     if cfg.train.cache_text_embeddings:
@@ -255,7 +276,9 @@ def _split_eval(cfg: JobConfig, index: DatasetIndex) -> list:
     chosen = set(random.Random(cfg.train.seed).sample(range(len(index.train_items)), count))
     eval_items = [item for i, item in enumerate(index.train_items) if i in chosen]
     index.train_items = [item for i, item in enumerate(index.train_items) if i not in chosen]
-    log.info("held out %d of %d items for the eval loss (train.eval_split)", count, count + len(index.train_items))
+    log.info(
+        "held out %d of %d items for the eval loss (train.eval_split)", count, count + len(index.train_items)
+    )
     return eval_items
 
 
@@ -283,7 +306,7 @@ def _resume(setup: TrainingSetup) -> int:
     adapters, state = manager.load(step)
     for expert, net in setup.networks.items():
         prefix = f"{expert}::"
-        net.load_state_dict({k[len(prefix):]: v for k, v in adapters.items() if k.startswith(prefix)})
+        net.load_state_dict({k[len(prefix) :]: v for k, v in adapters.items() if k.startswith(prefix)})
     setup.optimizer.load_state_dict(state["optimizer"])
     setup.lr_scheduler.load_state_dict(state["lr_scheduler"])
     setup.router.load_state_dict(state["router"])
@@ -306,4 +329,3 @@ def _write_resolved_config(cfg: JobConfig, target: Path) -> None:
     from cadence.atomic import atomic_write_text
 
     atomic_write_text(target, dump_resolved(cfg))
-

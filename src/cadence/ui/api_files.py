@@ -34,9 +34,13 @@ def _serve(real: Path, download: bool) -> FileResponse:
     headers = {"X-Content-Type-Options": "nosniff"}
     if real.suffix.lower() in (".html", ".htm", ".svg"):
         headers["Content-Security-Policy"] = "sandbox allow-scripts"
-    return FileResponse(real, media_type=content_type(real), headers=headers,
-                        content_disposition_type="attachment" if download else "inline",
-                        filename=real.name)
+    return FileResponse(
+        real,
+        media_type=content_type(real),
+        headers=headers,
+        content_disposition_type="attachment" if download else "inline",
+        filename=real.name,
+    )
 
 
 @router.get("/files")
@@ -99,8 +103,10 @@ def _buckets(root: Path, c: UIContext) -> tuple[dict[str, dict], str | None]:
         return {}, f"buckets unavailable: {exc}"
     out = {}
     for item in [*index.train_items, *index.eval_items]:
-        out.setdefault(str(Path(item.path).resolve()), {
-            "width": item.width, "height": item.height, "frames": len(item.frames)})
+        out.setdefault(
+            str(Path(item.path).resolve()),
+            {"width": item.width, "height": item.height, "frames": len(item.frames)},
+        )
     return out, f"buckets from job {job.name} ({cfg.model.arch})"
 
 
@@ -129,9 +135,18 @@ def list_dataset_files(c: Ctx, root: str) -> dict:
             continue
         caption = f.with_suffix("." + ext)
         real = str(f.resolve())
-        items.append({"path": str(f), "name": str(f.relative_to(base)), "kind": media_kind(f),
-                      "caption": caption.read_text(encoding="utf-8", errors="replace") if caption.is_file() else None,
-                      "caption_path": str(caption), "bucket": buckets.get(real)})
+        items.append(
+            {
+                "path": str(f),
+                "name": str(f.relative_to(base)),
+                "kind": media_kind(f),
+                "caption": caption.read_text(encoding="utf-8", errors="replace")
+                if caption.is_file()
+                else None,
+                "caption_path": str(caption),
+                "bucket": buckets.get(real),
+            }
+        )
     return {"root": str(base), "items": items, "bucket_note": note}
 
 
@@ -161,7 +176,9 @@ async def upload(c: Ctx, request: Request, root: str, filename: str) -> dict:
         raise HTTPException(400, f"filename {filename!r} must be a plain image/video file name")
     declared = int(request.headers.get("content-length") or 0)
     if declared > MAX_UPLOAD_BYTES:
-        raise HTTPException(413, f"upload is {declared} bytes; the limit is {MAX_UPLOAD_BYTES} (CADENCE_UI_MAX_UPLOAD)")
+        raise HTTPException(
+            413, f"upload is {declared} bytes; the limit is {MAX_UPLOAD_BYTES} (CADENCE_UI_MAX_UPLOAD)"
+        )
     target, total = base / name, 0
     with atomic_path(target) as tmp, open(tmp, "wb") as out:
         async for chunk in request.stream():

@@ -30,8 +30,10 @@ class CreateJob(BaseModel):
 
 
 def _issues_response(exc: ConfigError) -> JSONResponse:
-    return JSONResponse({"detail": "the config has problems", "issues": [
-        {"path": p, "message": m} for p, m in exc.issues]}, status_code=422)
+    return JSONResponse(
+        {"detail": "the config has problems", "issues": [{"path": p, "message": m} for p, m in exc.issues]},
+        status_code=422,
+    )
 
 
 def metrics_path(job: Job) -> Path:
@@ -93,10 +95,27 @@ def create_job(c: Ctx, body: CreateJob):
     if cfg.name in c.store.names():
         shutil.rmtree(job_dir, ignore_errors=True)
         field = "name"
-        return _issues_response(ConfigError([(field, f"a job named {cfg.name!r} exists; its run folder would be "
-                                                     "shared (and resumed). Pick another name")]))
-    job = Job(id=job_id, name=cfg.name, status="created", device=body.device, config_yaml=text,
-              config_path=str(path), run_dir=str(Path(cfg.run_dir).resolve()), total_steps=cfg.train.steps)
+        return _issues_response(
+            ConfigError(
+                [
+                    (
+                        field,
+                        f"a job named {cfg.name!r} exists; its run folder would be "
+                        "shared (and resumed). Pick another name",
+                    )
+                ]
+            )
+        )
+    job = Job(
+        id=job_id,
+        name=cfg.name,
+        status="created",
+        device=body.device,
+        config_yaml=text,
+        config_path=str(path),
+        run_dir=str(Path(cfg.run_dir).resolve()),
+        total_steps=cfg.train.steps,
+    )
     c.store.add(job)
     if body.queue:
         c.runner.queue(job_id)
@@ -117,7 +136,9 @@ def get_job(c: Ctx, job_id: str) -> dict:
 def start_job(c: Ctx, job_id: str) -> dict:
     job = c.job_or_404(job_id)
     if not c.runner.queue(job_id):
-        raise HTTPException(409, f"job {job_id} is {job.status}; only created/finished/stopped/failed jobs start")
+        raise HTTPException(
+            409, f"job {job_id} is {job.status}; only created/finished/stopped/failed jobs start"
+        )
     return job_summary(c.job_or_404(job_id))
 
 
@@ -135,11 +156,21 @@ def clone_job(c: Ctx, job_id: str):
     new_id = c.store.new_id()
     name = configs.unique_name(job.name, c.store.names())
     try:
-        cfg, path = configs.write_and_validate(c.runner.job_dir(new_id), configs.rename_config(job.config_yaml, name))
+        cfg, path = configs.write_and_validate(
+            c.runner.job_dir(new_id), configs.rename_config(job.config_yaml, name)
+        )
     except ConfigError as exc:
         return _issues_response(exc)
-    clone = Job(id=new_id, name=cfg.name, status="created", device=job.device, config_yaml=path.read_text(),
-                config_path=str(path), run_dir=str(Path(cfg.run_dir).resolve()), total_steps=cfg.train.steps)
+    clone = Job(
+        id=new_id,
+        name=cfg.name,
+        status="created",
+        device=job.device,
+        config_yaml=path.read_text(),
+        config_path=str(path),
+        run_dir=str(Path(cfg.run_dir).resolve()),
+        total_steps=cfg.train.steps,
+    )
     c.store.add(clone)
     return job_summary(clone)
 
@@ -185,14 +216,19 @@ def job_artifacts(c: Ctx, job_id: str) -> dict:
             if kind and f.is_file():
                 samples.append({"path": str(f), "name": f.name, "kind": kind, "mtime": f.stat().st_mtime})
     report = run / "analysis.html"
-    return {"run_dir": str(run), "checkpoints": checkpoints, "samples": samples[-60:],
-            "analysis": str(report) if report.is_file() else None}
+    return {
+        "run_dir": str(run),
+        "checkpoints": checkpoints,
+        "samples": samples[-60:],
+        "analysis": str(report) if report.is_file() else None,
+    }
 
 
 @router.post("/jobs/{job_id}/analyze", status_code=202)
 def analyze_job(c: Ctx, job_id: str) -> dict:
     """Run `cadence analyze RUN_DIR` in the background; its output is appended to the job log."""
     job = c.job_or_404(job_id)
-    c.runner.spawn_helper([sys.executable, "-m", "cadence.cli", "analyze", job.run_dir],
-                          c.runner.job_dir(job.id) / "job.log")
+    c.runner.spawn_helper(
+        [sys.executable, "-m", "cadence.cli", "analyze", job.run_dir], c.runner.job_dir(job.id) / "job.log"
+    )
     return {"started": True}

@@ -22,9 +22,11 @@ from cadence.ui.runner import DEFAULT_TRAIN_CMD, JobRunner, Scheduler
 from cadence.ui.store import JobStore
 
 STATIC = Path(__file__).parent / "static"
-CSP = ("default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; style-src 'self'; "
-       "script-src 'self'; connect-src 'self'; frame-src 'self'; object-src 'none'; base-uri 'none'; "
-       "form-action 'self'; frame-ancestors 'none'")
+CSP = (
+    "default-src 'self'; img-src 'self' data: blob:; media-src 'self' blob:; style-src 'self'; "
+    "script-src 'self'; connect-src 'self'; frame-src 'self'; object-src 'none'; base-uri 'none'; "
+    "form-action 'self'; frame-ancestors 'none'"
+)
 
 
 class LimitsAndHeaders(BaseHTTPMiddleware):
@@ -34,8 +36,10 @@ class LimitsAndHeaders(BaseHTTPMiddleware):
         declared = int(request.headers.get("content-length") or 0)
         limit = MAX_UPLOAD_BYTES if request.url.path == "/api/datasets/upload" else MAX_BODY_BYTES
         if declared > limit:
-            return JSONResponse({"detail": f"request body of {declared} bytes is over the {limit}-byte limit"},
-                                status_code=413)
+            return JSONResponse(
+                {"detail": f"request body of {declared} bytes is over the {limit}-byte limit"},
+                status_code=413,
+            )
         response = await call_next(request)
         response.headers.setdefault("Content-Security-Policy", CSP)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
@@ -43,16 +47,24 @@ class LimitsAndHeaders(BaseHTTPMiddleware):
         return response
 
 
-def create_app(home: Path, token: str | None = None, train_cmd: tuple[str, ...] = DEFAULT_TRAIN_CMD,
-               stop_timeout: float = 120.0, scheduler_interval: float = 1.0, cpu_slots: int = 1,
-               gpus: list[str] | None = None) -> FastAPI:
+def create_app(
+    home: Path,
+    token: str | None = None,
+    train_cmd: tuple[str, ...] = DEFAULT_TRAIN_CMD,
+    stop_timeout: float = 120.0,
+    scheduler_interval: float = 1.0,
+    cpu_slots: int = 1,
+    gpus: list[str] | None = None,
+) -> FastAPI:
     """The UI app over `{home}/cadence.db`. `token` None or empty: no auth (loopback use only)."""
     home = Path(home).expanduser().resolve()
     store = JobStore(home / "cadence.db")
-    runner = JobRunner(store, home, train_cmd=train_cmd, stop_timeout=stop_timeout, cpu_slots=cpu_slots,
-                       gpus=gpus)
-    context = UIContext(home=home, store=store, runner=runner, token=token or None,
-                        extra_dataset_roots=env_dataset_roots())
+    runner = JobRunner(
+        store, home, train_cmd=train_cmd, stop_timeout=stop_timeout, cpu_slots=cpu_slots, gpus=gpus
+    )
+    context = UIContext(
+        home=home, store=store, runner=runner, token=token or None, extra_dataset_roots=env_dataset_roots()
+    )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI):
@@ -101,12 +113,21 @@ def _add_pages(app: FastAPI, context: UIContext) -> None:
         if not context.token:
             return RedirectResponse("/", status_code=303)
         if not check_token(token, context.token):
-            html = (STATIC / "login.html").read_text().replace(
-                "<!--ERROR-->", '<p class="error" id="login-error">Wrong token.</p>')
+            html = (
+                (STATIC / "login.html")
+                .read_text()
+                .replace("<!--ERROR-->", '<p class="error" id="login-error">Wrong token.</p>')
+            )
             return HTMLResponse(html, status_code=401)
         response = RedirectResponse("/", status_code=303)
-        response.set_cookie(COOKIE, session_value(context.token), httponly=True, samesite="strict",
-                            secure=os.environ.get("CADENCE_UI_SECURE_COOKIE") == "1", path="/")
+        response.set_cookie(
+            COOKIE,
+            session_value(context.token),
+            httponly=True,
+            samesite="strict",
+            secure=os.environ.get("CADENCE_UI_SECURE_COOKIE") == "1",
+            path="/",
+        )
         return response
 
     @app.post("/logout")

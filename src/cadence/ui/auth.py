@@ -52,9 +52,14 @@ class AuthMiddleware(BaseHTTPMiddleware):
         wants_page = request.method == "GET" and "text/html" in request.headers.get("accept", "")
         if wants_page and not request.url.path.startswith("/api/"):
             return RedirectResponse("/login", status_code=303)
-        return JSONResponse({"detail": "authentication required: send Authorization: Bearer <CADENCE_AUTH> "
-                                       "or log in at /login"}, status_code=401,
-                            headers={"WWW-Authenticate": "Bearer"})
+        return JSONResponse(
+            {
+                "detail": "authentication required: send Authorization: Bearer <CADENCE_AUTH> "
+                "or log in at /login"
+            },
+            status_code=401,
+            headers={"WWW-Authenticate": "Bearer"},
+        )
 
 
 def is_loopback_host(host: str) -> bool:

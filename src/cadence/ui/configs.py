@@ -22,10 +22,24 @@ from cadence.config.schema import JobConfig
 
 # The form's fields (dotted config paths). Anything else needs the YAML editor.
 FORM_FIELDS = (
-    "name", "training_folder", "model.name_or_path", "model.arch", "datasets[0].folder_path",
-    "datasets[0].resolution", "datasets[0].num_frames", "datasets[0].caption_ext", "train.steps", "train.lr",
-    "train.batch_size", "train.optimizer", "network.linear", "network.linear_alpha", "save.save_every",
-    "sample.sample_every", "train.disable_sampling", "trigger_word",
+    "name",
+    "training_folder",
+    "model.name_or_path",
+    "model.arch",
+    "datasets[0].folder_path",
+    "datasets[0].resolution",
+    "datasets[0].num_frames",
+    "datasets[0].caption_ext",
+    "train.steps",
+    "train.lr",
+    "train.batch_size",
+    "train.optimizer",
+    "network.linear",
+    "network.linear_alpha",
+    "save.save_every",
+    "sample.sample_every",
+    "train.disable_sampling",
+    "trigger_word",
 )
 _PART = re.compile(r"^([A-Za-z_][A-Za-z0-9_]*)(?:\[(\d+)\])?$")
 
@@ -69,7 +83,9 @@ def parse_yaml_text(text: str) -> dict[str, Any]:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
-        raise ConfigError([("", f"YAML parse error{where}: {getattr(exc, 'problem', None) or exc}")]) from None
+        raise ConfigError(
+            [("", f"YAML parse error{where}: {getattr(exc, 'problem', None) or exc}")]
+        ) from None
     if not isinstance(data, dict):
         raise ConfigError([("", "the config must be a mapping of keys (name:, model:, train:, ...)")])
     return data

@@ -26,7 +26,9 @@ def resolve_safe(requested: str, roots: Iterable[Path]) -> Path:
     if not requested or "\0" in requested:
         raise FileAccessError(400, "path is empty or contains a NUL byte")
     if ".." in PurePosixPath(requested.replace("\\", "/")).parts:
-        raise FileAccessError(400, f"path {requested!r} contains '..'; give a path inside a run or dataset folder")
+        raise FileAccessError(
+            400, f"path {requested!r} contains '..'; give a path inside a run or dataset folder"
+        )
     candidate = Path(requested)
     if not candidate.is_absolute():
         raise FileAccessError(400, f"path {requested!r} is not absolute")
@@ -44,8 +46,6 @@ def resolve_safe(requested: str, roots: Iterable[Path]) -> Path:
                 raise FileAccessError(404, f"not a file: {requested}")
             return real
     raise FileAccessError(403, f"{requested} is outside the dataset and run folders the UI may serve")
-
-
 
 
 def content_type(path: Path) -> str:

@@ -27,8 +27,13 @@ class Chunk:
     stride: int = 1
 
     def to_dict(self) -> dict:
-        return {"records": self.records, "offset": self.offset, "more": self.more, "reset": self.reset,
-                "stride": self.stride}
+        return {
+            "records": self.records,
+            "offset": self.offset,
+            "more": self.more,
+            "reset": self.reset,
+            "stride": self.stride,
+        }
 
 
 def read_new_bytes(path: Path, offset: int, max_bytes: int = MAX_CHUNK) -> tuple[bytes, int, bool, bool]:
@@ -104,8 +109,9 @@ def read_metrics(path: Path, offset: int, max_points: int = MAX_POINTS, max_byte
     return Chunk(records=records, offset=new_offset, more=more, reset=reset, stride=stride)
 
 
-def read_text_tail(path: Path, offset: int | None, initial_tail: int = 64 * 1024,
-                   max_bytes: int = 1024 * 1024) -> tuple[str, int]:
+def read_text_tail(
+    path: Path, offset: int | None, initial_tail: int = 64 * 1024, max_bytes: int = 1024 * 1024
+) -> tuple[str, int]:
     """New text after `offset` (or the last `initial_tail` bytes when offset is None) and the new offset."""
     try:
         size = path.stat().st_size

@@ -48,8 +48,15 @@ def detect_gpus() -> list[str]:
 class JobRunner:
     """Starts, stops and reconciles jobs. Thread-safe: one lock around every state change."""
 
-    def __init__(self, store: JobStore, home: Path, train_cmd: tuple[str, ...] = DEFAULT_TRAIN_CMD,
-                 stop_timeout: float = 120.0, cpu_slots: int = 1, gpus: list[str] | None = None) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        home: Path,
+        train_cmd: tuple[str, ...] = DEFAULT_TRAIN_CMD,
+        stop_timeout: float = 120.0,
+        cpu_slots: int = 1,
+        gpus: list[str] | None = None,
+    ) -> None:
         self.store = store
         self.home = Path(home)
         self.train_cmd = tuple(train_cmd)
@@ -78,25 +85,55 @@ class JobRunner:
         # the slot decides the device: inside the job the chosen GPU is cuda:0 whatever the config says
         env["CADENCE_DEVICE"] = "cpu" if job.device == "cpu" else "cuda:0"
         env["PYTHONUNBUFFERED"] = "1"
-        cmd = [sys.executable, "-m", "cadence.ui.job_wrapper", str(job_dir), "--",
-               *self.train_cmd, job.config_path]
+        cmd = [
+            sys.executable,
+            "-m",
+            "cadence.ui.job_wrapper",
+            str(job_dir),
+            "--",
+            *self.train_cmd,
+            job.config_path,
+        ]
         with open(job_dir / "job.log", "ab") as logf:
-            logf.write(f"\n=== cadence ui: starting job {job.id} on {job.device} at {time.ctime()}\n".encode())
-        proc = subprocess.Popen(cmd, env=env, cwd=str(job_dir), start_new_session=True,
-                                stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            logf.write(
+                f"\n=== cadence ui: starting job {job.id} on {job.device} at {time.ctime()}\n".encode()
+            )
+        proc = subprocess.Popen(
+            cmd,
+            env=env,
+            cwd=str(job_dir),
+            start_new_session=True,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         self._procs[job.id] = proc
         try:
             created = psutil.Process(proc.pid).create_time()
         except psutil.Error:
             created = None
-        self.store.update(job.id, status="running", pid=proc.pid, pid_create_time=created, exit_code=None,
-                          error=None, started_at=time.time(), stop_requested_at=None, stop_stage=0,
-                          finished_at=None)
+        self.store.update(
+            job.id,
+            status="running",
+            pid=proc.pid,
+            pid_create_time=created,
+            exit_code=None,
+            error=None,
+            started_at=time.time(),
+            stop_requested_at=None,
+            stop_stage=0,
+            finished_at=None,
+        )
         log.info("started job %s (%s) pid %d on %s", job.id, job.name, proc.pid, job.device)
 
     def queue(self, job_id: str) -> bool:
-        ok = self.store.transition(job_id, ("created", "finished", "stopped", "failed"),
-                                   status="queued", queued_at=time.time(), error=None)
+        ok = self.store.transition(
+            job_id,
+            ("created", "finished", "stopped", "failed"),
+            status="queued",
+            queued_at=time.time(),
+            error=None,
+        )
         if ok:
             self.tick()
         return ok
@@ -153,7 +190,11 @@ class JobRunner:
         if code is None:
             if stopping:
                 return "stopped", None, None
-            return "failed", None, "the job's process ended without an exit status (killed, or the machine restarted)"
+            return (
+                "failed",
+                None,
+                "the job's process ended without an exit status (killed, or the machine restarted)",
+            )
         if code == 0:
             return ("stopped" if stopping else "finished"), 0, None
         if stopping and (code < 0 or code in (130, 143)):
@@ -169,8 +210,9 @@ class JobRunner:
                         self._escalate(job)
                     continue
                 status, code, error = self._final_status(job)
-                self.store.transition(job.id, ACTIVE, status=status, exit_code=code, error=error,
-                                      finished_at=time.time())
+                self.store.transition(
+                    job.id, ACTIVE, status=status, exit_code=code, error=error, finished_at=time.time()
+                )
                 self._procs.pop(job.id, None)
                 log.info("job %s is %s (exit code %s)", job.id, status, code)
 
@@ -194,8 +236,9 @@ class JobRunner:
                 try:
                     self.start(job)
                 except OSError as exc:
-                    self.store.update(job.id, status="failed", error=f"could not start: {exc}",
-                                      finished_at=time.time())
+                    self.store.update(
+                        job.id, status="failed", error=f"could not start: {exc}", finished_at=time.time()
+                    )
                     continue
                 busy[job.device] = busy.get(job.device, 0) + 1
 
@@ -203,8 +246,9 @@ class JobRunner:
         """Run a short helper command (e.g. `cadence analyze`) detached, appending to `log_path`."""
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(log_path, "ab") as logf:
-            proc = subprocess.Popen(cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                    start_new_session=True)
+            proc = subprocess.Popen(
+                cmd, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+            )
         with self._lock:
             self._side = [p for p in self._side if p.poll() is None] + [proc]
 

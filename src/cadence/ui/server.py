@@ -22,9 +22,11 @@ def refuse_reason(host: str, token: str | None) -> str | None:
     """Why binding `host` is refused (None when allowed): non-loopback needs CADENCE_AUTH."""
     if token or is_loopback_host(host):
         return None
-    return (f"refusing to serve on {host}: that address is reachable from other machines and CADENCE_AUTH "
-            "is not set. Set CADENCE_AUTH to a long random token (e.g. `export CADENCE_AUTH=$(python -c "
-            "'import secrets; print(secrets.token_urlsafe(32))')`) or bind to 127.0.0.1.")
+    return (
+        f"refusing to serve on {host}: that address is reachable from other machines and CADENCE_AUTH "
+        "is not set. Set CADENCE_AUTH to a long random token (e.g. `export CADENCE_AUTH=$(python -c "
+        "'import secrets; print(secrets.token_urlsafe(32))')`) or bind to 127.0.0.1."
+    )
 
 
 def ui_command(args: argparse.Namespace) -> int:
@@ -39,7 +41,8 @@ def ui_command(args: argparse.Namespace) -> int:
         return 2
     home = Path(args.home).expanduser() if args.home else default_home()
     app = create_app(home, token=token)
-    log.info("Cadence UI on http://%s:%d (home %s, auth %s)", args.host, args.port, home,
-             "on" if token else "off")
+    log.info(
+        "Cadence UI on http://%s:%d (home %s, auth %s)", args.host, args.port, home, "on" if token else "off"
+    )
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", workers=1)
     return 0

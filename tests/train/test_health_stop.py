@@ -41,3 +41,25 @@ def test_stop_on_rule_ends_run_and_keeps_best_checkpoint(tiny_i2v: Path, clips: 
     kept = sorted(int(p.name.split("_")[1]) for p in run.glob("job_*_high_noise.safetensors"))
     assert last in kept
     assert any(step < last for step in kept), f"the best (earlier) checkpoint must be kept: {kept}"
+
+
+@pytest.mark.slow
+def test_health_history_survives_resume(tiny_i2v: Path, clips: Path, tmp_path: Path) -> None:
+    """Growth is judged against checkpoints from before a resume: the monitor's history is restored."""
+    from cadence.config.loader import load_config
+    from cadence.train.setup import build_training
+
+    spec = job_dict(tiny_i2v, clips, tmp_path / "out", steps=20, switch_boundary_every=10)
+    spec["save"].update({"save_every": 10, "max_step_saves_to_keep": 2})
+    spec["train"]["health"] = {"preset": "motion"}
+    config = write_job(tmp_path / "a.yaml", spec)
+    assert run_training(config) == 0
+    spec["train"]["steps"] = 40
+    setup = build_training(load_config(write_job(tmp_path / "a.yaml", spec)))
+    try:
+        assert setup.start_step == 20
+        history = setup.checks.health.magnitudes
+        assert sorted(history) == [10, 20] and set(history[20]) == {"high_noise", "low_noise"}
+        assert history[20]["high_noise"].mean > 0
+    finally:
+        setup.close()

@@ -29,3 +29,16 @@ def test_fp8_checkpointing_and_block_swap_train(tiny_i2v: Path, clips: Path, tmp
         assert abs(a["loss"] - b["loss"]) <= 1e-2 * abs(a["loss"])
     log = (tmp_path / "lean" / "job" / "log.txt").read_text()
     assert "fp8" in log.lower()
+
+
+@pytest.mark.slow
+def test_low_vram_trains_identically(tiny_i2v: Path, clips: Path, tmp_path: Path) -> None:
+    """low_vram parks the idle expert off the accelerator; the numbers must not change (on CPU: identical)."""
+    runs = {}
+    for name, low_vram in (("plain", False), ("low", True)):
+        job = job_dict(tiny_i2v, clips, tmp_path / name, steps=8)
+        job["model"]["low_vram"] = low_vram
+        assert run_training(write_job(tmp_path / f"{name}.yaml", job)) == 0
+        rows = read_metrics(tmp_path / name / "job" / "metrics_job.jsonl")
+        runs[name] = [(r["expert"], r["loss"], r["grad_norm"]) for r in rows]
+    assert runs["plain"] == runs["low"]

@@ -8,6 +8,7 @@ protected from pruning so the best one is kept, and the reason is logged.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 import torch
 
 from cadence.metrics.jsonl import read_metrics
-from cadence.networks.magnitude import summarize
+from cadence.networks.magnitude import MagnitudeSummary, summarize
 from cadence.optim.factory import needs_train_eval_mode
 from cadence.tools.health import HealthMonitor
 from cadence.train.checkpoint import CheckpointManager
@@ -66,6 +67,25 @@ class PeriodicChecks:
         self.metrics_path = metrics_path
         self.checkpoints = checkpoints
         self.stop_reason: str | None = None
+
+    def state_dict(self) -> dict[str, Any]:
+        """The health history (magnitudes per checked step) and the protected best step, so a resumed run
+        judges growth against the same earlier checkpoints and keeps protecting the best one."""
+        history = {}
+        if self.health is not None:
+            history = {
+                step: {e: dataclasses.asdict(m) for e, m in per.items()}
+                for step, per in self.health.magnitudes.items()
+            }
+        return {"health_magnitudes": history, "protected": sorted(self.checkpoints.protected)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.checkpoints.protected = set(state.get("protected", []))
+        if self.health is not None:
+            self.health.magnitudes = {
+                int(step): {e: MagnitudeSummary(**m) for e, m in per.items()}
+                for step, per in state.get("health_magnitudes", {}).items()
+            }
 
     def eval_due(self, step: int, saving: bool) -> bool:
         if self.evaluator is None:

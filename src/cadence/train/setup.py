@@ -103,6 +103,7 @@ class TrainingSetup:
             "randomness": self.randomness.state_dict(),
             "global_rng": capture_global_rng(),
             "hub": self.hub.state_dict(),
+            "checks": self.checks.state_dict(),
             "alphas": {e: {"linear": n.linear_alpha, "conv": n.conv_alpha} for e, n in self.networks.items()},
         }
 
@@ -313,6 +314,7 @@ def _resume(setup: TrainingSetup) -> int:
     setup.sampler.load_state_dict(state["sampler"])
     setup.randomness.load_state_dict(state["randomness"])
     setup.hub.load_state_dict(state["hub"])
+    setup.checks.load_state_dict(state.get("checks", {}))
     for expert, alphas in state["alphas"].items():
         setup.networks[expert].set_alpha(linear=alphas["linear"], conv=alphas["conv"])
     from cadence.train.rng import restore_global_rng

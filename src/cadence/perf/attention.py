@@ -55,7 +55,12 @@ def apply_attention_backend(transformers: Iterable[nn.Module], backend: str) -> 
             f"train.attention_backend: {backend!r} is not usable here ({exc}); {_INSTALL.get(backend, '')} "
             "or use native"
         ) from exc
-    for model in transformers:
+    models = list(transformers)
+    if value == "native" and all(attention_backends_of(m) <= {"native"} for m in models):
+        # already diffusers' default (SDPA): setting it again only logs diffusers' "experimental" warning
+        log.info("attention backend: native (PyTorch SDPA)")
+        return
+    for model in models:
         model.set_attention_backend(value)
     log.info("attention backend: %s", value)
 

@@ -119,9 +119,14 @@ class PeriodicChecks:
         return result.metrics_fields()
 
 
-def live_magnitudes(networks: dict[str, Any]) -> Callable[[], dict[str, Any]]:
+def live_magnitudes(
+    networks: dict[str, Any], optimizer: torch.optim.Optimizer
+) -> Callable[[], dict[str, Any]]:
+    """|ΔW| summaries of the weights users get (schedule-free: the averaged ones)."""
+
     def measure() -> dict[str, Any]:
-        with torch.no_grad():
-            return {expert: summarize(net.to_lora_tensors()) for expert, net in networks.items()}
+        with torch.no_grad(), evaluation_weights(optimizer):
+            tensors = {expert: net.to_lora_tensors() for expert, net in networks.items()}
+        return {expert: summarize(t) for expert, t in tensors.items()}
 
     return measure

@@ -7,7 +7,10 @@ applied to the adapters before the next step.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
@@ -35,6 +38,8 @@ class MetricsHub:
         self.alpha = alpha_scheduler
         self.magnitude_every = magnitude_every
         self.transitions: list[dict[str, Any]] = []
+        # context in which weights read for metrics are the user-facing ones (schedule-free: averaged)
+        self.weights_view: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext
         self.nan_streak = 0  # consecutive skipped (non-finite) steps
         self.nan_total = 0
 
@@ -90,8 +95,10 @@ class MetricsHub:
     def magnitude_fields(self) -> dict[str, Any]:
         """Mean |B·A·alpha/rank| per expert and the high/low ratio (seed 003's weight magnitude)."""
         fields: dict[str, Any] = {}
-        for expert, net in self.networks.items():
-            summary = summarize(net.to_lora_tensors())
+        with self.weights_view():
+            tensors = {expert: net.to_lora_tensors() for expert, net in self.networks.items()}
+        for expert in self.networks:
+            summary = summarize(tensors[expert])
             fields[f"weight_magnitude{'_' + expert if self.label(expert) else ''}"] = summary.mean
         high, low = fields.get("weight_magnitude_high_noise"), fields.get("weight_magnitude_low_noise")
         if high is not None and low:

@@ -175,6 +175,7 @@ def build_training(cfg: JobConfig) -> TrainingSetup:
     alpha = _alpha_scheduler(cfg, networks, experts)
     window = cfg.network.alpha_schedule.window if cfg.network.alpha_schedule else 200
     hub = MetricsHub(networks, labelled, window, alpha, MAGNITUDE_EVERY)
+    hub.weights_view = lambda: evaluation_weights(optimizer)
     hub.apply_alphas()
 
     eval_items = _split_eval(cfg, index)
@@ -213,7 +214,7 @@ def build_training(cfg: JobConfig) -> TrainingSetup:
         cfg.train.eval_every,
         health,
         run_eval,
-        live_magnitudes(networks),
+        live_magnitudes(networks, optimizer),
         paths.metrics,
         recorder.checkpoints,
     )

@@ -168,3 +168,16 @@ def test_captions_to_cache_adds_empty_caption(small_dir, make_config, adapter):
     cfg, index = _index(small_dir, make_config, adapter)
     captions = captions_to_cache(cfg, index)
     assert captions[-1] == "" and len(captions) == len(set(captions)) == 4
+
+
+def test_text_cache_reencodes_for_a_different_encoder(tmp_path, adapter):
+    """A quantized or differently typed text encoder gives other embeddings: its cache entries are separate."""
+    plain = TextCache(tmp_path / "text", adapter.model_id, encoder="fp32|none")
+    plain.ensure(["a red ball", ""], adapter)
+    assert plain.encode_calls == 2
+    quantized = TextCache(tmp_path / "text", adapter.model_id, encoder="fp32|qfloat8")
+    quantized.ensure(["a red ball", ""], adapter)
+    assert quantized.encode_calls == 2, "entries of another encoder must not be reused"
+    again = TextCache(tmp_path / "text", adapter.model_id, encoder="fp32|none")
+    again.ensure(["a red ball", ""], adapter)
+    assert again.encode_calls == 0

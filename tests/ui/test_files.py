@@ -112,3 +112,22 @@ def test_captions_buckets_and_upload_limit(served, monkeypatch: pytest.MonkeyPat
         headers={"content-type": "application/json"},
     )
     assert huge_json.status_code == 413
+
+
+def test_caption_edits_use_the_datasets_caption_ext(make_client, tiny_model: Path, tmp_path: Path) -> None:
+    """The caption a user edits is the file training reads (datasets[].caption_ext), not always .txt."""
+    import yaml
+
+    data = tmp_path / "data_ext"
+    data.mkdir()
+    (data / "b.png").write_bytes(b"x")
+    (data / "b.caption").write_text("old")
+    client = make_client()
+    job = yaml.safe_load(config_yaml(name="ext", model=tiny_model, data=data, out=tmp_path / "runs"))
+    job["datasets"][0]["caption_ext"] = "caption"
+    assert client.post("/api/jobs", json={"yaml": yaml.safe_dump(job)}).status_code == 201
+    listing = client.get("/api/datasets/files", params={"root": str(data)}).json()["items"]
+    assert [(i["name"], i["caption"]) for i in listing] == [("b.png", "old")]
+    put = client.put("/api/datasets/caption", json={"path": str(data / "b.png"), "text": "new"})
+    assert put.status_code == 200 and (data / "b.caption").read_text() == "new"
+    assert not (data / "b.txt").exists()

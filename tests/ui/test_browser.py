@@ -1,9 +1,11 @@
 """Headless Chromium (Debian package, driven by Playwright) against a real uvicorn server and the real trainer:
 log in, see form errors at their fields, create a tiny job, watch its charts update, stop it, see the
-checkpoint. Screenshots of the job page go to docs/screenshots/."""
+checkpoint. Screenshots of the job page go to a temporary folder; set CADENCE_UPDATE_SCREENSHOTS=1 to
+refresh the ones in docs/screenshots/ (so a test run never dirties the checkout)."""
 
 from __future__ import annotations
 
+import os
 import socket
 import threading
 import time
@@ -19,7 +21,7 @@ from cadence.ui.app import create_app
 from .conftest import TOKEN, _kill_leftovers, config_yaml
 
 CHROMIUM = "/usr/bin/chromium"
-SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+DOC_SHOTS = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
 ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -124,15 +126,16 @@ def test_login_create_watch_stop(
     _wait_points(page, "loss", first + 4, 120)  # the chart keeps growing while the job runs
     assert _points(page, "stability") > 0 and _points(page, "lr") > 0
     expect(page.locator("#chart-loss canvas")).to_have_count(1)
-    SHOTS.mkdir(parents=True, exist_ok=True)
-    page.screenshot(path=str(SHOTS / "job_running.png"), full_page=True)
+    shots = DOC_SHOTS if os.environ.get("CADENCE_UPDATE_SCREENSHOTS") else tmp_path / "screenshots"
+    shots.mkdir(parents=True, exist_ok=True)
+    page.screenshot(path=str(shots / "job_running.png"), full_page=True)
 
     page.click("#btn-stop")
     expect(page.locator("#job-status .status")).to_have_text("stopped", timeout=120_000)
     expect(page.locator("#checkpoints tr.checkpoint").first).to_be_visible(timeout=20_000)
     expect(page.locator("#checkpoints")).to_contain_text("browser_")
     expect(page.locator("#log")).to_contain_text("SIGINT")
-    page.screenshot(path=str(SHOTS / "job_stopped.png"), full_page=True)
+    page.screenshot(path=str(shots / "job_stopped.png"), full_page=True)
 
     # Datasets page: the job's dataset root, media with buckets, caption edit saved atomically.
     page.goto(server + "/datasets")
@@ -145,5 +148,5 @@ def test_login_create_watch_stop(
     figure.locator("button").click()
     expect(figure).to_contain_text("saved")
     assert Path(media_path).with_suffix(".txt").read_text() == "an edited caption from the browser"
-    page.screenshot(path=str(SHOTS / "datasets.png"), full_page=False)
+    page.screenshot(path=str(shots / "datasets.png"), full_page=False)
     Path(media_path).with_suffix(".txt").write_text(original)  # the clips fixture is shared by the session

@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from tqdm import tqdm
@@ -46,18 +47,28 @@ def captions_to_cache(cfg: JobConfig, index: DatasetIndex) -> list[str]:
     return list(dict.fromkeys(captions))
 
 
+@dataclass
+class FilledCaches:
+    """The caches as training reads them, and what filling them did."""
+
+    latents: LatentCache
+    texts: TextCache
+    latent_report: CacheReport
+    text_report: CacheReport
+
+
 def run_caches(
     cfg: JobConfig, adapter: object, index: DatasetIndex, show_progress: bool = True
-) -> tuple[CacheReport, CacheReport]:
-    """Fill both caches for `index` exactly as training reads them; returns (latent report, text report)."""
+) -> FilledCaches:
+    """Fill both caches for `index` exactly as training reads them."""
     latents = LatentCache.for_job(cfg, adapter, Path(cfg.run_dir))
     with tqdm(total=len(index.items), desc="latents", unit="item", disable=not show_progress) as bar:
         latent_report = latents.ensure(index.items, adapter, progress=lambda _s: bar.update(1))
     captions = captions_to_cache(cfg, index)
-    text = text_cache_for(cfg, adapter.model_id)  # type: ignore[attr-defined]
+    texts = text_cache_for(cfg, adapter.model_id)  # type: ignore[attr-defined]
     with tqdm(total=len(captions), desc="text", unit="caption", disable=not show_progress) as bar:
-        text_report = text.ensure(captions, adapter, progress=lambda _s: bar.update(1))
-    return latent_report, text_report
+        text_report = texts.ensure(captions, adapter, progress=lambda _s: bar.update(1))
+    return FilledCaches(latents, texts, latent_report, text_report)
 
 
 def print_summary(index: DatasetIndex, latent: CacheReport, text: CacheReport) -> None:
@@ -99,6 +110,6 @@ def cache_command(args: argparse.Namespace) -> int:
     except DatasetError as exc:
         _out(f"error: {exc}")
         return 1
-    latent, text = run_caches(cfg, adapter, index)
-    print_summary(index, latent, text)
+    filled = run_caches(cfg, adapter, index)
+    print_summary(index, filled.latent_report, filled.text_report)
     return 0

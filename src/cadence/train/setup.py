@@ -18,7 +18,7 @@ from cadence.config.errors import ConfigError
 from cadence.config.schema import JobConfig
 from cadence.config.validate import config_hash, dump_resolved
 from cadence.data.cache import LatentCache, TextCache
-from cadence.data.cache_command import run_caches, text_cache_for
+from cadence.data.cache_command import run_caches
 from cadence.data.dataset import DatasetIndex, build_dataset_index
 from cadence.data.sampler import BucketBatchSampler
 from cadence.models.base import ExpertSpec, ModelAdapter
@@ -154,7 +154,7 @@ def build_training(cfg: JobConfig) -> TrainingSetup:
     index = build_dataset_index(
         cfg, adapter.spatial_multiple, adapter.temporal_multiple, adapter.native_fps, cfg.train.seed
     )
-    latent_cache, text_cache = _prepare_caches(cfg, adapter, index, paths)
+    latent_cache, text_cache = _prepare_caches(cfg, adapter, index)
 
     experts = _trained_experts(cfg, adapter)
     networks = _build_networks(cfg, adapter, experts, device)
@@ -247,11 +247,12 @@ def build_training(cfg: JobConfig) -> TrainingSetup:
 
 
 def _prepare_caches(
-    cfg: JobConfig, adapter: ModelAdapter, index: DatasetIndex, paths: RunPaths
+    cfg: JobConfig, adapter: ModelAdapter, index: DatasetIndex
 ) -> tuple[LatentCache, TextCache]:
     """Encode what is not cached yet (the same code as `cadence cache`); drop items whose media failed to
     decode (counted, not fatal)."""
-    latent_report, _ = run_caches(cfg, adapter, index)
+    filled = run_caches(cfg, adapter, index)
+    latent_report = filled.latent_report
     if latent_report.skipped:
         bad = {entry.path for entry in latent_report.skipped}
         index.train_items = [item for item in index.train_items if item.path not in bad]
@@ -265,7 +266,7 @@ def _prepare_caches(
     if cfg.train.cache_text_embeddings:
         adapter.unload_text_encoder()
     log.info("caches ready: %d latent entries (%d encoded now)", len(index.items), latent_report.encoded)
-    return LatentCache.for_job(cfg, adapter, paths.run_dir), text_cache_for(cfg, adapter.model_id)
+    return filled.latents, filled.texts
 
 
 def _split_eval(cfg: JobConfig, index: DatasetIndex) -> list:

@@ -6,8 +6,10 @@ dict stay exactly as diffusers built them (quantization, block swap and `torch.c
 unchanged), alpha is plain runtime state that the alpha-phase schedule can change between steps, and the two
 Wan 2.2 experts simply get two independent `LoRANetwork`s - never one shared adapter.
 
-Numerics: the LoRA parameters are fp32 masters whatever the base dtype; the hook casts the module input to
-fp32 and the LoRA result back to the output dtype. Initialisation draws the down weights (kaiming-uniform,
+Numerics (mixed precision): the LoRA parameters are fp32 masters whatever the base dtype; the hook computes
+in the module input's dtype (bf16 when the base runs in bf16), casting the masters to it inside autograd so
+their gradients arrive in fp32. Upcasting the activations instead would add an fp32 copy of every adapted
+layer's input and fp32 matmuls to every step. Initialisation draws the down weights (kaiming-uniform,
 a=sqrt(5), as nn.Linear does) from a `torch.Generator` seeded by the caller, up weights are zero, so the same
 seed gives the same network. Dropout, rank dropout and module dropout are active only in training mode and
 draw from torch's global RNG, which training-state resume restores, so a resumed run is exact.
@@ -64,12 +66,14 @@ class LoRAModule(nn.Module):
         return self.alpha / self.rank
 
     def hidden(self, x: torch.Tensor) -> torch.Tensor:
+        down = self.down.to(x.dtype)
         if self.is_conv:
-            return self._conv(x, self.down, **self.conv_args)
-        return F.linear(x, self.down)
+            return self._conv(x, down, **self.conv_args)
+        return F.linear(x, down)
 
     def project(self, h: torch.Tensor) -> torch.Tensor:
-        return self._conv(h, self.up) if self.is_conv else F.linear(h, self.up)
+        up = self.up.to(h.dtype)
+        return self._conv(h, up) if self.is_conv else F.linear(h, up)
 
 
 class LoRANetwork(nn.Module):
@@ -131,11 +135,10 @@ class LoRANetwork(nn.Module):
         return hook
 
     def _delta(self, lora: LoRAModule, x: torch.Tensor) -> torch.Tensor | None:
-        """multiplier * alpha/rank * up(down(x)) in the LoRA's fp32, or None when module dropout skips it."""
+        """multiplier * alpha/rank * up(down(x)) in x's dtype, or None when module dropout skips it."""
         training = self.training
         if training and self.module_dropout > 0 and torch.rand(()) < self.module_dropout:
             return None
-        x = x.to(lora.down.dtype)  # no silent device move: a LoRA left on another device is an error
         if training and self.dropout > 0:
             x = F.dropout(x, p=self.dropout)
         h = lora.hidden(x)

@@ -184,6 +184,17 @@ def test_performance_keys_validated(make_flat):
     )
 
 
+def test_deterministic_is_a_bool_defaulting_to_false(make_flat):
+    assert load_config_dict(make_flat()).train.deterministic is False
+    assert load_config_dict(make_flat(train={"deterministic": True})).train.deterministic is True
+    for value in ("sometimes", 2, [True]):
+        issues = issues_of(make_flat(train={"deterministic": value}))
+        assert list(issues) == ["train.deterministic"], issues
+    assert issues_of(make_flat(train={"deterministic": "sometimes"})) == {
+        "train.deterministic": "got 'sometimes'; expected true or false"
+    }
+
+
 def test_inert_seed_values_accepted(make_flat):
     cfg = load_config_dict(
         make_flat(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,8 @@ def job_dict(model: Path, data: Path, out: Path, **train: Any) -> dict[str, Any]
         "disable_sampling": True,
         "seed": 7,
     }
+    if os.environ.get("CADENCE_TEST_DETERMINISTIC") == "1":  # running these tests on a GPU (CADENCE_DEVICE)
+        train_section["deterministic"] = True
     train_section.update(train)
     return {
         "name": "job",

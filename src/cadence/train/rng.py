@@ -7,12 +7,21 @@ cannot shift them.
 
 from __future__ import annotations
 
+import logging
+import os
 import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+
+log = logging.getLogger(__name__)
+
+# cuBLAS picks a reduction order per workspace; a fixed workspace config is its documented deterministic mode
+CUBLAS_WORKSPACE_CONFIG = ":4096:8"
 
 
 def capture_global_rng() -> dict[str, Any]:
@@ -38,6 +47,44 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+@contextmanager
+def deterministic_algorithms(enabled: bool) -> Iterator[None]:
+    """`train.deterministic: true`: deterministic kernels only while the run lasts (bit-exact CUDA resume).
+
+    The saved random streams make resume bit-exact on the CPU. On CUDA that is not enough: some kernels
+    (attention backward, atomics-based scatter/index_add, cuBLAS reductions) add in an order that changes from
+    run to run, so a resumed run drifts from an uninterrupted one by the GPU's run-to-run noise. Deterministic
+    kernels remove that noise but are slower, hence opt-in. Where an op has no deterministic kernel torch
+    raises a RuntimeError (the runner reports it with the key's name).
+
+    Enter this before anything touches CUDA: cuBLAS reads CUBLAS_WORKSPACE_CONFIG when it creates its first
+    handle. The variable stays set afterwards (it only sizes cuBLAS's workspace); the torch flags are put back
+    to their previous values on exit, so one run does not change the process for the next (tests, the demo).
+    """
+    if not enabled:
+        yield
+        return
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", CUBLAS_WORKSPACE_CONFIG)
+    cudnn = torch.backends.cudnn
+    previous = (
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+        cudnn.deterministic,
+        cudnn.benchmark,
+    )
+    torch.use_deterministic_algorithms(True)
+    cudnn.deterministic = True
+    cudnn.benchmark = False
+    log.info(
+        "train.deterministic: deterministic kernels only, for bit-exact resume on CUDA; this costs speed"
+    )
+    try:
+        yield
+    finally:
+        torch.use_deterministic_algorithms(previous[0], warn_only=previous[1])
+        cudnn.deterministic, cudnn.benchmark = previous[2], previous[3]
 
 
 @dataclass

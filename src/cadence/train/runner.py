@@ -18,6 +18,12 @@ OOM_ADVICE = (
     "a lower network.linear rank."
 )
 
+DETERMINISM_ADVICE = (
+    "train.deterministic: true asks for deterministic kernels only, and this operation has none: %s. "
+    "Set train.deterministic: false (resume then matches within the GPU's run-to-run noise) or change the "
+    "option that picks this kernel (e.g. train.attention_backend)."
+)
+
 
 def attach_log_file(path: Path) -> logging.Handler:
     """Mirror the run's log into {run_dir}/log.txt (appended across resumes)."""
@@ -36,6 +42,7 @@ def run_training(config_path: str | Path, exiting: bool = False) -> int:
     from cadence.config.loader import load_config
     from cadence.models.base import ModelLoadError
     from cadence.train.loop import StopFlag, Trainer
+    from cadence.train.rng import deterministic_algorithms
     from cadence.train.setup import build_training
 
     try:
@@ -46,22 +53,31 @@ def run_training(config_path: str | Path, exiting: bool = False) -> int:
     handler = attach_log_file(cfg.run_dir / "log.txt")
     stop = StopFlag()
     try:
-        try:
-            setup = build_training(cfg)
-        except KeyboardInterrupt:
-            # cache entries are written atomically one by one: the next run reuses what was finished
-            log.warning("interrupted during setup/caching; finished cache entries are kept")
-            return 130
-        except (ModelLoadError, ConfigError, ValueError, FileNotFoundError) as error:
-            # setup errors are the user's to fix (config, model folder, data); the message says what to do
-            log.error("%s", error)
-            log.debug("setup failed", exc_info=True)
-            return 2
-        stop.install()  # from here a Ctrl-C checkpoints at the next step boundary and exits 0
-        return Trainer(setup, stop).run()
+        # before build_training: the switch must precede the first CUDA (cuBLAS) call
+        with deterministic_algorithms(cfg.train.deterministic):
+            try:
+                setup = build_training(cfg)
+            except KeyboardInterrupt:
+                # cache entries are written atomically one by one: the next run reuses what was finished
+                log.warning("interrupted during setup/caching; finished cache entries are kept")
+                return 130
+            except (ModelLoadError, ConfigError, ValueError, FileNotFoundError) as error:
+                # setup errors are the user's to fix (config, model folder, data); the message says what to do
+                log.error("%s", error)
+                log.debug("setup failed", exc_info=True)
+                return 2
+            stop.install()  # from here a Ctrl-C checkpoints at the next step boundary and exits 0
+            return Trainer(setup, stop).run()
     except torch.OutOfMemoryError:
         log.error(OOM_ADVICE)
         return 4
+    except RuntimeError as error:
+        # torch's refusal of an op without a deterministic kernel (its message says "deterministic")
+        if not (cfg.train.deterministic and "deterministic" in str(error)):
+            raise
+        log.error(DETERMINISM_ADVICE, str(error).strip().rstrip("."))
+        log.debug("no deterministic kernel", exc_info=True)
+        return 2
     finally:
         stop.uninstall(keep_ignoring=exiting)
         logging.getLogger().removeHandler(handler)

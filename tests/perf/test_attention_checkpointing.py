@@ -37,6 +37,11 @@ def test_unusable_backends_refused(load_transformer, backend, needle):
     assert needle in str(err.value)
 
 
+def test_cuda_only_backend_refused_on_cpu(load_transformer):
+    with pytest.raises(AttentionBackendError, match="'cudnn' runs only on CUDA"):
+        apply_attention_backend([load_transformer()], "cudnn", torch.device("cpu"))
+
+
 def test_a14b_timestep_not_expanded_per_token(tiny_folder):
     """Only TI2V-5B passes a per-token timestep; A14B's modulation stays [B, 6, dim]."""
     from cadence.config.schema import ModelConfig
@@ -87,3 +92,27 @@ def test_checkpointing_every_n_trains_identically(load_transformer, baseline, ev
     )
     assert losses == pytest.approx(baseline[0], rel=1e-6)
     assert all(torch.allclose(weights[k], baseline[1][k], rtol=1e-5, atol=1e-7) for k in weights)
+
+
+def test_checkpoint_offload_trains_identically_and_sends_saved_inputs_to_host(load_transformer, baseline):
+    model = load_transformer()
+    net = make_network(model)
+    blocks = wan_memory.transformer_blocks(model)
+    enable_checkpointing(model, blocks, True, offload=True)
+    packed: list[torch.device] = []
+    original = torch.autograd.graph.save_on_cpu.__init__
+
+    def spy(self, pin_memory=False, device_type="cuda"):
+        original(self, pin_memory, device_type)
+        pack = self.pack_hook
+        self.pack_hook = lambda t: packed.append(t.device) or pack(t)
+
+    torch.autograd.graph.save_on_cpu.__init__ = spy
+    try:
+        losses, weights = train(model, net)
+    finally:
+        torch.autograd.graph.save_on_cpu.__init__ = original
+    assert losses == baseline[0] and all(torch.equal(weights[k], baseline[1][k]) for k in weights)
+    assert packed  # the checkpoints' saved inputs went through the host-offload hooks
+    with pytest.raises(ValueError, match="gradient_checkpointing_offload needs"):
+        enable_checkpointing(load_transformer(), blocks, False, offload=True)

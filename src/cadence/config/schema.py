@@ -185,8 +185,15 @@ class TrainConfig(Strict):
     gradient_checkpointing: bool | int = Field(
         True, description="true: every transformer block; an int N >= 1: every N-th block; false: off"
     )
-    attention_backend: Literal["native", "flash", "flash3", "sage"] = Field(
-        "native", description="diffusers attention backend for every expert (native = PyTorch SDPA)"
+    gradient_checkpointing_offload: bool = Field(
+        False,
+        description="checkpointed blocks keep their saved inputs in pinned host memory (less GPU memory, "
+        "one host round trip per block)",
+    )
+    attention_backend: Literal["native", "cudnn", "flash", "flash3", "sage"] = Field(
+        "native",
+        description="diffusers attention backend for every expert (native = PyTorch SDPA, cudnn = SDPA "
+        "pinned to cuDNN fused attention, CUDA only)",
     )
     compile: bool = Field(False, description="torch.compile each transformer block (regional compile)")
     compile_cache_size_limit: int = Field(32, ge=1, description="torch._dynamo recompile limit per block")
@@ -196,6 +203,11 @@ class TrainConfig(Strict):
     flow_shift: float = Field(3.0, gt=0, description="shift for timestep_type: shift")
     switch_boundary_every: int = Field(1, ge=1)
     seed: int = 42
+    deterministic: bool = Field(
+        False,
+        description="deterministic kernels only (torch.use_deterministic_algorithms, cuDNN deterministic): "
+        "bit-exact resume on CUDA, at some speed cost; an op without a deterministic kernel stops the run",
+    )
     cache_text_embeddings: bool = False
     disable_sampling: bool = False
     max_nan_steps: int = Field(20, ge=1, description="consecutive non-finite losses before the run stops")
@@ -216,7 +228,7 @@ class TrainConfig(Strict):
     def _no_sage(cls, value: str) -> str:
         if value == "sage":
             raise ValueError(
-                "SageAttention has no backward pass, so it cannot train; use native (SDPA), flash or flash3 "
+                "SageAttention has no backward pass, so it cannot train; use native (SDPA), cudnn, flash or flash3 "
                 "(sage is for sampling only)"
             )
         return value

@@ -2,7 +2,8 @@
 
 `model.set_attention_backend` stores the backend on each attention processor (and checks the package is
 importable), so the choice applies to both Wan 2.2 experts and survives `torch.compile`. SageAttention is
-refused for training: its kernels have no backward pass.
+refused for training: its kernels have no backward pass. `cudnn` is PyTorch SDPA pinned to cuDNN's fused
+attention, which needs no extra package and is the fastest built-in kernel on Hopper GPUs.
 """
 
 from __future__ import annotations
@@ -10,12 +11,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable
 
+import torch
 from torch import nn
 
 log = logging.getLogger(__name__)
 
 # config name -> diffusers AttentionBackendName value
-BACKENDS = {"native": "native", "flash": "flash", "flash3": "_flash_3"}
+BACKENDS = {"native": "native", "cudnn": "_native_cudnn", "flash": "flash", "flash3": "_flash_3"}
+CUDA_ONLY = {"cudnn", "flash", "flash3"}
 _INSTALL = {
     "flash": "install flash-attn 2 (`pip install flash-attn --no-build-isolation`, needs CUDA)",
     "flash3": "build FlashAttention 3 (hopper/) from source (needs an H100-class GPU)",
@@ -31,7 +34,7 @@ def resolve_backend(name: str) -> str:
     if name == "sage":
         raise AttentionBackendError(
             "train.attention_backend: 'sage' cannot train: SageAttention has no backward pass; "
-            "use native (SDPA), flash or flash3"
+            "use native (SDPA), cudnn, flash or flash3"
         )
     if name not in BACKENDS:
         raise AttentionBackendError(
@@ -40,14 +43,21 @@ def resolve_backend(name: str) -> str:
     return BACKENDS[name]
 
 
-def apply_attention_backend(transformers: Iterable[nn.Module], backend: str) -> None:
-    """Route every attention call of every transformer (all experts) through `backend`."""
+def apply_attention_backend(
+    transformers: Iterable[nn.Module], backend: str, device: torch.device | str | None = None
+) -> None:
+    """Route every attention call of every transformer (all experts) through `backend` on `device`."""
     from diffusers.models.attention_dispatch import (
         AttentionBackendName,
         _check_attention_backend_requirements,
     )
 
     value = resolve_backend(backend)
+    if backend in CUDA_ONLY and device is not None and torch.device(device).type != "cuda":
+        raise AttentionBackendError(
+            f"train.attention_backend: {backend!r} runs only on CUDA GPUs and this run is on "
+            f"{torch.device(device).type}; use native"
+        )
     try:
         _check_attention_backend_requirements(AttentionBackendName(value))
     except RuntimeError as exc:

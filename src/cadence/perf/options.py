@@ -73,12 +73,16 @@ def apply_memory_options(
             "model.blocks_to_swap and train.compile cannot be combined: swapping moves weights between "
             "devices under the compiled graph; turn one of them off"
         )
-    apply_attention_backend([adapter.transformer(s.name) for s in adapter.experts], train.attention_backend)
+    apply_attention_backend(
+        [adapter.transformer(s.name) for s in adapter.experts], train.attention_backend, adapter.device
+    )
     set_adapter_dtype(networks, train.adapter_dtype)
     for expert in trained_experts:
         transformer = adapter.transformer(expert)
         blocks = helpers.transformer_blocks(transformer)
-        state.checkpointed[expert] = enable_checkpointing(transformer, blocks, train.gradient_checkpointing)
+        state.checkpointed[expert] = enable_checkpointing(
+            transformer, blocks, train.gradient_checkpointing, train.gradient_checkpointing_offload
+        )
         if cfg.model.blocks_to_swap:
             state.swappers[expert] = BlockSwapper(blocks, cfg.model.blocks_to_swap, adapter.device)
         if train.compile:

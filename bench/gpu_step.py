@@ -4,8 +4,15 @@ On CUDA the expert is full size (built on the meta device, materialised on the G
 download) and the results table replaces the marked section of docs/performance.md. On CPU a small config
 runs the same code (tests/perf/test_bench.py) and writes only where --out says.
 
-    .venv/bin/python bench/gpu_step.py                      # CUDA: full size, 33 and 81 frames at 480x832
-    .venv/bin/python bench/gpu_step.py --small --out /tmp/p.md
+    python bench/gpu_step.py                                  # CUDA: full size, 33 and 81 frames at 480x832
+    python bench/gpu_step.py --frames 81 --options fp8 fp8+swap --json $OUT/r81.json
+    python bench/gpu_step.py --render r33.json r81.json       # results of several runs -> one table
+    python bench/gpu_step.py --small --out /tmp/p.md
+
+An option is '+'-joined features over the default (bf16, gradient checkpointing on every block, native
+SDPA, Cadence's LoRA rank 16 on every block Linear): `cudnn` / `flash` attention, `nockpt`, `offload`
+(gradient_checkpointing_offload), `fp8` base weights, `swap` (blocks_to_swap, --swap N), `compile` (regional, inductor), `peft` (the same LoRA through
+PEFT instead of Cadence's hooks: the reference implementation most trainers use).
 
 Step FLOPs follow docs/performance.md: F_linear = blocks*(L*(12d^2 + 4*d*ffn) + 4*T*d^2),
 F_attn = blocks*(4*L^2*d + 4*L*T*d); a frozen-base LoRA step = 2*F_linear + 3.5*F_attn ("MFU"), plus one
@@ -16,14 +23,19 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import gc
+import json
 import logging
+import os
 import statistics
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
-import torch
+os.environ.setdefault("PYTORCH_CUDA_ALLOC_CONF", "expandable_segments:True")
+
+import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
@@ -53,7 +65,8 @@ FULL = {
     "text_len": 512,
 }
 SMALL = {"heads": 2, "head_dim": 12, "ffn": 48, "layers": 4, "text_dim": 32, "freq_dim": 32, "text_len": 16}
-OPTIONS = ("baseline", "no_checkpointing", "flash", "fp8", "fp8+swap", "compile")
+FEATURES = ("cudnn", "flash", "nockpt", "offload", "fp8", "swap", "compile", "peft")
+DEFAULT_OPTIONS = ("baseline", "cudnn", "flash", "nockpt", "fp8", "fp8+swap", "compile", "peft")
 
 
 @dataclass
@@ -66,7 +79,17 @@ class Result:
     hfu: float | None = None
     peak_alloc_gib: float | None = None
     peak_reserved_gib: float | None = None
+    weights_gib: float | None = None
     note: str = ""
+
+
+def features(option: str) -> set[str]:
+    """The feature set of an option name ('baseline' = none); unknown features are an error."""
+    parts = set() if option == "baseline" else set(option.split("+"))
+    unknown = parts - set(FEATURES)
+    if unknown:
+        raise ValueError(f"unknown bench feature(s) {sorted(unknown)} in {option!r}; use {FEATURES}")
+    return parts
 
 
 def build_expert(dims: dict, device: torch.device, dtype: torch.dtype) -> torch.nn.Module:
@@ -89,19 +112,24 @@ def build_expert(dims: dict, device: torch.device, dtype: torch.dtype) -> torch.
             eps=1e-6,
             rope_max_seq_len=1024,
         )
+    model = model.to(dtype)
+    keep = set(getattr(model, "_keep_in_fp32_modules", None) or [])
+    for name, module in model.named_modules():  # as from_pretrained(torch_dtype=...) keeps them
+        if keep & set(name.split(".")):
+            module.float()
     model = model.to_empty(device=device)
     gen = torch.Generator(device=device).manual_seed(0)
-    with torch.no_grad():
+    with torch.no_grad():  # drawn in fp32 one tensor at a time: the same weights whatever `dtype` is
         for name, p in model.named_parameters():
             if name.endswith("bias"):
                 p.zero_()
             elif p.dim() == 1:
                 p.fill_(1.0)
             else:
-                p.normal_(0.0, 0.02, generator=gen)
+                p.copy_(torch.empty(p.shape, device=device).normal_(0.0, 0.02, generator=gen))
         model.rope.__init__(model.rope.attention_head_dim, model.rope.patch_size, model.rope.max_seq_len)
     model.rope.to(device)
-    return model.to(dtype).requires_grad_(False).train()
+    return model.requires_grad_(False).train()
 
 
 def latent_shape(frames: int, height: int, width: int) -> tuple[int, int, int]:
@@ -123,21 +151,34 @@ def peak_tflops(device: torch.device) -> float | None:
     return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
 
 
+def attach_peft(model: torch.nn.Module, targets: list[str]) -> list[torch.nn.Parameter]:
+    """The same rank-16 LoRA through PEFT (its defaults: fp32 adapter weights, input cast to them)."""
+    from peft import LoraConfig, inject_adapter_in_model
+
+    inject_adapter_in_model(LoraConfig(r=16, lora_alpha=16, target_modules=targets), model)
+    return [p for n, p in model.named_parameters() if "lora_" in n and p.requires_grad]
+
+
 def prepare(option: str, dims: dict, device: torch.device, dtype: torch.dtype, swap: int):
-    """Model + LoRA with `option` applied, in the order train setup uses."""
+    """Model + LoRA parameters with `option` applied, in the order train setup uses."""
+    feats = features(option)
     model = build_expert(dims, device, dtype)
     blocks = wan_memory.transformer_blocks(model)
-    if option.startswith("fp8"):
+    if "fp8" in feats:
         quantize_linears(model, wan_memory.quantizable_linears(model), "fp8")
-    net = (
-        LoRANetwork(model, NetworkConfig(linear=16, linear_alpha=16), name="bench", seed=0).apply().to(device)
-    )
-    apply_attention_backend([model], "flash" if option == "flash" else "native")
-    enable_checkpointing(model, blocks, option != "no_checkpointing")
-    swapper = BlockSwapper(blocks, swap, device) if option.endswith("swap") else None
-    if option == "compile":
+    net = LoRANetwork(model, NetworkConfig(linear=16, linear_alpha=16), name="bench", seed=0)
+    if "peft" in feats:
+        params = attach_peft(model, [n.removeprefix("transformer.") for n in net.modules_by_name])
+        params = [p.to(device) for p in params]
+    else:
+        params = list(net.apply().to(device).trainable_parameters())
+    attention = "cudnn" if "cudnn" in feats else "flash" if "flash" in feats else "native"
+    apply_attention_backend([model], attention, device)
+    enable_checkpointing(model, blocks, "nockpt" not in feats, offload="offload" in feats)
+    swapper = BlockSwapper(blocks, swap, device) if "swap" in feats else None
+    if "compile" in feats:
         compile_blocks(blocks, 32, backend="inductor" if device.type == "cuda" else "aot_eager")
-    return model, net, swapper
+    return model, params, swapper
 
 
 def run_option(
@@ -150,16 +191,21 @@ def run_option(
     steps: int,
     warmup: int,
     swap: int,
+    profile: bool = False,
 ) -> Result:
     lat = latent_shape(frames, *size)
     tokens = lat[0] * (lat[1] // 2) * (lat[2] // 2)
-    result = Result(option, frames, tokens)
+    result = Result(
+        option, frames, tokens, note=f"blocks_to_swap {swap}" if "swap" in features(option) else ""
+    )
     try:
-        model, net, _ = prepare(option, dims, device, dtype, swap)
+        model, params, _ = prepare(option, dims, device, dtype, swap)
     except AttentionBackendError as exc:
         result.note = str(exc).split(";")[0]
         return result
-    opt = torch.optim.AdamW(net.trainable_parameters(), lr=1e-5)
+    if device.type == "cuda":
+        result.weights_gib = torch.cuda.memory_allocated(device) / 2**30
+    opt = torch.optim.AdamW(params, lr=1e-5)
     hidden = torch.randn(1, 36, *lat, device=device, dtype=dtype)
     text = torch.randn(1, dims["text_len"], dims["text_dim"], device=device, dtype=dtype)
     target = torch.randn(1, 16, *lat, device=device)
@@ -168,6 +214,8 @@ def run_option(
     times = []
     try:
         for i in range(warmup + steps):
+            if profile and i == warmup + steps - 1:
+                profiler = torch.profiler.profile(record_shapes=False).__enter__()
             start = time.perf_counter()
             out = model(
                 hidden_states=hidden,
@@ -182,21 +230,28 @@ def run_option(
                 torch.cuda.synchronize(device)
             if i >= warmup:
                 times.append(time.perf_counter() - start)
+        if profile:
+            profiler.__exit__(None, None, None)
+            sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+            sys.stdout.write(f"{option}:\n{profiler.key_averages().table(sort_by=sort, row_limit=18)}\n")
     except torch.OutOfMemoryError:
         result.note = "out of memory"
     if times:
         result.step_s = statistics.median(times)
         peak = peak_tflops(device)
-        model_f, hw_f = step_flops(dims, tokens, option != "no_checkpointing")
+        model_f, hw_f = step_flops(dims, tokens, "nockpt" not in features(option))
         if peak:
             result.mfu = model_f / result.step_s / (peak * 1e12)
             result.hfu = hw_f / result.step_s / (peak * 1e12)
     if device.type == "cuda":
         result.peak_alloc_gib = torch.cuda.max_memory_allocated(device) / 2**30
         result.peak_reserved_gib = torch.cuda.max_memory_reserved(device) / 2**30
-    del model, net, opt
+    del model, params, opt
+    gc.collect()  # LoRA hooks and the model reference each other: free the cycle before the next option
+    torch._dynamo.reset()
     if device.type == "cuda":
         torch.cuda.empty_cache()
+    log.info("%s", result)
     return result
 
 
@@ -204,28 +259,61 @@ def _fmt(value: float | None, spec: str) -> str:
     return "—" if value is None else format(value, spec)
 
 
-def markdown(results: list[Result], device: torch.device, size: tuple[int, int], dims: dict) -> str:
+def environment(device: torch.device, size: tuple[int, int], dims: dict, dtype: torch.dtype) -> dict:
+    """What the figures were measured on, including the measured bf16 matmul ceiling on CUDA."""
     import diffusers
 
-    gpu = (
-        torch.cuda.get_device_name(device)
+    env = {
+        "date": datetime.date.today().isoformat(),
+        "device": torch.cuda.get_device_name(device)
         if device.type == "cuda"
-        else "CPU (small config, not a GPU figure)"
+        else "CPU (small config, not a GPU figure)",
+        "torch": torch.__version__,
+        "diffusers": diffusers.__version__,
+        "size": list(size),
+        "blocks": dims["layers"],
+        "dim": dims["heads"] * dims["head_dim"],
+        "dtype": str(dtype).removeprefix("torch."),
+        "matmul_tflops": None,
+    }
+    if device.type == "cuda":
+        env["matmul_tflops"] = matmul_ceiling(device)
+    return env
+
+
+def matmul_ceiling(device: torch.device, n: int = 8192, reps: int = 20) -> float:
+    """Measured dense bf16 matmul rate (TFLOP/s) on random data: the practical ceiling for MFU."""
+    a, b = (torch.randn(n, n, device=device, dtype=torch.bfloat16) for _ in range(2))
+    for _ in range(3):
+        a @ b
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(reps):
+        a @ b
+    end.record()
+    torch.cuda.synchronize(device)
+    return 2 * n**3 * reps / (start.elapsed_time(end) / 1e3) / 1e12
+
+
+def markdown(results: list[Result], env: dict) -> str:
+    ceiling = (
+        f"; measured bf16 matmul ceiling {env['matmul_tflops']:.0f} TFLOP/s" if env["matmul_tflops"] else ""
     )
     lines = [
-        f"Measured {datetime.date.today().isoformat()} on {gpu}; torch {torch.__version__}, "
-        f"diffusers {diffusers.__version__}; {size[0]}x{size[1]}, {dims['layers']} blocks, "
-        f"dim {dims['heads'] * dims['head_dim']}, LoRA rank 16 on every block Linear.",
+        f"Measured {env['date']} on {env['device']}; torch {env['torch']}, diffusers {env['diffusers']}; "
+        f"{env['size'][0]}x{env['size'][1]}, {env['blocks']} blocks, dim {env['dim']}, {env['dtype']} base, LoRA rank 16 "
+        f"on every block Linear{ceiling}. MFU/HFU against the 989 TFLOP/s dense bf16 spec.",
         "",
-        "| option | frames | tokens | median step (s) | tokens/s | MFU | HFU | peak alloc (GiB) | peak reserved (GiB) | note |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| option | frames | tokens | median step (s) | tokens/s | MFU | HFU | weights (GiB) | peak alloc (GiB) "
+        "| peak reserved (GiB) | note |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         tps = None if r.step_s is None else r.tokens / r.step_s
         lines.append(
             f"| {r.option} | {r.frames} | {r.tokens} | {_fmt(r.step_s, '.3f')} | {_fmt(tps, '.0f')} | "
-            f"{_fmt(r.mfu, '.1%')} | {_fmt(r.hfu, '.1%')} | {_fmt(r.peak_alloc_gib, '.1f')} | "
-            f"{_fmt(r.peak_reserved_gib, '.1f')} | {r.note} |"
+            f"{_fmt(r.mfu, '.1%')} | {_fmt(r.hfu, '.1%')} | {_fmt(r.weights_gib, '.1f')} | "
+            f"{_fmt(r.peak_alloc_gib, '.1f')} | {_fmt(r.peak_reserved_gib, '.1f')} | {r.note} |"
         )
     return "\n".join(lines)
 
@@ -238,34 +326,61 @@ def write_section(path: Path, table: str) -> None:
     path.write_text(f"{head}{MARK_START}\n{table}\n{MARK_END}{tail}", encoding="utf-8")
 
 
+def render(paths: list[Path]) -> tuple[list[Result], dict]:
+    """Results and environment of earlier --json runs (the environment of the first)."""
+    results, env = [], None
+    for path in paths:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        env = env or data["environment"]
+        results += [Result(**r) for r in data["results"]]
+    return results, env
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--small", action="store_true", help="tiny dims (forced on CPU)")
     ap.add_argument("--frames", type=int, nargs="+", default=None)
     ap.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"))
-    ap.add_argument("--options", nargs="+", default=list(OPTIONS), choices=OPTIONS)
+    ap.add_argument("--options", nargs="+", default=list(DEFAULT_OPTIONS), help=f"features: {FEATURES}")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--swap", type=int, default=None, help="blocks_to_swap for the +swap option")
+    ap.add_argument("--swap", type=int, default=None, help="blocks_to_swap for options with swap")
+    ap.add_argument("--layers", type=int, default=None, help="fewer blocks (profiling; FLOPs follow)")
+    ap.add_argument("--profile", action="store_true", help="print a torch.profiler table of the last step")
+    ap.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
+    ap.add_argument("--render", type=Path, nargs="+", default=None, help="table from earlier --json files")
     ap.add_argument(
         "--out", type=Path, default=None, help="markdown file (CUDA default: docs/performance.md)"
     )
     args = ap.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    if args.render:
+        results, env = render(args.render)
+        table = markdown(results, env)
+        sys.stdout.write(table + "\n")
+        write_section(args.out or ROOT / "docs" / "performance.md", table)
+        return 0
+    for option in args.options:
+        features(option)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     small = args.small or device.type != "cuda"
-    dims = SMALL if small else FULL
+    dims = dict(SMALL if small else FULL)
+    dims["layers"] = args.layers or dims["layers"]
     size = tuple(args.size or ((64, 64) if small else (480, 832)))
     frames = args.frames or ([5] if small else [33, 81])
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     swap = args.swap or (dims["layers"] // 2)
+    env = environment(device, size, dims, dtype)
     results = [
-        run_option(o, f, size, dims, device, dtype, args.steps, args.warmup, swap)
+        run_option(o, f, size, dims, device, dtype, args.steps, args.warmup, swap, args.profile)
         for f in frames
         for o in args.options
     ]
-    table = markdown(results, device, size, dims)
+    table = markdown(results, env)
     sys.stdout.write(table + "\n")
+    if args.json is not None:
+        payload = {"environment": env, "results": [asdict(r) for r in results]}
+        args.json.write_text(json.dumps(payload, indent=1), encoding="utf-8")
     out = args.out or (ROOT / "docs" / "performance.md" if device.type == "cuda" else None)
     if out is not None:
         write_section(out, table)

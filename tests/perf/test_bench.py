@@ -6,6 +6,8 @@ import importlib.util
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -46,6 +48,8 @@ def test_bench_runs_small_and_writes_section(tmp_path):
                 "flash",
                 "--out",
                 str(out),
+                "--json",
+                str(tmp_path / "r.json"),
             ]
         )
         == 0
@@ -57,4 +61,14 @@ def test_bench_runs_small_and_writes_section(tmp_path):
     ]
     assert len(rows) == 2 and all("| 5 | 32 |" in r and "| — |" in r for r in rows)
     assert all(r.split("|")[4].strip() != "—" for r in rows)  # a step time was measured
-    assert "not usable here" in text  # flash refused on CPU, reported in the table
+    assert "'flash' runs only on CUDA" in text  # flash refused on CPU, reported in the table
+    rendered = tmp_path / "rendered.md"
+    assert bench.main(["--render", str(tmp_path / "r.json"), "--out", str(rendered)]) == 0
+    section = text.split(bench.MARK_START)[1].split(bench.MARK_END)[0]
+    assert rendered.read_text().split(bench.MARK_START)[1].split(bench.MARK_END)[0] == section
+
+
+def test_unknown_bench_feature_is_refused():
+    bench = _bench()
+    with pytest.raises(ValueError, match="unknown bench feature"):
+        bench.main(["--small", "--options", "fp8+swapp"])

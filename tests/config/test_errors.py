@@ -150,13 +150,27 @@ def test_lycoris_types_refused_with_registry_message(make_flat, kind):
     )
 
 
-def test_quantize_qtypes_accepted_torchao_refused(make_flat):
+def test_quantize_qtypes_and_recovery_adapter_form(make_flat):
     model = {"name_or_path": "m", "arch": "wan21", "quantize": True, "qtype": "FP8", "qtype_te": "qint8"}
     cfg = load_config_dict(make_flat(model=model))
     assert cfg.model.quantize is True and cfg.model.qtype == "fp8" and cfg.model.qtype_te == "qint8"
-    message = issues_of(make_flat(model={**model, "qtype": "uint4|ostris/ara/wan_uint4.safetensors"}))
-    assert "needs torchao" in message["model.qtype"]
+    for qtype in ("uint4", "int8"):
+        assert load_config_dict(make_flat(model={**model, "qtype": qtype})).model.qtype_name == qtype
+    ara = load_config_dict(
+        make_flat(model={**model, "qtype": "UINT4 | ostris/ara/wan_uint4.safetensors"})
+    ).model
+    assert ara.qtype_name == "uint4" and ara.recovery_adapter == "ostris/ara/wan_uint4.safetensors"
+    assert "not supported yet" in issues_of(make_flat(model={**model, "qtype": "uint3"}))["model.qtype"]
+    assert (
+        "only defined for uint4"
+        in issues_of(make_flat(model={**model, "qtype": "fp8|a.safetensors"}))["model.qtype"]
+    )
+    assert "name the adapter file" in issues_of(make_flat(model={**model, "qtype": "uint4|"}))["model.qtype"]
     assert "unknown qtype" in issues_of(make_flat(model={**model, "qtype": "nf4"}))["model.qtype"]
+    te = issues_of(make_flat(model={**model, "qtype_te": "uint4|a.safetensors"}))
+    assert "transformer only" in " ".join(te.values())
+    swap = issues_of(make_flat(model={**model, "qtype": "int8", "blocks_to_swap": 2}))
+    assert "cannot stream torchao int8" in " ".join(swap.values())
 
 
 def test_performance_keys_validated(make_flat):
@@ -319,10 +333,10 @@ config:
         sample_steps: 25
 meta: {name: "[name]", version: '1.0'}
 """
-    issues = issues_of(yaml.safe_load(text))
-    p = "config.process[0]."
-    assert set(issues) == {p + "model.qtype"} and "needs torchao" in issues[p + "model.qtype"]
     data = yaml.safe_load(text)
+    assert load_config_dict(data).model.recovery_adapter == (
+        "ostris/accuracy_recovery_adapters/wan22_14b_t2i_torchao_uint4.safetensors"
+    )
     proc = data["config"]["process"][0]
     proc["model"].update(qtype="fp8")
     proc["train"]["disable_sampling"] = True

@@ -75,3 +75,26 @@ def test_compile_with_low_vram_trains_like_eager(tiny_i2v: Path, clips: Path, tm
     for (_, a), (_, b) in zip(runs["eager"], runs["compiled"], strict=True):
         assert a == pytest.approx(b, rel=1e-5)
     assert "compiled" in (tmp_path / "compiled" / "job" / "log.txt").read_text()
+
+
+@pytest.mark.slow
+def test_uint4_with_recovery_adapter_trains_and_saves_only_the_trained_lora(
+    tiny_i2v: Path, clips: Path, tmp_path: Path
+) -> None:
+    from safetensors.torch import load_file
+    from tests.perf.test_recovery_adapter import write_recovery_file
+
+    ara = tmp_path / "ara.safetensors"
+    write_recovery_file(tiny_i2v, ara)
+    job = job_dict(tiny_i2v, clips, tmp_path / "ara_run", steps=4)
+    job["model"].update(quantize=True, qtype=f"uint4|{ara}")
+    assert run_training(write_job(tmp_path / "ara.yaml", job)) == 0
+    run = tmp_path / "ara_run" / "job"
+    rows = read_metrics(run / "metrics_job.jsonl")
+    assert len(rows) == 4 and all(math.isfinite(r["loss"]) for r in rows)
+    log = (run / "log.txt").read_text()
+    assert "accuracy-recovery adapter on high_noise" in log and "uint4: " in log
+    for expert in ("high_noise", "low_noise"):
+        saved = load_file(run / f"job_000000004_{expert}.safetensors")
+        ranks = {v.shape[0] for k, v in saved.items() if k.endswith("lora_down.weight")}
+        assert ranks == {4}  # the job's rank; the frozen rank-24 adapter is not in the file

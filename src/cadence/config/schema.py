@@ -21,8 +21,17 @@ SINGLE_EXPERT_ARCHS = frozenset({"wan21", "wan21_i2v", "wan22_5b"})
 I2V_ONLY_ARCHS = frozenset({"wan21_i2v", "wan22_14b_i2v"})
 T2V_ONLY_ARCHS = frozenset({"wan21", "wan22_14b"})
 DType = Literal["fp32", "float32", "fp16", "float16", "bf16", "bfloat16"]
-QTYPES = ("fp8", "qfloat8", "qint8", "qint4")  # model.qtype / qtype_te values Cadence implements
-TORCHAO_QTYPES = ("int8", "uint4", "uint8", "int4")
+QTYPES = ("fp8", "uint4", "int8", "qfloat8", "qint8", "qint4")  # model.qtype / qtype_te values implemented
+TORCHAO_QTYPES = (
+    "uint2",
+    "uint3",
+    "uint5",
+    "uint6",
+    "uint7",
+    "uint8",
+    "int4",
+    "float8",
+)  # ai-toolkit's, not ours
 
 
 class Strict(BaseModel):
@@ -258,22 +267,50 @@ class ModelConfig(Strict):
     @field_validator("qtype", "qtype_te")
     @classmethod
     def _known_qtype(cls, value: str) -> str:
-        """fp8 is Cadence's own; q* are optimum-quanto's; torchao's int8/uint4 (and uint4|ADAPTER) need torchao."""
-        base = value.split("|", 1)[0].strip().lower()
+        """fp8/uint4 are Cadence's own, int8 is torchao's, q* are optimum-quanto's; `uint4|FILE` adds a frozen
+        accuracy-recovery adapter (ai-toolkit's form) over the uint4 base."""
+        base, bar, adapter = (part.strip() for part in value.partition("|"))
+        base = base.lower()
         if base in QTYPES:
-            if "|" in value:
+            if bar and base != "uint4":
                 raise ValueError(
-                    f"an accuracy-recovery adapter ('{value}') is only defined for torchao's uint4; "
-                    f"use plain {base!r}"
+                    f"an accuracy-recovery adapter ('{value}') is only defined for uint4; use plain {base!r}"
                 )
-            return base
+            if bar and not adapter:
+                raise ValueError(
+                    f"'{value}': name the adapter file after '|' (a local path or owner/repo/file)"
+                )
+            return f"{base}|{adapter}" if bar else base
         if base in TORCHAO_QTYPES:
             raise ValueError(
-                f"qtype {value!r} is valid for ai-toolkit but not supported yet by Cadence: it needs torchao, "
-                "which does not load against this torch build; use fp8 (Cadence's block-scaled e4m3), "
-                "qint8 or qint4 (optimum-quanto)"
+                f"qtype {value!r} is valid for ai-toolkit but not supported yet by Cadence; use fp8 "
+                "(block-scaled e4m3), uint4 (torchao-0.10-exact, optionally with an adapter: 'uint4|FILE'), "
+                "int8 (torchao), qint8 or qint4 (optimum-quanto)"
             )
         raise ValueError(f"unknown qtype {value!r}; expected one of {', '.join(QTYPES)}")
+
+    @model_validator(mode="after")
+    def _recovery_adapter_only_for_transformer(self) -> ModelConfig:
+        if "|" in self.qtype_te:
+            raise ValueError(
+                "model.qtype_te: accuracy-recovery adapters ('uint4|FILE') apply to the transformer only"
+            )
+        if self.blocks_to_swap and self.quantize and self.qtype_name == "int8":
+            raise ValueError(
+                "model.blocks_to_swap cannot stream torchao int8 weights (tensor subclasses); use qtype fp8 or "
+                "uint4 with block swap"
+            )
+        return self
+
+    @property
+    def qtype_name(self) -> str:
+        """The quantization without its adapter file ('uint4' for 'uint4|FILE')."""
+        return self.qtype.partition("|")[0]
+
+    @property
+    def recovery_adapter(self) -> str | None:
+        """The accuracy-recovery adapter of 'uint4|FILE' (a local path or owner/repo/file), else None."""
+        return self.qtype.partition("|")[2] or None
 
 
 # ---------------------------------------------------------------------------------------------- sample

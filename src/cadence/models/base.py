@@ -60,6 +60,7 @@ class ModelAdapter(ABC):
     is_i2v: bool
     model_id: str
     text_len: int
+    recovery_adapters: dict  # expert -> frozen accuracy-recovery network (filled by perf.apply_quantization)
 
     def expert(self, name: str) -> ExpertSpec:
         """The ExpertSpec called `name`; a clear error lists the valid names."""

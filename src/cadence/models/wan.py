@@ -64,6 +64,7 @@ class WanAdapter(ModelAdapter):
         self.device = device
         self.dtype = dtype
         self.low_vram = low_vram
+        self.recovery_adapters = {}
         self.model_id = model_id
         self.boundary = boundary
         self.experts = experts_for("transformer_2" in components, boundary)

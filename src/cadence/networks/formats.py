@@ -216,12 +216,22 @@ def _diffusers_alphas(meta: dict[str, str]):
 
 def load_lora_file(path: str | Path) -> LoraFile:
     """Read a LoRA file of any supported layout; tensors keep the file's dtype, names are diffusers names."""
+    tensors, meta = read_safetensors(path)
+    return parse_lora_tensors(tensors, meta, Path(path))
+
+
+def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
+    """(tensors on the CPU, metadata) of a safetensors file; a missing file is an error naming it."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"LoRA file not found: {path}")
     with safe_open(str(path), framework="pt", device="cpu") as handle:
-        meta = dict(handle.metadata() or {})
-        tensors = {k: handle.get_tensor(k) for k in handle.keys()}
+        return {k: handle.get_tensor(k) for k in handle.keys()}, dict(handle.metadata() or {})
+
+
+def parse_lora_tensors(tensors: dict[str, torch.Tensor], meta: dict[str, str], path: Path) -> LoraFile:
+    """The modules of LoRA tensors in any supported layout (`path` only names the source in errors)."""
+    meta = dict(meta)
     layout = detect_layout(list(tensors), path)
     if layout == "comfyui":
         groups = _group(tensors, path, COMFY_PREFIX)

@@ -18,7 +18,7 @@ draw from torch's global RNG, which training-state resume restores, so a resumed
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -26,7 +26,7 @@ from torch import nn
 
 from cadence.config.schema import NetworkConfig
 from cadence.networks.formats import LoraTensors
-from cadence.networks.targeting import is_conv, select_targets
+from cadence.networks.targeting import is_conv, named_targets, select_targets
 
 
 def _key(name: str) -> str:
@@ -83,7 +83,16 @@ class LoRANetwork(nn.Module):
     call `network.eval()` for sampling/evaluation and `network.train()` for training steps.
     """
 
-    def __init__(self, root: nn.Module, cfg: NetworkConfig, *, name: str, seed: int = 0):
+    def __init__(
+        self,
+        root: nn.Module,
+        cfg: NetworkConfig,
+        *,
+        name: str,
+        seed: int = 0,
+        only: Iterable[str] | None = None,
+    ):
+        """`only`: exactly these module names (a file's modules) instead of `cfg`'s target filters."""
         super().__init__()
         self.name = name
         self.multiplier = 1.0
@@ -92,7 +101,8 @@ class LoRANetwork(nn.Module):
         self.rank_dropout = float(cfg.network_kwargs.rank_dropout)
         self.module_dropout = float(cfg.network_kwargs.module_dropout)
         generator = torch.Generator().manual_seed(int(seed))
-        self._targets = select_targets(root, cfg)  # plain dict: the base modules are not our submodules
+        # plain dict: the base modules are not our submodules
+        self._targets = select_targets(root, cfg) if only is None else named_targets(root, only)
         self.lora = nn.ModuleDict()
         conv_alpha = cfg.resolved_conv_alpha
         for mod_name, module in self._targets.items():

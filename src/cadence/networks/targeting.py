@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Iterable
 
 from torch import nn
 
@@ -99,3 +100,16 @@ def _no_match_message(cfg: NetworkConfig, available: list[str]) -> str:
         "only_if_contains restricts the default block Linears; use include_patterns to add modules outside "
         "the blocks."
     )
+
+
+def named_targets(root: nn.Module, names: Iterable[str]) -> dict[str, nn.Module]:
+    """{name: module} for exactly `names` (diffusers names below `root`); a missing or non-Linear/Conv
+    name is an error that lists it."""
+    modules, names = dict(root.named_modules()), set(names)
+    missing = sorted(n for n in names if n not in modules)
+    if missing:
+        raise ValueError(f"{len(missing)} module name(s) not in the model, e.g. {missing[:3]}")
+    wrong = sorted(n for n in names if not (isinstance(modules[n], nn.Linear) or is_conv(modules[n])))
+    if wrong:
+        raise ValueError(f"not Linear/Conv layers, so no LoRA can attach: {wrong[:3]}")
+    return {n: m for n, m in modules.items() if n in names}  # named_modules order

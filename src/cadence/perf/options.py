@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from cadence.networks.recovery import attach_recovery_adapter, read_recovery_adapter, resolve_adapter_file
 from cadence.perf.attention import apply_attention_backend
 from cadence.perf.block_swap import BlockSwapper
 from cadence.perf.checkpointing import enable_checkpointing
@@ -45,15 +46,47 @@ def _helpers():
 
 
 def apply_quantization(adapter, model_cfg) -> None:
-    """`model.quantize` (every expert's block Linears) and `model.quantize_te` (the text encoder)."""
+    """`model.quantize` (every expert's block Linears, or with `uint4|FILE` the layers the accuracy-recovery
+    adapter names, which then hooks in frozen) and `model.quantize_te` (the text encoder)."""
     helpers = _helpers()
     if model_cfg.quantize:
+        recovery = _recovery_modules(adapter, model_cfg)
         for spec in adapter.experts:
             transformer = adapter.transformer(spec.name)
-            quantize_linears(transformer, helpers.quantizable_linears(transformer), model_cfg.qtype)
+            linears = helpers.quantizable_linears(transformer)
+            if recovery is not None:
+                linears = _recovered_linears(transformer, linears, recovery.get(spec.name, {}), spec.name)
+            quantize_linears(transformer, linears, model_cfg.qtype_name)
+            if recovery and recovery.get(spec.name):
+                adapter.recovery_adapters[spec.name] = attach_recovery_adapter(
+                    transformer, recovery[spec.name], spec.name, adapter.device, adapter.dtype
+                )
     encoder = adapter.components.get("text_encoder")
     if model_cfg.quantize_te and encoder is not None:
         quantize_text_encoder(encoder, model_cfg.qtype_te)
+
+
+def _recovery_modules(adapter, model_cfg) -> dict[str, dict] | None:
+    if model_cfg.recovery_adapter is None:
+        return None
+    path = resolve_adapter_file(model_cfg.recovery_adapter)
+    return read_recovery_adapter(path, [s.name for s in adapter.experts])
+
+
+def _recovered_linears(transformer: nn.Module, linears: dict, modules: dict, expert: str) -> dict:
+    """The layers an accuracy-recovery adapter covers (ai-toolkit quantizes those and leaves the rest)."""
+    if not modules:
+        log.warning("the accuracy-recovery adapter has no layers for %s: it stays unquantized", expert)
+        return {}
+    outside = sorted(set(modules) - set(linears))
+    if outside:
+        log.warning(
+            "the accuracy-recovery adapter names %d layer(s) of %s that stay in high precision, e.g. %s",
+            len(outside),
+            expert,
+            outside[:3],
+        )
+    return {n: m for n, m in linears.items() if n in modules}
 
 
 def set_adapter_dtype(networks: dict[str, nn.Module], name: str) -> None:

@@ -11,8 +11,9 @@ runs the same code (tests/perf/test_bench.py) and writes only where --out says.
 
 An option is '+'-joined features over the default (bf16, gradient checkpointing on every block, native
 SDPA, Cadence's LoRA rank 16 on every block Linear): `cudnn` / `flash` attention, `nockpt`, `offload`
-(gradient_checkpointing_offload), `fp8` base weights, `swap` (blocks_to_swap, --swap N), `compile` (regional, inductor), `peft` (the same LoRA through
-PEFT instead of Cadence's hooks: the reference implementation most trainers use).
+(gradient_checkpointing_offload), `fp8` / `uint4` / `int8` base weights, `swap` (blocks_to_swap,
+--swap N), `compile` (regional, inductor), `peft` (the same LoRA through PEFT instead of Cadence's hooks:
+the reference implementation most trainers use).
 
 Step FLOPs follow docs/performance.md: F_linear = blocks*(L*(12d^2 + 4*d*ffn) + 4*T*d^2),
 F_attn = blocks*(4*L^2*d + 4*L*T*d); a frozen-base LoRA step = 2*F_linear + 3.5*F_attn ("MFU"), plus one
@@ -65,7 +66,8 @@ FULL = {
     "text_len": 512,
 }
 SMALL = {"heads": 2, "head_dim": 12, "ffn": 48, "layers": 4, "text_dim": 32, "freq_dim": 32, "text_len": 16}
-FEATURES = ("cudnn", "flash", "nockpt", "offload", "fp8", "swap", "compile", "peft")
+QTYPES = ("fp8", "uint4", "int8")
+FEATURES = ("cudnn", "flash", "nockpt", "offload", *QTYPES, "swap", "compile", "peft")
 DEFAULT_OPTIONS = ("baseline", "cudnn", "flash", "nockpt", "fp8", "fp8+swap", "compile", "peft")
 
 
@@ -164,8 +166,8 @@ def prepare(option: str, dims: dict, device: torch.device, dtype: torch.dtype, s
     feats = features(option)
     model = build_expert(dims, device, dtype)
     blocks = wan_memory.transformer_blocks(model)
-    if "fp8" in feats:
-        quantize_linears(model, wan_memory.quantizable_linears(model), "fp8")
+    for qtype in feats & set(QTYPES):
+        quantize_linears(model, wan_memory.quantizable_linears(model), qtype)
     net = LoRANetwork(model, NetworkConfig(linear=16, linear_alpha=16), name="bench", seed=0)
     if "peft" in feats:
         params = attach_peft(model, [n.removeprefix("transformer.") for n in net.modules_by_name])

@@ -11,6 +11,7 @@ it must stay under; the exit code is 1 when any row fails. On CPU it refuses (th
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import sys
 from dataclasses import asdict, dataclass
@@ -172,7 +173,10 @@ def numerics(device: torch.device) -> list[Check]:
             torch.cuda.reset_peak_memory_stats(device)
         losses, state = train_steps(model, net, device, low)
         peak = torch.cuda.max_memory_allocated(device) / 2**20 if cuda else 0.0
+        if isinstance(extra, BlockSwapper):
+            extra.remove()
         del model, net, extra
+        gc.collect()  # LoRA hooks and the model reference each other: free them before the next run
         torch._dynamo.reset()
         if cuda:
             torch.cuda.empty_cache()

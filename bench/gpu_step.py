@@ -55,7 +55,16 @@ from cadence.perf import (  # noqa: E402
 
 log = logging.getLogger("gpu_step")
 MARK_START, MARK_END = "<!-- bench:gpu_step:start -->", "<!-- bench:gpu_step:end -->"
-PEAK_TFLOPS = {"H100": 989.0, "H200": 989.0, "A100": 312.0, "L40S": 362.0, "RTX 4090": 165.0}
+# dense bf16 spec; the most specific name that appears in the device name wins
+PEAK_TFLOPS = {
+    "H100 PCIe": 756.0,
+    "H100 NVL": 835.0,
+    "H100": 989.0,
+    "H200": 989.0,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "RTX 4090": 165.0,
+}
 FULL = {
     "heads": 40,
     "head_dim": 128,
@@ -150,7 +159,7 @@ def peak_tflops(device: torch.device) -> float | None:
     if device.type != "cuda":
         return None
     name = torch.cuda.get_device_name(device)
-    return next((v for k, v in PEAK_TFLOPS.items() if k in name), None)
+    return next((v for k, v in sorted(PEAK_TFLOPS.items(), key=lambda kv: -len(kv[0])) if k in name), None)
 
 
 def attach_peft(model: torch.nn.Module, targets: list[str]) -> list[torch.nn.Parameter]:
@@ -201,7 +210,7 @@ def run_option(
         option, frames, tokens, note=f"blocks_to_swap {swap}" if "swap" in features(option) else ""
     )
     try:
-        model, params, _ = prepare(option, dims, device, dtype, swap)
+        model, params, swapper = prepare(option, dims, device, dtype, swap)
     except AttentionBackendError as exc:
         result.note = str(exc).split(";")[0]
         return result
@@ -248,7 +257,9 @@ def run_option(
     if device.type == "cuda":
         result.peak_alloc_gib = torch.cuda.max_memory_allocated(device) / 2**30
         result.peak_reserved_gib = torch.cuda.max_memory_reserved(device) / 2**30
-    del model, params, opt
+    if swapper is not None:
+        swapper.remove()  # its hooks and the blocks reference each other
+    del model, params, opt, swapper
     gc.collect()  # LoRA hooks and the model reference each other: free the cycle before the next option
     torch._dynamo.reset()
     if device.type == "cuda":
@@ -277,6 +288,7 @@ def environment(device: torch.device, size: tuple[int, int], dims: dict, dtype: 
         "dim": dims["heads"] * dims["head_dim"],
         "dtype": str(dtype).removeprefix("torch."),
         "matmul_tflops": None,
+        "peak_tflops": peak_tflops(device),
     }
     if device.type == "cuda":
         env["matmul_tflops"] = matmul_ceiling(device)
@@ -301,10 +313,14 @@ def markdown(results: list[Result], env: dict) -> str:
     ceiling = (
         f"; measured bf16 matmul ceiling {env['matmul_tflops']:.0f} TFLOP/s" if env["matmul_tflops"] else ""
     )
+    peak = env.get("peak_tflops", 989.0 if "H100" in env["device"] else None)  # earlier JSON: H100 SXM only
+    spec = (
+        f"MFU/HFU against the {peak:.0f} TFLOP/s dense bf16 spec." if peak else "No bf16 spec known: no MFU."
+    )
     lines = [
         f"Measured {env['date']} on {env['device']}; torch {env['torch']}, diffusers {env['diffusers']}; "
         f"{env['size'][0]}x{env['size'][1]}, {env['blocks']} blocks, dim {env['dim']}, {env['dtype']} base, LoRA rank 16 "
-        f"on every block Linear{ceiling}. MFU/HFU against the 989 TFLOP/s dense bf16 spec.",
+        f"on every block Linear{ceiling}. {spec}",
         "",
         "| option | frames | tokens | median step (s) | tokens/s | MFU | HFU | weights (GiB) | peak alloc (GiB) "
         "| peak reserved (GiB) | note |",

@@ -72,3 +72,22 @@ def test_unknown_bench_feature_is_refused():
     bench = _bench()
     with pytest.raises(ValueError, match="unknown bench feature"):
         bench.main(["--small", "--options", "fp8+swapp"])
+
+
+def test_each_option_frees_its_model_before_the_next():
+    """A block-swapped model must not survive into the next row (its memory would count there)."""
+    import gc
+
+    import torch
+
+    bench = _bench()
+    dims = dict(bench.SMALL)
+    gc.collect()
+    gc.disable()  # only run_option's own collection may free it, as on a GPU where the next build follows
+    try:
+        for option in ("fp8+swap", "baseline"):
+            bench.run_option(option, 5, (64, 64), dims, torch.device("cpu"), torch.float32, 1, 0, 2)
+            alive = [o for o in gc.get_objects() if type(o).__name__ == "WanTransformerBlock"]
+            assert not alive, option
+    finally:
+        gc.enable()

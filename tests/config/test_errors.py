@@ -171,6 +171,46 @@ def test_quantize_qtypes_and_recovery_adapter_form(make_flat):
     assert "transformer only" in " ".join(te.values())
     swap = issues_of(make_flat(model={**model, "qtype": "int8", "blocks_to_swap": 2}))
     assert "cannot stream torchao int8" in " ".join(swap.values())
+    # ai-toolkit's other spelling
+    split = {**model, "qtype": "uint4", "accuracy_recovery_adapter": "ostris/ara/wan_uint4.safetensors"}
+    assert (
+        load_config_dict(make_flat(model=split)).model.recovery_adapter == "ostris/ara/wan_uint4.safetensors"
+    )
+    clash = issues_of(make_flat(model={**split, "qtype": "uint4|other.safetensors"}))
+    assert "give it once" in " ".join(clash.values())
+
+
+def test_recovery_adapter_beside_the_config_is_found_there(tmp_path, monkeypatch):
+    from cadence.config.loader import load_config
+
+    folder = tmp_path / "job"
+    folder.mkdir()
+    (folder / "ara.safetensors").write_bytes(b"")
+    model = {"name_or_path": "m", "arch": "wan21", "quantize": True}
+    for key in (
+        {"qtype": "uint4|ara.safetensors"},
+        {"qtype": "uint4", "accuracy_recovery_adapter": "ara.safetensors"},
+    ):
+        body = {"name": "j", "datasets": [{"folder_path": "data"}], "model": {**model, **key}}
+        (folder / "job.yaml").write_text(yaml.safe_dump(body))
+        monkeypatch.chdir(tmp_path)  # not the config's folder
+        assert load_config(folder / "job.yaml").model.recovery_adapter == str(folder / "ara.safetensors")
+    hub = {
+        "name": "j",
+        "datasets": [{"folder_path": "data"}],
+        "model": {**model, "qtype": "uint4|o/r/f.safetensors"},
+    }
+    (folder / "job.yaml").write_text(yaml.safe_dump(hub))
+    assert load_config(folder / "job.yaml").model.recovery_adapter == "o/r/f.safetensors"
+
+
+def test_incompatible_train_options_refused_at_load(make_flat):
+    det = issues_of(make_flat(train={"deterministic": True, "attention_backend": "cudnn"}))
+    assert "no deterministic cuDNN attention" in " ".join(det.values())
+    off = issues_of(
+        make_flat(train={"gradient_checkpointing": False, "gradient_checkpointing_offload": True})
+    )
+    assert "needs train.gradient_checkpointing" in " ".join(off.values())
 
 
 def test_performance_keys_validated(make_flat):

@@ -98,3 +98,28 @@ def test_uint4_with_recovery_adapter_trains_and_saves_only_the_trained_lora(
         saved = load_file(run / f"job_000000004_{expert}.safetensors")
         ranks = {v.shape[0] for k, v in saved.items() if k.endswith("lora_down.weight")}
         assert ranks == {4}  # the job's rank; the frozen rank-24 adapter is not in the file
+
+
+def test_cache_command_needs_no_recovery_adapter(tiny_i2v: Path, clips: Path, tmp_path: Path) -> None:
+    """`cadence cache` uses the VAE and text encoder only: a missing (offline) adapter must not stop it."""
+    from argparse import Namespace
+
+    from cadence.data.cache_command import cache_command
+
+    job = job_dict(tiny_i2v, clips, tmp_path / "out")
+    job["model"].update(quantize=True, qtype="uint4|someone/adapters/not_downloaded.safetensors")
+    assert cache_command(Namespace(config=str(write_job(tmp_path / "cache.yaml", job)))) == 0
+
+
+def test_recovery_adapter_moves_with_its_expert_under_low_vram(tiny_i2v: Path, tmp_path: Path) -> None:
+    import torch
+    from tests.perf.test_recovery_adapter import load, write_recovery_file
+
+    ara = tmp_path / "ara.safetensors"
+    write_recovery_file(tiny_i2v, ara)
+    adapter = load(tiny_i2v, f"uint4|{ara}")
+    net = adapter.recovery_adapters["low_noise"]
+    adapter.offload("low_noise")
+    assert {p.device for p in net.parameters()} == {torch.device("cpu")}
+    adapter.onload("low_noise")
+    assert {p.device for p in net.parameters()} == {adapter.device}

@@ -219,11 +219,32 @@ def _resolve_paths(body: dict[str, Any], base: Path) -> None:
             if isinstance(item, dict) and "ctrl_img" in item:
                 item["ctrl_img"] = _local(item["ctrl_img"], base)
     model = body.get("model")
+    if isinstance(model, dict):
+        _resolve_adapter_paths(model, base)
     if isinstance(model, dict) and isinstance(model.get("name_or_path"), str):
         raw = model["name_or_path"]
         explicit = raw.startswith(("./", "../", "~", ".\\", "..\\"))
         if explicit or (not Path(raw).is_absolute() and (base / raw).is_dir()):
             model["name_or_path"] = _local(raw, base)
+
+
+def _resolve_adapter_paths(model: dict[str, Any], base: Path) -> None:
+    """An accuracy-recovery adapter file (after 'uint4|' or in accuracy_recovery_adapter) beside the config
+    is found there; anything else stays as written (an absolute path, or owner/repo/file on the Hub)."""
+
+    def local(raw: str) -> str:
+        raw = raw.strip()
+        explicit = raw.startswith(("./", "../", "~", ".\\", "..\\"))
+        if explicit or (raw and not Path(raw).is_absolute() and (base / raw).is_file()):
+            return _local(raw, base)
+        return raw
+
+    qtype = model.get("qtype")
+    if isinstance(qtype, str) and "|" in qtype:
+        head, _, tail = qtype.partition("|")
+        model["qtype"] = f"{head}|{local(tail)}"
+    if isinstance(model.get("accuracy_recovery_adapter"), str):
+        model["accuracy_recovery_adapter"] = local(model["accuracy_recovery_adapter"])
 
 
 # ------------------------------------------------------------------------------------- pydantic errors

@@ -9,7 +9,7 @@ yet are listed in `unsupported.py`, never silently accepted here.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -242,6 +242,21 @@ class TrainConfig(Strict):
             )
         return value
 
+    @model_validator(mode="after")
+    def _compatible_options(self) -> TrainConfig:
+        if self.gradient_checkpointing_offload and self.gradient_checkpointing is False:
+            raise ValueError(
+                "train.gradient_checkpointing_offload needs train.gradient_checkpointing (true or N): it moves "
+                "what checkpointed blocks save to host memory"
+            )
+        if self.deterministic and self.attention_backend != "native":
+            raise ValueError(
+                f"train.deterministic cannot use attention_backend {self.attention_backend!r}: PyTorch has no "
+                "deterministic cuDNN attention, and flash-attn's backward runs non-deterministically as diffusers "
+                "calls it; use native (PyTorch then picks a deterministic kernel)"
+            )
+        return self
+
 
 # ----------------------------------------------------------------------------------------------- model
 class ModelKwargs(Strict):
@@ -263,6 +278,26 @@ class ModelConfig(Strict):
         0, ge=0, description="transformer blocks whose weights live in host memory and stream in when used"
     )
     model_kwargs: ModelKwargs = Field(default_factory=ModelKwargs)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _fold_recovery_adapter_key(cls, data: Any) -> Any:
+        """ai-toolkit also accepts `accuracy_recovery_adapter: FILE` beside `qtype: uint4`: same as 'uint4|FILE'."""
+        if not isinstance(data, dict) or "accuracy_recovery_adapter" not in data:
+            return data
+        data = dict(data)
+        adapter = data.pop("accuracy_recovery_adapter")
+        if adapter in (None, ""):
+            return data
+        adapter = str(adapter)
+        qtype = str(data.get("qtype", "qfloat8"))
+        if "|" in qtype and qtype.partition("|")[2].strip() != adapter:
+            raise ValueError(
+                f"model.accuracy_recovery_adapter {adapter!r} and the adapter in model.qtype {qtype!r} differ; "
+                "give it once"
+            )
+        data["qtype"] = f"{qtype.partition('|')[0]}|{adapter}"
+        return data
 
     @field_validator("qtype", "qtype_te")
     @classmethod

@@ -220,7 +220,6 @@ REGISTRY: list[Unsupported] = [
     U("model.assistant_lora_path", "assistant LoRAs are not implemented", None),
     U("model.lora_path", "loading a LoRA into the base model is not implemented", None),
     U("model.inference_lora_path", "inference LoRAs are not implemented", None),
-    U("model.accuracy_recovery_adapter", "accuracy recovery adapters need quantization", None),
     U("model.compile", _PERF, False),
     U("model.layer_offloading", _PERF + "; low_vram offloads the idle expert", False),
     U(

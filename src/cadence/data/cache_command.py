@@ -97,9 +97,10 @@ def cache_command(args: argparse.Namespace) -> int:
         _out(f"error: {exc}")
         return 1
     try:
-        # the same device, dtype and quantization as `cadence train`, so training reuses every entry
+        # the same device, dtype and text-encoder quantization as `cadence train`, so training reuses every
+        # entry; the transformers are not used here, so they are neither quantized nor given their adapter
         adapter = load_model_adapter(cfg.model, resolve_device(cfg.device), resolve_dtype(cfg.train.dtype))
-        apply_quantization(adapter, cfg.model)
+        apply_quantization(adapter, cfg.model, transformers=False)
     except Exception as exc:  # noqa: BLE001 - ModelLoadError, OSError from from_pretrained, ...
         _out(f"error: cannot load model {cfg.model.name_or_path!r}: {exc}")
         return 1

@@ -145,10 +145,17 @@ class WanAdapter(ModelAdapter):
             torch.cuda.empty_cache()
 
     def offload(self, expert: str) -> None:
-        self.transformer(expert).to("cpu")
+        for module in self._expert_modules(expert):
+            module.to("cpu")
 
     def onload(self, expert: str) -> None:
-        self.transformer(expert).to(self.device)
+        for module in self._expert_modules(expert):
+            module.to(self.device)
+
+    def _expert_modules(self, expert: str) -> list[torch.nn.Module]:
+        """The expert's transformer and its frozen accuracy-recovery adapter (they move together)."""
+        recovery = self.recovery_adapters.get(expert)
+        return [self.transformer(expert)] + ([recovery] if recovery is not None else [])
 
     # --------------------------------------------------------------------------------------------- text
     @torch.no_grad()

@@ -43,6 +43,15 @@ def resolve_backend(name: str) -> str:
     return BACKENDS[name]
 
 
+def check_backend_device(backend: str, device: torch.device | str) -> None:
+    """A CUDA-only backend on another device is an AttentionBackendError naming the key."""
+    if backend in CUDA_ONLY and torch.device(device).type != "cuda":
+        raise AttentionBackendError(
+            f"train.attention_backend: {backend!r} runs only on CUDA GPUs and this run is on "
+            f"{torch.device(device).type}; use native"
+        )
+
+
 def apply_attention_backend(
     transformers: Iterable[nn.Module], backend: str, device: torch.device | str | None = None
 ) -> None:
@@ -53,11 +62,8 @@ def apply_attention_backend(
     )
 
     value = resolve_backend(backend)
-    if backend in CUDA_ONLY and device is not None and torch.device(device).type != "cuda":
-        raise AttentionBackendError(
-            f"train.attention_backend: {backend!r} runs only on CUDA GPUs and this run is on "
-            f"{torch.device(device).type}; use native"
-        )
+    if device is not None:
+        check_backend_device(backend, device)
     try:
         _check_attention_backend_requirements(AttentionBackendName(value))
     except RuntimeError as exc:

@@ -45,11 +45,12 @@ def _helpers():
     return wan_memory
 
 
-def apply_quantization(adapter, model_cfg) -> None:
+def apply_quantization(adapter, model_cfg, transformers: bool = True) -> None:
     """`model.quantize` (every expert's block Linears, or with `uint4|FILE` the layers the accuracy-recovery
-    adapter names, which then hooks in frozen) and `model.quantize_te` (the text encoder)."""
+    adapter names, which then hooks in frozen) and `model.quantize_te` (the text encoder).
+    `transformers=False` (`cadence cache`): only the text encoder, whose quantization the text cache keys."""
     helpers = _helpers()
-    if model_cfg.quantize:
+    if model_cfg.quantize and transformers:
         recovery = _recovery_modules(adapter, model_cfg)
         for spec in adapter.experts:
             transformer = adapter.transformer(spec.name)

@@ -28,6 +28,7 @@ from cadence.optim.factory import build_optimizer, clip_grad_norm
 from cadence.optim.param_groups import build_param_groups
 from cadence.optim.schedulers import build_lr_scheduler
 from cadence.perf import apply_memory_options, apply_quantization
+from cadence.perf.attention import check_backend_device
 from cadence.sampling import TrainingSampler, validate_samples
 from cadence.sampling.state import sampling_state
 from cadence.schedule.experts import ExpertRouter
@@ -145,6 +146,7 @@ def build_training(cfg: JobConfig) -> TrainingSetup:
     paths.run_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.train.dtype)
+    check_backend_device(cfg.train.attention_backend, device)  # before minutes of model loading and caching
     seed_everything(cfg.train.seed)
 
     adapter = load_model_adapter(cfg.model, device, dtype)

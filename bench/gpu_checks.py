@@ -188,6 +188,9 @@ def numerics(device: torch.device) -> list[Check]:
     def offload(model, net):
         enable_checkpointing(model, wan_memory.transformer_blocks(model), True, offload=True)
 
+    def keep_attention(model, net):
+        enable_checkpointing(model, wan_memory.transformer_blocks(model), True, keep_attention=True)
+
     def swap(model, net):
         ckpt(model, net)
         return BlockSwapper(wan_memory.transformer_blocks(model), DIMS["layers"] - 1, device)
@@ -218,6 +221,7 @@ def numerics(device: torch.device) -> list[Check]:
     for name, result, bound, base in (
         ("checkpointing vs plain", with_ckpt, floor * 2 + 1e-6, plain),
         ("checkpoint offload vs checkpointed", run(offload), floor * 2 + 1e-6, with_ckpt),
+        ("checkpoint keeping attention vs checkpointed", run(keep_attention), floor * 2 + 1e-6, with_ckpt),
         ("block swap (checkpointed) vs checkpointed", run(swap), floor * 2 + 1e-6, with_ckpt),
         ("block swap (no checkpointing) vs plain", run(swap_no_ckpt), floor * 2 + 1e-6, plain),
         ("fp8 base vs bf16", run(fp8), 0.35, with_ckpt),

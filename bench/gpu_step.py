@@ -11,9 +11,9 @@ runs the same code (tests/perf/test_bench.py) and writes only where --out says.
 
 An option is '+'-joined features over the default (bf16, gradient checkpointing on every block, native
 SDPA, Cadence's LoRA rank 16 on every block Linear): `cudnn` / `flash` attention, `nockpt`, `offload`
-(gradient_checkpointing_offload), `fp8` / `uint4` / `int8` base weights, `swap` (blocks_to_swap,
---swap N), `compile` (regional, inductor), `peft` (the same LoRA through PEFT instead of Cadence's hooks:
-the reference implementation most trainers use).
+(gradient_checkpointing_offload), `keepattn` (gradient_checkpointing_keep_attention), `fp8` / `uint4` /
+`int8` base weights, `swap` (blocks_to_swap, --swap N), `compile` (regional, inductor), `peft` (the same
+LoRA through PEFT instead of Cadence's hooks: the reference implementation most trainers use).
 
 Step FLOPs follow docs/performance.md: F_linear = blocks*(L*(12d^2 + 4*d*ffn) + 4*T*d^2),
 F_attn = blocks*(4*L^2*d + 4*L*T*d); a frozen-base LoRA step = 2*F_linear + 3.5*F_attn ("MFU"), plus one
@@ -76,7 +76,7 @@ FULL = {
 }
 SMALL = {"heads": 2, "head_dim": 12, "ffn": 48, "layers": 4, "text_dim": 32, "freq_dim": 32, "text_len": 16}
 QTYPES = ("fp8", "uint4", "int8")
-FEATURES = ("cudnn", "flash", "nockpt", "offload", *QTYPES, "swap", "compile", "peft")
+FEATURES = ("cudnn", "flash", "nockpt", "offload", "keepattn", *QTYPES, "swap", "compile", "peft")
 DEFAULT_OPTIONS = ("baseline", "cudnn", "flash", "nockpt", "fp8", "fp8+swap", "compile", "peft")
 
 
@@ -147,12 +147,16 @@ def latent_shape(frames: int, height: int, width: int) -> tuple[int, int, int]:
     return (frames - 1) // 4 + 1, height // 8, width // 8
 
 
-def step_flops(dims: dict, tokens: int, checkpointing: bool) -> tuple[float, float]:
+def step_flops(
+    dims: dict, tokens: int, checkpointing: bool, keep_attention: bool = False
+) -> tuple[float, float]:
+    """(model FLOPs, hardware FLOPs) of one step; the recompute skips self-attention with keep_attention."""
     d, ffn, n, t = dims["heads"] * dims["head_dim"], dims["ffn"], dims["layers"], dims["text_len"]
     f_lin = n * (tokens * (12 * d * d + 4 * d * ffn) + 4 * t * d * d)
-    f_attn = n * (4 * tokens * tokens * d + 4 * tokens * t * d)
-    model = 2 * f_lin + 3.5 * f_attn
-    return model, model + (f_lin + f_attn if checkpointing else 0.0)
+    f_self, f_cross = n * 4 * tokens * tokens * d, n * 4 * tokens * t * d
+    model = 2 * f_lin + 3.5 * (f_self + f_cross)
+    recompute = f_lin + f_cross + (0.0 if keep_attention else f_self)
+    return model, model + (recompute if checkpointing else 0.0)
 
 
 def peak_tflops(device: torch.device) -> float | None:
@@ -185,7 +189,9 @@ def prepare(option: str, dims: dict, device: torch.device, dtype: torch.dtype, s
         params = list(net.apply().to(device).trainable_parameters())
     attention = "cudnn" if "cudnn" in feats else "flash" if "flash" in feats else "native"
     apply_attention_backend([model], attention, device)
-    enable_checkpointing(model, blocks, "nockpt" not in feats, offload="offload" in feats)
+    enable_checkpointing(
+        model, blocks, "nockpt" not in feats, offload="offload" in feats, keep_attention="keepattn" in feats
+    )
     swapper = BlockSwapper(blocks, swap, device) if "swap" in feats else None
     if "compile" in feats:
         compile_blocks(blocks, 32, backend="inductor" if device.type == "cuda" else "aot_eager")
@@ -250,7 +256,8 @@ def run_option(
     if times:
         result.step_s = statistics.median(times)
         peak = peak_tflops(device)
-        model_f, hw_f = step_flops(dims, tokens, "nockpt" not in features(option))
+        feats = features(option)
+        model_f, hw_f = step_flops(dims, tokens, "nockpt" not in feats, "keepattn" in feats)
         if peak:
             result.mfu = model_f / result.step_s / (peak * 1e12)
             result.hfu = hw_f / result.step_s / (peak * 1e12)

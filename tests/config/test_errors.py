@@ -211,6 +211,13 @@ def test_incompatible_train_options_refused_at_load(make_flat):
         make_flat(train={"gradient_checkpointing": False, "gradient_checkpointing_offload": True})
     )
     assert "needs train.gradient_checkpointing" in " ".join(off.values())
+    keep = {"gradient_checkpointing_keep_attention": True}
+    assert "needs train.gradient_checkpointing" in " ".join(
+        issues_of(make_flat(train={**keep, "gradient_checkpointing": False})).values()
+    )
+    assert "not with flash-attn" in " ".join(
+        issues_of(make_flat(train={**keep, "attention_backend": "flash"})).values()
+    )
 
 
 def test_performance_keys_validated(make_flat):

@@ -1,5 +1,5 @@
 """Speed/memory options reach a real `cadence train` run: fp8 base, checkpointing every 2nd block with its
-saved inputs offloaded to the host, block swap."""
+saved inputs offloaded to the host and self-attention kept, block swap."""
 
 from __future__ import annotations
 
@@ -26,6 +26,7 @@ def test_fp8_checkpointing_and_block_swap_train(tiny_i2v: Path, clips: Path, tmp
         steps=6,
         gradient_checkpointing=2,
         gradient_checkpointing_offload=True,
+        gradient_checkpointing_keep_attention=True,
     )
     lean["model"].update(quantize=True, qtype="fp8", blocks_to_swap=1)
     assert run_training(write_job(tmp_path / "lean.yaml", lean)) == 0

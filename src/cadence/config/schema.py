@@ -194,6 +194,11 @@ class TrainConfig(Strict):
     gradient_checkpointing: bool | int = Field(
         True, description="true: every transformer block; an int N >= 1: every N-th block; false: off"
     )
+    gradient_checkpointing_keep_attention: bool = Field(
+        False,
+        description="checkpointed blocks keep their self-attention outputs for backward instead of running "
+        "attention again in the recompute (PyTorch SDPA backends; tokens x dim per block more memory)",
+    )
     gradient_checkpointing_offload: bool = Field(
         False,
         description="checkpointed blocks keep their saved inputs in pinned host memory (less GPU memory, "
@@ -248,6 +253,15 @@ class TrainConfig(Strict):
             raise ValueError(
                 "train.gradient_checkpointing_offload needs train.gradient_checkpointing (true or N): it moves "
                 "what checkpointed blocks save to host memory"
+            )
+        if self.gradient_checkpointing_keep_attention and self.gradient_checkpointing is False:
+            raise ValueError(
+                "train.gradient_checkpointing_keep_attention needs train.gradient_checkpointing (true or N)"
+            )
+        if self.gradient_checkpointing_keep_attention and self.attention_backend in ("flash", "flash3"):
+            raise ValueError(
+                "train.gradient_checkpointing_keep_attention works with PyTorch's SDPA kernels (attention_backend "
+                f"native or cudnn), not with flash-attn's ({self.attention_backend!r})"
             )
         if self.deterministic and self.attention_backend != "native":
             raise ValueError(

@@ -6,6 +6,13 @@ so LoRA hooks and frozen inputs work) and runs the others plainly. The thread-lo
 whether a block is running the checkpoint's first pass (nothing saved for backward), its recompute in
 backward, or a plain forward.
 
+With `keep_attention`, the recompute reuses each block's self-attention output from the first pass instead
+of running the attention kernel again (PyTorch's selective checkpointing: a policy that saves the SDPA
+kernels' results, where query and key have the same length, and recomputes everything else). Self-attention
+is the costliest part of the recompute at video lengths (4·L²·d FLOPs); keeping it costs the kernel's
+output, tokens × dim in the compute dtype, plus its log-sum-exp, per checkpointed block. It applies to the
+PyTorch SDPA backends (native, cudnn), not to flash-attn's own kernels.
+
 With `offload`, what a checkpointed block keeps for backward (its inputs: the hidden states, L x dim per
 block, the largest memory left once the weights are swapped out) goes to pinned host memory and comes back
 for the recompute: one device-to-host and one host-to-device copy per block and step.
@@ -20,7 +27,7 @@ from collections.abc import Iterator
 
 import torch
 from torch import nn
-from torch.utils.checkpoint import checkpoint
+from torch.utils.checkpoint import CheckpointPolicy, checkpoint, create_selective_checkpoint_contexts
 
 _state = threading.local()
 
@@ -40,23 +47,58 @@ def _in_phase(name: str) -> Iterator[None]:
         _state.phase = old
 
 
-def _contexts() -> tuple[contextlib.AbstractContextManager, contextlib.AbstractContextManager]:
-    return _in_phase("forward"), _in_phase("recompute")
+_SDPA_KERNELS = tuple(
+    getattr(torch.ops.aten, name).default
+    for name in (
+        "_scaled_dot_product_flash_attention",
+        "_scaled_dot_product_cudnn_attention",
+        "_scaled_dot_product_efficient_attention",
+        "_scaled_dot_product_flash_attention_for_cpu",
+        "_scaled_dot_product_fused_attention_overrideable",
+    )
+    if hasattr(torch.ops.aten, name)
+)
 
 
-def checkpoint_block(block: nn.Module, *args: torch.Tensor) -> torch.Tensor:
+def _keep_self_attention(_ctx, op, *args, **_kwargs) -> CheckpointPolicy:
+    """Save self-attention kernel results (query and key equally long); recompute everything else."""
+    if op in _SDPA_KERNELS and args[0].shape[-2] == args[1].shape[-2]:
+        return CheckpointPolicy.MUST_SAVE
+    return CheckpointPolicy.PREFER_RECOMPUTE
+
+
+@contextlib.contextmanager
+def _entered(*managers: contextlib.AbstractContextManager) -> Iterator[None]:
+    with contextlib.ExitStack() as stack:
+        for manager in managers:
+            stack.enter_context(manager)
+        yield
+
+
+def _contexts(keep_attention: bool = False):
+    """checkpoint's (first pass, recompute) contexts: the phase flag, plus the selective policy."""
+    if not keep_attention:
+        return _in_phase("forward"), _in_phase("recompute")
+    forward, recompute = create_selective_checkpoint_contexts(_keep_self_attention)
+    return _entered(_in_phase("forward"), forward), _entered(_in_phase("recompute"), recompute)
+
+
+def checkpoint_block(block: nn.Module, *args: torch.Tensor, keep_attention: bool = False) -> torch.Tensor:
     """Run `block` under non-reentrant checkpointing, marking the forward/recompute phases."""
-    return checkpoint(block, *args, use_reentrant=False, context_fn=_contexts)
+    contexts = functools.partial(_contexts, keep_attention)
+    return checkpoint(block, *args, use_reentrant=False, context_fn=contexts)
 
 
-def _selective(checkpointed: frozenset[int], offload: bool, block: nn.Module, *args, **kwargs):
+def _selective(
+    checkpointed: frozenset[int], offload: bool, keep_attention: bool, block: nn.Module, *args, **kwargs
+):
     if id(block) not in checkpointed:
         return block(*args, **kwargs)
     if not offload:
-        return checkpoint_block(block, *args, **kwargs)
+        return checkpoint_block(block, *args, keep_attention=keep_attention, **kwargs)
     # the checkpoint saves its inputs through autograd's saved-tensor hooks: these send them to the host
     with torch.autograd.graph.save_on_cpu(pin_memory=torch.cuda.is_available()):
-        return checkpoint_block(block, *args, **kwargs)
+        return checkpoint_block(block, *args, keep_attention=keep_attention, **kwargs)
 
 
 def checkpointed_indices(num_blocks: int, every: bool | int) -> list[int]:
@@ -70,7 +112,11 @@ def checkpointed_indices(num_blocks: int, every: bool | int) -> list[int]:
 
 
 def enable_checkpointing(
-    model: nn.Module, blocks: nn.ModuleList, every: bool | int, offload: bool = False
+    model: nn.Module,
+    blocks: nn.ModuleList,
+    every: bool | int,
+    offload: bool = False,
+    keep_attention: bool = False,
 ) -> list[int]:
     """Turn on diffusers' checkpointing switch with our selective function; returns the checkpointed indices."""
     indices = checkpointed_indices(len(blocks), every)
@@ -85,6 +131,6 @@ def enable_checkpointing(
         return []
     chosen = frozenset(id(blocks[i]) for i in indices)
     model.enable_gradient_checkpointing(
-        gradient_checkpointing_func=functools.partial(_selective, chosen, offload)
+        gradient_checkpointing_func=functools.partial(_selective, chosen, offload, keep_attention)
     )
     return indices

@@ -115,7 +115,11 @@ def apply_memory_options(
         transformer = adapter.transformer(expert)
         blocks = helpers.transformer_blocks(transformer)
         state.checkpointed[expert] = enable_checkpointing(
-            transformer, blocks, train.gradient_checkpointing, train.gradient_checkpointing_offload
+            transformer,
+            blocks,
+            train.gradient_checkpointing,
+            offload=train.gradient_checkpointing_offload,
+            keep_attention=train.gradient_checkpointing_keep_attention,
         )
         if cfg.model.blocks_to_swap:
             state.swappers[expert] = BlockSwapper(blocks, cfg.model.blocks_to_swap, adapter.device)

@@ -178,6 +178,24 @@ def test_quantize_qtypes_and_recovery_adapter_form(make_flat):
     )
     clash = issues_of(make_flat(model={**split, "qtype": "uint4|other.safetensors"}))
     assert "give it once" in " ".join(clash.values())
+    same = {
+        **split,
+        "qtype": "uint4|ostris/ara/wan_uint4.safetensors",
+        "accuracy_recovery_adapter": " ostris/ara/wan_uint4.safetensors",
+    }
+    assert (
+        load_config_dict(make_flat(model=same)).model.recovery_adapter == "ostris/ara/wan_uint4.safetensors"
+    )
+    for bad, needle in ((False, "expected a file path"), ([1], "expected a file path")):
+        assert needle in " ".join(
+            issues_of(make_flat(model={**split, "accuracy_recovery_adapter": bad})).values()
+        )
+    no_qtype = {k: v for k, v in split.items() if k != "qtype"}
+    assert "needs model.qtype: uint4" in " ".join(
+        issues_of(make_flat(model={**no_qtype, "qtype": None})).values()
+    )
+    off = issues_of(make_flat(model={**split, "quantize": False}))
+    assert "model.quantize is false" in " ".join(off.values())
 
 
 def test_recovery_adapter_beside_the_config_is_found_there(tmp_path, monkeypatch):

@@ -301,16 +301,20 @@ class ModelConfig(Strict):
             return data
         data = dict(data)
         adapter = data.pop("accuracy_recovery_adapter")
-        if adapter in (None, ""):
+        if adapter is None or adapter == "":
             return data
-        adapter = str(adapter)
-        qtype = str(data.get("qtype", "qfloat8"))
-        if "|" in qtype and qtype.partition("|")[2].strip() != adapter:
+        if not isinstance(adapter, str):
+            raise ValueError(f"model.accuracy_recovery_adapter: expected a file path, got {adapter!r}")
+        adapter, qtype = adapter.strip(), data.get("qtype")
+        if not isinstance(qtype, str):
+            raise ValueError("model.accuracy_recovery_adapter needs model.qtype: uint4 beside it")
+        base, bar, named = qtype.partition("|")
+        if bar and named.strip() != adapter:
             raise ValueError(
                 f"model.accuracy_recovery_adapter {adapter!r} and the adapter in model.qtype {qtype!r} differ; "
                 "give it once"
             )
-        data["qtype"] = f"{qtype.partition('|')[0]}|{adapter}"
+        data["qtype"] = f"{base}|{adapter}"
         return data
 
     @field_validator("qtype", "qtype_te")
@@ -340,6 +344,11 @@ class ModelConfig(Strict):
 
     @model_validator(mode="after")
     def _recovery_adapter_only_for_transformer(self) -> ModelConfig:
+        if self.recovery_adapter and not self.quantize:
+            raise ValueError(
+                f"model.qtype names an accuracy-recovery adapter ({self.recovery_adapter}) but model.quantize is "
+                "false: set quantize: true (the adapter corrects uint4 weights) or drop the adapter"
+            )
         if "|" in self.qtype_te:
             raise ValueError(
                 "model.qtype_te: accuracy-recovery adapters ('uint4|FILE') apply to the transformer only"

@@ -210,11 +210,10 @@ def run_option(
     swap: int,
     profile: bool = False,
 ) -> Result:
+    feats = features(option)
     lat = latent_shape(frames, *size)
     tokens = lat[0] * (lat[1] // 2) * (lat[2] // 2)
-    result = Result(
-        option, frames, tokens, note=f"blocks_to_swap {swap}" if "swap" in features(option) else ""
-    )
+    result = Result(option, frames, tokens, note=f"blocks_to_swap {swap}" if "swap" in feats else "")
     try:
         model, params, swapper = prepare(option, dims, device, dtype, swap)
     except AttentionBackendError as exc:
@@ -256,7 +255,6 @@ def run_option(
     if times:
         result.step_s = statistics.median(times)
         peak = peak_tflops(device)
-        feats = features(option)
         model_f, hw_f = step_flops(dims, tokens, "nockpt" not in feats, "keepattn" in feats)
         if peak:
             result.mfu = model_f / result.step_s / (peak * 1e12)

@@ -9,6 +9,7 @@ custom backward.
 
 from __future__ import annotations
 
+from abc import abstractmethod
 from collections.abc import Callable
 
 import torch
@@ -21,8 +22,9 @@ class DequantLinear(nn.Linear):
 
     compute_dtype: torch.dtype
 
+    @abstractmethod
     def dequantize(self, dtype: torch.dtype) -> torch.Tensor:
-        raise NotImplementedError
+        """The full weight in `dtype`, rebuilt from this layer's buffers (Fp8Linear, Uint4Linear)."""
 
     @property
     def weight(self) -> torch.Tensor:  # type: ignore[override]

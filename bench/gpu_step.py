@@ -11,7 +11,8 @@ runs the same code (tests/perf/test_bench.py) and writes only where --out says.
 
 An option is '+'-joined features over the default (bf16, gradient checkpointing on every block, native
 SDPA, Cadence's LoRA rank 16 on every block Linear): `cudnn` / `flash` attention, `nockpt`, `offload`
-(gradient_checkpointing_offload), `keepattn` (gradient_checkpointing_keep_attention), `fp8` / `uint4` /
+(gradient_checkpointing_offload), `keepattn` (gradient_checkpointing_keep_attention; --keep-blocks K keeps
+it in the first K blocks only), `fp8` / `uint4` /
 `int8` base weights, `swap` (blocks_to_swap, --swap N), `compile` (regional, inductor), `peft` (the same
 LoRA through PEFT instead of Cadence's hooks: the reference implementation most trainers use).
 
@@ -147,15 +148,13 @@ def latent_shape(frames: int, height: int, width: int) -> tuple[int, int, int]:
     return (frames - 1) // 4 + 1, height // 8, width // 8
 
 
-def step_flops(
-    dims: dict, tokens: int, checkpointing: bool, keep_attention: bool = False
-) -> tuple[float, float]:
-    """(model FLOPs, hardware FLOPs) of one step; the recompute skips self-attention with keep_attention."""
+def step_flops(dims: dict, tokens: int, checkpointing: bool, kept_blocks: int = 0) -> tuple[float, float]:
+    """(model FLOPs, hardware FLOPs) of one step; the recompute skips self-attention in `kept_blocks` blocks."""
     d, ffn, n, t = dims["heads"] * dims["head_dim"], dims["ffn"], dims["layers"], dims["text_len"]
     f_lin = n * (tokens * (12 * d * d + 4 * d * ffn) + 4 * t * d * d)
     f_self, f_cross = n * 4 * tokens * tokens * d, n * 4 * tokens * t * d
     model = 2 * f_lin + 3.5 * (f_self + f_cross)
-    recompute = f_lin + f_cross + (0.0 if keep_attention else f_self)
+    recompute = f_lin + f_cross + f_self * (n - min(kept_blocks, n)) / n
     return model, model + (recompute if checkpointing else 0.0)
 
 
@@ -174,7 +173,12 @@ def attach_peft(model: torch.nn.Module, targets: list[str]) -> list[torch.nn.Par
     return [p for n, p in model.named_parameters() if "lora_" in n and p.requires_grad]
 
 
-def prepare(option: str, dims: dict, device: torch.device, dtype: torch.dtype, swap: int):
+def kept_blocks(feats: set[str], dims: dict, keep: int | None) -> int:
+    """Blocks that keep self-attention: none without `keepattn`, else --keep-blocks or all."""
+    return 0 if "keepattn" not in feats else min(keep or dims["layers"], dims["layers"])
+
+
+def prepare(option: str, dims: dict, device: torch.device, dtype: torch.dtype, swap: int, keep: int | None):
     """Model + LoRA parameters with `option` applied, in the order train setup uses."""
     feats = features(option)
     model = build_expert(dims, device, dtype)
@@ -190,7 +194,11 @@ def prepare(option: str, dims: dict, device: torch.device, dtype: torch.dtype, s
     attention = "cudnn" if "cudnn" in feats else "flash" if "flash" in feats else "native"
     apply_attention_backend([model], attention, device)
     enable_checkpointing(
-        model, blocks, "nockpt" not in feats, offload="offload" in feats, keep_attention="keepattn" in feats
+        model,
+        blocks,
+        "nockpt" not in feats,
+        offload="offload" in feats,
+        keep_attention=kept_blocks(feats, dims, keep) or False,
     )
     swapper = BlockSwapper(blocks, swap, device) if "swap" in feats else None
     if "compile" in feats:
@@ -209,13 +217,18 @@ def run_option(
     warmup: int,
     swap: int,
     profile: bool = False,
+    keep: int | None = None,
 ) -> Result:
     feats = features(option)
     lat = latent_shape(frames, *size)
     tokens = lat[0] * (lat[1] // 2) * (lat[2] // 2)
-    result = Result(option, frames, tokens, note=f"blocks_to_swap {swap}" if "swap" in feats else "")
+    kept = kept_blocks(feats, dims, keep)
+    notes = [f"blocks_to_swap {swap}"] * ("swap" in feats) + [f"keep_attention {kept}"] * (
+        0 < kept < dims["layers"]
+    )
+    result = Result(option, frames, tokens, note=", ".join(notes))
     try:
-        model, params, swapper = prepare(option, dims, device, dtype, swap)
+        model, params, swapper = prepare(option, dims, device, dtype, swap, keep)
     except AttentionBackendError as exc:
         result.note = str(exc).split(";")[0]
         return result
@@ -251,11 +264,11 @@ def run_option(
             sort = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
             sys.stdout.write(f"{option}:\n{profiler.key_averages().table(sort_by=sort, row_limit=18)}\n")
     except torch.OutOfMemoryError:
-        result.note = "out of memory"
+        result.note = ", ".join(filter(None, [result.note, "out of memory"]))
     if times:
         result.step_s = statistics.median(times)
         peak = peak_tflops(device)
-        model_f, hw_f = step_flops(dims, tokens, "nockpt" not in feats, "keepattn" in feats)
+        model_f, hw_f = step_flops(dims, tokens, "nockpt" not in feats, kept)
         if peak:
             result.mfu = model_f / result.step_s / (peak * 1e12)
             result.hfu = hw_f / result.step_s / (peak * 1e12)
@@ -368,6 +381,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--warmup", type=int, default=2)
     ap.add_argument("--swap", type=int, default=None, help="blocks_to_swap for options with swap")
+    ap.add_argument("--keep-blocks", type=int, default=None, help="keepattn in the first K blocks only")
     ap.add_argument("--layers", type=int, default=None, help="fewer blocks (profiling; FLOPs follow)")
     ap.add_argument("--profile", action="store_true", help="print a torch.profiler table of the last step")
     ap.add_argument("--json", type=Path, default=None, help="also write the results as JSON here")
@@ -395,7 +409,9 @@ def main(argv: list[str] | None = None) -> int:
     swap = args.swap or (dims["layers"] // 2)
     env = environment(device, size, dims, dtype)
     results = [
-        run_option(o, f, size, dims, device, dtype, args.steps, args.warmup, swap, args.profile)
+        run_option(
+            o, f, size, dims, device, dtype, args.steps, args.warmup, swap, args.profile, args.keep_blocks
+        )
         for f in frames
         for o in args.options
     ]

@@ -236,6 +236,11 @@ def test_incompatible_train_options_refused_at_load(make_flat):
     assert "not with flash-attn" in " ".join(
         issues_of(make_flat(train={**keep, "attention_backend": "flash"})).values()
     )
+    assert "block count K >= 1" in " ".join(
+        issues_of(make_flat(train={"gradient_checkpointing_keep_attention": 0})).values()
+    )
+    counted = load_config_dict(make_flat(train={"gradient_checkpointing_keep_attention": 12}))
+    assert counted.train.gradient_checkpointing_keep_attention == 12
 
 
 def test_performance_keys_validated(make_flat):

@@ -10,7 +10,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from cadence.models import wan_memory
 from cadence.perf import AttentionBackendError, apply_attention_backend, compile_blocks, enable_checkpointing
 from cadence.perf.attention import attention_backends_of
-from cadence.perf.checkpointing import _SDPA_KERNELS, checkpointed_indices, phase
+from cadence.perf.checkpointing import _SDPA_KERNELS, checkpointed_indices, keep_attention_indices, phase
 
 
 def test_native_backend_set_on_every_expert_and_training_unchanged(load_transformer, baseline):
@@ -142,6 +142,22 @@ def test_keep_attention_skips_the_self_attention_recompute_and_trains_identicall
     # 2 blocks x 3 steps: self-attention once per block (its recompute is served from the saved output),
     # cross-attention twice (first pass + recompute)
     assert counter.calls == {"self": 6, "cross": 12}
+
+
+def test_keep_attention_in_the_first_k_blocks_only(load_transformer, baseline):
+    model = load_transformer()
+    net = make_network(model)
+    blocks = wan_memory.transformer_blocks(model)
+    enable_checkpointing(model, blocks, True, keep_attention=1)
+    with _CountAttention() as counter:
+        losses, weights = train(model, net)
+    assert losses == baseline[0] and all(torch.equal(weights[k], baseline[1][k]) for k in weights)
+    # 3 steps: block 0 runs self-attention once (kept), block 1 twice (first pass + recompute)
+    assert counter.calls == {"self": 9, "cross": 12}
+    assert keep_attention_indices([0, 2, 4], 2) == [0, 2]
+    assert keep_attention_indices([0, 2], 5) == [0, 2] and keep_attention_indices([0, 2], False) == []
+    with pytest.raises(ValueError, match="block count must be >= 1"):
+        keep_attention_indices([0], 0)
 
 
 def test_keep_attention_under_compile(load_transformer, baseline, monkeypatch):

@@ -28,6 +28,9 @@ def test_flops_formula_matches_design_notes():
     f_lin = 40 * (lin_tokens * (12 * d * d + 4 * d * ffn) + 4 * 512 * d * d)
     f_attn = 40 * (4 * lin_tokens**2 * d + 4 * lin_tokens * 512 * d)
     assert model == 2 * f_lin + 3.5 * f_attn and hw == model + f_lin + f_attn
+    f_self = 40 * 4 * lin_tokens**2 * d
+    assert bench.step_flops(bench.FULL, 14040, True, kept_blocks=40) == (model, hw - f_self)
+    assert bench.step_flops(bench.FULL, 14040, True, kept_blocks=10)[1] == pytest.approx(hw - f_self / 4)
 
 
 def test_bench_runs_small_and_writes_section(tmp_path):
@@ -46,6 +49,9 @@ def test_bench_runs_small_and_writes_section(tmp_path):
                 "baseline",
                 "fp8+swap",
                 "flash",
+                "keepattn",
+                "--keep-blocks",
+                "3",
                 "--out",
                 str(out),
                 "--json",
@@ -61,6 +67,7 @@ def test_bench_runs_small_and_writes_section(tmp_path):
     ]
     assert len(rows) == 2 and all("| 5 | 32 |" in r and "| — |" in r for r in rows)
     assert all(r.split("|")[4].strip() != "—" for r in rows)  # a step time was measured
+    assert "| keepattn |" in text and "keep_attention 3 |" in text  # 3 of the 4 small blocks
     assert "'flash' runs only on CUDA" in text  # flash refused on CPU, reported in the table
     rendered = tmp_path / "rendered.md"
     assert bench.main(["--render", str(tmp_path / "r.json"), "--out", str(rendered)]) == 0

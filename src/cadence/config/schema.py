@@ -194,10 +194,11 @@ class TrainConfig(Strict):
     gradient_checkpointing: bool | int = Field(
         True, description="true: every transformer block; an int N >= 1: every N-th block; false: off"
     )
-    gradient_checkpointing_keep_attention: bool = Field(
+    gradient_checkpointing_keep_attention: bool | int = Field(
         False,
         description="checkpointed blocks keep their self-attention outputs for backward instead of running "
-        "attention again in the recompute (PyTorch SDPA backends; tokens x dim per block more memory)",
+        "attention again in the recompute (PyTorch SDPA backends; tokens x dim per block more memory); an int K "
+        "keeps them in the first K checkpointed blocks only",
     )
     gradient_checkpointing_offload: bool = Field(
         False,
@@ -235,6 +236,16 @@ class TrainConfig(Strict):
     def _checkpoint_every(cls, value: bool | int) -> bool | int:
         if not isinstance(value, bool) and value < 1:
             raise ValueError("gradient_checkpointing must be true, false or a block interval N >= 1 (e.g. 2)")
+        return value
+
+    @field_validator("gradient_checkpointing_keep_attention")
+    @classmethod
+    def _keep_count(cls, value: bool | int) -> bool | int:
+        if not isinstance(value, bool) and value < 1:
+            raise ValueError(
+                "gradient_checkpointing_keep_attention must be true, false or a block count K >= 1 (the first K "
+                "checkpointed blocks keep their self-attention output)"
+            )
         return value
 
     @field_validator("attention_backend")

@@ -11,7 +11,9 @@ of running the attention kernel again (PyTorch's selective checkpointing: a poli
 kernels' results, where query and key have the same length, and recomputes everything else). Self-attention
 is the costliest part of the recompute at video lengths (4·L²·d FLOPs); keeping it costs the kernel's
 output, tokens × dim in the compute dtype, plus its log-sum-exp, per checkpointed block. It applies to the
-PyTorch SDPA backends (native, cudnn), not to flash-attn's own kernels.
+PyTorch SDPA backends (native, cudnn), not to flash-attn's own kernels. An int K keeps it in the first K
+checkpointed blocks only: memory grows by exactly K outputs, so a card that cannot hold all of them spends
+what it has.
 
 With `offload`, what a checkpointed block keeps for backward (its inputs: the hidden states, L x dim per
 block, the largest memory left once the weights are swapped out) goes to pinned host memory and comes back
@@ -90,10 +92,11 @@ def checkpoint_block(block: nn.Module, *args: torch.Tensor, keep_attention: bool
 
 
 def _selective(
-    checkpointed: frozenset[int], offload: bool, keep_attention: bool, block: nn.Module, *args, **kwargs
+    checkpointed: frozenset[int], offload: bool, keeping: frozenset[int], block: nn.Module, *args, **kwargs
 ):
     if id(block) not in checkpointed:
         return block(*args, **kwargs)
+    keep_attention = id(block) in keeping
     if not offload:
         return checkpoint_block(block, *args, keep_attention=keep_attention, **kwargs)
     # the checkpoint saves its inputs through autograd's saved-tensor hooks: these send them to the host
@@ -111,14 +114,30 @@ def checkpointed_indices(num_blocks: int, every: bool | int) -> list[int]:
     return list(range(0, num_blocks, step))
 
 
+def keep_attention_indices(indices: list[int], keep: bool | int) -> list[int]:
+    """Checkpointed blocks that keep self-attention: all for True, the first K for an int K, none for False."""
+    if keep is True:
+        return list(indices)
+    if keep is False:
+        return []
+    if int(keep) < 1:
+        raise ValueError(
+            f"train.gradient_checkpointing_keep_attention: a block count must be >= 1, got {keep} (false turns it off)"
+        )
+    return list(indices[: int(keep)])
+
+
 def enable_checkpointing(
     model: nn.Module,
     blocks: nn.ModuleList,
     every: bool | int,
     offload: bool = False,
-    keep_attention: bool = False,
+    keep_attention: bool | int = False,
 ) -> list[int]:
-    """Turn on diffusers' checkpointing switch with our selective function; returns the checkpointed indices."""
+    """Turn on diffusers' checkpointing switch with our selective function; returns the checkpointed indices.
+
+    `keep_attention`: True keeps self-attention outputs in every checkpointed block, an int K in the first K.
+    """
     indices = checkpointed_indices(len(blocks), every)
     if offload and not indices:
         raise ValueError(
@@ -130,7 +149,8 @@ def enable_checkpointing(
             model.disable_gradient_checkpointing()
         return []
     chosen = frozenset(id(blocks[i]) for i in indices)
+    keeping = frozenset(id(blocks[i]) for i in keep_attention_indices(indices, keep_attention))
     model.enable_gradient_checkpointing(
-        gradient_checkpointing_func=functools.partial(_selective, chosen, offload, keep_attention)
+        gradient_checkpointing_func=functools.partial(_selective, chosen, offload, keeping)
     )
     return indices

@@ -49,10 +49,3 @@ def test_apply_options_on_adapter(tiny_folder):
     out.float().pow(2).mean().backward()
     assert networks["low_noise"].trainable_parameters()[0].grad is not None
     assert state.swappers["low_noise"].stats()[1]["loads"] == 1  # block 1 is not checkpointed (every 2nd)
-
-
-def test_swap_with_compile_refused(tiny_folder):
-    cfg = _cfg(tiny_folder, compile=True)
-    adapter = load_model_adapter(cfg.model, torch.device("cpu"), torch.float32)
-    with pytest.raises(ValueError, match="blocks_to_swap and train.compile"):
-        apply_memory_options(adapter, cfg, ["low_noise"], {})

@@ -27,6 +27,7 @@ from cadence.config.compat import (
     section_model,
     synonyms_for,
 )
+from cadence.config.cross_checks import config_issues
 from cadence.config.errors import ConfigError, format_path
 from cadence.config.schema import JobConfig
 from cadence.config.unsupported import check_unsupported
@@ -352,6 +353,8 @@ def load_config_dict(data: dict[str, Any], source: Path | None = None) -> JobCon
         cfg = JobConfig.model_validate(body)
     except ValidationError as exc:
         raw += _validation_issues(exc, renamed, prefix, name_path)
+    if cfg is not None:
+        raw += [(_user_loc(loc, renamed), message) for loc, message in config_issues(cfg)]
     if raw or cfg is None:
         issues = [(w if isinstance(w, str) else format_path(w, prefix), m) for w, m in raw]
         raise ConfigError(issues, source)

@@ -18,11 +18,11 @@ No module left is an error that names the filters and lists some available names
 from __future__ import annotations
 
 import logging
-import re
 from collections.abc import Iterable
 
 from torch import nn
 
+from cadence.config.cross_checks import compile_patterns
 from cadence.config.schema import NetworkConfig
 
 log = logging.getLogger(__name__)
@@ -35,21 +35,11 @@ def is_conv(module: nn.Module) -> bool:
     return isinstance(module, CONV_TYPES)
 
 
-def _compile(patterns: list[str], field: str) -> list[re.Pattern[str]]:
-    compiled = []
-    for pattern in patterns:
-        try:
-            compiled.append(re.compile(pattern))
-        except re.error as exc:
-            raise ValueError(f"network.network_kwargs.{field}: invalid regex {pattern!r}: {exc}") from exc
-    return compiled
-
-
 def select_targets(root: nn.Module, cfg: NetworkConfig) -> dict[str, nn.Module]:
     """Return {diffusers module name: module} of the modules to adapt, in `named_modules` order."""
     kw = cfg.network_kwargs
-    include = _compile(kw.include_patterns, "include_patterns")
-    exclude = _compile(kw.exclude_patterns, "exclude_patterns")
+    include = compile_patterns(kw.include_patterns, "include_patterns")
+    exclude = compile_patterns(kw.exclude_patterns, "exclude_patterns")
     selected: dict[str, nn.Module] = {}
     available: list[str] = []
     for name, module in root.named_modules():

@@ -19,33 +19,13 @@ from typing import Any
 
 import torch
 
-from cadence.config.errors import ConfigError
+from cadence.config.cross_checks import EXPERT_LR_KEYS, OPTIMIZER_KEYS, optimizer_param_issues
+from cadence.config.errors import ConfigError, format_path
 from cadence.config.schema import TrainConfig
-from cadence.optim.param_groups import EXPERT_LR_KEYS
 
 log = logging.getLogger(__name__)
 
 PRODIGY_SMALL_LR = 0.1
-
-# Keys of train.optimizer_params each optimizer accepts (besides high_noise_lr / low_noise_lr).
-ACCEPTED_KEYS: dict[str, tuple[str, ...]] = {
-    "adamw": ("betas", "eps", "weight_decay", "amsgrad"),
-    "adamw8bit": ("betas", "eps", "weight_decay", "amsgrad", "min_8bit_size", "percentile_clipping"),
-    "prodigy": (
-        "betas",
-        "beta3",
-        "eps",
-        "weight_decay",
-        "decouple",
-        "use_bias_correction",
-        "safeguard_warmup",
-        "d0",
-        "d_coef",
-        "growth_rate",
-        "slice_p",
-    ),
-    "adamw_schedulefree": ("betas", "eps", "weight_decay", "warmup_steps", "r", "weight_lr_power"),
-}
 
 
 def build_optimizer(train: TrainConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
@@ -72,27 +52,12 @@ def build_optimizer(train: TrainConfig, groups: list[dict[str, Any]]) -> torch.o
 
 def _checked_kwargs(train: TrainConfig) -> dict[str, Any]:
     """optimizer_params minus the per-expert lrs, refused when the optimizer has no such option."""
-    accepted = ACCEPTED_KEYS[train.optimizer]
+    issues = optimizer_param_issues(train.optimizer, train.optimizer_params, OPTIMIZER_KEYS[train.optimizer])
+    if issues:
+        raise ConfigError([(format_path(loc), message) for loc, message in issues])
     params = {k: v for k, v in train.optimizer_params.items() if k not in EXPERT_LR_KEYS}
-    unknown = sorted(set(params) - set(accepted))
-    if unknown:
-        allowed = ", ".join((*accepted, *EXPERT_LR_KEYS))
-        raise ConfigError(
-            [
-                (
-                    f"train.optimizer_params.{key}",
-                    f"not an option of optimizer {train.optimizer!r}; accepted keys: {allowed}",
-                )
-                for key in unknown
-            ]
-        )
     if "betas" in params:
-        betas = params["betas"]
-        if not isinstance(betas, list | tuple) or len(betas) != 2:
-            raise ConfigError(
-                [("train.optimizer_params.betas", f"expected two numbers like [0.9, 0.999], got {betas!r}")]
-            )
-        params["betas"] = (float(betas[0]), float(betas[1]))
+        params["betas"] = (float(params["betas"][0]), float(params["betas"][1]))
     return params
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING, Any
 
+from cadence.config.cross_checks import EXPERT_LR_KEYS
 from cadence.config.errors import ConfigError
 from cadence.config.schema import TrainConfig
 
@@ -19,7 +20,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-EXPERT_LR_KEYS = ("high_noise_lr", "low_noise_lr")
 
 # Start lr an optimizer wants when the user did not set train.lr: Prodigy estimates the step size itself
 # and expects lr ~ 1.0; automagic starts tiny and grows its per-element lr (the seed's default 1e-6).

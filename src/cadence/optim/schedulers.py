@@ -28,16 +28,10 @@ from typing import Any
 import torch
 from torch.optim.lr_scheduler import LambdaLR
 
-from cadence.config.errors import ConfigError
+from cadence.config.cross_checks import schedule_issues
+from cadence.config.errors import ConfigError, format_path
 
 log = logging.getLogger(__name__)
-
-KINDS = ("constant", "cosine", "linear")
-PARAM_KEYS: dict[str, tuple[str, ...]] = {
-    "constant": (),
-    "cosine": ("min_lr_ratio",),
-    "linear": ("min_lr_ratio",),
-}
 
 
 def lr_factor(
@@ -69,46 +63,11 @@ def _is_automagic(optimizer: torch.optim.Optimizer) -> bool:
 def _check(
     optimizer: torch.optim.Optimizer, kind: str, total_steps: int, warmup_steps: int, params: dict[str, Any]
 ) -> float:
-    """Validate the schedule settings; returns min_lr_ratio."""
-    if kind not in KINDS:
-        raise ConfigError(
-            [("train.lr_scheduler", f"unknown scheduler {kind!r}; expected one of {', '.join(KINDS)}")]
-        )
-    issues: list[tuple[str, str]] = []
-    if _is_automagic(optimizer):
-        if kind != "constant":
-            issues.append(
-                (
-                    "train.lr_scheduler",
-                    f"{kind!r} cannot be used with optimizer automagic, which sets "
-                    "its own per-element learning rates; use lr_scheduler: constant",
-                )
-            )
-        if warmup_steps:
-            issues.append(
-                (
-                    "train.lr_warmup_steps",
-                    "automagic ramps its learning rates itself (from lr by "
-                    "lr_bump per step); set lr_warmup_steps: 0",
-                )
-            )
-    for key in sorted(set(params) - set(PARAM_KEYS[kind])):
-        accepted = ", ".join(PARAM_KEYS[kind]) or "none"
-        issues.append(
-            (
-                f"train.lr_scheduler_params.{key}",
-                f"not an option of lr_scheduler {kind!r}; accepted: {accepted}",
-            )
-        )
-    min_lr_ratio = float(params.get("min_lr_ratio", 0.0))
-    if not 0.0 <= min_lr_ratio <= 1.0:
-        issues.append(("train.lr_scheduler_params.min_lr_ratio", f"must be in [0, 1], got {min_lr_ratio}"))
-    if total_steps < 1 or warmup_steps < 0:
-        issues.append(
-            ("train.steps", f"need steps >= 1 and lr_warmup_steps >= 0, got {total_steps}, {warmup_steps}")
-        )
+    """Validate the schedule settings (the same rules `cadence validate` applies); returns min_lr_ratio."""
+    issues = schedule_issues(kind, _is_automagic(optimizer), total_steps, warmup_steps, params)
     if issues:
-        raise ConfigError(issues)
+        raise ConfigError([(format_path(loc), message) for loc, message in issues])
+    min_lr_ratio = float(params.get("min_lr_ratio", 0.0))
     if warmup_steps >= total_steps:
         log.warning(
             "train.lr_warmup_steps=%d >= train.steps=%d: the run ends before warmup does",

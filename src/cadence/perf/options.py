@@ -102,11 +102,6 @@ def apply_memory_options(
 ) -> PerfState:
     """Checkpointing, attention backend, block swap, compile and adapter dtype for the trained experts."""
     helpers, train, state = _helpers(), cfg.train, PerfState()
-    if cfg.model.blocks_to_swap and train.compile:
-        raise ValueError(
-            "model.blocks_to_swap and train.compile cannot be combined: swapping moves weights between "
-            "devices under the compiled graph; turn one of them off"
-        )
     apply_attention_backend(
         [adapter.transformer(s.name) for s in adapter.experts], train.attention_backend, adapter.device
     )

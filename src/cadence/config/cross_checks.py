@@ -1,0 +1,203 @@
+"""Checks that need several keys at once but no model, data or GPU, run when a config is loaded.
+
+They used to fire only when training started, after minutes of model loading and caching; here they fire
+in `cadence validate` and before `cadence train` touches anything, each naming the key the user wrote.
+The optimizer and scheduler builders call the same functions, so the rules live in one place.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from typing import Any
+
+from cadence.config.compat import Parts
+from cadence.config.schema import SINGLE_EXPERT_ARCHS, JobConfig, TrainConfig
+
+EXPERT_LR_KEYS = ("high_noise_lr", "low_noise_lr")
+# Keys of train.optimizer_params each optimizer accepts (besides the per-expert lrs).
+OPTIMIZER_KEYS: dict[str, tuple[str, ...]] = {
+    "adamw": ("betas", "eps", "weight_decay", "amsgrad"),
+    "adamw8bit": ("betas", "eps", "weight_decay", "amsgrad", "min_8bit_size", "percentile_clipping"),
+    "prodigy": (
+        "betas",
+        "beta3",
+        "eps",
+        "weight_decay",
+        "decouple",
+        "use_bias_correction",
+        "safeguard_warmup",
+        "d0",
+        "d_coef",
+        "growth_rate",
+        "slice_p",
+    ),
+    "adamw_schedulefree": ("betas", "eps", "weight_decay", "warmup_steps", "r", "weight_lr_power"),
+}
+SCHEDULER_KEYS: dict[str, tuple[str, ...]] = {
+    "constant": (),
+    "cosine": ("min_lr_ratio",),
+    "linear": ("min_lr_ratio",),
+}
+_DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
+
+Issue = tuple[Parts, str]
+
+
+def _did_you_mean(key: str, valid: list[str] | tuple[str, ...]) -> str:
+    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
+    return f"did you mean '{close[0]}'? " if close else ""
+
+
+def optimizer_param_issues(optimizer: str, params: dict[str, Any], accepted: tuple[str, ...]) -> list[Issue]:
+    """Unknown train.optimizer_params keys for `optimizer` (with a suggestion) and a malformed `betas`."""
+    issues: list[Issue] = []
+    valid = (*accepted, *EXPERT_LR_KEYS)
+    for key in sorted(set(params) - set(valid)):
+        issues.append(
+            (
+                ("train", "optimizer_params", key),
+                f"not an option of optimizer {optimizer!r}; {_did_you_mean(key, valid)}accepted keys: "
+                f"{', '.join(valid)}",
+            )
+        )
+    betas = params.get("betas")
+    if betas is not None and (not isinstance(betas, list | tuple) or len(betas) != 2):
+        issues.append(
+            (("train", "optimizer_params", "betas"), f"expected two numbers like [0.9, 0.999], got {betas!r}")
+        )
+    return issues
+
+
+def schedule_issues(
+    kind: str, automagic: bool, total_steps: int, warmup_steps: int, params: dict[str, Any]
+) -> list[Issue]:
+    """train.lr_scheduler settings that cannot work: unknown params, ranges, automagic's own schedule."""
+    if kind not in SCHEDULER_KEYS:
+        return [
+            (
+                ("train", "lr_scheduler"),
+                f"unknown scheduler {kind!r}; expected one of {', '.join(SCHEDULER_KEYS)}",
+            )
+        ]
+    issues: list[Issue] = []
+    if automagic and kind != "constant":
+        issues.append(
+            (
+                ("train", "lr_scheduler"),
+                f"{kind!r} cannot be used with optimizer automagic, which sets its own per-element learning "
+                "rates; use lr_scheduler: constant",
+            )
+        )
+    if automagic and warmup_steps:
+        issues.append(
+            (
+                ("train", "lr_warmup_steps"),
+                "automagic ramps its learning rates itself (from lr by lr_bump per step); set lr_warmup_steps: 0",
+            )
+        )
+    accepted = SCHEDULER_KEYS[kind]
+    for key in sorted(set(params) - set(accepted)):
+        hint = _did_you_mean(key, accepted)
+        issues.append(
+            (
+                ("train", "lr_scheduler_params", key),
+                f"not an option of lr_scheduler {kind!r}; {hint}accepted: {', '.join(accepted) or 'none'}",
+            )
+        )
+    ratio = params.get("min_lr_ratio", 0.0)
+    if not isinstance(ratio, int | float) or not 0.0 <= float(ratio) <= 1.0:
+        issues.append((("train", "lr_scheduler_params", "min_lr_ratio"), f"must be in [0, 1], got {ratio!r}"))
+    if total_steps < 1 or warmup_steps < 0:
+        issues.append(
+            (
+                ("train", "steps"),
+                f"need steps >= 1 and lr_warmup_steps >= 0, got {total_steps}, {warmup_steps}",
+            )
+        )
+    return issues
+
+
+def compile_patterns(patterns: list[str], field: str) -> list[re.Pattern[str]]:
+    """network.network_kwargs regexes, compiled; a bad one is a ValueError naming the key and pattern."""
+    compiled = []
+    for pattern in patterns:
+        try:
+            compiled.append(re.compile(pattern))
+        except re.error as exc:
+            raise ValueError(f"network.network_kwargs.{field}: invalid regex {pattern!r}: {exc}") from exc
+    return compiled
+
+
+def _train_issues(train: TrainConfig) -> list[Issue]:
+    issues: list[Issue] = []
+    if train.optimizer in OPTIMIZER_KEYS:  # automagic's keys are checked by its own parser at build time
+        issues += optimizer_param_issues(
+            train.optimizer, train.optimizer_params, OPTIMIZER_KEYS[train.optimizer]
+        )
+    issues += schedule_issues(
+        train.lr_scheduler,
+        train.optimizer == "automagic",
+        train.steps,
+        train.lr_warmup_steps,
+        train.lr_scheduler_params,
+    )
+    return issues
+
+
+def _network_issues(cfg: JobConfig) -> list[Issue]:
+    issues: list[Issue] = []
+    kwargs = cfg.network.network_kwargs
+    for field in ("include_patterns", "exclude_patterns"):
+        try:
+            compile_patterns(getattr(kwargs, field), field)
+        except ValueError as exc:
+            issues.append((("network", "network_kwargs", field), str(exc).split(": ", 1)[1]))
+    schedule = cfg.network.alpha_schedule
+    if schedule is not None and schedule.enabled:
+        overrides = (schedule.per_expert or {}).values()
+        has_phases = schedule.preset or schedule.conv_alpha_phases or schedule.alpha_phases
+        if not has_phases and not any(o.conv_alpha_phases or o.alpha_phases for o in overrides):
+            issues.append(
+                (
+                    ("network", "alpha_schedule"),
+                    "enabled: true but no phases: set conv_alpha_phases, alpha_phases or preset: video|image",
+                )
+            )
+    return issues
+
+
+def _job_issues(cfg: JobConfig) -> list[Issue]:
+    issues: list[Issue] = []
+    if not _DEVICE.fullmatch(cfg.device):
+        issues.append((("device",), f"got {cfg.device!r}; use auto, cpu, cuda, cuda:N or mps"))
+    if cfg.model.blocks_to_swap and cfg.train.compile:
+        issues.append(
+            (
+                ("model", "blocks_to_swap"),
+                "cannot be combined with train.compile: swapping moves weights between devices under the "
+                "compiled graph; turn one of them off",
+            )
+        )
+    if cfg.train.eval_every and not cfg.train.eval_split and not any(ds.is_eval for ds in cfg.datasets):
+        issues.append(
+            (
+                ("train", "eval_every"),
+                "is set but there is no eval set: mark a dataset with datasets[].is_eval: true or set "
+                "train.eval_split (e.g. 0.1)",
+            )
+        )
+    if cfg.model.arch in SINGLE_EXPERT_ARCHS:
+        single = (
+            f"only applies to the two-expert Wan 2.2 A14B archs; {cfg.model.arch} has a single transformer"
+        )
+        if cfg.train.switch_boundary_every != 1:
+            issues.append((("train", "switch_boundary_every"), f"{single}. Remove it"))
+        if cfg.sample.guidance_scale_2 is not None:
+            issues.append((("sample", "guidance_scale_2"), f"{single}; use sample.guidance_scale. Remove it"))
+    return issues
+
+
+def config_issues(cfg: JobConfig) -> list[Issue]:
+    """Every cross-key problem of a validated config, each at the key the user wrote."""
+    return _train_issues(cfg.train) + _network_issues(cfg) + _job_issues(cfg)

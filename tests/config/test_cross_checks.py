@@ -1,0 +1,91 @@
+"""Cross-key rules fire when the config is loaded (validate, train, UI), each at the key the user wrote."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+import yaml
+from tests.config.conftest import flat, seed
+
+from cadence.config import ConfigError, load_config_dict
+
+LATE = flat(
+    network={"network_kwargs": {"include_patterns": ["[bad"]}, "alpha_schedule": {"enabled": True}},
+    train={
+        "disable_sampling": True,
+        "optimizer_params": {"weight_decy": 0.01},
+        "lr_scheduler": "cosine",
+        "lr_scheduler_params": {"foo": 1},
+        "eval_every": 100,
+        "compile": True,
+    },
+    model={"name_or_path": "Wan-AI/Wan2.2-I2V-A14B-Diffusers", "arch": "wan22_14b_i2v", "blocks_to_swap": 4},
+    device="gpu",
+)
+
+
+def _issues(data) -> dict[str, str]:
+    with pytest.raises(ConfigError) as err:
+        load_config_dict(data)
+    return dict(err.value.issues)
+
+
+def test_every_cross_key_problem_is_reported_at_load_with_its_key():
+    issues = _issues(LATE)
+    assert set(issues) == {
+        "train.optimizer_params.weight_decy",
+        "train.lr_scheduler_params.foo",
+        "train.eval_every",
+        "network.network_kwargs.include_patterns",
+        "network.alpha_schedule",
+        "model.blocks_to_swap",
+        "device",
+    }
+    assert "did you mean 'weight_decay'?" in issues["train.optimizer_params.weight_decy"]
+    assert "invalid regex '[bad'" in issues["network.network_kwargs.include_patterns"]
+    assert "no phases" in issues["network.alpha_schedule"]
+    assert "train.compile" in issues["model.blocks_to_swap"]
+    assert "is_eval" in issues["train.eval_every"]
+    assert "cuda:N" in issues["device"]
+
+
+def test_paths_follow_the_seed_layout():
+    issues = _issues(seed(flat(train={"disable_sampling": True, "optimizer_params": {"betas": [0.9]}})))
+    assert list(issues) == ["config.process[0].train.optimizer_params.betas"]
+
+
+def test_automagic_schedule_and_single_expert_keys():
+    automagic = _issues(flat(train={"disable_sampling": True, "optimizer": "automagic", "lr_warmup_steps": 10}))
+    assert list(automagic) == ["train.lr_warmup_steps"]
+    single = _issues(
+        flat(
+            model={"name_or_path": "m", "arch": "wan22_5b"},
+            train={"disable_sampling": True, "switch_boundary_every": 100},
+            sample={"guidance_scale_2": 3.0},
+        )
+    )
+    assert set(single) == {"train.switch_boundary_every", "sample.guidance_scale_2"}
+    assert "single transformer" in single["sample.guidance_scale_2"]
+
+
+def test_valid_cross_keys_load():
+    cfg = load_config_dict(
+        flat(
+            train={"disable_sampling": True, "eval_every": 10, "eval_split": 0.1, "lr_scheduler": "cosine"},
+            network={"alpha_schedule": {"enabled": True, "preset": "video"}},
+            device="cuda:1",
+        )
+    )
+    assert cfg.train.eval_every == 10 and cfg.device == "cuda:1"
+
+
+def test_validate_command_refuses_before_any_model_load(tmp_path):
+    path = tmp_path / "late.yaml"
+    path.write_text(yaml.safe_dump(LATE))
+    done = subprocess.run(
+        [sys.executable, "-m", "cadence.cli", "validate", str(path)], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 2
+    assert str(path) in done.stderr and "train.optimizer_params.weight_decy" in done.stderr

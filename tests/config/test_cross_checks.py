@@ -57,7 +57,9 @@ def test_paths_follow_the_seed_layout():
 
 
 def test_automagic_schedule_and_single_expert_keys():
-    automagic = _issues(flat(train={"disable_sampling": True, "optimizer": "automagic", "lr_warmup_steps": 10}))
+    automagic = _issues(
+        flat(train={"disable_sampling": True, "optimizer": "automagic", "lr_warmup_steps": 10})
+    )
     assert list(automagic) == ["train.lr_warmup_steps"]
     single = _issues(
         flat(
@@ -85,7 +87,10 @@ def test_validate_command_refuses_before_any_model_load(tmp_path):
     path = tmp_path / "late.yaml"
     path.write_text(yaml.safe_dump(LATE))
     done = subprocess.run(
-        [sys.executable, "-m", "cadence.cli", "validate", str(path)], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "cadence.cli", "validate", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert done.returncode == 2
     assert str(path) in done.stderr and "train.optimizer_params.weight_decy" in done.stderr

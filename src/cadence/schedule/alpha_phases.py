@@ -249,21 +249,37 @@ class AlphaPhaseScheduler:
         logger.info("%s", describe_transition(transition))
         return transition
 
-    def metrics(self, active_expert: str | None = None) -> dict[str, Any]:
+    def metrics(
+        self, active_expert: str | None = None, transition: Transition | None = None
+    ) -> dict[str, Any]:
         """alpha_enabled, phase, phase_idx, steps_in_phase, linear_alpha, conv_alpha for the expert that
-        stepped, and the same per expert with a `_<expert>` suffix."""
+        stepped, and the same per expert with a `_<expert>` suffix.
+
+        They describe the step just trained: an expert whose phase ended at this step (`transition`) reports
+        the phase and alpha it trained in; the new ones show from the next step, when they take effect.
+        """
         out: dict[str, Any] = {"alpha_enabled": self.enabled}
-        out.update(self._fields(self._expert(active_expert), ""))
+        out.update(self._fields(self._expert(active_expert), "", transition))
         for expert in self.experts:
             if expert != "main":
-                out.update(self._fields(expert, f"_{expert}"))
+                out.update(self._fields(expert, f"_{expert}", transition))
         return out
 
-    def metrics_fields(self, active_expert: str | None = None) -> dict[str, Any]:
+    def metrics_fields(
+        self, active_expert: str | None = None, transition: Transition | None = None
+    ) -> dict[str, Any]:
         """Alias of `metrics`; pass the expert that stepped (default: the first expert)."""
-        return self.metrics(active_expert)
+        return self.metrics(active_expert, transition)
 
-    def _fields(self, expert: str, sfx: str) -> dict[str, Any]:
+    def _fields(self, expert: str, sfx: str, transition: Transition | None = None) -> dict[str, Any]:
+        if transition is not None and transition.expert == expert:
+            return {
+                f"phase{sfx}": transition.from_phase,
+                f"phase_idx{sfx}": transition.from_idx,
+                f"steps_in_phase{sfx}": transition.steps_in_phase,
+                f"linear_alpha{sfx}": transition.alphas_before["linear"],
+                f"conv_alpha{sfx}": transition.alphas_before["conv"],
+            }
         alphas = self.current_alphas(expert)
         phase = self.current_phase(expert) if self.enabled else None
         st = self.state[expert]

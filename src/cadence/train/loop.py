@@ -181,6 +181,7 @@ class Trainer:
                         "stopped by %s before the first step; nothing new to save", self.stop.signal_name
                     )
                     return 0
+                s.hub.apply_alphas([s.router.current()])  # a pending phase change reaches this expert now
                 self._place_experts()
                 result = self.train_step()
                 self._count_nan(result)

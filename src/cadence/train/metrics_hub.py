@@ -1,8 +1,9 @@
 """Everything the trainer measures about itself, in one place with one state dict.
 
 Holds the trend windows (global and per expert), gradient stability, the alpha-phase scheduler and the
-periodic weight-magnitude probe, and turns them into metrics fields. Phase transitions decided here are
-applied to the adapters before the next step.
+periodic weight-magnitude probe, and turns them into metrics fields. Phase transitions decided here reach
+an expert's adapter by `apply_alphas` at that expert's next training step, so every checkpoint and sample
+carries the alpha its weights were trained with.
 """
 
 from __future__ import annotations
@@ -74,22 +75,33 @@ class MetricsHub:
             step, expert, self.trend.loss_stats(label), self.stability.average(label)
         )
         if transition is not None:
-            self.apply_alphas()
+            # not applied here: this step's weights are saved, sampled and evaluated after this call, and
+            # they were trained at the old alpha; the loop applies the new one before the next step
             from cadence.schedule.alpha_phases import describe_transition
 
             record = transition.to_dict()
             self.transitions.append(record)
             log.info("alpha phase change: %s", describe_transition(transition))
             log.info("alpha phase evidence: %s", record["evidence"])
-        return self.alpha.metrics_fields(expert)
+        fields = self.alpha.metrics_fields(expert, transition)
+        # alpha in force = the one in each adapter: what it last trained with and what a file saved now holds
+        for name, net in self.networks.items():
+            for sfx in [f"_{name}"] * (name != "main") + [""] * (name == expert):
+                fields[f"linear_alpha{sfx}"], fields[f"conv_alpha{sfx}"] = net.linear_alpha, net.conv_alpha
+        return fields
 
-    def apply_alphas(self) -> None:
-        """Push the scheduler's current alphas into the adapters (takes effect on the next forward)."""
+    def apply_alphas(self, experts: list[str] | None = None) -> None:
+        """Push the scheduler's current alphas into these experts' adapters (all by default).
+
+        The loop calls it for the expert about to train, so a phase change reaches an adapter at that expert's
+        next training step: until then its files and samples keep the alpha its weights were trained with.
+        """
         if self.alpha is None:
             return
         for expert, net in self.networks.items():
-            alphas = self.alpha.current_alphas(expert)
-            net.set_alpha(linear=alphas.get("linear"), conv=alphas.get("conv"))
+            if experts is None or expert in experts:
+                alphas = self.alpha.current_alphas(expert)
+                net.set_alpha(linear=alphas.get("linear"), conv=alphas.get("conv"))
 
     @torch.no_grad()
     def magnitude_fields(self) -> dict[str, Any]:
@@ -121,8 +133,7 @@ class MetricsHub:
         device = next(iter(self.networks.values())).parameters().__next__().device
         self.stability.load_state_dict(state["stability"], device=device)
         if self.alpha is not None and state.get("alpha") is not None:
-            self.alpha.load_state_dict(state["alpha"])
-            self.apply_alphas()
+            self.alpha.load_state_dict(state["alpha"])  # the adapters' alphas come back from the checkpoint
         self.transitions = list(state.get("transitions", []))
         self.nan_streak = state["nan"]["streak"]
         self.nan_total = state["nan"]["total"]

@@ -87,3 +87,70 @@ def test_diffusers_layout_keeps_mixed_ranks_and_alphas(tiny_pipeline_dir, tmp_pa
     fresh.load_lora_weights(str(files["transformer"]))
     got = forward(fresh.transformer, transformer_inputs(fresh.transformer))
     torch.testing.assert_close(got, outputs["transformer"], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "adapter_config",
+    [
+        {"lora_alpha": 4.0, "alpha_pattern": {"attn1.to_q": 8.0, r"blocks\.1\.ffn\.net\.0\.proj": 2.0}},
+        {"lora_alpha": 4.0, "use_rslora": True},
+    ],
+    ids=["suffix-alpha-pattern", "rslora"],
+)
+def test_third_party_peft_alpha_rules_read_as_diffusers_applies_them(
+    adapter_config, tiny_pipeline_dir, tmp_path
+) -> None:
+    """A diffusers-layout file from PEFT tooling: alpha_pattern keys are regexes matched at the end of the
+    name, rsLoRA scales by alpha/sqrt(r). Cadence's reading (and so convert / sampling) must equal diffusers'."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from cadence.networks.formats import load_lora_file
+
+    folder = tiny_pipeline_dir("wan22_14b_i2v")
+    model = WanImageToVideoPipeline.from_pretrained(folder).transformer
+    names = [
+        n for n, m in model.named_modules() if isinstance(m, torch.nn.Linear) and n.startswith("blocks.")
+    ]
+    g, rank, tensors = torch.Generator().manual_seed(0), 4, {}
+    for n in names:
+        layer = model.get_submodule(n)
+        tensors[f"transformer.{n}.lora_A.weight"] = torch.randn(rank, layer.in_features, generator=g) * 0.1
+        tensors[f"transformer.{n}.lora_B.weight"] = torch.randn(layer.out_features, rank, generator=g) * 0.1
+    config = {"r": rank, "target_modules": names, **adapter_config}
+    path = tmp_path / "peft.safetensors"
+    meta = {"lora_adapter_metadata": json.dumps({f"transformer.{k}": v for k, v in config.items()})}
+    save_file(tensors, str(path), metadata=meta)
+    pipe = WanImageToVideoPipeline.from_pretrained(folder)
+    pipe.load_lora_weights(str(path))
+    lora = load_lora_file(path)
+    checked = 0
+    for n in ("blocks.0.attn1.to_q", "blocks.1.attn1.to_q", "blocks.1.ffn.net.0.proj", "blocks.0.attn2.to_k"):
+        layer, t = pipe.transformer.get_submodule(n), lora.modules[n]
+        eye = torch.eye(layer.base_layer.in_features)
+        with torch.no_grad():
+            applied = (layer(eye) - layer.base_layer(eye)).T
+        ours = (t.up.float() @ t.down.float()) * t.alpha / t.rank
+        torch.testing.assert_close(ours, applied, atol=1e-6, rtol=1e-5)
+        checked += 1
+    assert checked == 4 and len({t.alpha for t in lora.modules.values()}) == (
+        3 if "alpha_pattern" in config else 1
+    )
+
+
+def test_dora_file_refused(tmp_path) -> None:
+    import json
+
+    from safetensors.torch import save_file
+
+    from cadence.networks.formats import load_lora_file
+
+    path = tmp_path / "dora.safetensors"
+    tensors = {"transformer.blocks.0.attn1.to_q.lora_A.weight": torch.zeros(2, 8)}
+    tensors["transformer.blocks.0.attn1.to_q.lora_B.weight"] = torch.zeros(8, 2)
+    save_file(
+        tensors, str(path), metadata={"lora_adapter_metadata": json.dumps({"transformer.use_dora": True})}
+    )
+    with pytest.raises(ValueError, match="DoRA"):
+        load_lora_file(path)

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -110,10 +112,6 @@ def _pattern(name: str) -> str:
     return name.replace(".", r"\.")
 
 
-def _unpattern(pattern: str) -> str:
-    return pattern.replace(r"\.", ".").lstrip("^")
-
-
 def save_lora_file(
     path: str | Path,
     modules: dict[str, LoraTensors],
@@ -201,15 +199,32 @@ def _to_modules(
     return modules
 
 
-def _diffusers_alphas(meta: dict[str, str]):
+def _diffusers_alphas(meta: dict[str, str], path: Path):
+    """alpha(name, rank) as PEFT resolves it from the file's adapter config, as a plain alpha over rank.
+
+    `alpha_pattern` keys are regexes matched against the end of the module name (PEFT's `get_pattern_key`:
+    the first key for which `(.*\\.)?(key)$` matches wins); `use_rslora` scales by alpha/sqrt(rank), stored
+    here as alpha·sqrt(rank) so every layout and loader reads the same strength.
+    """
     raw = meta.get(ADAPTER_METADATA_KEY)
     config = {k.removeprefix(DIFFUSERS_PREFIX): v for k, v in json.loads(raw).items()} if raw else {}
-    patterns = {_unpattern(k): float(v) for k, v in (config.get("alpha_pattern") or {}).items()}
+    if config.get("use_dora"):
+        raise ValueError(
+            f"{path}: a DoRA adapter (use_dora in its adapter config); Cadence reads plain LoRA only, and dropping "
+            "the magnitude vectors would change what the file does"
+        )
+    patterns = [
+        (re.compile(rf"(.*\.)?({key})$"), float(v)) for key, v in (config.get("alpha_pattern") or {}).items()
+    ]
     default = config.get("lora_alpha")
+    rslora = bool(config.get("use_rslora"))
 
     def alpha(name: str, rank: int) -> float:
         # diffusers without adapter metadata uses lora_alpha = r, i.e. scale 1
-        return patterns.get(name, float(default) if default is not None else float(rank))
+        value = next((v for pattern, v in patterns if pattern.match(name)), None)
+        if value is None:
+            value = float(default) if default is not None else float(rank)
+        return value * math.sqrt(rank) if rslora else value
 
     return alpha
 
@@ -238,7 +253,7 @@ def parse_lora_tensors(tensors: dict[str, torch.Tensor], meta: dict[str, str], p
         modules = _to_modules(groups, path, keymap.to_diffusers, lambda _n, r: float(r))
     elif layout == "diffusers":
         groups = _group(tensors, path, DIFFUSERS_PREFIX)
-        modules = _to_modules(groups, path, lambda s: s, _diffusers_alphas(meta))
+        modules = _to_modules(groups, path, lambda s: s, _diffusers_alphas(meta, path))
     else:
         groups = _group(tensors, path, KOHYA_PREFIX)
         rename = lambda s: keymap.to_diffusers(keymap.kohya_to_original(s))  # noqa: E731

@@ -183,3 +183,6 @@ def test_ai_toolkit_ui_export_loads_unchanged():
     data["config"]["process"][0]["model"]["arch"] = "wan22_14b:t2v"  # the UI's "arch:variant" spelling
     data["config"]["process"][0]["datasets"][0]["do_i2v"] = False
     assert load_config_dict(data, path).model.arch == "wan22_14b"
+    data["config"]["process"][0]["model"]["arch"] = "wan21_i2v:14b480p"  # the UI's Wan 2.1 I2V 480P entry
+    data["config"]["process"][0]["datasets"][0].pop("do_i2v")
+    assert load_config_dict(data, path).model.arch == "wan21_i2v"

@@ -49,3 +49,20 @@ def test_lines_validate_and_carry_per_expert_fields(tiny_i2v: Path, clips: Path,
     # the conv-only schedule drives the linear adapters on Wan (only Linear layers are trained)
     alphas = {row["linear_alpha"] for row in rows}
     assert {1.0, 3.0} <= alphas, alphas
+
+
+def test_logging_verbose_writes_cadence_debug_lines(tiny_i2v, clips, tmp_path):
+    import logging
+
+    from tests.train.conftest import job_dict, write_job
+
+    from cadence.train.runner import run_training
+
+    job = job_dict(tiny_i2v, clips, tmp_path / "out", steps=3)
+    job["save"].update(save_every=1, max_step_saves_to_keep=1)
+    job["logging"]["verbose"] = True
+    before = logging.getLogger("cadence").level
+    assert run_training(write_job(tmp_path / "job.yaml", job)) == 0
+    text = (tmp_path / "out" / "job" / "log.txt").read_text()
+    assert "DEBUG cadence.train.checkpoint: pruned checkpoint step 1" in text
+    assert logging.getLogger("cadence").level == before  # restored for whatever runs next in this process

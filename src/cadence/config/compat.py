@@ -36,6 +36,7 @@ VALUE_ALIASES: dict[str, dict[str, str]] = {
         "wan21:1b": "wan21",
         "wan21:14b": "wan21",
         "wan21_i2v:14b": "wan21_i2v",
+        "wan21_i2v:14b480p": "wan21_i2v",  # the 480P I2V checkpoint: same architecture
         "wan22_14b:t2v": "wan22_14b",
         "wan22_14b_i2v:i2v": "wan22_14b_i2v",
         "wan22_5b:ti2v": "wan22_5b",

@@ -29,6 +29,7 @@ from cadence.config.compat import (
 )
 from cadence.config.cross_checks import config_issues
 from cadence.config.errors import ConfigError, format_path
+from cadence.config.prompt_flags import expand_prompt_flags
 from cadence.config.schema import JobConfig
 from cadence.config.unsupported import check_unsupported
 
@@ -346,6 +347,7 @@ def load_config_dict(data: dict[str, Any], source: Path | None = None) -> JobCon
     synonym_issues, renamed = apply_synonyms(body)
     raw += synonym_issues
     raw += check_unsupported(body)
+    raw += expand_prompt_flags(body)  # before paths: a --ctrl_img flag is relative to the config too
     if source is not None:
         _resolve_paths(body, source if source.is_dir() else source.parent)
     cfg: JobConfig | None = None

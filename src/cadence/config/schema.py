@@ -469,9 +469,11 @@ def ctrl_img_problem(path: Path | None) -> str | None:
 
 # --------------------------------------------------------------------------------------------- logging
 class LoggingConfig(Strict):
-    log_every: int = Field(1, ge=1, description="steps between metrics lines")
+    log_every: int = Field(
+        1, ge=1, description="steps between TensorBoard points (the metrics JSONL gets every step)"
+    )
     tensorboard: bool = True
-    verbose: bool = False
+    verbose: bool = Field(False, description="Cadence's debug lines in the console and log.txt")
 
 
 # ----------------------------------------------------------------------------------------------- job

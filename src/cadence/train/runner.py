@@ -51,6 +51,10 @@ def run_training(config_path: str | Path, exiting: bool = False) -> int:
         sys.stderr.write(f"{error}\n")
         return 2
     handler = attach_log_file(cfg.run_dir / "log.txt")
+    own_logger = logging.getLogger("cadence")
+    own_level = own_logger.level
+    if cfg.logging.verbose:  # Cadence's own debug lines; third-party libraries stay at INFO
+        own_logger.setLevel(logging.DEBUG)
     stop = StopFlag()
     try:
         # before build_training: the switch must precede the first CUDA (cuBLAS) call
@@ -80,6 +84,7 @@ def run_training(config_path: str | Path, exiting: bool = False) -> int:
         return 2
     finally:
         stop.uninstall(keep_ignoring=exiting)
+        own_logger.setLevel(own_level)
         logging.getLogger().removeHandler(handler)
         handler.close()
 

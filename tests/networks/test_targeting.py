@@ -31,12 +31,30 @@ def test_prefix_is_part_of_the_matched_name(transformer) -> None:
     assert names and all(n.startswith("blocks.1.") for n in names)
 
 
-def test_regex_include_adds_and_exclude_wins(transformer) -> None:
+def test_regex_include_adds_and_exclude_removes(transformer) -> None:
     cfg = _cfg(include_patterns=[r"proj_out$"], exclude_patterns=[r"\.ffn\.", r"blocks\.0\."])
     names = set(select_targets(transformer, cfg))
     assert "proj_out" in names
     assert not any(".ffn." in n or n.startswith("blocks.0.") for n in names)
     assert "blocks.1.attn2.to_k" in names
+
+
+def test_musubi_idiom_include_exempts_from_exclude_with_either_naming(transformer) -> None:
+    """musubi-tuner: a module is skipped when an exclude pattern matches and no include pattern does."""
+    attention = set(select_targets(transformer, _cfg(exclude_patterns=[".*"], include_patterns=[".*attn.*"])))
+    assert attention == {n for n in select_targets(transformer, _cfg()) if ".attn" in n}
+    # original-Wan names (musubi's and ComfyUI's): self_attn = attn1, ffn.0 = ffn.net.0.proj
+    selected = set(
+        select_targets(
+            transformer, _cfg(exclude_patterns=[".*"], include_patterns=[r".*self_attn\.(q|k)", r"ffn\.0"])
+        )
+    )
+    assert selected == {
+        f"blocks.{b}.{m}" for b in (0, 1) for m in ("attn1.to_q", "attn1.to_k", "ffn.net.0.proj")
+    }
+    assert not any("attn1" in n for n in select_targets(transformer, _cfg(exclude_patterns=["self_attn"])))
+    kept = select_targets(transformer, _cfg(ignore_if_contains=["attn"], include_patterns=[".*attn.*"]))
+    assert not any("attn" in n for n in kept)  # ignore_if_contains always removes
 
 
 def test_conv_only_when_named_and_conv_set(transformer) -> None:

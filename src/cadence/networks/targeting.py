@@ -2,15 +2,18 @@
 
 Rules (network.network_kwargs), all matched against the module's full name with the seed trainer's
 `transformer.` prefix, e.g. `transformer.blocks.0.attn1.to_q`, so that filters written for ai-toolkit
-configs keep working:
+configs keep working. The regex filters also try the original-Wan name (`blocks.0.self_attn.q`, the naming
+of musubi-tuner and ComfyUI), so patterns written for those tools select the same layers:
 
 * Candidates: every `nn.Linear`; `nn.Conv1d/2d/3d` only when `network.conv` is set.
 * Default selection: every Linear inside the transformer blocks (name starts with `blocks.`) - attention
   q/k/v/o, cross-attention (incl. the image k/v of Wan 2.1 I2V) and the FFN.
-* `include_patterns` (regex, `re.search`) *add* candidates to that selection. This is how a module outside the
-  blocks is named (`proj_out`, or the Conv3d `patch_embedding` when `network.conv` is set).
 * `only_if_contains` (substrings) *restricts* the selection to names containing any of them.
-* `ignore_if_contains` (substrings) and `exclude_patterns` (regex) remove modules; removal always wins.
+* `ignore_if_contains` (substrings) removes modules, always.
+* `exclude_patterns` (regex, `re.search`) removes modules, except those `include_patterns` names:
+  musubi-tuner's rule, so `exclude_patterns: ['.*']` + `include_patterns: ['.*attn.*']` trains attention only.
+* `include_patterns` also *add* modules outside the default selection (`proj_out`, or the Conv3d
+  `patch_embedding` when `network.conv` is set).
 
 No module left is an error that names the filters and lists some available names.
 """
@@ -24,6 +27,7 @@ from torch import nn
 
 from cadence.config.cross_checks import compile_patterns
 from cadence.config.schema import NetworkConfig
+from cadence.networks import keymap
 
 log = logging.getLogger(__name__)
 
@@ -49,7 +53,8 @@ def select_targets(root: nn.Module, cfg: NetworkConfig) -> dict[str, nn.Module]:
             continue
         full = NAME_PREFIX + name
         available.append(full)
-        named = any(p.search(full) for p in include)
+        texts = (full, *_original_name(name))
+        named = any(p.search(t) for p in include for t in texts)
         if conv and cfg.conv is None:
             if named:
                 log.warning("%s matches include_patterns but network.conv is not set; not targeted", full)
@@ -57,7 +62,9 @@ def select_targets(root: nn.Module, cfg: NetworkConfig) -> dict[str, nn.Module]:
         chosen = (linear and name.startswith("blocks.")) or named
         if chosen and kw.only_if_contains:
             chosen = any(s in full for s in kw.only_if_contains)
-        if chosen and (any(s in full for s in kw.ignore_if_contains) or any(p.search(full) for p in exclude)):
+        if chosen and any(s in full for s in kw.ignore_if_contains):
+            chosen = False
+        if chosen and not named and any(p.search(t) for p in exclude for t in texts):
             chosen = False
         if chosen:
             selected[name] = module
@@ -72,6 +79,14 @@ def select_targets(root: nn.Module, cfg: NetworkConfig) -> dict[str, nn.Module]:
             cfg.conv,
         )
     return selected
+
+
+def _original_name(name: str) -> tuple[str, ...]:
+    """The original-Wan spelling of a diffusers module name, when the key map knows it."""
+    try:
+        return (keymap.to_original(name),)
+    except (KeyError, ValueError):
+        return ()
 
 
 def _no_match_message(cfg: NetworkConfig, available: list[str]) -> str:

@@ -171,3 +171,24 @@ def test_two_experts_get_independent_networks() -> None:
     before = forward(pipe.transformer_2, inputs)
     _randomize_up(high)
     assert torch.equal(forward(pipe.transformer_2, inputs), before)
+
+
+def test_dropout_acts_on_the_rank_features() -> None:
+    """The seed trainer drops entries of lora_down(x), not of x: masks have the rank's shape."""
+    toy = Toy()
+    net = LoRANetwork(toy, _cfg(dropout=0.5), name="n").apply()
+    _randomize_up(net)
+    shapes = []
+    original = torch.nn.functional.dropout
+
+    def spy(t, p=0.5, training=True, inplace=False):
+        shapes.append(tuple(t.shape))
+        return original(t, p, training, inplace)
+
+    torch.nn.functional.dropout = spy
+    try:
+        toy.blocks[0](torch.randn(4, 8))
+    finally:
+        torch.nn.functional.dropout = original
+    lora = net.modules_by_name["blocks.0"]
+    assert shapes == [(4, lora.rank)]

@@ -149,9 +149,9 @@ class LoRANetwork(nn.Module):
         training = self.training
         if training and self.module_dropout > 0 and torch.rand(()) < self.module_dropout:
             return None
-        if training and self.dropout > 0:
-            x = F.dropout(x, p=self.dropout)
         h = lora.hidden(x)
+        if training and self.dropout > 0:  # on the rank-r features, as kohya, ai-toolkit and musubi-tuner do
+            h = F.dropout(h, p=self.dropout)
         scale = self.multiplier * lora.scale
         if training and self.rank_dropout > 0:
             # one Bernoulli mask per sample and rank; rank is dim 1 for conv, the last dim for Linear

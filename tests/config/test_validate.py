@@ -111,3 +111,9 @@ def test_validate_refuses_an_arch_that_does_not_match_the_model_folder(tmp_path)
     )
     assert result.returncode == 2
     assert "model.name_or_path" in result.stderr and "'wan21'" in result.stderr, result.stderr
+
+
+def test_docs_embed_the_refusal_registry_as_generated():
+    from cadence.config.unsupported import registry_markdown
+
+    assert registry_markdown() in (ROOT / "docs" / "config.md").read_text()

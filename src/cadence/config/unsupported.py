@@ -23,7 +23,7 @@ class Unsupported:
     key: str  # pattern, e.g. "train.noise_offset" or "datasets[].flip_x"
     reason: str
     inert: Any = _REFUSE_ANY  # a value that is a no-op in the seed, accepted and dropped
-    accepts: Callable[[Any], bool] | None = field(default=None, compare=False)  # overrides `inert`
+    accepts: Accepts | None = field(default=None, compare=False)  # overrides `inert`
     source: str = "ai-toolkit"
 
     def allows(self, value: Any) -> bool:
@@ -60,13 +60,36 @@ def _show(value: Any) -> str:
     return repr(value)
 
 
+@dataclass(frozen=True)
+class Accepts:
+    """Values of a key that the seed treats as off, with the words docs/config.md shows for them."""
+
+    test: Callable[[Any], bool]
+    text: str
+
+    def __call__(self, value: Any) -> bool:
+        return self.test(value)
+
+
 def _ema_off(value: Any) -> bool:
     return value is None or (isinstance(value, dict) and not value.get("use_ema", False))
 
 
-def _not_in(*values: str) -> Callable[[Any], bool]:
+def _not_in(*values: str) -> Accepts:
     refused = set(values)
-    return lambda v: not (isinstance(v, str) and v.lower() in refused)
+    return Accepts(
+        lambda v: not (isinstance(v, str) and v.lower() in refused), f"anything but {', '.join(values)}"
+    )
+
+
+def _one_of(*values: Any) -> Accepts:
+    return Accepts(lambda v: v in values, " or ".join(f"`{_show(v)}`" for v in values))
+
+
+_ANY = Accepts(lambda v: True, "any")
+_BOOL = Accepts(lambda v: isinstance(v, bool), "`true` or `false`")
+_FALSE = Accepts(lambda v: not v, "`false`")
+_EMA_OFF = Accepts(_ema_off, "`null`, or a mapping with `use_ema: false`")
 
 
 U = Unsupported
@@ -79,7 +102,7 @@ REGISTRY: list[Unsupported] = [
     U(
         "sqlite_db_path",
         "the ai-toolkit UI's job database; Cadence's UI keeps its own",
-        accepts=lambda v: True,
+        accepts=_ANY,
     ),
     U("log_dir", "TensorBoard logs always go to {run_dir}/tensorboard", None),
     U("embedding", "textual-inversion embeddings are not trained by Cadence", None),
@@ -108,7 +131,7 @@ REGISTRY: list[Unsupported] = [
     U(
         "train.ema_config",
         "in-training EMA is not implemented; use `cadence ema-merge` on saved checkpoints",
-        accepts=_ema_off,
+        accepts=_EMA_OFF,
     ),
     U("train.noise_offset", "noise offset is not implemented (and rarely helps flow matching)", 0.0),
     U("train.dynamic_noise_offset", "noise offset is not implemented", False),
@@ -168,7 +191,7 @@ REGISTRY: list[Unsupported] = [
         "train.max_denoising_steps",
         "restricting the timestep range is not implemented",
         999,
-        accepts=lambda v: v in (999, 1000),
+        accepts=_one_of(999, 1000),
     ),
     U(
         "train.unload_text_encoder",
@@ -176,7 +199,7 @@ REGISTRY: list[Unsupported] = [
         False,
     ),
     U("train.xformers", "attention goes through diffusers' dispatcher (SDPA)", False),
-    U("train.sdp", "attention always uses SDPA", accepts=lambda v: isinstance(v, bool)),
+    U("train.sdp", "attention always uses SDPA", accepts=_BOOL),
     U("train.force_first_sample", "the baseline sample runs at step 0 only (not again on resume)", False),
     U("train.weight_jitter", "weight jitter is not implemented", 0.0),
     U("train.noise_multiplier", "noise scaling is not implemented", 1.0),
@@ -190,12 +213,12 @@ REGISTRY: list[Unsupported] = [
     U(
         "train.diff_output_preservation_multiplier",
         "only used with diff_output_preservation (refused)",
-        accepts=lambda v: True,
+        accepts=_ANY,
     ),
     U(
         "train.diff_output_preservation_class",
         "only used with diff_output_preservation (refused)",
-        accepts=lambda v: True,
+        accepts=_ANY,
     ),
     U("train.bypass_guidance_embedding", "guidance-embedding bypass is for guidance-distilled models", False),
     U("train.blank_prompt_preservation", "output preservation is not implemented", False),
@@ -225,12 +248,12 @@ REGISTRY: list[Unsupported] = [
     U(
         "model.layer_offloading_text_encoder_percent",
         "only used with layer_offloading (refused)",
-        accepts=lambda v: True,
+        accepts=_ANY,
     ),
     U(
         "model.layer_offloading_transformer_percent",
         "only used with layer_offloading (refused)",
-        accepts=lambda v: True,
+        accepts=_ANY,
     ),
     U("model.auto_memory", _PERF, False),
     U("model.split_model_over_gpus", "multi-GPU model splitting is not implemented", False),
@@ -243,12 +266,12 @@ REGISTRY: list[Unsupported] = [
     # ---------------------------------------------------------------- save
     U("save.push_to_hub", "uploading to the Hugging Face Hub is not implemented", False),
     U("save.hf_repo_id", "uploading to the Hugging Face Hub is not implemented", None),
-    U("save.hf_private", "uploading to the Hugging Face Hub is not implemented", accepts=lambda v: not v),
+    U("save.hf_private", "uploading to the Hugging Face Hub is not implemented", accepts=_FALSE),
     U(
         "save.save_format",
         "LoRA files are always safetensors (the seed's 'diffusers' value only affects full "
         "fine-tunes; see save.format for the LoRA key layout)",
-        accepts=lambda v: v in ("safetensors", "diffusers"),
+        accepts=_one_of("safetensors", "diffusers"),
     ),
     # ---------------------------------------------------------------- datasets
     U("datasets[].flip_x", _NO_AUG, False),
@@ -266,7 +289,7 @@ REGISTRY: list[Unsupported] = [
     U("datasets[].trigger_word", "use the process-level trigger_word", None),
     U("datasets[].control_path", _NO_CTRL, None),
     U("datasets[].mask_path", _NO_CTRL, None),
-    U("datasets[].mask_min_value", "only used with mask_path (refused)", accepts=lambda v: True),
+    U("datasets[].mask_min_value", "only used with mask_path (refused)", accepts=_ANY),
     U("datasets[].alpha_mask", _NO_CTRL, False),
     U("datasets[].inpaint_path", _NO_CTRL, None),
     U("datasets[].clip_image_path", _NO_CTRL, None),
@@ -288,7 +311,7 @@ REGISTRY: list[Unsupported] = [
     # ---------------------------------------------------------------- sample / logging
     U("sample.network_multiplier", "set network_multiplier per sample", 1),
     U("sample.guidance_rescale", "guidance rescale is not implemented", 0.0),
-    U("sample.format", "sample file formats are chosen by Cadence", accepts=lambda v: v in ("jpg", "webp")),
+    U("sample.format", "sample file formats are chosen by Cadence", accepts=_one_of("jpg", "webp")),
     U("sample.refiner_start_at", "refiners are not implemented", 0.5),
     U("sample.adapter_conditioning_scale", "adapters are not implemented", 1.0),
     U("sample.samples[].ctrl_img_1", "use ctrl_img", None),
@@ -299,9 +322,9 @@ REGISTRY: list[Unsupported] = [
         "Weights & Biases logging is not implemented; metrics go to JSONL and TensorBoard",
         False,
     ),
-    U("logging.project_name", "only used with use_wandb", accepts=lambda v: True),
-    U("logging.run_name", "only used with use_wandb", accepts=lambda v: True),
-    U("logging.use_ui_logger", "the Cadence UI reads the run folder", accepts=lambda v: isinstance(v, bool)),
+    U("logging.project_name", "only used with use_wandb", accepts=_ANY),
+    U("logging.run_name", "only used with use_wandb", accepts=_ANY),
+    U("logging.use_ui_logger", "the Cadence UI reads the run folder", accepts=_BOOL),
 ]
 
 
@@ -346,7 +369,7 @@ def registry_markdown() -> str:
     rows = ["| key | accepted as a no-op | why not yet |", "|---|---|---|"]
     for entry in REGISTRY:
         if entry.accepts is not None:
-            inert = "see message"
+            inert = entry.accepts.text
         elif entry.inert is _REFUSE_ANY:
             inert = "—"
         else:

@@ -13,7 +13,11 @@ from .conftest import job_dict, write_job
 
 
 @pytest.mark.slow
-def test_stop_on_rule_ends_run_and_keeps_best_checkpoint(tiny_i2v: Path, clips: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize(("save_every", "every"), [(10, None), (25, 10)], ids=["at-saves", "own-interval"])
+def test_stop_on_rule_ends_run_and_keeps_best_checkpoint(
+    tiny_i2v: Path, clips: Path, tmp_path: Path, save_every: int, every: int | None
+) -> None:
+    """With its own interval (`every` not on save steps) each check saves too, so the advice names a file."""
     job = job_dict(
         tiny_i2v,
         clips,
@@ -22,13 +26,14 @@ def test_stop_on_rule_ends_run_and_keeps_best_checkpoint(tiny_i2v: Path, clips: 
         switch_boundary_every=10,
         optimizer_params={"high_noise_lr": 2e-3, "low_noise_lr": 1e-3},
     )
-    job["save"].update({"save_every": 10, "max_step_saves_to_keep": 1})
+    job["save"].update({"save_every": save_every, "max_step_saves_to_keep": 1})
     # character preset: a high-noise expert that outgrows the low-noise one is the warning sign. With a 2x LR
     # ratio and 10-step expert blocks the |dW| ratio is ~2x at step 20 and ~4x at step 30 (high had 20 steps).
     job["train"]["health"] = {
         "preset": "character",
         "stop_on": ["weight_ratio_high"],
         "thresholds": {"weight_ratio_high": 3.0, "lr_ratio_high": None},
+        "every": every,
     }
     assert run_training(write_job(tmp_path / "job.yaml", job)) == 0
     run = tmp_path / "out" / "job"
@@ -41,6 +46,8 @@ def test_stop_on_rule_ends_run_and_keeps_best_checkpoint(tiny_i2v: Path, clips: 
     kept = sorted(int(p.name.split("_")[1]) for p in run.glob("job_*_high_noise.safetensors"))
     assert last in kept
     assert any(step < last for step in kept), f"the best (earlier) checkpoint must be kept: {kept}"
+    named = int(log.split("keeping checkpoint step ")[1].split()[0].rstrip(".;"))
+    assert named in kept and (run / "training_state" / f"step_{named:09d}").is_dir()
 
 
 @pytest.mark.slow

@@ -29,7 +29,12 @@ class HealthConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     preset: Preset | None = None
-    every: int | None = Field(None, ge=1, description="steps between checks; None = at each checkpoint save")
+    every: int | None = Field(
+        None,
+        ge=1,
+        description="steps between checks, each saving a checkpoint (its advice names checkpoints); "
+        "None = at each checkpoint save",
+    )
     stop_on: list[RuleId] = Field(default_factory=list)
     thresholds: dict[RuleId, float | None] = Field(
         default_factory=dict,

@@ -87,6 +87,15 @@ class PeriodicChecks:
                 for step, per in state.get("health_magnitudes", {}).items()
             }
 
+    def forces_save(self, step: int) -> bool:
+        """A health check at its own interval (`train.health.every`) saves a checkpoint too: its advice names
+        checkpoints, so the step it judges must exist as one."""
+        return (
+            self.health is not None
+            and self.health.cfg.every is not None
+            and step % self.health.cfg.every == 0
+        )
+
     def eval_due(self, step: int, saving: bool) -> bool:
         if self.evaluator is None:
             return False
@@ -100,15 +109,18 @@ class PeriodicChecks:
             assert self.evaluator is not None
             fields.update(self.run_eval(self.evaluator))
         if self.health is not None and self.health.due(step, saving):
-            fields.update(self._health(step, {**row, **fields}))
+            fields.update(self._health(step, {**row, **fields}, saving))
         return fields
 
-    def _health(self, step: int, row: dict[str, Any]) -> dict[str, Any]:
+    def _health(self, step: int, row: dict[str, Any], saving: bool) -> dict[str, Any]:
         assert self.health is not None
         rows = [r for r in read_metrics(self.metrics_path) if r.get("step", 0) < step] + [row]
         result = self.health.check(step, self.magnitudes(), rows)
         for warning in result.warnings:
             log.warning("health: %s", warning.message)
+        # only checkpoints that exist (or are being saved now) can be kept; pruning may have removed others
+        saved = set(self.checkpoints.complete_steps()) | ({step} if saving else set())
+        result.recommendations = [r for r in result.recommendations if r.step in saved]
         if result.recommendations:
             best = result.recommendations[0]
             self.checkpoints.protected = {best.step}

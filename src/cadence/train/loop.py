@@ -186,7 +186,12 @@ class Trainer:
                 result = self.train_step()
                 self._count_nan(result)
                 row = self.metrics_row(step, result)
-                saving = step % s.cfg.save.save_every == 0 or step == total or self.stop.requested
+                saving = (
+                    step % s.cfg.save.save_every == 0
+                    or step == total
+                    or self.stop.requested
+                    or s.checks.forces_save(step)
+                )
                 row.update(s.checks.run(step, saving, row, stopping=self.stop.requested))
                 s.recorder.write(row)
                 self._stop_on_nan_streak(step)

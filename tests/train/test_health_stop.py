@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
+from importlib import resources
 from pathlib import Path
 
+import jsonschema
 import pytest
 
 from cadence.metrics.jsonl import read_metrics
@@ -46,6 +49,10 @@ def test_stop_on_rule_ends_run_and_keeps_best_checkpoint(
     kept = sorted(int(p.name.split("_")[1]) for p in run.glob("job_*_high_noise.safetensors"))
     assert last in kept
     assert any(step < last for step in kept), f"the best (earlier) checkpoint must be kept: {kept}"
+    schema = json.loads(resources.files("cadence.metrics").joinpath("metrics_line.schema.json").read_text())
+    for row in rows:
+        jsonschema.validate(row, schema)
+    assert "keeping checkpoint step" in rows[-1]["health_stop"]
     named = int(log.split("keeping checkpoint step ")[1].split()[0].rstrip(".;"))
     assert named in kept and (run / "training_state" / f"step_{named:09d}").is_dir()
 

@@ -51,6 +51,19 @@ def test_lines_validate_and_carry_per_expert_fields(tiny_i2v: Path, clips: Path,
     assert {1.0, 3.0} <= alphas, alphas
 
 
+@pytest.mark.slow
+def test_single_expert_lines_validate(tiny_models, clips: Path, tmp_path: Path) -> None:
+    job = job_dict(tiny_models("wan21"), clips, tmp_path / "out", steps=25)
+    job["model"]["arch"] = "wan21"
+    del job["train"]["switch_boundary_every"]
+    assert run_training(write_job(tmp_path / "job.yaml", job)) == 0
+    schema = json.loads(resources.files("cadence.metrics").joinpath("metrics_line.schema.json").read_text())
+    rows = read_metrics(tmp_path / "out" / "job" / "metrics_job.jsonl")
+    for row in rows:
+        jsonschema.validate(row, schema)
+    assert rows[24]["weight_magnitude"] > 0 and rows[0]["expert"] is None
+
+
 def test_logging_verbose_writes_cadence_debug_lines(tiny_i2v, clips, tmp_path):
     import logging
 
@@ -66,3 +79,20 @@ def test_logging_verbose_writes_cadence_debug_lines(tiny_i2v, clips, tmp_path):
     text = (tmp_path / "out" / "job" / "log.txt").read_text()
     assert "DEBUG cadence.train.checkpoint: pruned checkpoint step 1" in text
     assert logging.getLogger("cadence").level == before  # restored for whatever runs next in this process
+
+
+def test_prodigy_logs_the_step_size_it_applies(tiny_i2v, clips, tmp_path):
+    """Prodigy's lr is a multiplier of its adapted distance d: the logged lr is d·lr, per expert."""
+    from tests.train.conftest import job_dict, write_job
+
+    from cadence.metrics.jsonl import read_metrics
+    from cadence.train.runner import run_training
+
+    job = job_dict(
+        tiny_i2v, clips, tmp_path / "out", steps=6, switch_boundary_every=3, optimizer="prodigy", lr=1.0
+    )
+    assert run_training(write_job(tmp_path / "job.yaml", job)) == 0
+    rows = read_metrics(tmp_path / "out" / "job" / "metrics_job.jsonl")
+    high = [r["lr_high_noise"] for r in rows]
+    assert all(0 < v < 1.0 for v in high) and len(set(high)) > 1  # d starts at d0 = 1e-6 and grows
+    assert rows[-1]["lr_high_noise"] != rows[-1]["lr_low_noise"]  # one d per expert

@@ -384,7 +384,8 @@ def describe_transition(t: Transition) -> str:
         )
     return (
         f"alpha phase [{t.expert}] {t.from_phase} -> {t.to_phase} at step {t.step} after {t.steps_in_phase} "
-        f"steps; {changes or 'alphas unchanged'} from step {t.step + 1}; evidence: " + "; ".join(parts)
+        f"steps; {changes or 'alphas unchanged'} from this expert's next training step; evidence: "
+        + "; ".join(parts)
     )
 
 

@@ -128,6 +128,7 @@ class PeriodicChecks:
         if result.stop_reason:
             kept = result.recommendations[0].step if result.recommendations else step
             self.stop_reason = f"{result.stop_reason}; keeping checkpoint step {kept}"
+            return {**result.metrics_fields(), "health_stop": self.stop_reason}
         return result.metrics_fields()
 
 

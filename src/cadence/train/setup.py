@@ -80,10 +80,15 @@ class TrainingSetup:
         return self.hub.label(expert)
 
     def lr_fields(self) -> dict[str, float]:
-        """lr per param group (and per expert); automagic reports the mean of its per-element lr mask."""
+        """The step size each param group (and expert) applies: automagic the mean of its per-element lr
+        mask; Prodigy d·lr (its `lr` is a multiplier of the distance estimate `d` it adapts per expert)."""
         fields: dict[str, float] = {}
         rates = getattr(self.optimizer, "get_learning_rates", None)
-        values = rates() if rates else [float(g.get("lr", 0.0)) for g in self.optimizer.param_groups]
+        values = (
+            rates()
+            if rates
+            else [float(g.get("lr", 0.0)) * float(g.get("d", 1.0)) for g in self.optimizer.param_groups]
+        )
         for group, lr in zip(self.optimizer.param_groups, values, strict=True):
             fields[f"lr_{group.get('name', len(fields))}"] = lr
             expert = group.get("expert")

@@ -94,3 +94,16 @@ def test_validate_command_refuses_before_any_model_load(tmp_path):
     )
     assert done.returncode == 2
     assert str(path) in done.stderr and "train.optimizer_params.weight_decy" in done.stderr
+
+
+def test_arch_mismatches_are_reported_at_their_key():
+    issues = _issues(
+        flat(
+            model={"name_or_path": "m", "arch": "wan22_14b"},
+            datasets=[{"folder_path": "/d"}, {"folder_path": "/e", "do_i2v": True}],
+        )
+    )
+    assert list(issues) == ["datasets[1].do_i2v"] and "text-to-video only" in issues["datasets[1].do_i2v"]
+    both_off = {"train_high_noise": False, "train_low_noise": False}
+    issues = _issues(flat(model={"name_or_path": "m", "arch": "wan22_14b_i2v", "model_kwargs": both_off}))
+    assert "nothing to train" in issues["model.model_kwargs"]

@@ -447,6 +447,18 @@ def test_expert_settings_on_a_single_transformer_arch_are_refused():
     try:
         load_config_dict(data)
     except ConfigError as error:
-        assert "train_low_noise, boundary_ratio" in str(error) and "single transformer" in str(error)
+        issues = dict(error.issues)  # each at its own key
+        assert set(issues) == {"model.model_kwargs.train_low_noise", "model.model_kwargs.boundary_ratio"}
+        assert all("single transformer" in message for message in issues.values())
     else:
         raise AssertionError("expected a ConfigError")
+
+
+def test_other_trainers_key_names_point_to_cadences_setting(make_flat):
+    issues = issues_of(
+        make_flat(train={"disable_sampling": True, "learning_rate": 1e-4, "max_train_steps": 10})
+    )
+    assert "Cadence's setting is train.lr" in issues["train.learning_rate"]
+    assert "Cadence's setting is train.steps" in issues["train.max_train_steps"]
+    value = issues_of(make_flat(train={"disable_sampling": True, "optimizer": "adam"}))["train.optimizer"]
+    assert "use adamw" in value and "remove it" not in value  # removing it would silently train with adamw

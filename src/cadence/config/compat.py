@@ -45,6 +45,31 @@ VALUE_ALIASES: dict[str, dict[str, str]] = {
 
 Parts = tuple[str | int, ...]
 
+# Names other trainers use (SimpleTuner, musubi-tuner, kohya sd-scripts) -> where Cadence reads the setting.
+# Not accepted silently (their sections and meanings differ): an unknown key with one of these names says
+# where its setting lives here.
+FOREIGN_KEYS: dict[str, str] = {
+    "learning_rate": "train.lr",
+    "max_train_steps": "train.steps",
+    "train_batch_size": "train.batch_size",
+    "output_dir": "training_folder (+ name)",
+    "pretrained_model_name_or_path": "model.name_or_path",
+    "dit": "model.name_or_path",
+    "network_dim": "network.linear",
+    "network_alpha": "network.linear_alpha",
+    "network_dropout": "network.dropout",
+    "network_args": "network.network_kwargs",
+    "optimizer_type": "train.optimizer",
+    "optimizer_args": "train.optimizer_params",
+    "mixed_precision": "train.dtype",
+    "save_every_n_steps": "save.save_every",
+    "sample_every_n_steps": "sample.sample_every",
+    "timestep_sampling": "train.timestep_type",
+    "discrete_flow_shift": "train.flow_shift",
+    "fp8_base": "model.quantize: true with model.qtype: fp8",
+    "resume_from_checkpoint": "nothing: a run resumes from its newest checkpoint by itself",
+}
+
 
 def split_pattern(pattern: str) -> tuple[str, str]:
     """'datasets[].caption_type' -> ('datasets[]', 'caption_type'); 'training_seed' -> ('', 'training_seed')."""

@@ -20,6 +20,7 @@ import yaml
 from pydantic import ValidationError
 
 from cadence.config.compat import (
+    FOREIGN_KEYS,
     Parts,
     apply_synonyms,
     clean_loc,
@@ -141,6 +142,8 @@ def is_seed_layout(data: dict[str, Any]) -> bool:
 def _unknown(key: str, valid: list[str], path: str) -> tuple[str, str]:
     match = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
     hint = f"did you mean '{match[0]}'?" if match else f"valid keys here: {', '.join(sorted(valid))}"
+    if key in FOREIGN_KEYS:
+        hint = f"that is another trainer's name; Cadence's setting is {FOREIGN_KEYS[key]}"
     return path, f"unknown key '{key}' at {path}; {hint}"
 
 

@@ -501,45 +501,11 @@ class JobConfig(Strict):
         return value
 
     @model_validator(mode="after")
-    def _expert_keys_fit_arch(self) -> JobConfig:
-        """Expert settings on a single-transformer arch would do nothing: refuse them instead."""
-        kw = self.model.model_kwargs
-        if self.model.arch in SINGLE_EXPERT_ARCHS:
-            off = [k for k in ("train_high_noise", "train_low_noise") if not getattr(kw, k)]
-            if off or kw.boundary_ratio is not None:
-                keys = ", ".join(off + (["boundary_ratio"] if kw.boundary_ratio is not None else []))
-                raise ValueError(
-                    f"model.model_kwargs: {keys} only apply to the two-expert Wan 2.2 A14B archs; "
-                    f"{self.model.arch} has a single transformer. Remove them"
-                )
-        return self
-
-    @model_validator(mode="after")
-    def _some_expert_trained(self) -> JobConfig:
-        kw = self.model.model_kwargs
-        if not (kw.train_high_noise or kw.train_low_noise):
-            raise ValueError(
-                "model.model_kwargs: train_high_noise and train_low_noise are both false; nothing to train"
-            )
-        return self
-
-    @model_validator(mode="after")
     def _resolve_do_i2v(self) -> JobConfig:
-        """Unset do_i2v follows the arch; a value the arch cannot honour is an error (the seed ignored it)."""
-        arch = self.model.arch
-        for i, ds in enumerate(self.datasets):
+        """Unset do_i2v follows the arch (a value the arch cannot honour is refused in cross_checks)."""
+        for ds in self.datasets:
             if ds.do_i2v is None:
-                ds.do_i2v = arch in I2V_ONLY_ARCHS
-            elif ds.do_i2v and arch in T2V_ONLY_ARCHS:
-                raise ValueError(
-                    f"datasets[{i}].do_i2v is true but model.arch {arch!r} is text-to-video only; "
-                    "use an I2V arch (wan21_i2v, wan22_14b_i2v, wan22_5b) or set do_i2v: false"
-                )
-            elif not ds.do_i2v and arch in I2V_ONLY_ARCHS:
-                raise ValueError(
-                    f"datasets[{i}].do_i2v is false but model.arch {arch!r} is image-to-video only; "
-                    "remove do_i2v or set it to true"
-                )
+                ds.do_i2v = self.model.arch in I2V_ONLY_ARCHS
         return self
 
     @model_validator(mode="after")

@@ -340,7 +340,11 @@ def _in_schema(section: str, key: str) -> bool:
 def message(entry: Unsupported, key: str, value: Any, in_schema: bool) -> str:
     what = f"'{key}: {_show(value)}' is valid for" if in_schema else f"'{key}' is a valid"
     noun = "" if in_schema else " key"
-    return f"{what} {entry.source}{noun} but not supported yet by Cadence: {entry.reason}; {entry.action}"
+    # a refused value of a key Cadence has: the reason names what to use instead, "remove it" would not
+    action = "pick a value Cadence implements (docs/config.md)" if in_schema else entry.action
+    if in_schema and "use " in entry.reason:
+        return f"{what} {entry.source}{noun} but not supported yet by Cadence: {entry.reason}"
+    return f"{what} {entry.source}{noun} but not supported yet by Cadence: {entry.reason}; {action}"
 
 
 def check_unsupported(body: dict[str, Any]) -> list[tuple[Parts, str]]:

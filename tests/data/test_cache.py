@@ -181,3 +181,26 @@ def test_text_cache_reencodes_for_a_different_encoder(tmp_path, adapter):
     again = TextCache(tmp_path / "text", adapter.model_id, encoder="fp32|none")
     again.ensure(["a red ball", ""], adapter)
     assert again.encode_calls == 0
+
+
+def test_models_sharing_a_dataset_keep_their_own_entries(
+    small_dir, make_config, adapter, tiny_model_dir, tmp_path
+):
+    """Another model's job (a copy elsewhere, or a VAE swapped in place) never overwrites this model's entries."""
+    _, index = _index(small_dir, make_config, adapter)
+    assert LatentCache.for_adapter(adapter).ensure(index.train_items, adapter).encoded == 3
+    other_dir = shutil.copytree(tiny_model_dir, tmp_path / "other_model")
+    other = load_model_adapter(
+        ModelConfig(name_or_path=str(other_dir), arch=ARCH), torch.device("cpu"), torch.float32
+    )
+    assert other.model_id != adapter.model_id
+    assert LatentCache.for_adapter(other).ensure(index.train_items, other).encoded == 3
+    back = LatentCache.for_adapter(adapter)
+    assert back.ensure(index.train_items, adapter).reused == 3 and back.encode_calls == 0  # still there
+    vae = next((other_dir / "vae").glob("*.safetensors"))
+    os.utime(vae, ns=(vae.stat().st_mtime_ns + 10**9,) * 2)  # a different VAE file in the same folder
+    swapped = load_model_adapter(
+        ModelConfig(name_or_path=str(other_dir), arch=ARCH), torch.device("cpu"), torch.float32
+    )
+    assert swapped.model_id != other.model_id
+    assert LatentCache.for_adapter(swapped).ensure(index.train_items, swapped).encoded == 3

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 from safetensors.torch import load_file
 
 from cadence.metrics.jsonl import read_metrics
@@ -48,3 +49,31 @@ def test_cadence_device_overrides_the_config_device(monkeypatch) -> None:
     if not torch.cuda.is_available():
         with _pytest.raises(ValueError, match="no CUDA GPU is visible"):
             resolve_device("cuda")
+
+
+@pytest.mark.slow
+def test_cache_entry_vanishing_mid_run_skips_a_batch(
+    tiny_i2v: Path, clips: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """A latent entry deleted while the run trains (another job rewrote the cache) costs one batch, counted in
+    the log, not the run."""
+    from cadence.data.cache import LatentCache
+
+    real_load = LatentCache.load
+    deleted: list[Path] = []
+
+    def load(self, item):
+        if not deleted and item.path.name == "clip_00.mp4":
+            path = self.path(item)
+            path.unlink()  # a real miss: the file is gone
+            deleted.append(path)
+        return real_load(self, item)
+
+    monkeypatch.setattr(LatentCache, "load", load)
+    job = job_dict(tiny_i2v, clips, tmp_path / "out", steps=6)
+    job["datasets"][0]["cache_latents_to_disk"] = False  # a private cache, so the shared one is untouched
+    assert run_training(write_job(tmp_path / "job.yaml", job)) == 0
+    assert deleted
+    log = (tmp_path / "out" / "job" / "log.txt").read_text()
+    assert "skipping a batch (1 so far)" in log and "clip_00.mp4" in log
+    assert len(read_metrics(tmp_path / "out" / "job" / "metrics_job.jsonl")) == 6

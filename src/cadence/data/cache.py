@@ -128,8 +128,10 @@ class LatentCache:
         return self.run_folder / "latent_cache" / self.arch / f"{item.path.parent.name}_{source}"
 
     def path(self, item: MediaItem) -> Path:
-        """Stable name per (file, bucket, frame plan); inputs that change in place overwrite the entry."""
-        key = hashlib.sha256(f"{item.path.name}|{item.bucket_name}|{item.frames_hash}".encode()).hexdigest()
+        """Stable name per (model, file, bucket, frame plan): jobs on other models sharing the dataset folder
+        keep their own entries; inputs that change in place overwrite the entry."""
+        name = f"{self.model_id}|{item.path.name}|{item.bucket_name}|{item.frames_hash}"
+        key = hashlib.sha256(name.encode()).hexdigest()
         return self.folder(item) / f"{item.path.stem}_{item.bucket_name}_{key[:12]}.safetensors"
 
     def wants_condition(self, item: MediaItem) -> bool:

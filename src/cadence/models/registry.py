@@ -8,6 +8,7 @@ after the arch check), so a wrong `model.arch` never triggers a multi-GB downloa
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -200,6 +201,25 @@ def check_model(name_or_path: str, arch: str, revision: str | None = None) -> Pa
     return folder
 
 
+ENCODER_PARTS = ("model_index.json", "vae", "text_encoder", "tokenizer", "image_encoder", "image_processor")
+
+
+def encoder_digest(folder: Path) -> str:
+    """Short digest of what produces cached latents and text embeddings (VAE, text/image encoders): names,
+    sizes and modification times of their files. A VAE swapped inside the same folder, or another model at
+    the same path, gets new cache entries instead of another model's stale ones."""
+    folder = Path(folder)
+    lines = []
+    for part in ENCODER_PARTS:
+        root = folder / part
+        files = sorted(root.rglob("*")) if root.is_dir() else [root] if root.is_file() else []
+        for path in files:
+            if path.is_file():
+                stat = path.stat()
+                lines.append(f"{path.relative_to(folder)}|{stat.st_size}|{stat.st_mtime_ns}")
+    return hashlib.sha256("\n".join(lines).encode()).hexdigest()[:12]
+
+
 def load_model_adapter(model_cfg, device: torch.device, dtype: torch.dtype) -> ModelAdapter:
     """Load the model named by `model_cfg` (cadence.config.schema.ModelConfig) behind a ModelAdapter."""
     from cadence.models.wan import WanAdapter
@@ -208,6 +228,7 @@ def load_model_adapter(model_cfg, device: torch.device, dtype: torch.dtype) -> M
     kwargs = model_cfg.model_kwargs
     boundary = resolve_boundary(model_cfg.arch, read_model_index(folder), kwargs.boundary_ratio)
     model_id = model_cfg.name_or_path + (f"@{model_cfg.revision}" if model_cfg.revision else "")
+    model_id += f"#{encoder_digest(folder)}"
     trained = ("main",)
     if model_cfg.arch in TWO_EXPERT:
         trained = tuple(

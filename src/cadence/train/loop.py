@@ -17,11 +17,14 @@ from typing import Any
 
 import torch
 
+from cadence.data.cache import CacheMissError
+from cadence.train.batches import Batch
 from cadence.train.checks import evaluation_weights
 from cadence.train.objective import flow_matching_loss, noisy_latents, velocity_target
 from cadence.train.setup import TrainingSetup
 
 log = logging.getLogger(__name__)
+MAX_MISSING_BATCHES = 20
 
 
 class TrainingStopped(Exception):
@@ -75,6 +78,7 @@ class Trainer:
         self.stop = stop or StopFlag()
         self._owns_stop_flag = stop is None
         self.data_seconds = 0.0  # batch assembly time of the current step
+        self.missing_batches = 0  # batches skipped because their cache entry vanished mid-run
         self._times: list[tuple[float, float]] = []  # (step, data) seconds since the last timing line
 
     # ------------------------------------------------------------------------------------------ step
@@ -82,8 +86,7 @@ class Trainer:
         s = self.s
         spec = s.expert_specs[expert]
         loading = time.perf_counter()
-        indices = s.sampler.next_batch()
-        batch = s.batches.assemble(indices, s.randomness.captions).to(s.device, s.dtype)
+        batch = self._next_batch().to(s.device, s.dtype)
         self.data_seconds += time.perf_counter() - loading
         noise = torch.randn(batch.latents.shape, generator=s.randomness.noise, dtype=torch.float32)
         noise = noise.to(device=s.device, dtype=s.dtype)
@@ -94,6 +97,21 @@ class Trainer:
         target = velocity_target(batch.latents, noise)
         loss = flow_matching_loss(prediction, target, s.adapter.loss_mask(batch.cond))
         return loss, t
+
+    def _next_batch(self) -> Batch:
+        """The sampler's next batch; one whose cache entry vanished mid-run (another job rewrote or removed
+        it) is skipped with a counted warning, and the next one is used: a long run does not die for it."""
+        s = self.s
+        for _ in range(MAX_MISSING_BATCHES):
+            try:
+                return s.batches.assemble(s.sampler.next_batch(), s.randomness.captions)
+            except CacheMissError as miss:
+                self.missing_batches += 1
+                log.warning("skipping a batch (%d so far): %s", self.missing_batches, miss)
+        raise TrainingStopped(
+            f"{MAX_MISSING_BATCHES} batches in a row had no cache entry; run `cadence cache CONFIG` again and "
+            "resume (the run continues from its last checkpoint)"
+        )
 
     def train_step(self) -> StepResult:
         s = self.s

@@ -176,12 +176,13 @@ def test_ti2v_5b_samples_at_24_fps_with_and_without_ctrl_img(tiny_5b, ctrl_png, 
 
 def test_unloaded_text_encoder_reads_prompts_from_the_text_cache(loaded):
     """train.cache_text_embeddings unloads T5: sample prompts come from the run's text cache instead."""
-    from cadence.data.cache import CacheMissError, TextCache
+    from cadence.data.cache import CacheMissError
+    from cadence.data.cache_command import text_cache_for
     from cadence.sampling import sample_texts
 
     cfg, adapter, networks = loaded
     with_encoder = TrainingSampler(cfg, adapter, networks, cfg.run_dir / "a").run(1)
-    TextCache(cfg.run_dir / "text_cache", adapter.model_id).ensure(sample_texts(cfg), adapter)
+    text_cache_for(cfg, adapter.model_id).ensure(sample_texts(cfg), adapter)  # as training fills it
     adapter.unload_text_encoder()
     from_cache = TrainingSampler(cfg, adapter, networks, cfg.run_dir / "b").run(1)
     for a, b in zip(with_encoder[2::4], from_cache[2::4], strict=True):

@@ -80,9 +80,10 @@ class TrainingSampler:
         self.engine.prepare_texts([t for s in self.specs for t in (s.prompt, s.neg)], self._cached_text)
 
     def _cached_text(self, text: str) -> torch.Tensor:
-        from cadence.data.cache import TextCache
+        from cadence.data.cache_command import text_cache_for
 
-        return TextCache(self.cfg.run_dir / "text_cache", self.engine.adapter.model_id).load(text)
+        # the same cache (and encoder variant) training filled before unloading the text encoder
+        return text_cache_for(self.cfg, self.engine.adapter.model_id).load(text)
 
     def due(self, step: int) -> bool:
         if not self.enabled:

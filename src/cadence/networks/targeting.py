@@ -2,8 +2,9 @@
 
 Rules (network.network_kwargs), all matched against the module's full name with the seed trainer's
 `transformer.` prefix, e.g. `transformer.blocks.0.attn1.to_q`, so that filters written for ai-toolkit
-configs keep working. The regex filters also try the original-Wan name (`blocks.0.self_attn.q`, the naming
-of musubi-tuner and ComfyUI), so patterns written for those tools select the same layers:
+configs keep working. A regex filter that matches no module under that naming is applied to the original-Wan
+names instead (`blocks.0.self_attn.q`, the naming of musubi-tuner and ComfyUI), so patterns written for
+those tools select the same layers:
 
 * Candidates: every `nn.Linear`; `nn.Conv1d/2d/3d` only when `network.conv` is set.
 * Default selection: every Linear inside the transformer blocks (name starts with `blocks.`) - attention
@@ -21,6 +22,7 @@ No module left is an error that names the filters and lists some available names
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable
 
 from torch import nn
@@ -42,29 +44,27 @@ def is_conv(module: nn.Module) -> bool:
 def select_targets(root: nn.Module, cfg: NetworkConfig) -> dict[str, nn.Module]:
     """Return {diffusers module name: module} of the modules to adapt, in `named_modules` order."""
     kw = cfg.network_kwargs
-    include = compile_patterns(kw.include_patterns, "include_patterns")
-    exclude = compile_patterns(kw.exclude_patterns, "exclude_patterns")
+    candidates = [
+        (name, module, NAME_PREFIX + name, _original_name(name))
+        for name, module in root.named_modules()
+        if name and (isinstance(module, nn.Linear) or is_conv(module))
+    ]
+    available = [full for _, _, full, _ in candidates]
+    include = _matchers(compile_patterns(kw.include_patterns, "include_patterns"), available)
+    exclude = _matchers(compile_patterns(kw.exclude_patterns, "exclude_patterns"), available)
     selected: dict[str, nn.Module] = {}
-    available: list[str] = []
-    for name, module in root.named_modules():
-        linear = isinstance(module, nn.Linear)
-        conv = is_conv(module)
-        if not (linear or conv) or not name:
-            continue
-        full = NAME_PREFIX + name
-        available.append(full)
-        texts = (full, *_original_name(name))
-        named = any(p.search(t) for p in include for t in texts)
-        if conv and cfg.conv is None:
+    for name, module, full, original in candidates:
+        named = any(match(full, original) for match in include)
+        if is_conv(module) and cfg.conv is None:
             if named:
                 log.warning("%s matches include_patterns but network.conv is not set; not targeted", full)
             continue
-        chosen = (linear and name.startswith("blocks.")) or named
+        chosen = (isinstance(module, nn.Linear) and name.startswith("blocks.")) or named
         if chosen and kw.only_if_contains:
             chosen = any(s in full for s in kw.only_if_contains)
         if chosen and any(s in full for s in kw.ignore_if_contains):
             chosen = False
-        if chosen and not named and any(p.search(t) for p in exclude for t in texts):
+        if chosen and not named and any(match(full, original) for match in exclude):
             chosen = False
         if chosen:
             selected[name] = module
@@ -81,12 +81,28 @@ def select_targets(root: nn.Module, cfg: NetworkConfig) -> dict[str, nn.Module]:
     return selected
 
 
-def _original_name(name: str) -> tuple[str, ...]:
+def _original_name(name: str) -> str | None:
     """The original-Wan spelling of a diffusers module name, when the key map knows it."""
     try:
-        return (keymap.to_original(name),)
+        return keymap.to_original(name)
     except (KeyError, ValueError):
-        return ()
+        return None
+
+
+def _matchers(patterns: list[re.Pattern[str]], full_names: list[str]):
+    """One test per pattern, on the naming the pattern was written for: the `transformer.`-prefixed diffusers
+    name when it matches any module so named, else the original-Wan name (a pattern such as `self_attn` or
+    `ffn\\.0` only makes sense there). Deciding per pattern keeps negative patterns written for one naming
+    from matching every module under the other."""
+    tests = []
+    for pattern in patterns:
+        if any(pattern.search(full) for full in full_names):
+            tests.append(lambda full, _original, p=pattern: p.search(full) is not None)
+        else:
+            tests.append(
+                lambda _full, original, p=pattern: original is not None and p.search(original) is not None
+            )
+    return tests
 
 
 def _no_match_message(cfg: NetworkConfig, available: list[str]) -> str:

@@ -117,3 +117,17 @@ def test_docs_embed_the_refusal_registry_as_generated():
     from cadence.config.unsupported import registry_markdown
 
     assert registry_markdown() in (ROOT / "docs" / "config.md").read_text()
+
+
+def test_cli_validate_checks_samples_like_train(tmp_path, make_flat, make_seed):
+    (tmp_path / "clips").mkdir()
+    data = make_flat(
+        datasets=[{"folder_path": "clips"}],
+        model={"name_or_path": "Wan-AI/Wan2.2-TI2V-5B-Diffusers", "arch": "wan22_5b"},
+        train={"disable_sampling": False},
+        sample={"width": 50, "prompts": ["a cat"]},
+    )
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(make_seed(data)))
+    result = run_validate(path)
+    assert result.returncode == 2 and "config.process[0].sample.width: got 50" in result.stderr

@@ -12,7 +12,7 @@ from PIL import Image
 
 from cadence.config.loader import load_config
 from cadence.models.registry import load_model_adapter
-from cadence.networks.formats import save_lora_file
+from cadence.networks.formats import LoraTensors, save_lora_file
 from cadence.sampling import TrainingSampler
 from cadence.sampling.command import add_sample_arguments, sample_command
 
@@ -187,3 +187,22 @@ def test_cli_single_expert_lora(tiny_5b, tmp_path, capsys):
     )
     assert sample_command(_parse([str(config), "--lora-high", files["main"]])) == 2
     assert "pass --lora FILE" in capsys.readouterr().err
+
+
+def test_cli_checks_lora_files_before_loading_the_model(tiny_i2v, ctrl_png, tmp_path, capsys, monkeypatch):
+    """A missing file, or a low-noise file given as --lora-high, is refused before any model loading."""
+    import cadence.models.registry as registry
+
+    def no_loading(*_args, **_kwargs):
+        raise AssertionError("the model was loaded before the LoRA files were checked")
+
+    monkeypatch.setattr(registry, "load_model_adapter", no_loading)
+    path = tmp_path / "job_000000007_low_noise.safetensors"
+    g = torch.Generator().manual_seed(0)
+    tensors = {"blocks.0.attn1.to_q": LoraTensors(torch.randn(2, 32, generator=g), torch.zeros(32, 2), 2.0)}
+    save_lora_file(path, tensors, {"step": "7", "expert": "low_noise"}, "comfyui", torch.float32)
+    base = [str(tiny_i2v), "--prompt", "p", "--image", str(ctrl_png)]
+    assert sample_command(_parse([*base, "--lora-high", str(path)])) == 2
+    assert "was trained for the low_noise expert; pass it with --lora-low" in capsys.readouterr().err
+    assert sample_command(_parse([*base, "--lora-low", str(tmp_path / "nope.safetensors")])) == 2
+    assert "LoRA file not found" in capsys.readouterr().err

@@ -141,10 +141,23 @@ def test_metrics_reader_and_interval_stats(tmp_path: Path) -> None:
 
 
 def test_missing_run_folder_is_a_clear_error(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    assert main(["analyze", str(tmp_path / "nope")]) == 1
+    assert main(["analyze", str(tmp_path / "nope")]) == 2
     assert "does not exist" in caplog.text
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(FileNotFoundError, match="no LoRA checkpoints named empty_"):
         load_run(empty)
     assert main(["analyze", str(make_run(tmp_path)), "--preset", "bogus"]) == 2
+
+
+def test_truncated_checkpoint_is_left_out_with_a_note(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    run_dir = make_run(tmp_path)
+    broken = run_dir / "myrun_000000100_low_noise.safetensors"
+    broken.write_bytes(broken.read_bytes()[:300])  # an interrupted copy
+    report = analyze_run(run_dir, preset="motion")
+    assert [p.step for p in report.series.points] == [50, 100, 150]
+    assert any("left out (unreadable)" in n and "myrun_000000100_low_noise" in n for n in report.notes)
+    assert "may be truncated" in caplog.text
+    assert main(["analyze", str(broken)]) == 2 and "is a file, not a run folder" in caplog.text

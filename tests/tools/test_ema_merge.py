@@ -166,3 +166,8 @@ def test_command_reports_errors(tmp_path, capsys) -> None:
     assert ema_merge_command(args) == 2
     assert "refusing to mix experts" in capsys.readouterr().err
     assert not (tmp_path / "o.safetensors").exists()
+    second, _ = _write(tmp_path, 300, "high_noise")
+    before = second.read_bytes()
+    args.files, args.output = [str(high), str(second)], str(second)
+    assert ema_merge_command(args) == 2
+    assert "is one of the input files" in capsys.readouterr().err and second.read_bytes() == before

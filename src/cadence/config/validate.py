@@ -60,12 +60,21 @@ def _model_issues(cfg: JobConfig, prefix: str) -> list[tuple[str, str]]:
     return []
 
 
+def _prefixed(path: str, prefix: str) -> str:
+    return f"{prefix}.{path}" if prefix else path
+
+
 def check_config_file(path: str | Path) -> JobConfig:
     """Load a config file and check the filesystem; raises ConfigError listing every problem."""
     path = Path(path)
     data = read_config_file(path)
     cfg = load_config_dict(data, path)
     issues = filesystem_issues(cfg, process_prefix(data))
+    from cadence.sampling.validation import (
+        validate_samples,
+    )  # sample sizes, control images, sage on this host
+
+    issues += [(_prefixed(path, process_prefix(data)), message) for path, message in validate_samples(cfg)]
     if issues:
         raise ConfigError(issues, path)
     return cfg

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
 from cadence.atomic import atomic_write_with
@@ -240,8 +240,13 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"LoRA file not found: {path}")
-    with safe_open(str(path), framework="pt", device="cpu") as handle:
-        return {k: handle.get_tensor(k) for k in handle.keys()}, dict(handle.metadata() or {})
+    try:
+        with safe_open(str(path), framework="pt", device="cpu") as handle:
+            return {k: handle.get_tensor(k) for k in handle.keys()}, dict(handle.metadata() or {})
+    except (SafetensorError, OSError) as exc:
+        raise ValueError(
+            f"{path}: not a readable safetensors file ({exc}); it may be truncated: copy or download it again"
+        ) from exc
 
 
 def parse_lora_tensors(tensors: dict[str, torch.Tensor], meta: dict[str, str], path: Path) -> LoraFile:

@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from cadence.config.errors import ConfigError
 from cadence.config.schema import JobConfig, ModelConfig, SampleConfig, SamplePrompt, TrainConfig
+from cadence.networks.formats import LoraFile, load_lora_file
 
 log = logging.getLogger(__name__)
 
@@ -132,6 +133,29 @@ def _lora_plan(args: argparse.Namespace, experts: list[str]) -> dict[str, Path]:
     return {e: Path(f) for e, f in plan.items() if f}
 
 
+FLAGS = {"high_noise": "--lora-high", "low_noise": "--lora-low", "main": "--lora"}
+
+
+def _read_lora_files(loras: dict[str, Path], arch: str) -> dict[str, LoraFile]:
+    """Every planned file, read and checked against the expert it is given to (Cadence files record theirs)."""
+    files, issues = {}, []
+    for expert, path in loras.items():
+        lora = files[expert] = load_lora_file(path)
+        trained_for = lora.metadata.get("expert")
+        if trained_for in FLAGS and trained_for != expert:
+            issues.append(
+                (
+                    FLAGS[expert],
+                    f"{path} was trained for the {trained_for} expert; pass it with {FLAGS[trained_for]}",
+                )
+            )
+        if lora.metadata.get("arch") not in (None, arch):
+            log.warning("%s was trained on %s, sampling it on %s", path, lora.metadata["arch"], arch)
+    if issues:
+        raise ConfigError(issues)
+    return files
+
+
 def generate_from_files(
     cfg: JobConfig, loras: dict[str, Path], out_dir: Path, multiplier: float | None = None
 ) -> list[Path]:
@@ -143,6 +167,7 @@ def generate_from_files(
     from cadence.sampling.training import run_specs
     from cadence.train.precision import resolve_device, resolve_dtype
 
+    files = _read_lora_files(loras, cfg.model.arch)  # before minutes of model loading: fail fast
     adapter = load_model_adapter(cfg.model, resolve_device(cfg.device), resolve_dtype(cfg.train.dtype))
     experts = [spec.name for spec in adapter.experts]
     unknown = sorted(set(loras) - set(experts))
@@ -150,7 +175,7 @@ def generate_from_files(
         raise ConfigError([("--lora", f"the model has experts {experts}, not {unknown}")])
     networks, steps = {}, []
     for expert, path in loras.items():
-        networks[expert], lora = attach_lora_file(adapter.transformer(expert), path, expert)
+        networks[expert], lora = attach_lora_file(adapter.transformer(expert), path, expert, files[expert])
         steps.append(lora_step(lora))
     specs = resolve_samples(cfg, adapter.native_fps)
     if multiplier is not None:

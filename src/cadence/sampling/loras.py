@@ -42,10 +42,13 @@ def network_config_for(lora: LoraFile, path: Path) -> NetworkConfig:
     )
 
 
-def attach_lora_file(transformer: nn.Module, path: str | Path, expert: str) -> tuple[LoRANetwork, LoraFile]:
-    """Load `path` into a new network on `transformer` (hooks applied); alphas come from the file."""
+def attach_lora_file(
+    transformer: nn.Module, path: str | Path, expert: str, lora: LoraFile | None = None
+) -> tuple[LoRANetwork, LoraFile]:
+    """Load `path` (or its already read `lora`) into a new network on `transformer` (hooks applied); alphas
+    come from the file."""
     path = Path(path)
-    lora = load_lora_file(path)
+    lora = lora if lora is not None else load_lora_file(path)
     network = LoRANetwork(transformer, network_config_for(lora, path), name=expert)
     network.load_lora_tensors(lora.modules)
     network.eval()

@@ -111,16 +111,23 @@ def _validate_health(raw: dict[str, Any], run: RunData) -> HealthConfig:
         ) from exc
 
 
-def measure(run: RunData) -> dict[int, dict[str, MagnitudeSummary]]:
-    """Mean |ΔW| summaries of every checkpoint file, one file at a time (bounded memory)."""
+def measure(run: RunData, skipped: list[str] | None = None) -> dict[int, dict[str, MagnitudeSummary]]:
+    """Mean |ΔW| summaries of every checkpoint file, one file at a time (bounded memory). An unreadable file
+    (truncated copy, foreign file) is left out with a warning, appended to `skipped`; none readable is an
+    error."""
     out: dict[int, dict[str, MagnitudeSummary]] = {}
     for expert in run.experts:
         for step, path in run.checkpoints[expert].items():
             try:
                 summary = summarize(load_lora_file(path).modules)
             except ValueError as exc:
-                raise ValueError(f"{path}: {exc}") from exc
+                log.warning("skipping %s", exc)
+                if skipped is not None:
+                    skipped.append(str(exc))
+                continue
             out.setdefault(step, {})[expert] = summary
+    if not out:
+        raise ValueError(f"no readable LoRA checkpoint in {run.run_dir}")
     return out
 
 
@@ -130,7 +137,8 @@ def analyze_run(
     """Measure, check and recommend. preset None = take train.health.preset from config.yaml (or none)."""
     run = load_run(run_dir)
     cfg = health_config(run, preset, overrides)
-    series = build_series(measure(run), run.metrics)
+    skipped: list[str] = []
+    series = build_series(measure(run, skipped), run.metrics)
     warnings = evaluate(series, cfg)
     notes = []
     if cfg.preset is None and {"high_noise", "low_noise"} <= set(run.experts):
@@ -138,6 +146,7 @@ def analyze_run(
             "no preset: the expert-balance rules are off; pass --preset motion or --preset character "
             "(their advice is opposite) or set train.health.preset"
         )
+    notes += [f"left out (unreadable): {problem}" for problem in skipped]
     if not run.metrics:
         notes.append(f"no metrics_{run.name}.jsonl rows: LR, loss and stability columns are empty")
     files = {
@@ -246,7 +255,7 @@ def analyze_command(args: argparse.Namespace) -> int:
         report = analyze_run(args.run_dir, preset=preset)
     except (FileNotFoundError, ValueError) as exc:
         log.error("%s", exc)
-        return 1
+        return 2
     paths = write_outputs(report)
     if getattr(args, "json", False):
         sys.stdout.write(json.dumps(report.to_dict(), indent=2, allow_nan=False) + "\n")

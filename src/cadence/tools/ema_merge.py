@@ -186,6 +186,10 @@ def _schedule_metadata(
 def ema_merge_command(args: argparse.Namespace) -> int:
     """CLI entry: merge args.files into args.output (atomic); returns 0, or 2 with a message on bad input."""
     try:
+        if any(Path(f).resolve() == Path(args.output).resolve() for f in args.files):
+            raise ValueError(
+                f"--output {args.output} is one of the input files; write the merge to a new file"
+            )
         ckpts_in = [read_checkpoint(p) for p in args.files]
         modules, ckpts, betas = ema_merge(
             ckpts_in, beta=args.beta, beta2=args.beta2, sigma_rel=args.sigma_rel

@@ -97,6 +97,10 @@ def read_config(run_dir: Path) -> dict[str, Any] | None:
 def load_run(run_dir: Path | str) -> RunData:
     """Read a run folder. Raises FileNotFoundError when it is not a folder or holds no LoRA checkpoints."""
     run_dir = Path(run_dir)
+    if run_dir.is_file():
+        raise FileNotFoundError(
+            f"{run_dir} is a file, not a run folder; pass the folder training_folder/name"
+        )
     if not run_dir.is_dir():
         raise FileNotFoundError(f"run folder {run_dir} does not exist; pass the folder training_folder/name")
     config = read_config(run_dir)

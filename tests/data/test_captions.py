@@ -35,3 +35,22 @@ def test_caption_dropout_rate_and_determinism():
     ]
     assert all(apply_caption_dropout("t", 0.0, rng) == "t" for _ in range(100))
     assert all(apply_caption_dropout("t", 1.0, rng) == "" for _ in range(100))
+
+
+def test_caption_encodings_of_real_editors(tmp_path):
+    """UTF-8 with a BOM, UTF-16 (Notepad's "Unicode") and Latin-1 files all give the caption's text."""
+    files = {
+        "bom.txt": "\ufeffcafé scene".encode("utf-8"),
+        "utf16.txt": "café scene".encode("utf-16"),  # with its BOM
+        "latin1.txt": "café scene".encode("latin-1"),
+    }
+    for name, raw in files.items():
+        (tmp_path / name).write_bytes(raw)
+    stats = CaptionStats()
+    texts = [
+        read_caption(tmp_path / name.replace(".txt", ".mp4"), "txt", None, None, stats) for name in files
+    ]
+    assert texts == ["café scene"] * 3
+    assert stats.missing == 0 and stats.legacy_encoding == [str(tmp_path / "latin1.txt")]
+    lines = caption_warnings(stats, tmp_path, "txt", None, total=3)
+    assert len(lines) == 1 and "Windows-1252" in lines[0] and "latin1.txt" in lines[0]

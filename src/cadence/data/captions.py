@@ -18,7 +18,8 @@ class CaptionStats:
     """What happened while reading one dataset's captions; turned into one warning line each."""
 
     missing: int = 0
-    unreadable: list[str] | None = None
+    unreadable: list[str] | None = None  # read errors: the default caption is used
+    legacy_encoding: list[str] | None = None  # not UTF-8/UTF-16: read as Windows-1252
     untriggered: int = 0  # captions with [trigger] while trigger_word is None (the token is removed)
 
 
@@ -40,19 +41,30 @@ def apply_trigger(text: str, trigger_word: str | None) -> str:
     return out.strip()
 
 
+def decode_caption(raw: bytes, path: Path, stats: CaptionStats) -> str:
+    """Caption text from its bytes: UTF-8 (a byte-order mark dropped), UTF-16 with a BOM (Windows Notepad's
+    "Unicode"), else Windows-1252/Latin-1, counted so the folder's summary names such files."""
+    if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return raw.decode("utf-16")
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        stats.legacy_encoding = (stats.legacy_encoding or []) + [str(path)]
+        return raw.decode("cp1252", errors="replace")
+
+
 def read_caption(
     media: Path, caption_ext: str, default_caption: str | None, trigger_word: str | None, stats: CaptionStats
 ) -> str:
     """The caption for `media`: its same-stem file (stripped) or the default caption (or "")."""
     path = caption_path(media, caption_ext)
     try:
-        text = path.read_text(encoding="utf-8").strip()
+        text = decode_caption(path.read_bytes(), path, stats).strip()
     except FileNotFoundError:
         stats.missing += 1
         text = default_caption or ""
-    except (OSError, UnicodeDecodeError) as exc:
+    except OSError as exc:
         stats.unreadable = (stats.unreadable or []) + [f"{path} ({exc.__class__.__name__})"]
-        stats.missing += 1
         text = default_caption or ""
     if trigger_word is None and TRIGGER_TOKEN in text:
         stats.untriggered += 1
@@ -71,7 +83,15 @@ def caption_warnings(
             f"Add same-stem .{caption_ext} files (clip.mp4 -> clip.{caption_ext}) or set default_caption."
         )
     if stats.unreadable:
-        lines.append(f"unreadable caption files (not UTF-8 text?): {', '.join(stats.unreadable[:5])}")
+        lines.append(
+            f"{len(stats.unreadable)} caption files could not be read (the default caption is used): "
+            f"{', '.join(stats.unreadable[:5])}"
+        )
+    if stats.legacy_encoding:
+        lines.append(
+            f"{len(stats.legacy_encoding)} caption files are not UTF-8 and were read as Windows-1252 (Latin-1); "
+            f"re-save them as UTF-8 if accented letters look wrong: {', '.join(stats.legacy_encoding[:5])}"
+        )
     if stats.untriggered:
         lines.append(
             f"{stats.untriggered} captions in {folder} contain [trigger] but trigger_word is not set; "

@@ -23,6 +23,10 @@ def _open(path: Path) -> Image.Image:
         raise MediaError(path, "cannot be read (permission denied)", "fix its permissions") from exc
     except (UnidentifiedImageError, OSError) as exc:
         raise MediaError(path, f"is not a readable image ({exc.__class__.__name__})", _ADVICE) from exc
+    except Image.DecompressionBombError as exc:  # a header claiming an absurd size: skip it, keep indexing
+        raise MediaError(
+            path, f"claims an implausible size ({exc})", "resize it below 178 megapixels"
+        ) from exc
 
 
 def probe_image(path: Path) -> tuple[int, int]:
@@ -40,11 +44,21 @@ def probe_image(path: Path) -> tuple[int, int]:
     return width, height
 
 
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """RGB in 8 bits. PIL's convert("RGB") clips 16/32-bit integer images ("I;16", "I") at 255 instead of
+    scaling them, which turns a 16-bit grayscale PNG nearly white: scale those to 8 bits first."""
+    if img.mode in ("I;16", "I;16B", "I;16L", "I"):
+        values = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode.startswith("I;16") or values.max() > 255 else 255.0
+        img = Image.fromarray(np.clip(np.rint(values * 255.0 / top), 0, 255).astype(np.uint8), mode="L")
+    return img.convert("RGB")
+
+
 def load_image(path: Path, width: int, height: int) -> np.ndarray:
     """uint8 [height, width, 3]: EXIF-rotated, RGB, cover-resized and center-cropped to the bucket."""
     try:
         with _open(path) as img:
-            img = ImageOps.exif_transpose(img).convert("RGB")
+            img = _to_rgb(ImageOps.exif_transpose(img))
             fitted = ImageOps.fit(img, (width, height), method=Image.Resampling.LANCZOS, centering=(0.5, 0.5))
             return np.array(fitted, dtype=np.uint8)
     except MediaError:

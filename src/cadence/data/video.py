@@ -55,19 +55,39 @@ def probe_video(path: Path) -> VideoInfo:
         stream = container.streams.video[0]
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         fps = float(rate) if rate else 0.0
-        if stream.duration is not None and stream.time_base is not None:
-            duration = float(stream.duration * stream.time_base)
-        elif container.duration is not None:
-            duration = container.duration / av.time_base
-        else:
-            duration = 0.0
-        frames = int(stream.frames or 0) or (round(duration * fps) if fps > 0 else 0)
         width, height = stream.codec_context.width, stream.codec_context.height
+        if stream.frames:
+            frames = int(stream.frames)
+            duration = (
+                float(stream.duration * stream.time_base) if stream.duration and stream.time_base else 0.0
+            )
+        elif stream.duration is not None and stream.time_base is not None:
+            duration = float(stream.duration * stream.time_base)
+            frames = round(duration * fps) if fps > 0 else 0
+        else:
+            # Matroska/WebM store no per-stream count or duration, and the container's duration covers the
+            # longest stream (often the audio): count the video packets instead (demuxed, not decoded)
+            frames, duration = _count_packets(container, stream)
     if fps <= 0 or frames <= 0 or width <= 0 or height <= 0:
         raise MediaError(
             path, f"has no usable frames (size {width}x{height}, {frames} frames, {fps:g} fps)", _REENCODE
         )
     return VideoInfo(width, height, frames, fps, duration or frames / fps)
+
+
+def _count_packets(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream
+) -> tuple[int, float]:
+    """(frames, seconds) of a video stream from its packets: one packet per frame for video codecs."""
+    frames, end = 0, 0.0
+    for packet in container.demux(stream):
+        if packet.size == 0:  # the demuxer's flush packet
+            continue
+        frames += 1
+        if packet.pts is not None and packet.time_base is not None:
+            end = max(end, float((packet.pts + (packet.duration or 0)) * packet.time_base))
+    start = float(stream.start_time * stream.time_base) if stream.start_time and stream.time_base else 0.0
+    return frames, max(end - start, 0.0)
 
 
 def decode_video_frames(

@@ -1,0 +1,52 @@
+"""Video probing and decoding on real encoded files with container quirks (PyAV writes them here)."""
+
+from __future__ import annotations
+
+import fractions
+from pathlib import Path
+
+import av
+import numpy as np
+import pytest
+
+from cadence.data.frames import plan_frames
+from cadence.data.synthetic import render_frame
+from cadence.data.video import decode_video_frames, probe_video
+
+
+def _write(path: Path, frames: int, audio_seconds: float = 0.0, size=(96, 64)) -> Path:
+    codec = "libvpx-vp9" if path.suffix == ".webm" else "libx264"
+    with av.open(str(path), "w") as container:
+        video = container.add_stream(codec, rate=16)
+        video.width, video.height, video.pix_fmt = *size, "yuv420p"
+        audio = (
+            container.add_stream("libopus" if path.suffix == ".webm" else "aac", rate=48000)
+            if audio_seconds
+            else None
+        )
+        for t in range(frames):
+            for packet in video.encode(av.VideoFrame.from_ndarray(render_frame(t, *size, 1), format="rgb24")):
+                container.mux(packet)
+        for packet in video.encode():
+            container.mux(packet)
+        if audio is not None:
+            for start in range(0, int(48000 * audio_seconds), 960):
+                chunk = av.AudioFrame.from_ndarray(
+                    np.zeros((1, 960), dtype=np.float32), format="fltp", layout="mono"
+                )
+                chunk.sample_rate, chunk.pts, chunk.time_base = 48000, start, fractions.Fraction(1, 48000)
+                for packet in audio.encode(chunk):
+                    container.mux(packet)
+            for packet in audio.encode():
+                container.mux(packet)
+    return path
+
+
+@pytest.mark.parametrize("suffix", [".mkv", ".webm"])
+def test_matroska_with_longer_audio_counts_video_frames(tmp_path, suffix):
+    """The container duration covers the 3.5 s of audio; the video has 33 frames (2.06 s)."""
+    path = _write(tmp_path / f"clip{suffix}", 33, audio_seconds=3.5)
+    info = probe_video(path)
+    assert info.num_frames == 33 and info.duration == pytest.approx(33 / 16, abs=0.07)
+    plan = plan_frames(info.num_frames, info.fps, 17, shrink=True, target_fps=16, seed=0, key="a")
+    assert decode_video_frames(path, plan.indices, 64, 48, info.fps).shape == (17, 48, 64, 3)

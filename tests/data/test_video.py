@@ -50,3 +50,29 @@ def test_matroska_with_longer_audio_counts_video_frames(tmp_path, suffix):
     assert info.num_frames == 33 and info.duration == pytest.approx(33 / 16, abs=0.07)
     plan = plan_frames(info.num_frames, info.fps, 17, shrink=True, target_fps=16, seed=0, key="a")
     assert decode_video_frames(path, plan.indices, 64, 48, info.fps).shape == (17, 48, 64, 3)
+
+
+@pytest.mark.parametrize("degrees", [90, -90, 180])
+def test_display_rotation_is_applied(tmp_path, degrees):
+    """A phone clip: frames stored turned, with a display matrix that turns them back. Cadence sees the clip
+    as shown (portrait size, upright pixels)."""
+    upright = [render_frame(t, 48, 64, 2) for t in range(9)]  # [64, 48, 3]: portrait
+    turns = degrees // 90
+    path = tmp_path / f"rot{degrees}.mp4"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=16, options={"crf": "12"})
+        stored = [np.ascontiguousarray(np.rot90(f, k=-turns)) for f in upright]
+        stream.height, stream.width = stored[0].shape[:2]
+        stream.pix_fmt = "yuv420p"
+        stream.set_display_rotation(degrees)
+        for frame in stored:
+            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    info = probe_video(path)
+    assert (info.width, info.height, info.rotation) == (48, 64, degrees % 360)
+    frames = decode_video_frames(path, tuple(range(9)), 48, 64, info.fps)
+    error = np.abs(frames.astype(float) - np.stack(upright).astype(float)).mean()
+    flipped = np.abs(frames.astype(float) - np.stack(upright)[:, ::-1, ::-1].astype(float)).mean()
+    assert error < 6 < flipped, (error, flipped)

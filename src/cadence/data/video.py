@@ -34,6 +34,9 @@ class VideoInfo:
     num_frames: int
     fps: float
     duration: float  # seconds
+    rotation: int = (
+        0  # degrees counterclockwise the display matrix turns the stored frames (width/height: shown)
+    )
 
 
 def _open(path: Path) -> av.container.InputContainer:
@@ -56,6 +59,9 @@ def probe_video(path: Path) -> VideoInfo:
         rate = stream.average_rate or stream.guessed_rate or stream.base_rate
         fps = float(rate) if rate else 0.0
         width, height = stream.codec_context.width, stream.codec_context.height
+        rotation = _display_rotation(container, stream)
+        if rotation % 180:  # phone clips: stored landscape, shown portrait (or the reverse)
+            width, height = height, width
         if stream.frames:
             frames = int(stream.frames)
             duration = (
@@ -72,7 +78,22 @@ def probe_video(path: Path) -> VideoInfo:
         raise MediaError(
             path, f"has no usable frames (size {width}x{height}, {frames} frames, {fps:g} fps)", _REENCODE
         )
-    return VideoInfo(width, height, frames, fps, duration or frames / fps)
+    return VideoInfo(width, height, frames, fps, duration or frames / fps, rotation)
+
+
+def _display_rotation(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> int:
+    """The display matrix's rotation (0, 90, 180 or 270, counterclockwise), read from the first decoded frame
+    (PyAV exposes it on frames only); the container is rewound afterwards."""
+    try:
+        frame = next(container.decode(stream), None)
+        container.seek(0, stream=stream, backward=True)
+    except av.FFmpegError:
+        return 0  # decoding fails again later with a clear, skippable error
+    return 0 if frame is None else _quarter_turns(frame) * 90
+
+
+def _quarter_turns(frame: av.VideoFrame) -> int:
+    return round((frame.rotation or 0) / 90) % 4
 
 
 def _count_packets(
@@ -159,9 +180,14 @@ class _BucketConverter:
         self.to_rgb = VideoReformatter()
 
     def __call__(self, frame: av.VideoFrame) -> np.ndarray:
-        cw, ch = cover_size(frame.width, frame.height, self.width, self.height)
-        if (cw, ch) != (frame.width, frame.height):
-            frame = self.scaler.reformat(frame, width=cw, height=ch, interpolation="AREA")
+        turns = _quarter_turns(frame)  # the display matrix: scale the stored frame, then turn it upright
+        shown = (frame.height, frame.width) if turns % 2 else (frame.width, frame.height)
+        cw, ch = cover_size(*shown, self.width, self.height)
+        stored = (ch, cw) if turns % 2 else (cw, ch)
+        if stored != (frame.width, frame.height):
+            frame = self.scaler.reformat(frame, width=stored[0], height=stored[1], interpolation="AREA")
         rgb = self.to_rgb.reformat(frame, format="rgb24").to_ndarray()
+        if turns:
+            rgb = np.rot90(rgb, k=turns)
         left, top, right, bottom = center_crop_box(cw, ch, self.width, self.height)
         return rgb[top:bottom, left:right]

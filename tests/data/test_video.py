@@ -76,3 +76,47 @@ def test_display_rotation_is_applied(tmp_path, degrees):
     error = np.abs(frames.astype(float) - np.stack(upright).astype(float)).mean()
     flipped = np.abs(frames.astype(float) - np.stack(upright)[:, ::-1, ::-1].astype(float)).mean()
     assert error < 6 < flipped, (error, flipped)
+
+
+def _write_vfr(path: Path, ticks: list[int]) -> list[float]:
+    """A clip whose frame k is shown after sum(ticks[:k]) / 90000 s; returns those times. Frame k carries its
+    number in a corner patch (4 * k, read back from the decoded pixels)."""
+    times, pts = [], 0
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=30, options={"crf": "10"})
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        stream.codec_context.time_base = fractions.Fraction(1, 90000)
+        for k, tick in enumerate(ticks):
+            pixels = render_frame(k, 96, 64, 1)
+            pixels[:16, :16] = 4 * k
+            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+            frame.pts, frame.time_base = pts, fractions.Fraction(1, 90000)
+            times.append(pts / 90000)
+            pts += tick
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return times
+
+
+@pytest.mark.parametrize("kind", ["stall", "jitter"])
+def test_variable_frame_rate_takes_the_frame_shown_at_each_time(tmp_path, kind):
+    if kind == "stall":  # a 100 ms hiccup in the middle of a 30 fps clip
+        ticks = [3000] * 61
+        ticks[30] = 9000
+    else:  # phone-like timestamps: 30 fps +/- 25 %
+        ticks = [int(3000 * (1 + d)) for d in np.random.default_rng(0).uniform(-0.25, 0.25, 61)]
+    path = tmp_path / f"{kind}.mp4"
+    times = _write_vfr(path, ticks)
+    info = probe_video(path)
+    for seed in range(3):
+        plan = plan_frames(info.num_frames, info.fps, 17, shrink=False, target_fps=16, seed=seed, key=kind)
+        frames = decode_video_frames(path, plan.indices, 96, 64, info.fps)
+        got = [round(float(f[2:14, 2:14, 0].mean()) / 4) for f in frames]
+        start = times[0]
+        nearest = [
+            min(range(len(times)), key=lambda k, t=i / info.fps: abs(times[k] - start - t))
+            for i in plan.indices
+        ]
+        assert got == nearest, (seed, plan.indices)

@@ -115,55 +115,67 @@ def decode_video_frames(
     path: Path, indices: tuple[int, ...], width: int, height: int, fps: float
 ) -> np.ndarray:
     """Decode frames `indices` (ascending source indices), cover-resized and center-cropped to
-    width x height; returns uint8 [F, height, width, 3] RGB."""
+    width x height; returns uint8 [F, height, width, 3] RGB.
+
+    Index i means the frame shown at time i / fps (the stream's average rate): each is the decoded frame whose
+    timestamp is nearest to it. On a constant-rate stream that is frame i exactly; on a variable-rate one
+    (phone clips, screen recordings) a stall or jitter no longer shifts or drops frames.
+    """
     out = np.empty((len(indices), height, width, 3), dtype=np.uint8)
-    wanted: dict[int, list[int]] = {}
+    slots: dict[int, list[int]] = {}
     for slot, index in enumerate(indices):
-        wanted.setdefault(index, []).append(slot)
-    last_index = max(indices)
-    filled = 0
-    last_slot = -1
+        slots.setdefault(index, []).append(slot)
+    targets = sorted(slots)  # source indices, each shown at index / fps
     convert = _BucketConverter(width, height)
+    done = 0
+    last: tuple[float, av.VideoFrame] | None = None  # the latest decoded frame, kept until a later one passes
+
+    def take(index: int, frame: av.VideoFrame, cache: dict[int, np.ndarray]) -> None:
+        pixels = cache.get(id(frame))
+        if pixels is None:
+            pixels = cache[id(frame)] = convert(frame)
+        for slot in slots[index]:
+            out[slot] = pixels
+
     try:
         with _open(path) as container:
             stream = container.streams.video[0]
             stream.thread_type = "AUTO"
             tb = stream.time_base
             start = stream.start_time or 0
-            first = min(indices)
-            if first > 0:
-                # half a frame early so rounding never puts us past the wanted frame
-                container.seek(start + int((first - 0.5) / fps / tb), stream=stream, backward=True)
+            if targets[0] > 0:
+                # half a frame early, then back to the keyframe before: the nearest frame is never skipped
+                container.seek(start + int((targets[0] - 0.5) / fps / tb), stream=stream, backward=True)
             counter = -1
             for frame in container.decode(stream):
                 counter += 1
-                index = round(float((frame.pts - start) * tb) * fps) if frame.pts is not None else counter
-                if index > last_index:
+                seconds = float((frame.pts - start) * tb) if frame.pts is not None else counter / fps
+                cache: dict[int, np.ndarray] = {}
+                while done < len(targets) and seconds >= targets[done] / fps:
+                    target = targets[done] / fps
+                    nearer_last = last is not None and target - last[0] < seconds - target
+                    take(targets[done], last[1] if nearer_last else frame, cache)
+                    done += 1
+                if done == len(targets):
                     break
-                slots = wanted.pop(index, None)
-                if slots is None:
-                    continue
-                pixels = convert(frame)
-                for slot in slots:
-                    out[slot] = pixels
-                    filled += 1
-                    last_slot = max(last_slot, slot)
-                if not wanted:
-                    break
+                last = (seconds, frame)
+            if done < len(targets):
+                _fill_tail(path, targets[done:], last, fps, lambda index, frame: take(index, frame, {}))
     except av.FFmpegError as exc:
         raise MediaError(path, f"failed to decode ({exc.__class__.__name__}: {exc})", _REENCODE) from exc
-    if wanted:
-        missing = sorted(wanted)
-        tail = all(idx > max((i for i in indices if i not in wanted), default=-1) for idx in missing)
-        if filled == 0 or not tail or len(missing) > MAX_MISSING_TAIL:
-            raise MediaError(
-                path, f"ended before frames {missing[:5]} (metadata promised more frames)", _REENCODE
-            )
-        log.debug("%s: %d trailing frames missing, repeating the last one", path, len(missing))
-        for index in missing:
-            for slot in wanted[index]:
-                out[slot] = out[last_slot]
     return out
+
+
+def _fill_tail(path: Path, missing: list[int], last, fps: float, take) -> None:
+    """Frames wanted after the stream's last one: a container that promised one or two frames more gets
+    the last frame repeated; more than that is a broken file."""
+    if last is None or missing[-1] / fps - last[0] > (MAX_MISSING_TAIL + 0.5) / fps:
+        raise MediaError(
+            path, f"ended before frames {missing[:5]} (metadata promised more frames)", _REENCODE
+        )
+    log.debug("%s: %d trailing frames missing, repeating the last one", path, len(missing))
+    for index in missing:
+        take(index, last[1])
 
 
 class _BucketConverter:

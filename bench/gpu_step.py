@@ -14,7 +14,9 @@ SDPA, Cadence's LoRA rank 16 on every block Linear): `cudnn` / `flash` attention
 (gradient_checkpointing_offload), `keepattn` (gradient_checkpointing_keep_attention; --keep-blocks K keeps
 it in the first K blocks only), `fp8` / `uint4` /
 `int8` base weights, `swap` (blocks_to_swap, --swap N), `compile` (regional, inductor), `peft` (the same
-LoRA through PEFT instead of Cadence's hooks: the reference implementation most trainers use).
+LoRA through PEFT instead of Cadence's hooks: the reference implementation most trainers use), `nolora` (no
+adapter at all, the input requires grad: the frozen base's forward + input-gradient backward, so the LoRA's
+own cost is the difference to the same option with it).
 
 Step FLOPs follow docs/performance.md: F_linear = blocks*(L*(12d^2 + 4*d*ffn) + 4*T*d^2),
 F_attn = blocks*(4*L^2*d + 4*L*T*d); a frozen-base LoRA step = 2*F_linear + 3.5*F_attn ("MFU"), plus one
@@ -77,7 +79,7 @@ FULL = {
 }
 SMALL = {"heads": 2, "head_dim": 12, "ffn": 48, "layers": 4, "text_dim": 32, "freq_dim": 32, "text_len": 16}
 QTYPES = ("fp8", "uint4", "int8")
-FEATURES = ("cudnn", "flash", "nockpt", "offload", "keepattn", *QTYPES, "swap", "compile", "peft")
+FEATURES = ("cudnn", "flash", "nockpt", "offload", "keepattn", *QTYPES, "swap", "compile", "peft", "nolora")
 DEFAULT_OPTIONS = ("baseline", "cudnn", "flash", "nockpt", "fp8", "fp8+swap", "compile", "peft")
 
 
@@ -186,7 +188,9 @@ def prepare(option: str, dims: dict, device: torch.device, dtype: torch.dtype, s
     for qtype in feats & set(QTYPES):
         quantize_linears(model, wan_memory.quantizable_linears(model), qtype)
     net = LoRANetwork(model, NetworkConfig(linear=16, linear_alpha=16), name="bench", seed=0)
-    if "peft" in feats:
+    if "nolora" in feats:  # the frozen base alone: backward still runs through every block (input gradient)
+        params = []
+    elif "peft" in feats:
         params = attach_peft(model, [n.removeprefix("transformer.") for n in net.modules_by_name])
         params = [p.to(device) for p in params]
     else:
@@ -234,8 +238,8 @@ def run_option(
         return result
     if device.type == "cuda":
         result.weights_gib = torch.cuda.memory_allocated(device) / 2**30
-    opt = torch.optim.AdamW(params, lr=1e-5)
-    hidden = torch.randn(1, 36, *lat, device=device, dtype=dtype)
+    opt = torch.optim.AdamW(params, lr=1e-5) if params else None
+    hidden = torch.randn(1, 36, *lat, device=device, dtype=dtype, requires_grad="nolora" in feats)
     text = torch.randn(1, dims["text_len"], dims["text_dim"], device=device, dtype=dtype)
     target = torch.randn(1, 16, *lat, device=device)
     if device.type == "cuda":
@@ -253,8 +257,9 @@ def run_option(
                 return_dict=False,
             )[0]
             torch.nn.functional.mse_loss(out.float(), target).backward()
-            opt.step()
-            opt.zero_grad(set_to_none=True)
+            if opt is not None:
+                opt.step()
+                opt.zero_grad(set_to_none=True)
             if device.type == "cuda":
                 torch.cuda.synchronize(device)
             if i >= warmup:

@@ -50,6 +50,7 @@ def test_bench_runs_small_and_writes_section(tmp_path):
                 "fp8+swap",
                 "flash",
                 "keepattn",
+                "nolora",
                 "--keep-blocks",
                 "3",
                 "--out",
@@ -68,6 +69,8 @@ def test_bench_runs_small_and_writes_section(tmp_path):
     assert len(rows) == 2 and all("| 5 | 32 |" in r and "| — |" in r for r in rows)
     assert all(r.split("|")[4].strip() != "—" for r in rows)  # a step time was measured
     assert "| keepattn |" in text and "keep_attention 3 |" in text  # 3 of the 4 small blocks
+    nolora = next(line for line in text.splitlines() if line.startswith("| nolora"))
+    assert nolora.split("|")[4].strip() != "—"  # the bare frozen base ran and was timed
     assert "'flash' runs only on CUDA" in text  # flash refused on CPU, reported in the table
     rendered = tmp_path / "rendered.md"
     assert bench.main(["--render", str(tmp_path / "r.json"), "--out", str(rendered)]) == 0

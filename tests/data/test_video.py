@@ -120,3 +120,27 @@ def test_variable_frame_rate_takes_the_frame_shown_at_each_time(tmp_path, kind):
             for i in plan.indices
         ]
         assert got == nearest, (seed, plan.indices)
+
+
+def test_a_held_last_frame_covers_the_end_of_the_clip(tmp_path):
+    """Screen recordings hold their last frame: indices up to the clip's end take it instead of failing."""
+    path = tmp_path / "held.mp4"
+    tb = fractions.Fraction(1, 90000)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=30, options={"bf": "0"})
+        stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
+        stream.codec_context.time_base = tb
+        packets = []
+        for k in range(31):
+            pixels = np.full((64, 96, 3), 128, np.uint8)
+            pixels[:16, :16] = 4 * k
+            frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
+            frame.pts, frame.time_base = 3000 * k, tb
+            packets += list(stream.encode(frame))
+        packets += list(stream.encode())
+        for packet in packets:
+            packet.duration = 90000 if packet.pts == 3000 * 30 else 3000  # the last frame stays for 1 s
+            container.mux(packet)
+    info = probe_video(path)
+    last = decode_video_frames(path, (info.num_frames - 1,), 96, 64, info.fps)
+    assert round(float(last[0, 2:14, 2:14, 0].mean()) / 4) == 30

@@ -53,9 +53,20 @@ def test_musubi_idiom_include_exempts_from_exclude_with_either_naming(transforme
         f"blocks.{b}.{m}" for b in (0, 1) for m in ("attn1.to_q", "attn1.to_k", "ffn.net.0.proj")
     }
     assert not any("attn1" in n for n in select_targets(transformer, _cfg(exclude_patterns=["self_attn"])))
+    # one pattern mixing both namings means both parts (self_attn: original, ffn: both)
+    mixed = set(
+        select_targets(transformer, _cfg(exclude_patterns=[".*"], include_patterns=[".*(self_attn|ffn).*"]))
+    )
+    assert mixed == {n for n in select_targets(transformer, _cfg()) if ".attn1." in n or ".ffn." in n}
+    no_cross = set(select_targets(transformer, _cfg(exclude_patterns=[".*(cross_attn|ffn).*"])))
+    assert no_cross and not any(".attn2." in n or ".ffn." in n for n in no_cross)
     # a negative pattern written for diffusers names is not turned against the other naming
     block0 = set(select_targets(transformer, _cfg(exclude_patterns=[r"^(?!transformer\.blocks\.0\.)"])))
     assert block0 and all(n.startswith("blocks.0.") for n in block0)
+    original = set(
+        select_targets(transformer, _cfg(exclude_patterns=[r"^(?!blocks\.1\.)"]))
+    )  # original naming
+    assert original and all(n.startswith("blocks.1.") for n in original)
     kept = select_targets(transformer, _cfg(ignore_if_contains=["attn"], include_patterns=[".*attn.*"]))
     assert not any("attn" in n for n in kept)  # ignore_if_contains always removes
 

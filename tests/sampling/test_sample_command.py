@@ -7,6 +7,7 @@ import json
 
 import av
 import numpy as np
+import pytest
 import torch
 from PIL import Image
 
@@ -206,3 +207,11 @@ def test_cli_checks_lora_files_before_loading_the_model(tiny_i2v, ctrl_png, tmp_
     assert "was trained for the low_noise expert; pass it with --lora-low" in capsys.readouterr().err
     assert sample_command(_parse([*base, "--lora-low", str(tmp_path / "nope.safetensors")])) == 2
     assert "LoRA file not found" in capsys.readouterr().err
+    # a Wan 2.2 expert's file on a single-expert model is a warning, not an error: it reaches model loading
+    single = sample_job(
+        tiny_i2v, tmp_path / "runs", arch="wan21_i2v", samples=[{"prompt": "p", "ctrl_img": str(ctrl_png)}]
+    )
+    with pytest.raises(AssertionError, match="the model was loaded"):
+        sample_command(_parse([str(write_job(tmp_path / "w21.yaml", single)), "--lora", str(path)]))
+    assert sample_command(_parse([*base, "--prompt", "q --gr 0.7", "--lora-low", str(path)])) == 2
+    assert "--prompt[1]: prompt flag --gr sets guidance rescale" in capsys.readouterr().err

@@ -56,7 +56,7 @@ def parse_prompt(text: str) -> tuple[str, list[tuple[str, str]]]:
     return text[: matches[0].start()].strip(), flags
 
 
-def _item_from_flags(item: dict[str, Any], where: Parts) -> tuple[dict[str, Any], list[tuple[Parts, str]]]:
+def item_from_flags(item: dict[str, Any], where: Parts) -> tuple[dict[str, Any], list[tuple[Parts, str]]]:
     prompt, flags = parse_prompt(item["prompt"])
     out, issues = {**item, "prompt": prompt}, []
     for flag, value in flags:
@@ -94,14 +94,14 @@ def expand_prompt_flags(body: dict[str, Any]) -> list[tuple[Parts, str]]:
     if isinstance(samples, list):
         for i, item in enumerate(samples):
             if isinstance(item, dict) and isinstance(item.get("prompt"), str):
-                samples[i], found = _item_from_flags(item, ("sample", "samples", i, "prompt"))
+                samples[i], found = item_from_flags(item, ("sample", "samples", i, "prompt"))
                 issues += found
     prompts = sample.get("prompts")
     texts = prompts if isinstance(prompts, list) and all(isinstance(p, str) for p in prompts) else []
     if any(_FLAG.search(text) for text in texts) and isinstance(samples, list | None):
         items = list(samples or [])
         for j, text in enumerate(texts):
-            item, found = _item_from_flags({"prompt": text}, ("sample", "prompts", j))
+            item, found = item_from_flags({"prompt": text}, ("sample", "prompts", j))
             items.append(item)
             issues += found
         sample["samples"], sample["prompts"] = items, []

@@ -45,7 +45,9 @@ def decode_caption(raw: bytes, path: Path, stats: CaptionStats) -> str:
     """Caption text from its bytes: UTF-8 (a byte-order mark dropped), UTF-16 with a BOM (Windows Notepad's
     "Unicode"), else Windows-1252/Latin-1, counted so the folder's summary names such files."""
     if raw.startswith((b"\xff\xfe", b"\xfe\xff")):
-        return raw.decode("utf-16")
+        return raw.decode(
+            "utf-16", errors="replace"
+        )  # a truncated file loses its last character, not the run
     try:
         return raw.decode("utf-8-sig")
     except UnicodeDecodeError:

@@ -128,7 +128,7 @@ def decode_video_frames(
     targets = sorted(slots)  # source indices, each shown at index / fps
     convert = _BucketConverter(width, height)
     done = 0
-    last: tuple[float, av.VideoFrame] | None = None  # the latest decoded frame, kept until a later one passes
+    last: tuple[float, av.VideoFrame, float] | None = None  # latest decoded frame: (shown until, frame, from)
 
     def take(index: int, frame: av.VideoFrame, cache: dict[int, np.ndarray]) -> None:
         pixels = cache.get(id(frame))
@@ -153,12 +153,15 @@ def decode_video_frames(
                 cache: dict[int, np.ndarray] = {}
                 while done < len(targets) and seconds >= targets[done] / fps:
                     target = targets[done] / fps
-                    nearer_last = last is not None and target - last[0] < seconds - target
+                    nearer_last = last is not None and target - last[2] < seconds - target
                     take(targets[done], last[1] if nearer_last else frame, cache)
                     done += 1
                 if done == len(targets):
                     break
-                last = (seconds, frame)
+                shown = (
+                    float(frame.duration * frame.time_base) if frame.duration and frame.time_base else 1 / fps
+                )
+                last = (seconds + shown, frame, seconds)  # (shown until, frame, shown from)
             if done < len(targets):
                 _fill_tail(path, targets[done:], last, fps, lambda index, frame: take(index, frame, {}))
     except av.FFmpegError as exc:
@@ -167,9 +170,10 @@ def decode_video_frames(
 
 
 def _fill_tail(path: Path, missing: list[int], last, fps: float, take) -> None:
-    """Frames wanted after the stream's last one: a container that promised one or two frames more gets
-    the last frame repeated; more than that is a broken file."""
-    if last is None or missing[-1] / fps - last[0] > (MAX_MISSING_TAIL + 0.5) / fps:
+    """Frames wanted after the stream's last one: those within the last frame's display time (a held final
+    frame) or one or two frames past it (a container promising more than the stream has) get the last frame;
+    more than that is a broken file."""
+    if last is None or missing[-1] / fps - last[0] > (MAX_MISSING_TAIL - 0.5) / fps:
         raise MediaError(
             path, f"ended before frames {missing[:5]} (metadata promised more frames)", _REENCODE
         )

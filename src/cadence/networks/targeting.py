@@ -2,9 +2,9 @@
 
 Rules (network.network_kwargs), all matched against the module's full name with the seed trainer's
 `transformer.` prefix, e.g. `transformer.blocks.0.attn1.to_q`, so that filters written for ai-toolkit
-configs keep working. A regex filter that matches no module under that naming is applied to the original-Wan
-names instead (`blocks.0.self_attn.q`, the naming of musubi-tuner and ComfyUI), so patterns written for
-those tools select the same layers:
+configs keep working. The regex filters also match the original-Wan names (`blocks.0.self_attn.q`, the
+naming of musubi-tuner and ComfyUI), so patterns written for those tools select the same layers (see
+`_matchers` for a negative pattern written for one naming):
 
 * Candidates: every `nn.Linear`; `nn.Conv1d/2d/3d` only when `network.conv` is set.
 * Default selection: every Linear inside the transformer blocks (name starts with `blocks.`) - attention
@@ -50,8 +50,9 @@ def select_targets(root: nn.Module, cfg: NetworkConfig) -> dict[str, nn.Module]:
         if name and (isinstance(module, nn.Linear) or is_conv(module))
     ]
     available = [full for _, _, full, _ in candidates]
-    include = _matchers(compile_patterns(kw.include_patterns, "include_patterns"), available)
-    exclude = _matchers(compile_patterns(kw.exclude_patterns, "exclude_patterns"), available)
+    names = [(full, original) for _, _, full, original in candidates]
+    include = _matchers(compile_patterns(kw.include_patterns, "include_patterns"), names)
+    exclude = _matchers(compile_patterns(kw.exclude_patterns, "exclude_patterns"), names)
     selected: dict[str, nn.Module] = {}
     for name, module, full, original in candidates:
         named = any(match(full, original) for match in include)
@@ -89,18 +90,28 @@ def _original_name(name: str) -> str | None:
         return None
 
 
-def _matchers(patterns: list[re.Pattern[str]], full_names: list[str]):
-    """One test per pattern, on the naming the pattern was written for: the `transformer.`-prefixed diffusers
-    name when it matches any module so named, else the original-Wan name (a pattern such as `self_attn` or
-    `ffn\\.0` only makes sense there). Deciding per pattern keeps negative patterns written for one naming
-    from matching every module under the other."""
+def _matchers(patterns: list[re.Pattern[str]], names: list[tuple[str, str | None]]):
+    """One test per pattern, over both namings (`transformer.`-prefixed diffusers, original-Wan), so
+    `.*(self_attn|ffn).*` means both parts. One exception: a pattern that matches every module under one
+    naming but only some under the other was written for the other (e.g. `^(?!transformer\\.blocks\\.0\\.)`:
+    under original names nothing starts with `transformer.`); it is tested on that naming alone."""
+    comparable = [(full, original) for full, original in names if original is not None]
     tests = []
     for pattern in patterns:
-        if any(pattern.search(full) for full in full_names):
+        by_full = sum(1 for full, _ in comparable if pattern.search(full))
+        by_original = sum(1 for _, original in comparable if pattern.search(original))
+        total = len(comparable)
+        if by_full == total and 0 < by_original < total:
+            tests.append(
+                lambda _full, original, p=pattern: original is not None and p.search(original) is not None
+            )
+        elif by_original == total and 0 < by_full < total:
             tests.append(lambda full, _original, p=pattern: p.search(full) is not None)
         else:
             tests.append(
-                lambda _full, original, p=pattern: original is not None and p.search(original) is not None
+                lambda full, original, p=pattern: (
+                    p.search(full) is not None or (original is not None and p.search(original) is not None)
+                )
             )
     return tests
 

@@ -17,7 +17,8 @@ from pathlib import Path
 import torch
 from pydantic import ValidationError
 
-from cadence.config.errors import ConfigError
+from cadence.config.errors import ConfigError, format_path
+from cadence.config.prompt_flags import item_from_flags
 from cadence.config.schema import JobConfig, ModelConfig, SampleConfig, SamplePrompt, TrainConfig
 from cadence.networks.formats import LoraFile, load_lora_file
 
@@ -61,7 +62,13 @@ def _items(args: argparse.Namespace, sample: SampleConfig) -> list[SamplePrompt]
     """--prompt replaces the config's samples; --image gives their ctrl_img (one for all, or one each)."""
     images = [Path(p).expanduser().resolve() for p in (args.image or [])]
     if args.prompt:
-        items = [SamplePrompt(prompt=p) for p in args.prompt]
+        items, issues = [], []
+        for i, text in enumerate(args.prompt):  # the seed's inline flags, as in config prompts
+            fields, found = item_from_flags({"prompt": text}, (f"--prompt[{i}]",))
+            items.append(SamplePrompt(**fields))
+            issues += [(format_path(where), message) for where, message in found]
+        if issues:
+            raise ConfigError(issues)
     else:
         items = list(sample.items)
     if images:
@@ -142,13 +149,15 @@ def _read_lora_files(loras: dict[str, Path], arch: str) -> dict[str, LoraFile]:
     for expert, path in loras.items():
         lora = files[expert] = load_lora_file(path)
         trained_for = lora.metadata.get("expert")
-        if trained_for in FLAGS and trained_for != expert:
+        if {trained_for, expert} <= {"high_noise", "low_noise"} and trained_for != expert:
             issues.append(
                 (
                     FLAGS[expert],
                     f"{path} was trained for the {trained_for} expert; pass it with {FLAGS[trained_for]}",
                 )
             )
+        elif trained_for in FLAGS and trained_for != expert:  # e.g. a Wan 2.2 expert's file on Wan 2.1
+            log.warning("%s was trained for the %s expert, sampling it as %s", path, trained_for, expert)
         if lora.metadata.get("arch") not in (None, arch):
             log.warning("%s was trained on %s, sampling it on %s", path, lora.metadata["arch"], arch)
     if issues:

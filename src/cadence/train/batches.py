@@ -29,8 +29,9 @@ class Batch:
     captions: list[str] = field(default_factory=list)
 
     def to(self, device: torch.device, dtype: torch.dtype) -> Batch:
+        """Text and conditioning in the model's dtype; latents stay fp32 (noised in fp32, then cast)."""
         return Batch(
-            latents=self.latents.to(device=device, dtype=dtype),
+            latents=self.latents.to(device=device, dtype=torch.float32),
             text=self.text.to(device=device, dtype=dtype),
             cond={k: v.to(device=device, dtype=dtype) for k, v in self.cond.items()},
             captions=self.captions,

@@ -16,7 +16,7 @@ import torch
 from cadence.models.base import ExpertSpec, ModelAdapter
 from cadence.schedule.timesteps import TimestepSampler
 from cadence.train.batches import BatchAssembler
-from cadence.train.objective import flow_matching_loss, noisy_latents, velocity_target
+from cadence.train.objective import flow_matching_loss, model_input_and_target
 
 DEFAULT_QUANTILES = (0.1, 0.3, 0.5, 0.7, 0.9)
 
@@ -82,12 +82,9 @@ class FixedEval:
             total = 0.0
             for index in self.item_indices:
                 batch = self.batches.assemble([index], None).to(device, dtype)
-                noise = self._noise[index].to(device=device, dtype=dtype)
                 t = torch.full((1,), t_value, dtype=torch.float32, device=device)
-                prediction = adapter.predict(
-                    spec.name, noisy_latents(batch.latents, noise, t), t, batch.text, batch.cond
-                )
-                target = velocity_target(batch.latents, noise)
+                noisy, target = model_input_and_target(batch.latents, self._noise[index].to(device), t, dtype)
+                prediction = adapter.predict(spec.name, noisy, t, batch.text, batch.cond)
                 total += float(flow_matching_loss(prediction, target, adapter.loss_mask(batch.cond)))
             losses.append(total / len(self.item_indices))
         return losses

@@ -20,7 +20,7 @@ import torch
 from cadence.data.cache import CacheMissError
 from cadence.train.batches import Batch
 from cadence.train.checks import evaluation_weights
-from cadence.train.objective import flow_matching_loss, noisy_latents, velocity_target
+from cadence.train.objective import flow_matching_loss, model_input_and_target
 from cadence.train.setup import TrainingSetup
 
 log = logging.getLogger(__name__)
@@ -89,12 +89,10 @@ class Trainer:
         batch = self._next_batch().to(s.device, s.dtype)
         self.data_seconds += time.perf_counter() - loading
         noise = torch.randn(batch.latents.shape, generator=s.randomness.noise, dtype=torch.float32)
-        noise = noise.to(device=s.device, dtype=s.dtype)
         t = s.timesteps.sample(batch.latents.shape[0], spec.t_low, spec.t_high, s.randomness.timesteps)
         t_dev = t.to(device=s.device, dtype=torch.float32)
-        noisy = noisy_latents(batch.latents, noise, t_dev)
+        noisy, target = model_input_and_target(batch.latents, noise.to(s.device), t_dev, s.dtype)
         prediction = s.adapter.predict(expert, noisy, t_dev, batch.text, batch.cond)
-        target = velocity_target(batch.latents, noise)
         loss = flow_matching_loss(prediction, target, s.adapter.loss_mask(batch.cond))
         return loss, t
 

@@ -23,6 +23,16 @@ def velocity_target(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
     return noise - x0
 
 
+def model_input_and_target(
+    x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(noisy latents in the model's `dtype`, velocity target in fp32). Mixing in fp32 first: in bf16 the
+    coefficients (1 - t) and t round to steps of 2^-8, so near t = 1 the input would be noised at another t
+    than the one the model is told (t = 0.999 became pure noise)."""
+    x0, noise = x0.float(), noise.float()
+    return noisy_latents(x0, noise, t).to(dtype), velocity_target(x0, noise)
+
+
 def flow_matching_loss(
     prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
 ) -> torch.Tensor:

@@ -107,3 +107,11 @@ def test_arch_mismatches_are_reported_at_their_key():
     both_off = {"train_high_noise": False, "train_low_noise": False}
     issues = _issues(flat(model={"name_or_path": "m", "arch": "wan22_14b_i2v", "model_kwargs": both_off}))
     assert "nothing to train" in issues["model.model_kwargs"]
+
+
+def test_settings_that_would_silently_not_train_as_asked():
+    issues = _issues(flat(train={"disable_sampling": True, "adapter_dtype": "bf16"}))
+    assert "lose every update smaller than half their bf16 spacing" in issues["train.adapter_dtype"]
+    loraplus = {"network_kwargs": {"loraplus_lr_ratio": 16}}
+    issues = _issues(flat(train={"disable_sampling": True, "optimizer": "automagic"}, network=loraplus))
+    assert list(issues) == ["network.network_kwargs.loraplus_lr_ratio"]

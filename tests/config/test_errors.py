@@ -249,6 +249,7 @@ def test_performance_keys_validated(make_flat):
         "compile": True,
         "gradient_checkpointing": 2,
         "adapter_dtype": "bf16",
+        "optimizer": "automagic",  # bf16 adapters need its stochastic rounding
     }
     cfg = load_config_dict(make_flat(train=train, model={"name_or_path": "m", "arch": "wan21"}))
     assert cfg.train.gradient_checkpointing == 2 and cfg.train.compile is True

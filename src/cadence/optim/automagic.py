@@ -19,8 +19,9 @@ and written back with stochastic rounding (an update of 1e-5 is below bf16's res
 with round-to-nearest); the rounding noise comes from a generator re-seeded from (rounding_seed, step),
 so runs and resumes stay bit-reproducible without saving generator state. float16 rounds to nearest.
 
-Idle experts: a parameter whose grad is None is skipped. When it is next stepped, its stored sign is
-from an older step than the previous one, so no comparison happens and its mask is kept (clamped).
+Idle experts: a parameter whose grad is None is skipped, and its stored sign waits. When its expert trains
+again, the first update is compared with that sign (its own last update, however many steps ago), so the
+mask keeps adapting across expert switches.
 """
 
 from __future__ import annotations

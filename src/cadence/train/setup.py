@@ -133,9 +133,12 @@ def _build_networks(
     cfg: JobConfig, adapter: ModelAdapter, experts: list[str], device: torch.device
 ) -> dict[str, LoRANetwork]:
     networks: dict[str, LoRANetwork] = {}
-    for offset, expert in enumerate(experts):
+    positions = [spec.name for spec in adapter.experts]
+    for expert in experts:
         transformer = adapter.transformer(expert)
-        # Each expert gets its own adapter, initialised from its own seed: never one shared adapter.
+        # Each expert gets its own adapter, initialised from its own seed: never one shared adapter. The seed
+        # follows the expert's place in the model, so training one expert alone starts it identically.
+        offset = positions.index(expert)
         net = LoRANetwork(transformer, cfg.network, name=expert, seed=cfg.train.seed + 1000 * (offset + 1))
         net.to(device)  # adapters stay on the training device even when low_vram parks the base on the CPU
         net.apply()

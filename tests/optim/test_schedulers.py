@@ -119,3 +119,19 @@ def test_cosine_is_smooth_and_monotone_after_warmup() -> None:
     values = [f(s) for s in range(10, 101)]
     assert all(a >= b for a, b in zip(values, values[1:], strict=False))
     assert values[45] == pytest.approx(0.5 * (1 + math.cos(math.pi * 45 / 90)))
+
+
+def test_every_expert_gets_its_warmup_when_experts_take_turns() -> None:
+    """Turns of 3 steps, high noise first: each expert's own first 4 steps ramp 0, 1/4, 2/4, 3/4."""
+    sched = build_lr_scheduler(
+        _opt((1e-4, 1e-4)), "cosine", 24, 4, {}, rotation=(["high_noise", "low_noise"], 3)
+    )
+    used = _lrs_over(sched, 12)
+    turns = ["high_noise"] * 3 + ["low_noise"] * 3 + ["high_noise"] * 3 + ["low_noise"] * 3
+    applied = {"high_noise": [], "low_noise": []}
+    for step, expert in enumerate(turns):  # the lr of the expert that trains at this step
+        applied[expert].append(used[step][0 if expert == "high_noise" else 1] / 1e-4)
+    decay = lr_factor("cosine", 24, 4)
+    assert applied["high_noise"][:4] == pytest.approx([0, 0.25, 0.5, 0.75])
+    assert applied["low_noise"][:4] == pytest.approx([0, 0.25, 0.5, 0.75])
+    assert applied["high_noise"][4:] == pytest.approx([decay(7), decay(8)])  # then the run's decay

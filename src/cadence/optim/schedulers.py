@@ -35,21 +35,43 @@ log = logging.getLogger(__name__)
 
 
 def lr_factor(
-    kind: str, total_steps: int, warmup_steps: int, min_lr_ratio: float = 0.0
+    kind: str,
+    total_steps: int,
+    warmup_steps: int,
+    min_lr_ratio: float = 0.0,
+    own_steps: Callable[[int], int] | None = None,
 ) -> Callable[[int], float]:
-    """The multiplier of the base lr after `s` finished optimizer steps."""
+    """The multiplier of the base lr after `s` finished optimizer steps (of the whole run).
 
-    def factor(s: int) -> float:
-        if s < warmup_steps:
-            return s / warmup_steps
-        if kind == "constant":
+    `own_steps(s)` counts how many of those steps trained this group's expert: warmup ramps over the expert's
+    own first steps, so with experts taking turns every expert gets its warmup, not only the first one. The
+    decay follows the run's steps (both experts decay together)."""
+
+    def decay(s: int) -> float:
+        if kind == "constant" or s < warmup_steps:
             return 1.0
         progress = min(1.0, max(0.0, (s - warmup_steps) / max(1, total_steps - warmup_steps)))
         if kind == "cosine":
             return min_lr_ratio + (1.0 - min_lr_ratio) * 0.5 * (1.0 + math.cos(math.pi * progress))
         return min_lr_ratio + (1.0 - min_lr_ratio) * (1.0 - progress)
 
+    def factor(s: int) -> float:
+        own = own_steps(s) if own_steps is not None else s
+        return min(own / warmup_steps, decay(s)) if own < warmup_steps else decay(s)
+
     return factor
+
+
+def turn_counter(experts: list[str], switch_every: int, expert: str) -> Callable[[int], int]:
+    """Steps of `expert` among the run's first `s` steps, for experts taking turns of `switch_every` steps in
+    `experts` order from step 1 (the router's rotation; skipped non-finite steps take their turn too)."""
+    position, cycle = experts.index(expert), switch_every * len(experts)
+
+    def count(s: int) -> int:
+        cycles, rest = divmod(s, cycle)
+        return cycles * switch_every + min(max(rest - position * switch_every, 0), switch_every)
+
+    return count
 
 
 def _is_automagic(optimizer: torch.optim.Optimizer) -> bool:
@@ -83,7 +105,14 @@ def build_lr_scheduler(
     total_steps: int,
     warmup_steps: int,
     params: dict[str, Any] | None = None,
+    rotation: tuple[list[str], int] | None = None,
 ) -> LambdaLR:
-    """A LambdaLR applying one warmup + decay factor to every param group's base lr."""
+    """A LambdaLR applying warmup + decay to every param group's base lr. With `rotation` (the experts in
+    turn order, steps per turn), a group tagged with an `expert` warms up over that expert's own steps."""
     min_lr_ratio = _check(optimizer, kind, total_steps, warmup_steps, dict(params or {}))
-    return LambdaLR(optimizer, lr_factor(kind, total_steps, warmup_steps, min_lr_ratio))
+    factors = []
+    for group in optimizer.param_groups:
+        expert = group.get("expert")
+        own = turn_counter(*rotation, expert) if rotation and expert in rotation[0] else None
+        factors.append(lr_factor(kind, total_steps, warmup_steps, min_lr_ratio, own))
+    return LambdaLR(optimizer, factors)

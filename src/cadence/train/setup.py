@@ -180,6 +180,7 @@ def build_training(cfg: JobConfig) -> TrainingSetup:
         cfg.train.steps,
         cfg.train.lr_warmup_steps,
         cfg.train.lr_scheduler_params,
+        rotation=(experts, cfg.train.switch_boundary_every),
     )
     labelled = tuple(e for e in experts if e != "main") if len(adapter.experts) > 1 else ()
     alpha = _alpha_scheduler(cfg, networks, experts)

@@ -176,3 +176,41 @@ def test_resume_mid_phase_with_automagic_keeps_phase_windows_and_optimizer(
     file_a = load_file(tmp_path / "a" / "job" / "job_000000040_high_noise.safetensors")
     file_b = load_file(tmp_path / "b" / "job" / "job_000000040_high_noise.safetensors")
     assert file_a.keys() == file_b.keys() and all(file_a[k].equal(file_b[k]) for k in file_a)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("optimizer", ["adamw", "automagic"])
+def test_resume_applies_changed_optimizer_settings(
+    tiny_i2v: Path, clips: Path, tmp_path: Path, optimizer: str
+) -> None:
+    """A resumed run uses the config's lr / max_lr, not the checkpoint's (the log said the new config was used)."""
+    params = (
+        {"high_noise_max_lr": 1e-3, "low_noise_max_lr": 1e-3, "lr_bump": 1e-4}
+        if optimizer == "automagic"
+        else {}
+    )
+    job = job_dict(
+        tiny_i2v,
+        clips,
+        tmp_path / "out",
+        steps=6,
+        optimizer=optimizer,
+        lr=1e-3 if optimizer == "adamw" else 1e-4,
+        optimizer_params=params,
+    )
+    assert run_training(write_job(tmp_path / "job.yaml", job)) == 0
+    job["train"]["steps"] = 12
+    if optimizer == "adamw":
+        job["train"]["lr"] = 1e-5
+    else:
+        job["train"]["optimizer_params"] = {**params, "high_noise_max_lr": 1.1e-4, "low_noise_max_lr": 1.1e-4}
+    assert run_training(write_job(tmp_path / "job.yaml", job)) == 0
+    rows = read_metrics(tmp_path / "out" / "job" / "metrics_job.jsonl")
+    assert [r["step"] for r in rows] == list(range(1, 13))
+    after = [r[f"lr_{r['expert']}"] for r in rows[6:]]
+    if optimizer == "adamw":
+        assert after == pytest.approx([1e-5] * 6)
+    else:
+        assert max(r[f"lr_{r['expert']}"] for r in rows[:6]) > 1.1e-4  # the masks had grown past the new cap
+        assert max(after) <= 1.1e-4 + 1e-12
+    assert "now in use" in (tmp_path / "out" / "job" / "log.txt").read_text()

@@ -50,6 +50,15 @@ def build_optimizer(train: TrainConfig, groups: list[dict[str, Any]]) -> torch.o
     raise ConfigError([("train.optimizer", f"unknown optimizer {train.optimizer!r}")])
 
 
+def configured_optimizer_keys(optimizer: str) -> tuple[str, ...]:
+    """Param-group settings that come from the config (restored from it, not the checkpoint, on resume)."""
+    if optimizer == "automagic":
+        from cadence.optim.automagic import OPTION_KEYS
+
+        return tuple(k for k in OPTION_KEYS if k != "lr")  # lr: the start of its masks, handled as base lr
+    return OPTIMIZER_KEYS.get(optimizer, ())
+
+
 def _checked_kwargs(train: TrainConfig) -> dict[str, Any]:
     """optimizer_params minus the per-expert lrs, refused when the optimizer has no such option."""
     issues = optimizer_param_issues(train.optimizer, train.optimizer_params, OPTIMIZER_KEYS[train.optimizer])

@@ -116,3 +116,32 @@ def build_lr_scheduler(
         own = turn_counter(*rotation, expert) if rotation and expert in rotation[0] else None
         factors.append(lr_factor(kind, total_steps, warmup_steps, min_lr_ratio, own))
     return LambdaLR(optimizer, factors)
+
+
+def keep_configured_settings(
+    optimizer: torch.optim.Optimizer, scheduler: LambdaLR, load: Callable[[], None], keys: tuple[str, ...]
+) -> list[str]:
+    """Run `load` (restoring optimizer and scheduler state from a checkpoint), then put back what the config
+    sets: each group's base lr (train.lr, per-expert lrs, LoRA+) and `keys` (train.optimizer_params).
+
+    torch's load_state_dict restores hyperparameters with the state, so a resumed run would keep the old lr
+    or max_lr while the log says the new config is used. Returns the settings that changed, in words."""
+    configured = [{k: g[k] for k in keys if k in g} for g in optimizer.param_groups]
+    base_lrs = list(scheduler.base_lrs)
+    load()
+    changes = []
+    for index, (group, wanted, base) in enumerate(
+        zip(optimizer.param_groups, configured, base_lrs, strict=True)
+    ):
+        name = group.get("name", index)
+        for key, value in wanted.items():
+            if group.get(key) != value:
+                changes.append(f"{name}.{key} {group.get(key)} -> {value}")
+                group[key] = value
+        if scheduler.base_lrs[index] != base:
+            changes.append(
+                f"{name}.lr {scheduler.base_lrs[index]:g} -> {base:g} (before the schedule's factor)"
+            )
+        scheduler.base_lrs[index] = group["initial_lr"] = base
+        group["lr"] = base * scheduler.lr_lambdas[index](scheduler.last_epoch)
+    return changes

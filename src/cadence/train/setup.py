@@ -24,9 +24,9 @@ from cadence.data.sampler import BucketBatchSampler
 from cadence.models.base import ExpertSpec, ModelAdapter
 from cadence.models.registry import load_model_adapter
 from cadence.networks.lora import LoRANetwork
-from cadence.optim.factory import build_optimizer, clip_grad_norm
+from cadence.optim.factory import build_optimizer, clip_grad_norm, configured_optimizer_keys
 from cadence.optim.param_groups import build_param_groups
-from cadence.optim.schedulers import build_lr_scheduler
+from cadence.optim.schedulers import build_lr_scheduler, keep_configured_settings
 from cadence.perf import apply_memory_options, apply_quantization
 from cadence.perf.attention import check_backend_device
 from cadence.sampling import TrainingSampler, validate_samples
@@ -321,8 +321,19 @@ def _resume(setup: TrainingSetup) -> int:
     for expert, net in setup.networks.items():
         prefix = f"{expert}::"
         net.load_state_dict({k[len(prefix) :]: v for k, v in adapters.items() if k.startswith(prefix)})
-    setup.optimizer.load_state_dict(state["optimizer"])
-    setup.lr_scheduler.load_state_dict(state["lr_scheduler"])
+
+    def load_optimizer() -> None:
+        setup.optimizer.load_state_dict(state["optimizer"])
+        setup.lr_scheduler.load_state_dict(state["lr_scheduler"])
+
+    changed = keep_configured_settings(
+        setup.optimizer,
+        setup.lr_scheduler,
+        load_optimizer,
+        configured_optimizer_keys(setup.cfg.train.optimizer),
+    )
+    for change in changed:
+        log.warning("resume: the config changed an optimizer setting, now in use: %s", change)
     setup.router.load_state_dict(state["router"])
     setup.sampler.load_state_dict(state["sampler"])
     setup.randomness.load_state_dict(state["randomness"])

@@ -74,7 +74,7 @@ def make_client(home: Path) -> Iterator[Callable[..., TestClient]]:
 
     def make(token: str | None = None, stop_timeout: float = 60.0) -> TestClient:
         app = create_app(home, token=token, stop_timeout=stop_timeout, scheduler_interval=0.3, gpus=[])
-        client = TestClient(app)
+        client = TestClient(app, base_url="http://localhost")  # the Host a local browser sends
         client.__enter__()
         clients.append(client)
         return client

@@ -31,9 +31,10 @@ def _safe(path: str, roots: list[Path]) -> Path:
 
 
 def _serve(real: Path, download: bool) -> FileResponse:
-    headers = {"X-Content-Type-Options": "nosniff"}
-    if real.suffix.lower() in (".html", ".htm", ".svg"):
-        headers["Content-Security-Policy"] = "sandbox allow-scripts"
+    # every served file is sandboxed when opened as a page (xhtml, svg, html...): it never acts with the UI's
+    # origin; the analysis report (html) keeps its scripts inside the sandbox
+    sandbox = "sandbox allow-scripts" if real.suffix.lower() in (".html", ".htm") else "sandbox"
+    headers = {"X-Content-Type-Options": "nosniff", "Content-Security-Policy": sandbox}
     return FileResponse(
         real,
         media_type=content_type(real),
@@ -180,6 +181,10 @@ async def upload(c: Ctx, request: Request, root: str, filename: str) -> dict:
             413, f"upload is {declared} bytes; the limit is {MAX_UPLOAD_BYTES} (CADENCE_UI_MAX_UPLOAD)"
         )
     target, total = base / name, 0
+    if target.exists():
+        raise HTTPException(
+            409, f"{name} already exists in {base}; rename the file or delete the old one first"
+        )
     with atomic_path(target) as tmp, open(tmp, "wb") as out:
         async for chunk in request.stream():
             total += len(chunk)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import shutil
 import sys
@@ -77,6 +78,32 @@ def list_jobs(c: Ctx) -> dict:
     return {"jobs": [job_summary(j) for j in c.store.list()]}
 
 
+SYSTEM_FOLDERS = tuple(
+    Path(p) for p in ("/bin", "/boot", "/dev", "/etc", "/lib", "/proc", "/sbin", "/sys", "/usr")
+)
+
+
+def unsafe_roots(cfg, home: Path) -> tuple[str, str] | None:
+    """A run or dataset folder the UI would serve files from must be a real project folder: not `/`, a
+    system folder, the user's home itself or a folder holding the UI's own home (its database and tokens)."""
+
+    def too_broad(folder: Path) -> bool:
+        folder = folder.resolve()
+        return (
+            folder == Path(folder.anchor)
+            or folder == Path.home().resolve()
+            or home.resolve().is_relative_to(folder)
+            or any(folder == s or folder.is_relative_to(s) for s in SYSTEM_FOLDERS)
+        )
+
+    if too_broad(Path(cfg.run_dir)):
+        return ("training_folder", f"{cfg.run_dir} is not a place for a run folder; pick a project folder")
+    for i, ds in enumerate(cfg.datasets):
+        if too_broad(Path(ds.folder_path)):
+            return (f"datasets[{i}].folder_path", f"{ds.folder_path} is too broad to be a dataset folder")
+    return None
+
+
 @router.post("/jobs", status_code=201)
 def create_job(c: Ctx, body: CreateJob):
     if (body.form is None) == (body.yaml is None):
@@ -92,20 +119,10 @@ def create_job(c: Ctx, body: CreateJob):
         cfg, path = configs.write_and_validate(job_dir, text)
     except ConfigError as exc:
         return _issues_response(exc)
-    if cfg.name in c.store.names():
+    problem = unsafe_roots(cfg, c.home)
+    if problem:
         shutil.rmtree(job_dir, ignore_errors=True)
-        field = "name"
-        return _issues_response(
-            ConfigError(
-                [
-                    (
-                        field,
-                        f"a job named {cfg.name!r} exists; its run folder would be "
-                        "shared (and resumed). Pick another name",
-                    )
-                ]
-            )
-        )
+        return _issues_response(ConfigError([problem]))
     job = Job(
         id=job_id,
         name=cfg.name,
@@ -116,7 +133,10 @@ def create_job(c: Ctx, body: CreateJob):
         run_dir=str(Path(cfg.run_dir).resolve()),
         total_steps=cfg.train.steps,
     )
-    c.store.add(job)
+    if not c.store.add_if_name_free(job):
+        shutil.rmtree(job_dir, ignore_errors=True)
+        message = f"a job named {cfg.name!r} exists; its run folder would be shared (and resumed). Pick another name"
+        return _issues_response(ConfigError([("name", message)]))
     if body.queue:
         c.runner.queue(job_id)
     return job_summary(c.store.get(job_id))
@@ -171,7 +191,9 @@ def clone_job(c: Ctx, job_id: str):
         run_dir=str(Path(cfg.run_dir).resolve()),
         total_steps=cfg.train.steps,
     )
-    c.store.add(clone)
+    if not c.store.add_if_name_free(clone):  # another clone took the name meanwhile
+        shutil.rmtree(c.runner.job_dir(new_id), ignore_errors=True)
+        raise HTTPException(409, f"a job named {cfg.name!r} was just created; clone again")
     return job_summary(clone)
 
 
@@ -183,8 +205,23 @@ def delete_job(c: Ctx, job_id: str) -> dict:
     if job.status in ACTIVE:
         raise HTTPException(409, f"job {job_id} is {job.status}; stop it first")
     c.store.delete(job_id)
-    shutil.rmtree(c.runner.job_dir(job_id), ignore_errors=True)
-    return {"deleted": job_id}
+    kept = remove_job_folder(c.runner.job_dir(job_id), Path(job.run_dir))
+    return {"deleted": job_id, "kept": str(kept) if kept else None}
+
+
+def remove_job_folder(job_dir: Path, run_dir: Path) -> Path | None:
+    """Remove the UI's folder of a job, except the run folder when it lies inside (a relative
+    training_folder resolves beside the job's config.yaml): LoRAs and metrics are never deleted here.
+    Returns the kept folder, if any."""
+    job_dir, run_dir = job_dir.resolve(), run_dir.resolve()
+    if not run_dir.is_relative_to(job_dir):
+        shutil.rmtree(job_dir, ignore_errors=True)
+        return None
+    for child in job_dir.iterdir():
+        if run_dir == child or run_dir.is_relative_to(child):
+            continue
+        shutil.rmtree(child, ignore_errors=True) if child.is_dir() else child.unlink(missing_ok=True)
+    return run_dir
 
 
 @router.get("/jobs/{job_id}/metrics")
@@ -206,15 +243,21 @@ def job_artifacts(c: Ctx, job_id: str) -> dict:
     job = c.job_or_404(job_id)
     run = Path(job.run_dir)
     checkpoints = []
-    for f in sorted(run.glob(f"{job.name}_*.safetensors")):
-        stat = f.stat()
+    for f in sorted(run.glob(f"{glob.escape(job.name)}_*.safetensors")):
+        try:  # the trainer prunes old checkpoints while we list them
+            stat = f.stat()
+        except FileNotFoundError:
+            continue
         checkpoints.append({"path": str(f), "name": f.name, "size": stat.st_size, "mtime": stat.st_mtime})
     samples = []
     if (run / "samples").is_dir():
         for f in sorted((run / "samples").rglob("*")):
             kind = media_kind(f)
-            if kind and f.is_file():
-                samples.append({"path": str(f), "name": f.name, "kind": kind, "mtime": f.stat().st_mtime})
+            try:
+                if kind and f.is_file():
+                    samples.append({"path": str(f), "name": f.name, "kind": kind, "mtime": f.stat().st_mtime})
+            except FileNotFoundError:
+                continue
     report = run / "analysis.html"
     return {
         "run_dir": str(run),

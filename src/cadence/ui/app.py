@@ -16,7 +16,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.middleware.base import BaseHTTPMiddleware
 
 from cadence.ui import api_files, api_jobs
-from cadence.ui.auth import COOKIE, AuthMiddleware, check_token, session_value
+from cadence.ui.auth import COOKIE, AuthMiddleware, SameOriginMiddleware, check_token, session_value
 from cadence.ui.context import MAX_BODY_BYTES, MAX_UPLOAD_BYTES, UIContext, env_dataset_roots
 from cadence.ui.runner import DEFAULT_TRAIN_CMD, JobRunner, Scheduler
 from cadence.ui.store import JobStore
@@ -34,7 +34,13 @@ class LimitsAndHeaders(BaseHTTPMiddleware):
 
     async def dispatch(self, request: Request, call_next) -> Response:
         declared = int(request.headers.get("content-length") or 0)
-        limit = MAX_UPLOAD_BYTES if request.url.path == "/api/datasets/upload" else MAX_BODY_BYTES
+        upload = request.url.path == "/api/datasets/upload"
+        limit = MAX_UPLOAD_BYTES if upload else MAX_BODY_BYTES
+        if "chunked" in request.headers.get("transfer-encoding", "").lower() and not upload:
+            # a body without a declared length could be any size: only uploads count bytes while streaming
+            return JSONResponse(
+                {"detail": "send a Content-Length (chunked bodies are refused)"}, status_code=411
+            )
         if declared > limit:
             return JSONResponse(
                 {"detail": f"request body of {declared} bytes is over the {limit}-byte limit"},
@@ -43,7 +49,9 @@ class LimitsAndHeaders(BaseHTTPMiddleware):
         response = await call_next(request)
         response.headers.setdefault("Content-Security-Policy", CSP)
         response.headers.setdefault("X-Content-Type-Options", "nosniff")
-        response.headers.setdefault("Referrer-Policy", "no-referrer")
+        # same-origin, not no-referrer: with no-referrer the browser sends `Origin: null` on the UI's own
+        # POSTs, which SameOriginMiddleware must refuse (a hostile page can send null too)
+        response.headers.setdefault("Referrer-Policy", "same-origin")
         return response
 
 
@@ -79,6 +87,7 @@ def create_app(
     app = FastAPI(title="Cadence", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.ctx = context
     app.add_middleware(AuthMiddleware, token=context.token)
+    app.add_middleware(SameOriginMiddleware, loopback_only=context.token is None)
     app.add_middleware(LimitsAndHeaders)  # outermost: size limit before auth reads anything
     app.include_router(api_jobs.router)
     app.include_router(api_files.router)

@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import ipaddress
 import socket
+from urllib.parse import urlsplit
 
 from starlette.middleware.base import BaseHTTPMiddleware
 from starlette.requests import Request
@@ -74,3 +75,47 @@ def is_loopback_host(host: str) -> bool:
         return False
     addrs = {info[4][0] for info in infos}
     return bool(addrs) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addrs)
+
+
+def _host_name(host_header: str) -> str:
+    """'localhost:8675' -> 'localhost', '[::1]:8675' -> '::1'."""
+    if host_header.startswith("["):
+        return host_header[1 : host_header.find("]")] if "]" in host_header else host_header
+    return host_header.rsplit(":", 1)[0] if host_header.count(":") == 1 else host_header
+
+
+def is_loopback_literal(host_header: str) -> bool:
+    """`localhost` or a loopback IP literal, without resolving anything (a rebinding DNS name is neither)."""
+    name = _host_name(host_header).lower()
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+class SameOriginMiddleware(BaseHTTPMiddleware):
+    """Answers only requests meant for this UI.
+
+    Without a token the UI listens on loopback and trusts whoever reaches it, so two browser tricks must be
+    stopped: a web page posting to it (cross-site requests that change something carry a foreign `Origin`)
+    and DNS rebinding (a foreign name that resolves to 127.0.0.1: its `Host` header is not a loopback
+    literal). With a token, requests need the credential anyway and the Host may be any name of the machine.
+    """
+
+    def __init__(self, app, loopback_only: bool) -> None:
+        super().__init__(app)
+        self.loopback_only = loopback_only
+
+    async def dispatch(self, request: Request, call_next) -> Response:
+        host = request.headers.get("host", "")
+        if self.loopback_only and not is_loopback_literal(host):
+            return JSONResponse(
+                {"detail": f"Host {host!r} is not this UI: without CADENCE_AUTH it answers localhost only"},
+                status_code=403,
+            )
+        origin = request.headers.get("origin")
+        if request.method not in ("GET", "HEAD", "OPTIONS") and origin and urlsplit(origin).netloc != host:
+            return JSONResponse({"detail": f"cross-site request from {origin} refused"}, status_code=403)
+        return await call_next(request)

@@ -53,7 +53,10 @@ def form_to_dict(form: dict[str, Any]) -> dict[str, Any]:
         if key not in FORM_FIELDS:
             raise ConfigError([(key, f"'{key}' is not a form field; use the YAML editor for it")])
         if key == "datasets[0].resolution" and not isinstance(value, list):
-            value = [int(v) for v in str(value).replace(",", " ").split()]
+            try:
+                value = [int(v) for v in str(value).replace(",", " ").split()]
+            except ValueError:
+                raise ConfigError([(key, f"got {value!r}; whole numbers, e.g. 512 or 512,768")]) from None
         node: Any = out
         parts = key.split(".")
         for i, part in enumerate(parts):

@@ -106,6 +106,20 @@ class JobStore:
             conn.execute(f"INSERT INTO jobs ({cols}) VALUES ({marks})", [getattr(job, c) for c in _COLUMNS])
         return job
 
+    def add_if_name_free(self, job: Job) -> bool:
+        """Insert `job` unless a job with its name exists, in one write transaction: two requests racing
+        with one name cannot both get in (they would share, and resume, one run folder)."""
+        if not job.created_at:
+            job.created_at = time.time()
+        cols = ", ".join(_COLUMNS)
+        marks = ", ".join("?" for _ in _COLUMNS)
+        with self._connect() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            if conn.execute("SELECT 1 FROM jobs WHERE name = ?", (job.name,)).fetchone():
+                return False
+            conn.execute(f"INSERT INTO jobs ({cols}) VALUES ({marks})", [getattr(job, c) for c in _COLUMNS])
+        return True
+
     def get(self, job_id: str) -> Job | None:
         with self._connect() as conn:
             row = conn.execute("SELECT * FROM jobs WHERE id = ?", (job_id,)).fetchone()

@@ -10,9 +10,9 @@ const cleanLog = (raw) => raw.split("\n").map((line) => line.split("\r").filter(
 const $ = (id) => document.getElementById(id);
 
 function secPerIt(records) {
-  // Prefer the trainer's own step_seconds; else the wall-clock gap between lines (timestamps are ISO or epoch).
+  // Prefer the trainer's own step_time_s; else the wall-clock gap between lines (timestamps are ISO or epoch).
   const recent = records.slice(-30);
-  const direct = recent.map((r) => r.step_seconds).filter((v) => typeof v === "number");
+  const direct = recent.map((r) => r.step_time_s).filter((v) => typeof v === "number");
   if (direct.length) return direct.reduce((a, b) => a + b, 0) / direct.length;
   const t = (r) => (typeof r.timestamp === "number" ? r.timestamp : Date.parse(r.timestamp) / 1000);
   const rs = recent.filter((r) => isFinite(t(r)));

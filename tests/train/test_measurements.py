@@ -40,7 +40,10 @@ def test_lr_fields_report_the_lr_each_step_used(tiny_i2v: Path, clips: Path, tmp
     job = job_dict(tiny_i2v, clips, tmp_path / "w", steps=6, lr=1e-3, lr_warmup_steps=4)
     assert run_training(write_job(tmp_path / "w.yaml", job)) == 0
     rows = read_metrics(tmp_path / "w" / "job" / "metrics_job.jsonl")
-    assert [r["lr_high_noise"] for r in rows[:5]] == pytest.approx([0.0, 2.5e-4, 5e-4, 7.5e-4, 1e-3])
+    # turns of 3 steps: each expert warms up over its own first 4 steps (high: steps 1-3, 7; low: 4-6)
+    assert [r["expert"] for r in rows] == ["high_noise"] * 3 + ["low_noise"] * 3
+    assert [r["lr_high_noise"] for r in rows[:5]] == pytest.approx([0.0, 2.5e-4, 5e-4, 7.5e-4, 7.5e-4])
+    assert [r["lr_low_noise"] for r in rows[3:6]] == pytest.approx([0.0, 2.5e-4, 5e-4])
 
 
 @pytest.mark.slow

@@ -42,8 +42,11 @@ def fsync_dir(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(target: Path | str) -> Iterator[Path]:
-    """Yield a temp path beside `target`; on success it is fsynced and renamed onto `target`."""
+def atomic_path(target: Path | str, overwrite: bool = True) -> Iterator[Path]:
+    """Yield a temp path beside `target`; on success it is fsynced and renamed onto `target`.
+
+    `overwrite=False` publishes with a hard link instead of a rename, which fails with FileExistsError when
+    `target` exists, even if another writer created it a moment ago (no check-then-write race)."""
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -55,7 +58,10 @@ def atomic_path(target: Path | str) -> Iterator[Path]:
         os.chmod(tmp, 0o666 & ~_UMASK)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
-        os.replace(tmp, target)
+        if overwrite:
+            os.replace(tmp, target)
+        else:
+            os.link(tmp, target)
         fsync_dir(target.parent)
     finally:
         if tmp.exists():

@@ -94,6 +94,7 @@ def test_non_loopback_bind_needs_auth(monkeypatch: pytest.MonkeyPatch, capsys: p
     assert refuse_reason("localhost", None) is None
     assert refuse_reason("::1", None) is None
     assert refuse_reason("0.0.0.0", TOKEN) is None
+    assert "CADENCE_AUTH" in refuse_reason("vm.example", None)  # a name, even one resolving to 127.0.0.1
     assert "CADENCE_AUTH" in refuse_reason("0.0.0.0", None)
     monkeypatch.delenv("CADENCE_AUTH", raising=False)
     code = ui_command(argparse.Namespace(host="0.0.0.0", port=0, home=None))

@@ -3,6 +3,7 @@ overwrites, scripts in served files; and what Delete keeps."""
 
 from __future__ import annotations
 
+import shutil
 import threading
 from pathlib import Path
 
@@ -33,9 +34,12 @@ def test_cross_site_and_rebinding_requests_are_refused(
         == 201
     )
     assert client.get("/", headers={"Host": "127.0.0.1:8675"}).status_code == 200
-    authed = make_client(token=TOKEN)  # with a token any name of the machine may be used
+    authed = make_client(token=TOKEN)  # with a token: any name of the machine, and a proxy in front
     bearer = {"Authorization": f"Bearer {TOKEN}", "Host": "gpu-box.lan:8675"}
     assert authed.get("/api/jobs", headers=bearer).status_code == 200
+    proxied = {"Host": "127.0.0.1:8675", "Origin": "https://cadence.example.org"}  # nginx's default Host
+    login = authed.post("/login", data={"token": TOKEN}, headers=proxied, follow_redirects=False)
+    assert login.status_code == 303
     chunked = client.post(
         "/api/jobs", content=iter([text.encode()]), headers={"Content-Type": "application/json"}
     )
@@ -91,6 +95,9 @@ def test_delete_keeps_a_run_folder_inside_the_job_folder(
     assert deleted["kept"] == str(run_dir)
     assert sorted(p.name for p in run_dir.glob("*.safetensors")) == sorted(names)
     assert not (home / "jobs" / job["id"] / "config.yaml").exists()
+    gone = client.post("/api/jobs", json={"yaml": yaml.safe_dump({**config, "name": "gone"})}).json()
+    shutil.rmtree(home / "jobs" / gone["id"])  # its folder removed by hand
+    assert client.delete(f"/api/jobs/{gone['id']}").status_code == 200
 
 
 def test_uploads_never_overwrite_and_served_files_are_sandboxed(

@@ -1,12 +1,14 @@
 """Learning-rate schedules: linear warmup, then constant, cosine or linear decay.
 
-One factor per optimizer step multiplies every group's base lr, so per-expert ratios (high_noise at 4x
-low_noise) and LoRA+ ratios hold throughout. The scheduler counts optimizer steps of the whole run (both
-experts), matching `train.steps`; call `scheduler.step()` once after each `optimizer.step()`.
+A factor per optimizer step multiplies each group's base lr. The decay counts optimizer steps of the whole
+run (both experts), matching `train.steps`, so per-expert ratios (high_noise at 4x low_noise) and LoRA+
+ratios hold once warmup is over; call `scheduler.step()` once after each `optimizer.step()`.
 
 Factor after s finished optimizer steps (w = warmup steps, T = total steps, m = min_lr_ratio):
-- warmup, s < w: s / w (the diffusers/transformers convention: the first step runs at lr 0, which still
-  initialises Adam's moments);
+- warmup, while the group's expert has trained fewer than w of its own steps (e): e / w, the
+  diffusers/transformers convention (the first step runs at lr 0, which still initialises Adam's moments).
+  Experts take turns, so each gets its own warmup; the count assumes the run's current
+  `switch_boundary_every` from step 1;
 - constant: 1;
 - cosine: m + (1 - m) * (1 + cos(pi * p)) / 2 with p = (s - w) / (T - w), clamped to [0, 1];
 - linear: m + (1 - m) * (1 - p); m defaults to 0, so lr reaches 0 at s = T.

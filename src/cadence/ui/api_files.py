@@ -181,14 +181,18 @@ async def upload(c: Ctx, request: Request, root: str, filename: str) -> dict:
             413, f"upload is {declared} bytes; the limit is {MAX_UPLOAD_BYTES} (CADENCE_UI_MAX_UPLOAD)"
         )
     target, total = base / name, 0
+    exists = HTTPException(
+        409, f"{name} already exists in {base}; rename the file or delete the old one first"
+    )
     if target.exists():
-        raise HTTPException(
-            409, f"{name} already exists in {base}; rename the file or delete the old one first"
-        )
-    with atomic_path(target) as tmp, open(tmp, "wb") as out:
-        async for chunk in request.stream():
-            total += len(chunk)
-            if total > MAX_UPLOAD_BYTES:
-                raise HTTPException(413, f"upload exceeds the limit of {MAX_UPLOAD_BYTES} bytes")
-            out.write(chunk)
+        raise exists
+    try:
+        with atomic_path(target, overwrite=False) as tmp, open(tmp, "wb") as out:
+            async for chunk in request.stream():
+                total += len(chunk)
+                if total > MAX_UPLOAD_BYTES:
+                    raise HTTPException(413, f"upload exceeds the limit of {MAX_UPLOAD_BYTES} bytes")
+                out.write(chunk)
+    except FileExistsError:  # a parallel upload of the same name finished first
+        raise exists from None
     return {"path": str(target), "bytes": total}

@@ -214,6 +214,11 @@ def remove_job_folder(job_dir: Path, run_dir: Path) -> Path | None:
     training_folder resolves beside the job's config.yaml): LoRAs and metrics are never deleted here.
     Returns the kept folder, if any."""
     job_dir, run_dir = job_dir.resolve(), run_dir.resolve()
+    if not job_dir.is_dir():
+        return run_dir if run_dir.is_dir() else None
+    if run_dir == job_dir:  # never the run itself (training_folder `..` with the job id as its name)
+        (job_dir / "config.yaml").unlink(missing_ok=True)
+        return run_dir
     if not run_dir.is_relative_to(job_dir):
         shutil.rmtree(job_dir, ignore_errors=True)
         return None

@@ -12,7 +12,6 @@ from __future__ import annotations
 import hashlib
 import hmac
 import ipaddress
-import socket
 from urllib.parse import urlsplit
 
 from starlette.middleware.base import BaseHTTPMiddleware
@@ -63,20 +62,6 @@ class AuthMiddleware(BaseHTTPMiddleware):
         )
 
 
-def is_loopback_host(host: str) -> bool:
-    """True when every address `host` resolves to is loopback (127.0.0.0/8, ::1)."""
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        pass
-    try:
-        infos = socket.getaddrinfo(host, None)
-    except OSError:
-        return False
-    addrs = {info[4][0] for info in infos}
-    return bool(addrs) and all(ipaddress.ip_address(a.split("%")[0]).is_loopback for a in addrs)
-
-
 def _host_name(host_header: str) -> str:
     """'localhost:8675' -> 'localhost', '[::1]:8675' -> '::1'."""
     if host_header.startswith("["):
@@ -109,8 +94,10 @@ class SameOriginMiddleware(BaseHTTPMiddleware):
         self.loopback_only = loopback_only
 
     async def dispatch(self, request: Request, call_next) -> Response:
+        if not self.loopback_only:  # the token guards every request (behind a proxy Host and Origin differ)
+            return await call_next(request)
         host = request.headers.get("host", "")
-        if self.loopback_only and not is_loopback_literal(host):
+        if not is_loopback_literal(host):
             return JSONResponse(
                 {"detail": f"Host {host!r} is not this UI: without CADENCE_AUTH it answers localhost only"},
                 status_code=403,

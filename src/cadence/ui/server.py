@@ -12,15 +12,17 @@ import os
 import sys
 from pathlib import Path
 
-from cadence.ui.auth import is_loopback_host
+from cadence.ui.auth import is_loopback_literal
 from cadence.ui.context import default_home
 
 log = logging.getLogger(__name__)
 
 
 def refuse_reason(host: str, token: str | None) -> str | None:
-    """Why binding `host` is refused (None when allowed): non-loopback needs CADENCE_AUTH."""
-    if token or is_loopback_host(host):
+    """Why binding `host` is refused (None when allowed): without CADENCE_AUTH only `localhost` or a loopback
+    IP literal, the names the UI then answers to (a name that merely resolves to 127.0.0.1 could be a
+    rebinding one, so the UI would refuse its requests)."""
+    if token or is_loopback_literal(host):
         return None
     return (
         f"refusing to serve on {host}: that address is reachable from other machines and CADENCE_AUTH "

@@ -14,6 +14,13 @@ from cadence.data.synthetic import render_frame
 from cadence.data.video import decode_video_frames, probe_video
 
 
+def _mux(container, stream, frames) -> None:
+    """Encode `frames` (av frames) on `stream`, flush the encoder, and mux every packet."""
+    for frame in [*frames, None]:
+        for packet in stream.encode(frame):
+            container.mux(packet)
+
+
 def _write(path: Path, frames: int, audio_seconds: float = 0.0, size=(96, 64)) -> Path:
     codec = "libvpx-vp9" if path.suffix == ".webm" else "libx264"
     with av.open(str(path), "w") as container:
@@ -24,21 +31,20 @@ def _write(path: Path, frames: int, audio_seconds: float = 0.0, size=(96, 64)) -
             if audio_seconds
             else None
         )
-        for t in range(frames):
-            for packet in video.encode(av.VideoFrame.from_ndarray(render_frame(t, *size, 1), format="rgb24")):
-                container.mux(packet)
-        for packet in video.encode():
-            container.mux(packet)
+        _mux(
+            container,
+            video,
+            (av.VideoFrame.from_ndarray(render_frame(t, *size, 1), format="rgb24") for t in range(frames)),
+        )
         if audio is not None:
+            chunks = []
             for start in range(0, int(48000 * audio_seconds), 960):
                 chunk = av.AudioFrame.from_ndarray(
                     np.zeros((1, 960), dtype=np.float32), format="fltp", layout="mono"
                 )
                 chunk.sample_rate, chunk.pts, chunk.time_base = 48000, start, fractions.Fraction(1, 48000)
-                for packet in audio.encode(chunk):
-                    container.mux(packet)
-            for packet in audio.encode():
-                container.mux(packet)
+                chunks.append(chunk)
+            _mux(container, audio, chunks)
     return path
 
 
@@ -65,11 +71,7 @@ def test_display_rotation_is_applied(tmp_path, degrees):
         stream.height, stream.width = stored[0].shape[:2]
         stream.pix_fmt = "yuv420p"
         stream.set_display_rotation(degrees)
-        for frame in stored:
-            for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+        _mux(container, stream, (av.VideoFrame.from_ndarray(frame, format="rgb24") for frame in stored))
     info = probe_video(path)
     assert (info.width, info.height, info.rotation) == (48, 64, degrees % 360)
     frames = decode_video_frames(path, tuple(range(9)), 48, 64, info.fps)
@@ -86,17 +88,16 @@ def _write_vfr(path: Path, ticks: list[int]) -> list[float]:
         stream = container.add_stream("libx264", rate=30, options={"crf": "10"})
         stream.width, stream.height, stream.pix_fmt = 96, 64, "yuv420p"
         stream.codec_context.time_base = fractions.Fraction(1, 90000)
+        frames = []
         for k, tick in enumerate(ticks):
             pixels = render_frame(k, 96, 64, 1)
             pixels[:16, :16] = 4 * k
             frame = av.VideoFrame.from_ndarray(pixels, format="rgb24")
             frame.pts, frame.time_base = pts, fractions.Fraction(1, 90000)
+            frames.append(frame)
             times.append(pts / 90000)
             pts += tick
-            for packet in stream.encode(frame):
-                container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+        _mux(container, stream, frames)
     return times
 
 

@@ -7,11 +7,11 @@ The optimizer and scheduler builders call the same functions, so the rules live 
 
 from __future__ import annotations
 
-import difflib
 import re
 from typing import Any
 
 from cadence.config.compat import Parts
+from cadence.config.errors import closest
 from cadence.config.schema import I2V_ONLY_ARCHS, SINGLE_EXPERT_ARCHS, T2V_ONLY_ARCHS, JobConfig, TrainConfig
 
 EXPERT_LR_KEYS = ("high_noise_lr", "low_noise_lr")
@@ -45,8 +45,8 @@ Issue = tuple[Parts, str]
 
 
 def _did_you_mean(key: str, valid: list[str] | tuple[str, ...]) -> str:
-    close = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
-    return f"did you mean '{close[0]}'? " if close else ""
+    close = closest(key, valid)
+    return f"did you mean '{close}'? " if close else ""
 
 
 def optimizer_param_issues(optimizer: str, params: dict[str, Any], accepted: tuple[str, ...]) -> list[Issue]:

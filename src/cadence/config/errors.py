@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterable
 from pathlib import Path
 
 
@@ -36,3 +38,9 @@ def format_path(parts: tuple[str | int, ...] | list[str | int], prefix: str = ""
         else:
             text += f".{part}" if text else str(part)
     return text
+
+
+def closest(key: str, valid: Iterable[str]) -> str | None:
+    """The valid name a typo most likely meant (difflib ratio >= 0.6), or None."""
+    match = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.6)
+    return match[0] if match else None

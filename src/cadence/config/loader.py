@@ -8,7 +8,6 @@ read file -> unwrap layout -> `[name]` tags -> seed synonyms (compat) -> unsuppo
 from __future__ import annotations
 
 import copy
-import difflib
 import json
 import os
 import re
@@ -29,7 +28,7 @@ from cadence.config.compat import (
     synonyms_for,
 )
 from cadence.config.cross_checks import config_issues
-from cadence.config.errors import ConfigError, format_path
+from cadence.config.errors import ConfigError, closest, format_path
 from cadence.config.prompt_flags import expand_prompt_flags
 from cadence.config.schema import JobConfig
 from cadence.config.unsupported import check_unsupported
@@ -140,8 +139,8 @@ def is_seed_layout(data: dict[str, Any]) -> bool:
 
 
 def _unknown(key: str, valid: list[str], path: str) -> tuple[str, str]:
-    match = difflib.get_close_matches(key, valid, n=1, cutoff=0.6)
-    hint = f"did you mean '{match[0]}'?" if match else f"valid keys here: {', '.join(sorted(valid))}"
+    match = closest(key, valid)
+    hint = f"did you mean '{match}'?" if match else f"valid keys here: {', '.join(sorted(valid))}"
     if key in FOREIGN_KEYS:
         hint = f"that is another trainer's name; Cadence's setting is {FOREIGN_KEYS[key]}"
     return path, f"unknown key '{key}' at {path}; {hint}"

@@ -93,7 +93,7 @@ class PeriodicChecks:
         return (
             self.health is not None
             and self.health.cfg.every is not None
-            and step % self.health.cfg.every == 0
+            and self.health.due(step, saving=False)
         )
 
     def eval_due(self, step: int, saving: bool) -> bool:

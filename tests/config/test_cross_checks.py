@@ -115,3 +115,21 @@ def test_settings_that_would_silently_not_train_as_asked():
     loraplus = {"network_kwargs": {"loraplus_lr_ratio": 16}}
     issues = _issues(flat(train={"disable_sampling": True, "optimizer": "automagic"}, network=loraplus))
     assert list(issues) == ["network.network_kwargs.loraplus_lr_ratio"]
+
+
+def test_timestep_shape_keys_need_their_distribution():
+    issues = _issues(flat(train={"disable_sampling": True, "flow_shift": 5.0, "logit_std": 0.5}))
+    assert set(issues) == {"train.flow_shift", "train.logit_std"}
+    assert "timestep_type: shift" in issues["train.flow_shift"] and "'sigmoid'" in issues["train.flow_shift"]
+    assert "timestep_type: logit_normal" in issues["train.logit_std"]
+    cfg = load_config_dict(
+        flat(
+            train={
+                "disable_sampling": True,
+                "timestep_type": "logit_normal",
+                "logit_mean": 0.5,
+                "logit_std": 0.8,
+            }
+        )
+    )
+    assert (cfg.train.logit_mean, cfg.train.logit_std) == (0.5, 0.8)

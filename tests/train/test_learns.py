@@ -32,3 +32,15 @@ def test_fixed_timestep_eval_loss_falls(tiny_i2v: Path, clips: Path, tmp_path: P
     after = evaluator.evaluate(setup.adapter, setup.device, setup.dtype)
     for key in ("eval_loss_high_noise", "eval_loss_low_noise", "eval_loss"):
         assert after[key] < REQUIRED_RATIO * before[key], (key, before[key], after[key])
+
+
+def test_logit_normal_keys_reach_the_sampler(tiny_i2v: Path, clips: Path, tmp_path: Path) -> None:
+    job = job_dict(
+        tiny_i2v, clips, tmp_path / "run", timestep_type="logit_normal", logit_mean=0.7, logit_std=0.6
+    )
+    setup = build_training(load_config_dict(job, tmp_path / "job.yaml"))
+    assert (setup.timesteps.kind, setup.timesteps.logit_mean, setup.timesteps.logit_std) == (
+        "logit_normal",
+        0.7,
+        0.6,
+    )

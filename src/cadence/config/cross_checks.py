@@ -142,7 +142,29 @@ def _train_issues(train: TrainConfig) -> list[Issue]:
         train.lr_warmup_steps,
         train.lr_scheduler_params,
     )
+    issues += _timestep_issues(train)
     return issues
+
+
+# Keys that shape one timestep distribution only; changed for another one they would do nothing. (A value
+# equal to the default passes: resolved configs written to run folders carry every key.)
+TIMESTEP_KEYS: dict[str, str] = {
+    "flow_shift": "shift",
+    "logit_mean": "logit_normal",
+    "logit_std": "logit_normal",
+}
+
+
+def _timestep_issues(train: TrainConfig) -> list[Issue]:
+    return [
+        (
+            ("train", key),
+            f"applies only with timestep_type: {kind}, but timestep_type is '{train.timestep_type}'; "
+            f"set timestep_type: {kind} or drop {key}",
+        )
+        for key, kind in TIMESTEP_KEYS.items()
+        if getattr(train, key) != TrainConfig.model_fields[key].default and train.timestep_type != kind
+    ]
 
 
 def _network_issues(cfg: JobConfig) -> list[Issue]:

@@ -216,6 +216,8 @@ class TrainConfig(Strict):
     noise_scheduler: Literal["flowmatch"] = "flowmatch"
     timestep_type: Literal["uniform", "linear", "sigmoid", "shift", "logit_normal"] = "sigmoid"
     flow_shift: float = Field(3.0, gt=0, description="shift for timestep_type: shift")
+    logit_mean: float = Field(0.0, description="mean of z for timestep_type: logit_normal (t = sigmoid(z))")
+    logit_std: float = Field(1.0, gt=0, description="std of z for timestep_type: logit_normal")
     switch_boundary_every: int = Field(1, ge=1)
     seed: int = 42
     deterministic: bool = Field(

@@ -197,7 +197,12 @@ def build_training(cfg: JobConfig) -> TrainingSetup:
         adapter.pad_text,
         [ds.caption_dropout_rate for ds in cfg.datasets],
     )
-    timesteps = TimestepSampler(cfg.train.timestep_type, flow_shift=cfg.train.flow_shift)
+    timesteps = TimestepSampler(
+        cfg.train.timestep_type,
+        flow_shift=cfg.train.flow_shift,
+        logit_mean=cfg.train.logit_mean,
+        logit_std=cfg.train.logit_std,
+    )
     recorder = RunRecorder(cfg, paths, CheckpointManager(paths, cfg.save.max_step_saves_to_keep))
     evaluator = None
     if eval_items:

@@ -133,3 +133,24 @@ def test_timestep_shape_keys_need_their_distribution():
         )
     )
     assert (cfg.train.logit_mean, cfg.train.logit_std) == (0.5, 0.8)
+
+
+def test_seed_per_expert_phases_spelling_loads_and_errors_name_it():
+    phases = {"warm": {"alpha": 8, "min_steps": 10}, "main": {"alpha": 16}}
+    schedule = {
+        "enabled": True,
+        "conv_alpha_phases": phases,
+        "per_expert": {"high_noise": {"phases": phases}},
+    }
+    cfg = load_config_dict(flat(network={"conv": 16, "alpha_schedule": schedule}))
+    per_expert = cfg.network.alpha_schedule.per_expert
+    assert per_expert["high_noise"].conv_alpha_phases["warm"].alpha == 8
+    bad = {"high_noise": {"phases": {"warm": {"alpha": -1}}}}
+    issues = _issues(seed(flat(network={"conv": 16, "alpha_schedule": {**schedule, "per_expert": bad}})))
+    assert list(issues) == [
+        "config.process[0].network.alpha_schedule.per_expert.high_noise.phases.warm.alpha"
+    ]
+    both = {"low_noise": {"phases": phases, "conv_alpha_phases": {"main": {"alpha": 4}}}}
+    issues = _issues(flat(network={"conv": 16, "alpha_schedule": {**schedule, "per_expert": both}}))
+    assert list(issues) == ["network.alpha_schedule.per_expert.low_noise.phases"]
+    assert "keep only 'conv_alpha_phases'" in issues["network.alpha_schedule.per_expert.low_noise.phases"]

@@ -23,6 +23,13 @@ SYNONYMS: dict[str, str] = {
     "training_seed": "train.seed",
     "save.save_dtype": "save.dtype",
     "datasets[].caption_type": "datasets[].caption_ext",
+    # the seed reads its per-expert (conv-alpha) phase list from `phases`
+    "network.alpha_schedule.per_expert.high_noise.phases": (
+        "network.alpha_schedule.per_expert.high_noise.conv_alpha_phases"
+    ),
+    "network.alpha_schedule.per_expert.low_noise.phases": (
+        "network.alpha_schedule.per_expert.low_noise.conv_alpha_phases"
+    ),
 }
 
 # values the seed matches case-insensitively or under an alias: key pattern -> {seed value: Cadence value}

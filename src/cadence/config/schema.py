@@ -61,21 +61,10 @@ class AlphaPhase(Strict):
 
 
 class ExpertAlphaSchedule(Strict):
-    """Per-expert override of the phase list (seed: `per_expert: {high_noise: {...}}`)."""
+    """Per-expert override of the phase list (seed: `per_expert: {high_noise: {phases: ...}}`, a synonym)."""
 
     conv_alpha_phases: dict[str, AlphaPhase] | None = None
     alpha_phases: dict[str, AlphaPhase] | None = None
-
-    @model_validator(mode="before")
-    @classmethod
-    def _seed_phases_key(cls, data: object) -> object:
-        """The seed trainer reads `per_expert.<expert>.phases` (its conv-alpha phase list)."""
-        if isinstance(data, dict) and "phases" in data:
-            data = dict(data)
-            if "conv_alpha_phases" in data:
-                raise ValueError("give either 'phases' (seed name) or 'conv_alpha_phases', not both")
-            data["conv_alpha_phases"] = data.pop("phases")
-        return data
 
 
 class AlphaSchedule(Strict):

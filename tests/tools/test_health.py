@@ -56,7 +56,8 @@ def lora_modules(magnitude: float, seed: int, rank: int = 4, alpha: float = 2.0)
     return modules
 
 
-def write_run(root: Path, series: list[Interval], seed: int = 0) -> Path:
+def write_run(root: Path, series: list[Interval], seed: int = 0, switch_every: int = 1) -> Path:
+    """A run folder whose experts take turns of `switch_every` steps, high-noise first."""
     run_dir = root / NAME
     run_dir.mkdir(parents=True)
     rng = random.Random(seed)
@@ -72,7 +73,7 @@ def write_run(root: Path, series: list[Interval], seed: int = 0) -> Path:
                 torch.float32,
             )
         for step in range(prev + 1, iv.step + 1):
-            expert = "high_noise" if step % 2 else "low_noise"
+            expert = "high_noise" if (step - 1) // switch_every % 2 == 0 else "low_noise"
             level = iv.loss_high if expert == "high_noise" else iv.loss_low
             rows.append(
                 {
@@ -95,9 +96,10 @@ def write_run(root: Path, series: list[Interval], seed: int = 0) -> Path:
 
 
 def rules_fired(
-    tmp_path: Path, series: list[Interval], preset: str = "motion", **over
+    tmp_path: Path, series: list[Interval], preset: str = "motion", switch_every: int = 1, **over
 ) -> dict[str, set[int]]:
-    report = analyze_run(write_run(tmp_path, series), preset=preset, overrides=over or None)
+    run_dir = write_run(tmp_path, series, switch_every=switch_every)
+    report = analyze_run(run_dir, preset=preset, overrides=over or None)
     fired: dict[str, set[int]] = {}
     for w in report.warnings:
         fired.setdefault(w.rule, set()).add(w.step)
@@ -132,8 +134,24 @@ def test_lr_ratio_low(tmp_path: Path) -> None:
 
 
 def test_loss_rising(tmp_path: Path) -> None:
-    series = [*HEALTHY[:3], replace(HEALTHY[3], loss_low=0.12)]
-    assert rules_fired(tmp_path, series) == {"loss_rising": {400}}
+    series = [
+        *HEALTHY,
+        replace(HEALTHY[2], step=500, loss_low=0.12),
+        replace(HEALTHY[3], step=600, loss_low=0.12),
+    ]
+    assert rules_fired(tmp_path, series, high_noise_magnitude_low=None) == {"loss_rising": {600}}
+    # one bad interval is not a trend: it has to persist
+    once = [*HEALTHY, replace(HEALTHY[2], step=500), replace(HEALTHY[3], step=600, loss_low=0.12)]
+    assert rules_fired(tmp_path / "b", once, high_noise_magnitude_low=None) == {}
+
+
+def test_stationary_loss_never_rises_over_many_checkpoints(tmp_path: Path) -> None:
+    # 30 checkpoints x 2 experts of pure noise (std 0.02 at 0.08, 50 rows each): 58 comparisons per run
+    # flagged noise in most runs under the old one-interval two-SE test; none of 10 runs may fire now
+    series = [Interval(100 * k, 0.004 + 0.0001 * k, 0.002 + 0.00004 * k) for k in range(1, 31)]
+    for seed in range(10):
+        run_dir = write_run(tmp_path / str(seed), series, seed=seed)
+        assert analyze_run(run_dir, preset="none").warnings == [], seed
 
 
 def test_loss_noise_is_not_a_rise(tmp_path: Path) -> None:
@@ -234,6 +252,59 @@ def test_series_from_magnitudes_without_files() -> None:
     ]
     series = build_series(mags, rows)
     assert series.points[0].weight_ratio == pytest.approx(1.0, rel=1e-5)
+    assert series.points[0].eval_loss is None  # the high-noise eval ran at step 99, on other weights
+    assert series.points[0].experts["high_noise"].stats.eval_loss is None
+    rows[0]["step"] = 100
+    series = build_series(mags, rows)
     assert series.points[0].eval_loss == pytest.approx(0.15)  # mean of the experts' eval losses
     assert series.points[0].experts["high_noise"].stats.eval_loss == pytest.approx(0.2)
-    assert evaluate(series, HealthConfig(preset="motion"))[0].rule == "weight_ratio_low"
+    # a ratio of 1.0 at the first checkpoint has not fallen from anywhere
+    fired = {w.rule for w in evaluate(series, HealthConfig(preset="motion"))}
+    assert fired == {"high_noise_magnitude_low"}
+
+
+# Experts taking turns of 100 steps with a save every 100 steps (the example config): each interval
+# holds one expert's turn, and the idle expert's |ΔW| does not move.
+TURNS = [
+    Interval(100, 0.0040, 0.0),
+    Interval(200, 0.0040, 0.0020),
+    Interval(300, 0.0060, 0.0020),
+    Interval(400, 0.0060, 0.0027),
+    Interval(500, 0.0075, 0.0027),
+    Interval(600, 0.0075, 0.0032),
+]
+
+
+def test_turn_taking_experts_are_compared_over_both_turns(tmp_path: Path) -> None:
+    assert rules_fired(tmp_path, TURNS, switch_every=100, high_noise_magnitude_low=None) == {}
+    report = analyze_run(write_run(tmp_path / "b", TURNS, switch_every=100), preset="motion")
+    # 500 (ratio 2.78, high one turn ahead) wins on the schedule alone; 600 is the best even checkpoint
+    assert [r.step for r in report.recommendations] == [600]
+    point = report.series.points[2]
+    assert (point.experts["high_noise"].total_steps, point.experts["low_noise"].total_steps) == (200, 100)
+    as_json = report.to_dict()["checkpoints"]
+    assert [c["balanced"] for c in as_json] == [False, True, False, True, False, True]
+    assert (
+        as_json[2]["experts"]["low_noise"]["steps"] == 0
+        and as_json[2]["experts"]["low_noise"]["total_steps"] == 100
+    )
+    degrading = [*TURNS[:5], replace(TURNS[5], low=0.0060)]
+    fired = rules_fired(tmp_path / "c", degrading, switch_every=100, high_noise_magnitude_low=None)
+    assert fired == {"weight_ratio_low": {600}, "low_noise_outgrowing": {600}}
+    report = analyze_run(write_run(tmp_path / "d", degrading, switch_every=100), preset="motion")
+    outgrowing = next(w for w in report.warnings if w.rule == "low_noise_outgrowing")
+    assert "since step 400" in outgrowing.message
+    assert (
+        "it was 2.22x at step 400" in next(w for w in report.warnings if w.rule == "weight_ratio_low").message
+    )
+
+
+def test_weight_ratio_still_climbing_is_not_a_drop(tmp_path: Path) -> None:
+    climbing = [replace(iv, low=iv.high / r) for iv, r in zip(HEALTHY, (1.2, 1.3, 1.4, 1.45), strict=True)]
+    fired = rules_fired(tmp_path, climbing, low_noise_outgrowing=None, high_noise_magnitude_low=None)
+    assert fired == {}
+
+
+def test_final_only_rules_cannot_stop_a_run() -> None:
+    with pytest.raises(ValidationError, match="cannot stop one"):
+        HealthConfig(preset="motion", stop_on=["high_noise_magnitude_low"])

@@ -43,10 +43,15 @@ class HealthConfig(BaseModel):
 
     @model_validator(mode="after")
     def _stop_rules_active(self) -> HealthConfig:
-        from cadence.tools.health import active_thresholds  # rules live with the analysis code
+        from cadence.tools.health import RULES, active_thresholds  # rules live with the analysis code
 
         active = active_thresholds(self)
         for rule in self.stop_on:
+            if RULES[rule].final_only:
+                raise ValueError(
+                    f"train.health.stop_on: rule {rule!r} judges the level reached by the end of a run, "
+                    "so it cannot stop one; `cadence analyze` reports it, remove it from stop_on"
+                )
             if rule not in active:
                 raise ValueError(
                     f"train.health.stop_on: rule {rule!r} is not active with preset {self.preset!r}; "

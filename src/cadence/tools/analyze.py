@@ -59,6 +59,7 @@ class AnalysisReport:
                 experts[name] = {
                     "magnitude": e.magnitude,
                     "growth": e.growth,
+                    "total_steps": e.total_steps,
                     **asdict(e.stats),
                     "per_block": {str(k): v for k, v in e.per_block.items()},
                     "file": self.files.get(p.step, {}).get(name),
@@ -69,6 +70,7 @@ class AnalysisReport:
                     "weight_ratio": p.weight_ratio,
                     "lr_ratio": p.lr_ratio,
                     "eval_loss": p.eval_loss,
+                    "balanced": self.series.balanced(len(checkpoints)),
                     "experts": experts,
                 }
             )

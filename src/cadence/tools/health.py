@@ -12,81 +12,22 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from cadence.config.health import HealthConfig
 from cadence.networks.magnitude import MagnitudeSummary
-from cadence.tools.run_folder import MAIN_EXPERT, IntervalStats, interval_stats, last_value
+from cadence.tools.health_series import CheckpointPoint, RunSeries, build_series
+from cadence.tools.run_folder import IntervalStats
+
+__all__ = ["HealthConfig", "HealthMonitor", "RunSeries", "build_series", "evaluate", "recommend"]
 
 # Rules whose firing means "it was better before": the recommender keeps the checkpoint before them.
-DEGRADATION_RULES = ("low_noise_outgrowing", "loss_rising", "weight_ratio_high")
-
-
-# --------------------------------------------------------------------------------------------- series
-@dataclass
-class ExpertPoint:
-    """One expert at one checkpoint. growth is relative (0.054 = +5.4%) since the previous checkpoint."""
-
-    magnitude: float
-    per_block: dict[int, float] = field(default_factory=dict)
-    growth: float | None = None
-    stats: IntervalStats = field(default_factory=IntervalStats)
-
-
-@dataclass
-class CheckpointPoint:
-    step: int
-    experts: dict[str, ExpertPoint]
-    weight_ratio: float | None = None  # high / low mean |ΔW|
-    lr_ratio: float | None = None  # high / low mean LR over the interval
-    eval_loss: float | None = None  # run-wide eval_loss, else mean of the experts' eval losses
-
-
-@dataclass
-class RunSeries:
-    points: list[CheckpointPoint]
-
-    def index_of(self, step: int) -> int:
-        return next(i for i, p in enumerate(self.points) if p.step == step)
-
-
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a is not None and b is not None and b > 0 else None
-
-
-def build_series(
-    magnitudes: Mapping[int, Mapping[str, MagnitudeSummary]], rows: list[dict[str, Any]]
-) -> RunSeries:
-    """Join per-checkpoint magnitudes with the metrics of the interval before each checkpoint."""
-    points: list[CheckpointPoint] = []
-    previous: CheckpointPoint | None = None
-    for step in sorted(magnitudes):
-        lo = previous.step if previous else 0
-        experts: dict[str, ExpertPoint] = {}
-        for expert, summary in magnitudes[step].items():
-            before = previous.experts.get(expert) if previous else None
-            growth = (
-                (summary.mean - before.magnitude) / before.magnitude if before and before.magnitude else None
-            )
-            experts[expert] = ExpertPoint(
-                summary.mean, dict(summary.per_block), growth, interval_stats(rows, lo, step, expert)
-            )
-        high, low = experts.get("high_noise"), experts.get("low_noise")
-        eval_loss = last_value(rows, lo, step, "eval_loss")
-        if eval_loss is None and MAIN_EXPERT not in experts:
-            per = [v for e in experts.values() if (v := e.stats.eval_loss) is not None]
-            eval_loss = sum(per) / len(per) if per and len(per) == len(experts) else None
-        point = CheckpointPoint(
-            step=step,
-            experts=experts,
-            weight_ratio=_ratio(high.magnitude, low.magnitude) if high and low else None,
-            lr_ratio=_ratio(high.stats.lr, low.stats.lr) if high and low else None,
-            eval_loss=eval_loss,
-        )
-        points.append(point)
-        previous = point
-    return RunSeries(points)
+DEGRADATION_RULES = ("low_noise_outgrowing", "loss_rising", "weight_ratio_high", "weight_ratio_low")
+# A loss rise must hold over two intervals and clear this many standard errors: with tens of checkpoint
+# comparisons per run, a two-SE test on one interval flagged noise in most runs (152 of 200 simulated
+# stationary runs of 30 checkpoints); at 4 SE on pairs, 1-2 of 200, while a sustained +30% is still caught.
+LOSS_RISE_Z = 4.0
 
 
 # ---------------------------------------------------------------------------------------------- config
@@ -120,19 +61,27 @@ class Rule:
 
 
 def _weight_ratio_low(s: RunSeries, i: int, th: float) -> list[HealthWarning]:
+    """The ratio fell below the threshold after having reached it (seed 003: "stop if it drops below").
+    Only checkpoints where both experts had their share count; a run still climbing towards the threshold
+    has not degraded."""
     p = s.points[i]
-    if p.weight_ratio is None or p.weight_ratio >= th:
+    if p.weight_ratio is None or p.weight_ratio >= th or not s.balanced(i):
         return []
+    earlier = [q for k, q in enumerate(s.points[:i]) if s.balanced(k) and (q.weight_ratio or 0.0) >= th]
+    if not earlier:
+        return []
+    peak = max(earlier, key=lambda q: q.weight_ratio or 0.0)
     msg = (
-        f"high/low |ΔW| ratio {p.weight_ratio:.2f}x is below {th:.2f}x: the low-noise expert is catching up "
-        "and tends to tame motion; stop here or lower the low-noise LR"
+        f"high/low |ΔW| ratio fell to {p.weight_ratio:.2f}x, below {th:.2f}x (it was {peak.weight_ratio:.2f}x "
+        f"at step {peak.step}): the low-noise expert is catching up and tends to tame motion; keep an "
+        "earlier checkpoint or lower the low-noise LR"
     )
     return [HealthWarning("weight_ratio_low", p.step, None, msg, p.weight_ratio, th)]
 
 
 def _weight_ratio_high(s: RunSeries, i: int, th: float) -> list[HealthWarning]:
     p = s.points[i]
-    if p.weight_ratio is None or p.weight_ratio <= th * (1 + 1e-9):
+    if p.weight_ratio is None or p.weight_ratio <= th * (1 + 1e-9) or not s.balanced(i):
         return []
     msg = (
         f"high/low |ΔW| ratio {p.weight_ratio:.2f}x is above {th:.2f}x: for character/style LoRAs a dominant "
@@ -142,19 +91,27 @@ def _weight_ratio_high(s: RunSeries, i: int, th: float) -> list[HealthWarning]:
 
 
 def _low_noise_outgrowing(s: RunSeries, i: int, th: float) -> list[HealthWarning]:
-    p = s.points[i]
-    high, low = p.experts.get("high_noise"), p.experts.get("low_noise")
-    if i == 0 or not high or not low or high.growth is None or low.growth is None:
+    """Growth per own training step between two balanced checkpoints, so a checkpoint interval that held
+    only one expert's turn is not read as the other one standing still, nor one turn compared with an
+    earlier (faster) turn of the other expert."""
+    j = s.previous_balanced(i) if s.balanced(i) else None
+    if j is None:
         return []
-    limit = max(high.growth, 0.0) * th
-    if low.growth <= 0 or low.growth <= limit:
+    high, low = s.span_growth(j, i, "high_noise"), s.span_growth(j, i, "low_noise")
+    if high is None or low is None or not high[1] or not low[1]:
         return []
+    (g_high, n_high), (g_low, n_low) = high, low
+    rate_high, rate_low = g_high / n_high, g_low / n_low
+    limit = max(rate_high, 0.0) * th
+    if rate_low <= 0 or rate_low <= limit:
+        return []
+    steps = "" if n_high == n_low else f" per own step ({n_high} high-noise vs {n_low} low-noise steps)"
     msg = (
-        f"since step {s.points[i - 1].step} low-noise |ΔW| grew {low.growth:+.1%}, faster than high-noise "
-        f"({high.growth:+.1%}, factor {th:g}): the low-noise expert is overpowering motion; keep the "
+        f"since step {s.points[j].step} low-noise |ΔW| grew {g_low:+.1%}, faster than high-noise "
+        f"({g_high:+.1%}){steps}, factor {th:g}: the low-noise expert is overpowering motion; keep the "
         "previous checkpoint or lower the low-noise max LR"
     )
-    return [HealthWarning("low_noise_outgrowing", p.step, "low_noise", msg, low.growth, limit)]
+    return [HealthWarning("low_noise_outgrowing", s.points[i].step, "low_noise", msg, rate_low, limit)]
 
 
 def _high_noise_magnitude_low(s: RunSeries, i: int, th: float) -> list[HealthWarning]:
@@ -192,32 +149,57 @@ def _lr_ratio_high(s: RunSeries, i: int, th: float) -> list[HealthWarning]:
 
 
 def _loss_rising(s: RunSeries, i: int, th: float) -> list[HealthWarning]:
-    if i == 0:
-        return []
+    """An expert's last two intervals (among those it trained in) each sit more than th% above the best
+    level it reached before them (the lowest mean of two consecutive earlier intervals), and the pooled
+    last two exceed it by ≥ LOSS_RISE_Z standard errors. Pairs, not single intervals, on both sides: one
+    unlucky interval is not a trend."""
     out = []
-    p, prev = s.points[i], s.points[i - 1]
-    for expert, now in p.experts.items():
-        before = prev.experts.get(expert)
-        a, b = (before.stats if before else None), now.stats
-        if not a or a.loss_mean is None or b.loss_mean is None or a.loss_mean <= 0:
+    p = s.points[i]
+    for expert in p.experts:
+        trained = [q.experts[expert].stats for q in s.points[: i + 1] if _has_losses(q, expert)]
+        if not _has_losses(p, expert) or len(trained) < 4:
             continue
-        rise = (b.loss_mean - a.loss_mean) / a.loss_mean * 100
-        if rise <= th or not _significant(a, b):
+        prev, cur = trained[-2], trained[-1]
+        pairs = zip(trained[:-3], trained[1:-2], strict=True)
+        ref = min((_pool(a, b) for a, b in pairs), key=lambda x: x.loss_mean)  # type: ignore[arg-type,return-value]
+        limit = ref.loss_mean * (1 + th / 100)  # type: ignore[operator]
+        if ref.loss_mean <= 0 or prev.loss_mean <= limit or cur.loss_mean <= limit:  # type: ignore[operator]
             continue
+        pooled = _pool(prev, cur)
+        z = _z(ref, pooled)
+        if z < LOSS_RISE_Z:
+            continue
+        rise = (pooled.loss_mean / ref.loss_mean - 1) * 100  # type: ignore[operator]
         msg = (
-            f"{expert} loss mean {b.loss_mean:.4f} over steps {prev.step + 1}-{p.step} is {rise:+.1f}% above "
-            f"the previous interval ({a.loss_mean:.4f}), more than {th:g}%: training is diverging"
+            f"{expert} loss mean stayed more than {th:g}% above its best earlier level {ref.loss_mean:.4f} over its last "
+            f"two intervals ({prev.loss_mean:.4f}, then {cur.loss_mean:.4f}; {rise:+.1f}%, {z:.1f} standard "
+            "errors): training is diverging"
         )
         out.append(HealthWarning("loss_rising", p.step, expert, msg, rise, th))
     return out
 
 
-def _significant(a: IntervalStats, b: IntervalStats) -> bool:
-    """The rise exceeds two standard errors when both intervals have a spread (noise is not a trend)."""
-    if a.loss_std is None or b.loss_std is None or a.loss_mean is None or b.loss_mean is None:
-        return True
-    se = math.sqrt(a.loss_std**2 / a.loss_count + b.loss_std**2 / b.loss_count)
-    return b.loss_mean - a.loss_mean > 2 * se
+def _has_losses(p: CheckpointPoint, expert: str) -> bool:
+    e = p.experts.get(expert)
+    return e is not None and e.stats.loss_std is not None and e.stats.loss_count >= 2
+
+
+def _pool(a: IntervalStats, b: IntervalStats) -> IntervalStats:
+    """Mean and sample std of the union of two intervals' losses."""
+    n = a.loss_count + b.loss_count
+    mean = (a.loss_mean * a.loss_count + b.loss_mean * b.loss_count) / n  # type: ignore[operator]
+    ss = sum(
+        (x.loss_count - 1) * x.loss_std**2 + x.loss_count * (x.loss_mean - mean) ** 2  # type: ignore[operator]
+        for x in (a, b)
+    )
+    return IntervalStats(loss_mean=mean, loss_std=math.sqrt(ss / (n - 1)), loss_count=n)
+
+
+def _z(a: IntervalStats, b: IntervalStats) -> float:
+    """Standard errors by which b's mean exceeds a's (Welch)."""
+    se = math.sqrt(a.loss_std**2 / a.loss_count + b.loss_std**2 / b.loss_count)  # type: ignore[operator]
+    diff = b.loss_mean - a.loss_mean  # type: ignore[operator]
+    return math.inf if se == 0 and diff > 0 else (diff / se if se else 0.0)
 
 
 def _gradient_unstable(s: RunSeries, i: int, th: float) -> list[HealthWarning]:
@@ -237,7 +219,12 @@ def _gradient_unstable(s: RunSeries, i: int, th: float) -> list[HealthWarning]:
 RULES: dict[str, Rule] = {
     r.id: r
     for r in (
-        Rule("weight_ratio_low", "high/low |ΔW| ratio below threshold", {"motion": 1.5}, _weight_ratio_low),
+        Rule(
+            "weight_ratio_low",
+            "high/low |ΔW| ratio fell below threshold after reaching it",
+            {"motion": 1.5},
+            _weight_ratio_low,
+        ),
         Rule(
             "weight_ratio_high", "high/low |ΔW| ratio above threshold", {"character": 1.0}, _weight_ratio_high
         ),
@@ -258,7 +245,8 @@ RULES: dict[str, Rule] = {
         Rule("lr_ratio_high", "high/low LR ratio above threshold", {"character": 1.0}, _lr_ratio_high),
         Rule(
             "loss_rising",
-            "interval loss mean above the previous interval by more than threshold %",
+            "an expert's loss mean above its level two intervals before by more than threshold %, over two "
+            "intervals and by >= 3 standard errors",
             {None: 10.0, "motion": 10.0, "character": 10.0},
             _loss_rising,
         ),
@@ -340,16 +328,18 @@ def recommend(
 def _before_first_degradation(
     series: RunSeries, warnings: list[HealthWarning], rules: set[str]
 ) -> list[tuple[int, str]]:
+    """The latest balanced checkpoint before the first firing (one mid-round would hold an expert that
+    had not had its turn)."""
     bad = sorted((w for w in warnings if w.rule in rules), key=lambda w: w.step)
     if not bad:
         return []
     first = bad[0]
-    index = series.index_of(first.step)
-    if index == 0:
+    index = series.previous_balanced(series.index_of(first.step))
+    if index is None:
         return []
     return [
         (
-            series.points[index - 1].step,
+            series.points[index].step,
             f"last checkpoint before {first.rule} fired at step {first.step} ({first.message})",
         )
     ]
@@ -366,15 +356,17 @@ def _lowest_eval(series: RunSeries) -> list[tuple[int, str]]:
 
 
 def _best_motion_balance(series: RunSeries, warnings: list[HealthWarning]) -> list[tuple[int, str]]:
+    """The highest ratio among checkpoints where both experts had their share of steps, the high-noise
+    expert was still growing and the low-noise one did not outgrow it (a checkpoint right after a
+    high-noise turn would win on the schedule alone)."""
     outgrown = {w.step for w in warnings if w.rule == "low_noise_outgrowing"}
     healthy = [
         p
-        for p in series.points
+        for i, p in enumerate(series.points)
         if p.weight_ratio is not None
         and p.step not in outgrown
-        and (h := p.experts.get("high_noise")) is not None
-        and h.growth is not None
-        and h.growth > 0
+        and series.balanced(i)
+        and _high_noise_growing(series, i)
     ]
     if not healthy:
         return []
@@ -382,10 +374,17 @@ def _best_motion_balance(series: RunSeries, warnings: list[HealthWarning]) -> li
     return [
         (
             best.step,
-            f"highest high/low |ΔW| ratio ({best.weight_ratio:.2f}x) among checkpoints where the "
-            "high-noise expert was still growing and the low-noise expert did not outgrow it (motion)",
+            f"highest high/low |ΔW| ratio ({best.weight_ratio:.2f}x) among checkpoints where both experts "
+            "had trained evenly, the high-noise expert was still growing and the low-noise expert did not "
+            "outgrow it (motion)",
         )
     ]
+
+
+def _high_noise_growing(series: RunSeries, i: int) -> bool:
+    j = series.previous_balanced(i)
+    growth = series.span_growth(j, i, "high_noise") if j is not None else None
+    return growth is not None and growth[0] > 0
 
 
 # ------------------------------------------------------------------------------------------ live checks
@@ -397,6 +396,9 @@ class HealthResult:
     warnings: list[HealthWarning]
     stop_reason: str | None
     recommendations: list[Recommendation]
+    # the latest checkpoint where both experts had their turns: a later firing recommends it, so it must
+    # survive pruning until a newer one takes its place
+    latest_balanced: int | None = None
 
     def metrics_fields(self) -> dict[str, Any]:
         """Fields for the metrics JSONL line of this step."""
@@ -424,6 +426,12 @@ class HealthMonitor:
         series = build_series(self.magnitudes, rows)
         warnings = evaluate(series, self.cfg)
         current = [w for w in warnings if w.step == step]
+        last = len(series.points) - 1
+        balanced = last if series.balanced(last) else series.previous_balanced(last)
         return HealthResult(
-            step, current, should_stop(current, self.cfg), recommend(series, warnings, self.cfg)
+            step,
+            current,
+            should_stop(current, self.cfg),
+            recommend(series, warnings, self.cfg),
+            series.points[balanced].step if balanced is not None else None,
         )

@@ -131,7 +131,8 @@ class IntervalStats:
     loss_std: float | None = None
     loss_count: int = 0
     grad_stability: float | None = None
-    eval_loss: float | None = None
+    eval_loss: float | None = None  # only an eval run at the checkpoint's own step (older weights otherwise)
+    steps: int = 0  # steps this expert trained in the interval (its own metrics rows)
 
 
 def _num(value: Any) -> float | None:
@@ -164,7 +165,9 @@ def _row_lr(row: dict[str, Any], expert: str, own_row: bool) -> float | None:
 
 
 def interval_stats(rows: list[dict[str, Any]], lo: int, hi: int, expert: str) -> IntervalStats:
-    """Mean LR, loss mean/std (sample), gradient stability and last eval loss of `expert` in (lo, hi]."""
+    """Mean LR, loss mean/std (sample), gradient stability and own step count of `expert` in (lo, hi],
+    and its eval loss at step hi. Only the expert's own rows count: the other expert's rows repeat its
+    latest per-expert values, which describe older steps."""
     window = [r for r in rows if lo < r["step"] <= hi]
 
     def own(row: dict[str, Any]) -> bool:
@@ -176,7 +179,7 @@ def interval_stats(rows: list[dict[str, Any]], lo: int, hi: int, expert: str) ->
     if len(losses) > 1:
         mean = sum(losses) / len(losses)
         std = math.sqrt(sum((x - mean) ** 2 for x in losses) / (len(losses) - 1))
-    stab = [v for r in window if (v := _num(r.get(f"gradient_stability_{expert}"))) is not None]
+    stab = [v for r in window if own(r) and (v := _num(r.get(f"gradient_stability_{expert}"))) is not None]
     if not stab:
         stab = [v for r in window if own(r) and (v := _num(r.get("gradient_stability"))) is not None]
     stability = _mean(stab)
@@ -184,7 +187,7 @@ def interval_stats(rows: list[dict[str, Any]], lo: int, hi: int, expert: str) ->
         avgs = [v for r in window if own(r) and (v := _num(r.get("gradient_stability_avg"))) is not None]
         stability = avgs[-1] if avgs else None
     key = "eval_loss" if expert == MAIN_EXPERT else f"eval_loss_{expert}"
-    evals = [v for r in window if (v := _num(r.get(key))) is not None]
+    evals = [v for r in window if r["step"] == hi and (v := _num(r.get(key))) is not None]
     return IntervalStats(
         lr=_mean(lrs),
         loss_mean=_mean(losses),
@@ -192,10 +195,11 @@ def interval_stats(rows: list[dict[str, Any]], lo: int, hi: int, expert: str) ->
         loss_count=len(losses),
         grad_stability=stability,
         eval_loss=evals[-1] if evals else None,
+        steps=sum(1 for r in window if own(r)),
     )
 
 
-def last_value(rows: list[dict[str, Any]], lo: int, hi: int, key: str) -> float | None:
-    """The last finite value of `key` in (lo, hi] (e.g. the run-wide eval_loss at a checkpoint)."""
-    values = [v for r in rows if lo < r["step"] <= hi and (v := _num(r.get(key))) is not None]
+def value_at(rows: list[dict[str, Any]], step: int, key: str) -> float | None:
+    """The finite value of `key` on the row of `step` (e.g. the run-wide eval_loss of a checkpoint)."""
+    values = [v for r in rows if r["step"] == step and (v := _num(r.get(key))) is not None]
     return values[-1] if values else None

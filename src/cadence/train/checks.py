@@ -121,9 +121,10 @@ class PeriodicChecks:
         # only checkpoints that exist (or are being saved now) can be kept; pruning may have removed others
         saved = set(self.checkpoints.complete_steps()) | ({step} if saving else set())
         result.recommendations = [r for r in result.recommendations if r.step in saved]
+        self.checkpoints.protected = {result.latest_balanced} & saved
         if result.recommendations:
             best = result.recommendations[0]
-            self.checkpoints.protected = {best.step}
+            self.checkpoints.protected.add(best.step)
             log.info("health: best checkpoint so far is step %d (%s)", best.step, "; ".join(best.reasons))
         if result.stop_reason:
             kept = result.recommendations[0].step if result.recommendations else step

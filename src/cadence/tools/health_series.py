@@ -1,0 +1,114 @@
+"""The checkpoint series the health rules read: per-expert |ΔW| at each checkpoint joined with the metrics
+of the steps before it, and the questions the rules ask of it.
+
+Experts take turns (`switch_boundary_every`), so a checkpoint interval may hold only one expert's steps and
+a checkpoint may fall mid-round, one expert a turn ahead. Comparing the experts there measures the
+schedule, not the training: a sawtooth in the |ΔW| ratio and "growth" of an expert that did not train.
+`balanced` and `previous_balanced` let the rules compare only where both experts had their share.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from cadence.networks.magnitude import MagnitudeSummary
+from cadence.tools.run_folder import MAIN_EXPERT, IntervalStats, interval_stats, value_at
+
+PAIR = ("high_noise", "low_noise")
+
+
+@dataclass
+class ExpertPoint:
+    """One expert at one checkpoint. growth is relative (0.054 = +5.4%) since the previous checkpoint;
+    total_steps counts the expert's own training steps since the start of the run."""
+
+    magnitude: float
+    per_block: dict[int, float] = field(default_factory=dict)
+    growth: float | None = None
+    stats: IntervalStats = field(default_factory=IntervalStats)
+    total_steps: int = 0
+
+
+@dataclass
+class CheckpointPoint:
+    step: int
+    experts: dict[str, ExpertPoint]
+    weight_ratio: float | None = None  # high / low mean |ΔW|
+    lr_ratio: float | None = None  # high / low mean LR over the interval
+    eval_loss: float | None = None  # run-wide eval_loss at this step, else mean of the experts' ones
+
+
+@dataclass
+class RunSeries:
+    points: list[CheckpointPoint]
+
+    def index_of(self, step: int) -> int:
+        return next(i for i, p in enumerate(self.points) if p.step == step)
+
+    def _imbalance(self, p: CheckpointPoint) -> int | None:
+        """Own steps the high-noise expert is ahead of (or behind) the low-noise one; None if either has
+        not trained yet or the point is not a two-expert one."""
+        if not all(e in p.experts for e in PAIR):
+            return None
+        high, low = (p.experts[e].total_steps for e in PAIR)
+        return abs(high - low) if high and low else None
+
+    def balanced(self, i: int) -> bool:
+        """Both experts trained, as evenly as any checkpoint of this series (the schedule allows no
+        better). A series without step counts (no metrics) counts as balanced everywhere."""
+        counts = [self._imbalance(p) for p in self.points]
+        known = [c for c in counts if c is not None]
+        if not known:
+            return not any(p.experts[e].total_steps for p in self.points for e in p.experts)
+        return counts[i] is not None and counts[i] <= min(known)
+
+    def previous_balanced(self, i: int) -> int | None:
+        """The latest balanced checkpoint before i: the start of the last whole round of turns."""
+        return next((j for j in range(i - 1, -1, -1) if self.balanced(j)), None)
+
+    def span_growth(self, j: int, i: int, expert: str) -> tuple[float, int] | None:
+        """(relative |ΔW| growth, own steps) of `expert` from checkpoint j to checkpoint i."""
+        a, b = self.points[j].experts.get(expert), self.points[i].experts.get(expert)
+        if not a or not b or a.magnitude <= 0:
+            return None
+        return (b.magnitude - a.magnitude) / a.magnitude, b.total_steps - a.total_steps
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b is not None and b > 0 else None
+
+
+def build_series(
+    magnitudes: Mapping[int, Mapping[str, MagnitudeSummary]], rows: list[dict[str, Any]]
+) -> RunSeries:
+    """Join per-checkpoint magnitudes with the metrics of the interval before each checkpoint."""
+    points: list[CheckpointPoint] = []
+    previous: CheckpointPoint | None = None
+    for step in sorted(magnitudes):
+        lo = previous.step if previous else 0
+        experts: dict[str, ExpertPoint] = {}
+        for expert, summary in magnitudes[step].items():
+            before = previous.experts.get(expert) if previous else None
+            growth = (
+                (summary.mean - before.magnitude) / before.magnitude if before and before.magnitude else None
+            )
+            stats = interval_stats(rows, lo, step, expert)
+            total = (before.total_steps if before else 0) + stats.steps
+            experts[expert] = ExpertPoint(summary.mean, dict(summary.per_block), growth, stats, total)
+        high, low = experts.get("high_noise"), experts.get("low_noise")
+        eval_loss = value_at(rows, step, "eval_loss")
+        if eval_loss is None and MAIN_EXPERT not in experts:
+            per = [v for e in experts.values() if (v := e.stats.eval_loss) is not None]
+            eval_loss = sum(per) / len(per) if per and len(per) == len(experts) else None
+        point = CheckpointPoint(
+            step=step,
+            experts=experts,
+            weight_ratio=_ratio(high.magnitude, low.magnitude) if high and low else None,
+            lr_ratio=_ratio(high.stats.lr, low.stats.lr) if high and low else None,
+            eval_loss=eval_loss,
+        )
+        points.append(point)
+        previous = point
+    return RunSeries(points)

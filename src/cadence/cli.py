@@ -33,6 +33,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config")
     p = sub.add_parser("validate", help="print the resolved config or every error in it")
     p.add_argument("config")
+    p.add_argument(
+        "--config-only",
+        action="store_true",
+        help="skip the checks of this machine (device, attention/optimizer/quantizer packages): for a config "
+        "meant for another machine",
+    )
     p = sub.add_parser("cache", help="encode VAE latents and text embeddings for CONFIG's datasets")
     p.add_argument("config")
     p = sub.add_parser("tiny-model", help="write a tiny random-weight Diffusers pipeline folder")

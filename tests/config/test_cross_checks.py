@@ -154,3 +154,11 @@ def test_seed_per_expert_phases_spelling_loads_and_errors_name_it():
     issues = _issues(flat(network={"conv": 16, "alpha_schedule": {**schedule, "per_expert": both}}))
     assert list(issues) == ["network.alpha_schedule.per_expert.low_noise.phases"]
     assert "keep only 'conv_alpha_phases'" in issues["network.alpha_schedule.per_expert.low_noise.phases"]
+
+
+def test_qtype_without_its_switch_is_refused():
+    model = {"name_or_path": "m", "arch": "wan22_14b_i2v", "qtype": "fp8", "qtype_te": "qint8"}
+    issues = _issues(flat(model=model))
+    assert set(issues) == {"model.qtype", "model.qtype_te"}
+    assert "set model.quantize: true" in issues["model.qtype"]
+    assert load_config_dict(flat(model={**model, "quantize": True, "quantize_te": True})).model.qtype == "fp8"

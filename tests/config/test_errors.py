@@ -151,7 +151,14 @@ def test_lycoris_types_refused_with_registry_message(make_flat, kind):
 
 
 def test_quantize_qtypes_and_recovery_adapter_form(make_flat):
-    model = {"name_or_path": "m", "arch": "wan21", "quantize": True, "qtype": "FP8", "qtype_te": "qint8"}
+    model = {
+        "name_or_path": "m",
+        "arch": "wan21",
+        "quantize": True,
+        "qtype": "FP8",
+        "qtype_te": "qint8",
+        "quantize_te": True,
+    }
     cfg = load_config_dict(make_flat(model=model))
     assert cfg.model.quantize is True and cfg.model.qtype == "fp8" and cfg.model.qtype_te == "qint8"
     for qtype in ("uint4", "int8"):

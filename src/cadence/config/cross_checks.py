@@ -238,6 +238,25 @@ def _job_issues(cfg: JobConfig) -> list[Issue]:
     return issues
 
 
+def _quantize_issues(cfg: JobConfig) -> list[Issue]:
+    """A qtype without its switch quantizes nothing: a user who wrote `qtype: fp8` for memory would load the
+    full-precision model and run out of memory minutes later. (The default qtype passes: resolved configs
+    carry every key.)"""
+    issues: list[Issue] = []
+    model = cfg.model
+    for switch, key in (("quantize", "qtype"), ("quantize_te", "qtype_te")):
+        value = getattr(model, key)
+        if not getattr(model, switch) and value != type(model).model_fields[key].default:
+            issues.append(
+                (
+                    ("model", key),
+                    f"{value!r} is set but model.{switch} is false, so nothing would be quantized; "
+                    f"set model.{switch}: true to quantize, or remove {key}",
+                )
+            )
+    return issues
+
+
 def _arch_issues(cfg: JobConfig) -> list[Issue]:
     """Settings the chosen arch cannot honour (the seed ignored them silently)."""
     issues: list[Issue] = []
@@ -279,4 +298,10 @@ def _arch_issues(cfg: JobConfig) -> list[Issue]:
 
 def config_issues(cfg: JobConfig) -> list[Issue]:
     """Every cross-key problem of a validated config, each at the key the user wrote."""
-    return _train_issues(cfg.train) + _network_issues(cfg) + _job_issues(cfg) + _arch_issues(cfg)
+    return (
+        _train_issues(cfg.train)
+        + _network_issues(cfg)
+        + _job_issues(cfg)
+        + _quantize_issues(cfg)
+        + _arch_issues(cfg)
+    )

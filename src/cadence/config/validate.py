@@ -64,12 +64,18 @@ def _prefixed(path: str, prefix: str) -> str:
     return f"{prefix}.{path}" if prefix else path
 
 
-def check_config_file(path: str | Path) -> JobConfig:
-    """Load a config file and check the filesystem; raises ConfigError listing every problem."""
+def check_config_file(path: str | Path, machine: bool = True) -> JobConfig:
+    """Load a config file and check the filesystem and (with `machine`) this machine's GPU and packages;
+    raises ConfigError listing every problem."""
     path = Path(path)
     data = read_config_file(path)
     cfg = load_config_dict(data, path)
-    issues = filesystem_issues(cfg, process_prefix(data))
+    prefix = process_prefix(data)
+    issues = filesystem_issues(cfg, prefix)
+    if machine:
+        from cadence.train.machine import machine_issues  # imports torch and diffusers' dispatcher
+
+        issues += [(format_path(where, prefix), message) for where, message in machine_issues(cfg)]
     from cadence.sampling.validation import (
         validate_samples,
     )  # sample sizes, control images, sage on this host
@@ -83,7 +89,7 @@ def check_config_file(path: str | Path) -> JobConfig:
 def validate_command(args: argparse.Namespace) -> int:
     """Exit 0 with the resolved YAML on stdout, or exit 2 with the errors on stderr."""
     try:
-        cfg = check_config_file(args.config)
+        cfg = check_config_file(args.config, machine=not args.config_only)
     except ConfigError as exc:
         sys.stderr.write(f"{exc}\n")
         return 2

@@ -40,6 +40,7 @@ def run_training(config_path: str | Path, exiting: bool = False) -> int:
     """Train the job in `config_path`. `exiting=True` (the CLI) keeps ignoring signals after a clean stop."""
     from cadence.config.errors import ConfigError
     from cadence.config.loader import load_config
+    from cadence.data.media import DatasetError
     from cadence.models.base import ModelLoadError
     from cadence.train.loop import StopFlag, Trainer
     from cadence.train.rng import deterministic_algorithms
@@ -65,7 +66,7 @@ def run_training(config_path: str | Path, exiting: bool = False) -> int:
                 # cache entries are written atomically one by one: the next run reuses what was finished
                 log.warning("interrupted during setup/caching; finished cache entries are kept")
                 return 130
-            except (ModelLoadError, ConfigError, ValueError, FileNotFoundError) as error:
+            except (ModelLoadError, ConfigError, DatasetError, ValueError, FileNotFoundError) as error:
                 # setup errors are the user's to fix (config, model folder, data); the message says what to do
                 log.error("%s", error)
                 log.debug("setup failed", exc_info=True)

@@ -14,7 +14,7 @@ from typing import Any
 import torch
 from tqdm import tqdm
 
-from cadence.config.errors import ConfigError
+from cadence.config.errors import ConfigError, format_path
 from cadence.config.schema import JobConfig
 from cadence.config.validate import config_hash, dump_resolved
 from cadence.data.cache import LatentCache, TextCache
@@ -24,11 +24,11 @@ from cadence.data.sampler import BucketBatchSampler
 from cadence.models.base import ExpertSpec, ModelAdapter
 from cadence.models.registry import load_model_adapter
 from cadence.networks.lora import LoRANetwork
+from cadence.networks.targeting import select_targets
 from cadence.optim.factory import build_optimizer, clip_grad_norm, configured_optimizer_keys
 from cadence.optim.param_groups import build_param_groups
 from cadence.optim.schedulers import build_lr_scheduler, keep_configured_settings
 from cadence.perf import apply_memory_options, apply_quantization
-from cadence.perf.attention import check_backend_device
 from cadence.sampling import TrainingSampler, validate_samples
 from cadence.sampling.state import sampling_state
 from cadence.schedule.experts import ExpertRouter
@@ -38,6 +38,7 @@ from cadence.train.batches import BatchAssembler
 from cadence.train.checkpoint import CheckpointManager, RunPaths
 from cadence.train.checks import PeriodicChecks, evaluation_weights, live_magnitudes
 from cadence.train.eval import FixedEval
+from cadence.train.machine import machine_issues
 from cadence.train.metrics_hub import MetricsHub
 from cadence.train.precision import resolve_device, resolve_dtype
 from cadence.train.recorder import RunRecorder
@@ -148,19 +149,22 @@ def _build_networks(
 
 def build_training(cfg: JobConfig) -> TrainingSetup:
     paths = RunPaths(cfg.run_dir, cfg.name)
-    problems = validate_samples(cfg)
+    # this machine's problems (GPU, packages) before minutes of model loading and caching
+    problems = [(format_path(where), message) for where, message in machine_issues(cfg)]
+    problems += validate_samples(cfg)
     if problems:
         raise ConfigError(problems)
     paths.run_dir.mkdir(parents=True, exist_ok=True)
     device = resolve_device(cfg.device)
     dtype = resolve_dtype(cfg.train.dtype)
-    check_backend_device(cfg.train.attention_backend, device)  # before minutes of model loading and caching
     seed_everything(cfg.train.seed)
 
     adapter = load_model_adapter(cfg.model, device, dtype)
     apply_quantization(
         adapter, cfg.model
     )  # before caching and before LoRA: quantizers may swap Linear classes
+    for expert in _trained_experts(cfg, adapter):  # target filters that match nothing: before caching
+        select_targets(adapter.transformer(expert), cfg.network)
     index = build_dataset_index(
         cfg, adapter.spatial_multiple, adapter.temporal_multiple, adapter.native_fps, cfg.train.seed
     )

@@ -1,0 +1,104 @@
+"""Checks of this machine against a config: the device, and the packages the chosen attention backend,
+optimizer and quantizers need.
+
+`cadence validate` and the start of `cadence train` run them, so a missing GPU or package is reported in a
+second instead of after minutes of model loading and caching. The builders keep their own checks (a
+package can break between the two); these only move the report earlier.
+"""
+
+from __future__ import annotations
+
+import importlib
+
+import torch
+
+from cadence.config.compat import Parts
+from cadence.config.schema import JobConfig
+from cadence.perf.attention import AttentionBackendError, check_backend_device, resolve_backend
+from cadence.train.precision import resolve_device
+
+Issue = tuple[Parts, str]
+
+# train.optimizer -> (module it imports, what to do without it)
+OPTIMIZER_PACKAGES = {
+    "adamw8bit": ("bitsandbytes", "install bitsandbytes (CUDA) or set train.optimizer: adamw (same maths)"),
+    "prodigy": ("prodigyopt", "install prodigyopt"),
+    "adamw_schedulefree": ("schedulefree", "install schedulefree"),
+}
+# qtype -> module; fp8 and uint4 are Cadence's own
+QTYPE_PACKAGES = {
+    "int8": "torchao",
+    "qfloat8": "optimum.quanto",
+    "qint8": "optimum.quanto",
+    "qint4": "optimum.quanto",
+}
+
+
+def _importable(module: str) -> str | None:
+    """None when `module` imports, else why not (a broken CUDA setup can raise more than ImportError)."""
+    try:
+        importlib.import_module(module)
+    except Exception as exc:  # any import failure (a broken CUDA setup too) makes the package unusable
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+def machine_issues(cfg: JobConfig) -> list[Issue]:
+    """Every problem this machine has with the config, each at the key that asks for it."""
+    issues: list[Issue] = []
+    try:
+        device: torch.device | None = resolve_device(cfg.device)
+    except ValueError as exc:
+        issues.append((("device",), str(exc).removeprefix("device: ")))
+        device = None
+    issues += _attention_issues(cfg.train.attention_backend, device)
+    optimizer = cfg.train.optimizer
+    if optimizer in OPTIMIZER_PACKAGES:
+        module, advice = OPTIMIZER_PACKAGES[optimizer]
+        if (why := _importable(module)) is not None:
+            issues.append(
+                (
+                    ("train", "optimizer"),
+                    f"{optimizer} needs {module}, which cannot be imported ({why}); {advice}",
+                )
+            )
+        elif optimizer == "adamw8bit" and device is not None and device.type != "cuda":
+            issues.append(
+                (
+                    ("train", "optimizer"),
+                    f"adamw8bit runs on CUDA GPUs only, and this run is on {device.type}; {advice}",
+                )
+            )
+    for switch, key in (("quantize", "qtype"), ("quantize_te", "qtype_te")):
+        qtype = str(getattr(cfg.model, key)).partition("|")[0].strip().lower()
+        module = QTYPE_PACKAGES.get(qtype)
+        if getattr(cfg.model, switch) and module and (why := _importable(module)) is not None:
+            issues.append(
+                (
+                    ("model", key),
+                    f"{qtype!r} needs {module.split('.')[0]}, which cannot be imported ({why}); install it or use fp8",
+                )
+            )
+    return issues
+
+
+def _attention_issues(backend: str, device: torch.device | None) -> list[Issue]:
+    where = ("train", "attention_backend")
+    try:
+        value = resolve_backend(backend)
+        if device is not None:
+            check_backend_device(backend, device)
+    except AttentionBackendError as exc:
+        return [(where, str(exc).removeprefix("train.attention_backend: "))]
+    if value == "native":
+        return []
+    from diffusers.models.attention_dispatch import (
+        AttentionBackendName,
+        _check_attention_backend_requirements,
+    )
+
+    try:
+        _check_attention_backend_requirements(AttentionBackendName(value))
+    except RuntimeError as exc:
+        return [(where, f"{backend!r} is not usable here ({exc}); install its package or use native")]
+    return []

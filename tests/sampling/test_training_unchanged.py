@@ -112,3 +112,34 @@ def test_sampling_on_trains_bit_identically_and_resumes_exactly(tiny_i2v, clips,
     assert _metrics(run_r) == _metrics(run_on)
     _same(_tensors(run_r, 8), _tensors(run_on, 8))
     assert _samples(run_r) == _samples(run_on)
+
+
+def test_resume_after_a_kill_while_sampling_the_checkpoint_step(tiny_i2v, clips, ctrl_png, tmp_path):
+    """A kill while writing the checkpoint step's samples: the resumed run writes them again (same
+    weights, same pictures), removes the killed writer's temp file and a pruned step's orphaned files."""
+    from PIL import Image
+
+    def job(out: Path, steps: int) -> dict:
+        spec = _job(tiny_i2v, clips, out, ctrl_png, steps, True)
+        spec["sample"]["sample_every"] = 4
+        spec["sample"]["skip_first_sample"] = True
+        return spec
+
+    straight = write_job(tmp_path / "a.yaml", job(tmp_path / "a", 8))
+    assert run_training(straight) == 0
+    assert run_training(write_job(tmp_path / "b.yaml", job(tmp_path / "b", 4))) == 0
+    run_a, run_b = tmp_path / "a" / "job", tmp_path / "b" / "job"
+    (run_b / "samples" / "000000004_00.webp").unlink()  # what the kill left: some files of the step
+    stale = run_b / "samples" / ".000000004_00.webp.k1ll3d.tmp"
+    stale.write_bytes(b"half a webp")
+    orphans = [run_b / f"job_000000002_{e}.safetensors" for e in ("high_noise", "low_noise")]
+    for orphan, e in zip(orphans, ("high_noise", "low_noise"), strict=True):  # a prune the kill interrupted
+        orphan.write_bytes((run_b / f"job_000000004_{e}.safetensors").read_bytes())
+    assert run_training(write_job(tmp_path / "b.yaml", job(tmp_path / "b", 8))) == 0
+    assert sorted(p.name for p in (run_b / "samples").iterdir()) == sorted(
+        p.name for p in (run_a / "samples").iterdir()
+    )
+    png = "000000004_00.png"
+    assert Image.open(run_b / "samples" / png).tobytes() == Image.open(run_a / "samples" / png).tobytes()
+    assert not stale.exists() and not any(o.exists() for o in orphans)
+    _same(_tensors(run_b, 8), _tensors(run_a, 8))

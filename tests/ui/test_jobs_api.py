@@ -190,3 +190,33 @@ def test_stop_escalates_to_sigkill_for_a_process_that_ignores_signals(
     assert final.status == "stopped", final
     assert 2 in stages and 3 in stages  # SIGTERM after 1 s, SIGKILL after 2 s
     assert not psutil.pid_exists(final.pid) or psutil.Process(final.pid).status() == "zombie"
+
+
+def test_a_trainer_outliving_its_killed_wrapper_stays_running_and_stoppable(
+    make_client, tiny_model: Path, clips: Path, tmp_path: Path
+) -> None:
+    client = make_client()
+    text = config_yaml(name="orphan", model=tiny_model, data=clips, out=tmp_path / "runs", steps=4000)
+    job_id = client.post("/api/jobs", json={"yaml": text, "queue": True}).json()["id"]
+    job = _job(client, job_id)
+    runner = client.app.state.ctx.runner
+    child_file = runner.job_dir(job_id) / "child_pid"
+    wait_for(child_file.is_file, 30, "the wrapper to start the trainer")
+    trainer = int(child_file.read_text())
+    os.kill(job["pid"], signal.SIGKILL)  # the wrapper only: the trainer keeps training
+    wait_for(
+        lambda: not psutil.pid_exists(job["pid"]) or psutil.Process(job["pid"]).status() == "zombie",
+        30,
+        "the wrapper to die",
+    )
+    runner.reconcile()
+    assert _job(client, job_id)["status"] == "running", "the trainer still runs"
+    assert client.post(f"/api/jobs/{job_id}/start").status_code == 409  # no second trainer
+    assert client.post(f"/api/jobs/{job_id}/stop").status_code == 200
+    wait_for(
+        lambda: not psutil.pid_exists(trainer) or psutil.Process(trainer).status() == "zombie",
+        60,
+        "the trainer to stop on the group signal",
+    )
+    runner.reconcile()
+    assert _job(client, job_id)["status"] == "stopped"

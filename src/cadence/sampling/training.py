@@ -18,7 +18,7 @@ from cadence.networks.lora import LoRANetwork
 from cadence.sampling.generate import SampleEngine
 from cadence.sampling.prompts import SampleSpec, resolve_samples
 from cadence.sampling.validation import validate_samples
-from cadence.sampling.writers import write_sample
+from cadence.sampling.writers import EXTENSIONS, sample_stem, write_sample
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +94,11 @@ class TrainingSampler:
         return (
             step >= sample.sample_start_step and (step - sample.sample_start_step) % sample.sample_every == 0
         )
+
+    def written(self, step: int) -> bool:
+        """Every file of every sample of `step` exists (a kill while sampling leaves some missing)."""
+        stems = [self.out_dir / sample_stem(step, spec.index) for spec in self.specs]
+        return all(stem.with_suffix(ext).is_file() for stem in stems for ext in EXTENSIONS)
 
     def run(self, step: int) -> list[Path]:
         """Write every sample for `step`; on OOM log it and return what was written before it."""

@@ -3,11 +3,15 @@
 A checkpoint is complete or absent. Output files (one LoRA file per expert, the alpha-scheduler JSON) are
 each written atomically first; the training-state folder is written under a temporary name, fsynced and
 renamed last, so its presence marks the checkpoint complete. Resume reads only complete state folders.
-Pruning renames a state folder away before deleting anything, so a half-pruned step never looks complete.
+Pruning deletes a step's output files first and its state folder last (renamed away, then deleted): a kill
+in between leaves an old complete state that the next prune removes, never LoRA files nothing tracks.
+Output files of steps older than the latest checkpoint that have no state folder (left by older versions)
+are removed with the other leftovers.
 """
 
 from __future__ import annotations
 
+import glob
 import logging
 import os
 import re
@@ -71,7 +75,12 @@ class RunPaths:
     def step_outputs(self, step: int) -> list[Path]:
         """Every user-facing file a checkpoint may have written (for pruning)."""
         pattern = f"{self.name}_{step:09d}"
-        return [p for p in self.run_dir.glob(f"{pattern}*") if p.is_file()]
+        return [p for p in self.run_dir.glob(f"{glob.escape(pattern)}*") if p.is_file()]
+
+    def output_steps(self) -> set[int]:
+        """Steps that have user-facing checkpoint files in the run folder."""
+        named = re.compile(rf"^{re.escape(self.name)}_(\d{{9}})(?:_|\.)")
+        return {int(m.group(1)) for p in self.run_dir.iterdir() if (m := named.match(p.name)) and p.is_file()}
 
 
 class CheckpointManager:
@@ -138,9 +147,9 @@ class CheckpointManager:
         steps = self.complete_steps()
         removed = [step for step in steps[: max(0, len(steps) - self.keep)] if step not in self.protected]
         for step in removed:
-            self._discard(self.paths.state_dir(step))
             for path in self.paths.step_outputs(step):
                 path.unlink(missing_ok=True)
+            self._discard(self.paths.state_dir(step))
             log.debug("pruned checkpoint step %d", step)
         self.clean_leftovers()
         return removed
@@ -154,10 +163,21 @@ class CheckpointManager:
         shutil.rmtree(trash, ignore_errors=True)
 
     def clean_leftovers(self) -> None:
-        """Remove what an interrupted save or prune left: temp files, temp and trash folders."""
+        """Remove what an interrupted save or prune left: temp files, temp and trash folders, and output
+        files of pruned steps (older than the latest checkpoint, without a state folder). Files of a step
+        newer than the latest checkpoint stay: the resumed run writes that step again."""
         remove_stale_temporaries(self.paths.run_dir)
+        remove_stale_temporaries(self.paths.samples)
         root = self.paths.run_dir / STATE_DIR
         for child in root.glob(".tmp_step_*"):
             shutil.rmtree(child, ignore_errors=True)
         for child in root.glob(".trash_*"):
             shutil.rmtree(child, ignore_errors=True)
+        complete = self.complete_steps()
+        if not complete:
+            return
+        for step in sorted(self.paths.output_steps() - set(complete) - self.protected):
+            if step < complete[-1]:
+                for path in self.paths.step_outputs(step):
+                    path.unlink(missing_ok=True)
+                log.info("removed the files of step %d, a checkpoint pruned by an interrupted run", step)

@@ -190,6 +190,8 @@ class Trainer:
         step = start_step
         if start_step == 0:
             self._sample(0)
+        elif s.samples is not None and not s.samples.written(start_step):
+            self._sample(start_step)  # a kill while sampling the checkpoint step: those weights are restored
         try:
             for step in range(start_step + 1, total + 1):
                 if self.stop.requested and step == start_step + 1:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
@@ -44,6 +45,7 @@ def run_training(config_path: str | Path, exiting: bool = False) -> int:
     from cadence.models.base import ModelLoadError
     from cadence.train.loop import StopFlag, Trainer
     from cadence.train.rng import deterministic_algorithms
+    from cadence.train.run_lock import run_folder_lock
     from cadence.train.setup import build_training
 
     try:
@@ -57,10 +59,12 @@ def run_training(config_path: str | Path, exiting: bool = False) -> int:
     if cfg.logging.verbose:  # Cadence's own debug lines; third-party libraries stay at INFO
         own_logger.setLevel(logging.DEBUG)
     stop = StopFlag()
+    lock = ExitStack()  # the run-folder lock, held until training ends
     try:
         # before build_training: the switch must precede the first CUDA (cuBLAS) call
         with deterministic_algorithms(cfg.train.deterministic):
             try:
+                lock.enter_context(run_folder_lock(cfg.run_dir))
                 setup = build_training(cfg)
             except KeyboardInterrupt:
                 # cache entries are written atomically one by one: the next run reuses what was finished
@@ -84,6 +88,7 @@ def run_training(config_path: str | Path, exiting: bool = False) -> int:
         log.debug("no deterministic kernel", exc_info=True)
         return 2
     finally:
+        lock.close()
         stop.uninstall(keep_ignoring=exiting)
         own_logger.setLevel(own_level)
         logging.getLogger().removeHandler(handler)

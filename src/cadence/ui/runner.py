@@ -162,7 +162,12 @@ class JobRunner:
 
     # ----------------------------------------------------------------------------------------- state
     def is_alive(self, job: Job) -> bool:
-        """True while the job's wrapper (same pid and same start time) still runs."""
+        """True while the job's wrapper (same pid and same start time) or its trainer still runs. A killed
+        wrapper leaves the trainer running in the job's process group: calling that job ended would let
+        Start launch a second trainer and leave Stop with nothing to signal."""
+        return self._wrapper_alive(job) or self._trainer_alive(job)
+
+    def _wrapper_alive(self, job: Job) -> bool:
         proc = self._procs.get(job.id)
         if proc is not None and proc.pid == job.pid and proc.poll() is not None:
             return False
@@ -176,6 +181,21 @@ class JobRunner:
                 return False  # the pid was reused by another process (e.g. after a reboot)
             return True
         except psutil.Error:
+            return False
+
+    def _trainer_alive(self, job: Job) -> bool:
+        """The trainer the wrapper recorded in `child_pid`, if it still runs in the job's process group."""
+        if not job.pid or job.started_at is None:
+            return False
+        try:
+            child = int(self.job_dir(job.id).joinpath("child_pid").read_text().strip())
+            p = psutil.Process(child)
+            return (
+                p.status() != psutil.STATUS_ZOMBIE
+                and os.getpgid(child) == job.pid
+                and p.create_time() >= job.started_at - 1.0  # not a pid reused since the job started
+            )
+        except (OSError, ValueError, psutil.Error):
             return False
 
     def _read_exit_code(self, job_id: str) -> int | None:

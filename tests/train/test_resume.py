@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import os
 import signal
 import subprocess
@@ -214,3 +215,33 @@ def test_resume_applies_changed_optimizer_settings(
         assert max(r[f"lr_{r['expert']}"] for r in rows[:6]) > 1.1e-4  # the masks had grown past the new cap
         assert max(after) <= 1.1e-4 + 1e-12
     assert "now in use" in (tmp_path / "out" / "job" / "log.txt").read_text()
+
+
+def test_resume_with_another_network_experts_or_optimizer_says_what_changed(
+    tiny_i2v: Path, clips: Path, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    job = job_dict(tiny_i2v, clips, tmp_path / "out", steps=2)
+    assert run_training(write_job(tmp_path / "job.yaml", job)) == 0
+    changes = {
+        "changed shape (e.g. ": lambda j: j["network"].update(linear=8),
+        "the targeted modules changed": lambda j: j["network"].update(
+            network_kwargs={"only_if_contains": ["attn1"]}
+        ),
+        "it trained experts ['high_noise', 'low_noise'], this config trains ['high_noise']": lambda j: j[
+            "model"
+        ].update(model_kwargs={"train_low_noise": False}),
+        "it used train.optimizer 'adamw', this config asks for 'prodigy'": lambda j: j["train"].update(
+            optimizer="prodigy", lr=1.0
+        ),
+    }
+    for expected, change in changes.items():
+        changed = copy.deepcopy(job)
+        changed["train"]["steps"] = 4
+        change(changed)
+        caplog.clear()
+        assert run_training(write_job(tmp_path / "changed.yaml", changed)) == 2, expected
+        assert f"cannot resume {tmp_path / 'out' / 'job'} from its checkpoint at step 2" in caplog.text
+        assert expected in caplog.text, caplog.text
+        assert "give the job another `name`" in caplog.text
+    job["train"]["steps"] = 4
+    assert run_training(write_job(tmp_path / "job.yaml", job)) == 0  # the unchanged config still resumes

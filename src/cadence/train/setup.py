@@ -42,6 +42,7 @@ from cadence.train.machine import machine_issues
 from cadence.train.metrics_hub import MetricsHub
 from cadence.train.precision import resolve_device, resolve_dtype
 from cadence.train.recorder import RunRecorder
+from cadence.train.resume_check import check_resumable
 from cadence.train.rng import TrainingRandomness, seed_everything
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,7 @@ class TrainingSetup:
         return {
             "step": step,
             "config_hash": config_hash(self.cfg),
+            "optimizer_name": self.cfg.train.optimizer,
             "optimizer": self.optimizer.state_dict(),
             "lr_scheduler": self.lr_scheduler.state_dict(),
             "router": self.router.state_dict(),
@@ -327,6 +329,7 @@ def _resume(setup: TrainingSetup) -> int:
         setup.recorder.open(purge_step=None, truncate_after=0)
         return 0
     adapters, state = manager.load(step)
+    check_resumable(manager.paths.run_dir, step, adapters, state, setup.networks, setup.cfg.train.optimizer)
     for expert, net in setup.networks.items():
         prefix = f"{expert}::"
         net.load_state_dict({k[len(prefix) :]: v for k, v in adapters.items() if k.startswith(prefix)})

@@ -1,0 +1,80 @@
+"""What a run folder's checkpoint must share with the config that resumes it.
+
+A resume continues the same adapter tensors and optimizer state, so the rank, the targeted modules, the
+trained experts and the optimizer must be the ones that saved it. Changed, they used to surface as a
+PyTorch traceback about state-dict sizes or an optimizer message naming the wrong cause; here they are
+listed in words, with what to do.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+class ResumeMismatchError(ValueError):
+    """The config asks for a different network/experts/optimizer than the checkpoint it would resume."""
+
+
+def _expert_differences(
+    expert: str, saved: dict[str, torch.Tensor], now: dict[str, torch.Tensor]
+) -> list[str]:
+    out = []
+    shapes = [k for k in saved.keys() & now.keys() if saved[k].shape != now[k].shape]
+    if shapes:
+        key = sorted(shapes)[0]
+        out.append(
+            f"{expert}: {len(shapes)} LoRA tensors changed shape (e.g. {key}: saved {list(saved[key].shape)}, "
+            f"now {list(now[key].shape)}), i.e. network.linear/conv (rank) changed"
+        )
+    gone, new = sorted(saved.keys() - now.keys()), sorted(now.keys() - saved.keys())
+    if gone or new:
+        example = (gone or new)[0]
+        out.append(
+            f"{expert}: the targeted modules changed ({len(gone)} saved tensors not targeted now, {len(new)} new; "
+            f"e.g. {example}), i.e. network_kwargs filters or network.conv changed"
+        )
+    return out
+
+
+def resume_mismatches(
+    adapters: dict[str, torch.Tensor], state: dict[str, Any], networks: dict[str, Any], optimizer: str
+) -> list[str]:
+    """Differences between a checkpoint (its adapter tensors `expert::key` and state) and this run."""
+    saved: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in adapters.items():
+        expert, _, name = key.partition("::")
+        saved.setdefault(expert, {})[name] = tensor
+    out = []
+    if set(saved) != set(networks):
+        out.append(
+            f"it trained experts {sorted(saved)}, this config trains {sorted(networks)} "
+            "(model.model_kwargs.train_high_noise / train_low_noise)"
+        )
+    for expert in sorted(saved.keys() & networks.keys()):
+        out += _expert_differences(expert, saved[expert], networks[expert].state_dict())
+    before = state.get("optimizer_name")  # absent in checkpoints of older versions
+    if before is not None and before != optimizer:
+        out.append(f"it used train.optimizer {before!r}, this config asks for {optimizer!r}")
+    return out
+
+
+def check_resumable(
+    run_dir: Path,
+    step: int,
+    adapters: dict[str, torch.Tensor],
+    state: dict[str, Any],
+    networks: dict[str, Any],
+    optimizer: str,
+) -> None:
+    problems = resume_mismatches(adapters, state, networks, optimizer)
+    if problems:
+        raise ResumeMismatchError(
+            f"cannot resume {run_dir} from its checkpoint at step {step}: "
+            + "; ".join(problems)
+            + ". A resume continues that run's adapters and optimizer, so these must match. To train with the "
+            "new settings, give the job another `name` (a new run folder beside this one), or put the old "
+            "settings back to continue this run"
+        )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from argparse import Namespace
@@ -12,8 +13,8 @@ import pytest
 import torch
 
 from cadence.config.schema import ModelConfig
-from cadence.data.cache import CacheMissError, LatentCache, TextCache, read_fingerprint
-from cadence.data.cache_command import cache_command, captions_to_cache
+from cadence.data.cache import CacheMissError, CacheReport, LatentCache, TextCache, read_fingerprint
+from cadence.data.cache_command import cache_command, captions_to_cache, print_summary
 from cadence.data.dataset import build_dataset_index
 from cadence.data.media import CACHE_DIR_NAME
 from cadence.models.registry import load_model_adapter
@@ -204,3 +205,28 @@ def test_models_sharing_a_dataset_keep_their_own_entries(
     )
     assert swapped.model_id != other.model_id
     assert LatentCache.for_adapter(swapped).ensure(index.train_items, swapped).encoded == 3
+
+
+def test_a_bad_file_is_decoded_and_reported_once_across_bucket_sizes(
+    small_dir, make_config, adapter, caplog, capsys
+):
+    """With two resolutions every file has two items; a file that fails gives one decode attempt, one warning
+    and one skipped entry, not one per bucket size."""
+    cfg = make_config(small_dir, resolution=[64, 96], num_frames=5)
+    index = build_dataset_index(
+        cfg, adapter.spatial_multiple, adapter.temporal_multiple, adapter.native_fps, 0
+    )
+    bad = [small_dir / "clip_00.mp4", small_dir / "image_00.png"]
+    assert all(sum(it.path == path for it in index.items) == 2 for path in bad)
+    for path in bad:  # truncated after indexing (a copy that did not finish)
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    statuses: list[str] = []
+    with caplog.at_level(logging.WARNING, logger="cadence.data.cache"):
+        report = LatentCache.for_adapter(adapter).ensure(index.items, adapter, progress=statuses.append)
+    assert sorted(entry.path for entry in report.skipped) == bad
+    assert len([r for r in caplog.records if r.getMessage().startswith("skipping")]) == 2
+    assert (report.encoded, statuses.count("skipped"), len(statuses)) == (2, 4, 6)
+    print_summary(index, report, CacheReport())
+    out = capsys.readouterr().out
+    assert "2 encoded, 0 reused, 2 skipped" in out and "skipped files (2):" in out
+    assert all(out.count(f"{path}:") == 1 for path in bad)

@@ -1,11 +1,17 @@
+import fractions
 import logging
+import os
+import threading
+from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from cadence.data.dataset import build_dataset_index, load_pixels
-from cadence.data.media import DatasetError
+from cadence.data.media import DatasetError, MediaError
 from cadence.data.synthetic import render_frame, write_clip
 from cadence.data.video import decode_video_frames, probe_video
 
@@ -130,3 +136,126 @@ def test_bucket_resize_matches_a_reference_resize(tmp_path):
     for got, t in zip(frames, (0, 4, 8), strict=True):
         reference = ImageOps.fit(Image.fromarray(render_frame(t, 160, 96, 5)), (64, 48), Image.Resampling.BOX)
         assert np.abs(got.astype(int) - np.asarray(reference, dtype=int)).mean() < 10
+
+
+def _write_audio_only(path: Path) -> None:
+    """An mp4 holding one second of silent AAC and no video stream."""
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("aac", rate=48000)
+        for start in range(0, 48000, 1024):
+            chunk = av.AudioFrame.from_ndarray(np.zeros((1, 1024), np.float32), format="fltp", layout="mono")
+            chunk.sample_rate, chunk.pts, chunk.time_base = 48000, start, fractions.Fraction(1, 48000)
+            for packet in stream.encode(chunk):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+
+
+def _finishes(call, fifos: list[Path], seconds: float = 30.0):
+    """call()'s result, or a test failure (not a hung run) when it is still blocked after `seconds`, e.g.
+    reading a FIFO; the FIFOs are then opened for writing and closed, which releases the blocked reader."""
+    result: dict = {}
+
+    def run() -> None:
+        try:
+            result["value"] = call()
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test's thread
+            result["error"] = exc
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    if thread.is_alive():
+        for fifo in fifos:
+            try:
+                os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+            except OSError:
+                pass  # nobody is reading this one
+        thread.join(10)
+        pytest.fail(f"still blocked after {seconds:g} s (reading a FIFO?)")
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
+
+
+def _swap(path: Path, kind: str) -> None:
+    """Replace `path` after indexing, as a user (or a sync tool) might."""
+    if kind == "audio_only":
+        _write_audio_only(path)
+    elif kind == "deleted":
+        path.unlink()
+    elif kind == "png":
+        Image.fromarray(np.full((64, 96, 3), 50, np.uint8)).save(path, format="PNG")
+    elif kind == "text":
+        path.write_text("this is not a video\n")
+    elif kind == "fifo":
+        path.unlink()
+        os.mkfifo(path)
+    elif kind == "video":
+        os.replace(write_clip(path.with_name("swap.mp4"), 96, 64, 9, 16, seed=6), path)
+    elif kind == "truncated":
+        path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+
+
+@pytest.mark.parametrize(
+    ("name", "kind", "expected"),
+    [
+        ("clip_00.mp4", "audio_only", "has no video stream"),
+        ("clip_00.mp4", "deleted", "does not exist"),
+        ("clip_00.mp4", "png", "PNG image with a video extension"),
+        ("clip_00.mp4", "text", "not a readable video"),
+        ("clip_00.mp4", "fifo", "not a regular file"),
+        ("image_00.png", "deleted", "does not exist"),
+        ("image_00.png", "video", "not a readable image"),
+        ("image_00.png", "truncated", "failed to decode"),
+        ("image_00.png", "fifo", "not a regular file"),
+    ],
+)
+def test_file_swapped_after_indexing_is_a_skippable_media_error(
+    dataset_dir, make_config, name, kind, expected
+):
+    """Between indexing and caching a file is replaced or removed: decoding raises MediaError (the cache skips
+    and counts it) naming the file and the problem, instead of crashing or hanging the run."""
+    index = build_dataset_index(make_config(dataset_dir), 16, 4, 16, seed=0)
+    item = next(it for it in index.train_items if it.path.name == name)
+    _swap(item.path, kind)
+    with pytest.raises(MediaError, match=expected) as caught:
+        _finishes(lambda: load_pixels(item), [item.path])
+    assert name in str(caught.value)
+    if kind == "deleted":
+        assert "restore it or remove it" in caught.value.advice and "re-encode" not in caught.value.advice
+
+
+def test_fifos_and_images_named_as_video_are_skipped_with_the_right_reason(dataset_dir, make_config):
+    """A FIFO named like a caption must not hang indexing; FIFOs named like media and a PNG renamed .mp4 are
+    skipped for what they are, not as empty or too-short files."""
+    os.mkfifo(dataset_dir / "fifo.mp4")
+    os.mkfifo(dataset_dir / "fifo.png")
+    (dataset_dir / "clip_00.txt").unlink()
+    os.mkfifo(dataset_dir / "clip_00.txt")  # the caption of a good clip
+    Image.fromarray(np.full((64, 64, 3), 50, np.uint8)).save(dataset_dir / "still.mp4", format="PNG")
+    fifos = [dataset_dir / name for name in ("fifo.mp4", "fifo.png", "clip_00.txt")]
+    index = _finishes(lambda: build_dataset_index(make_config(dataset_dir), 16, 4, 16, seed=0), fifos)
+    reasons = {s.path.name: s.reason for s in index.skipped}
+    assert set(reasons) == {"fifo.mp4", "fifo.png", "still.mp4"}
+    assert "not a regular file" in reasons["fifo.mp4"] and "not a regular file" in reasons["fifo.png"]
+    assert "PNG image with a video extension" in reasons["still.mp4"] and "rename" in reasons["still.mp4"]
+    unreadable = [w for w in index.warnings if "could not be read" in w]
+    assert len(unreadable) == 1 and "clip_00.txt (not a regular file)" in unreadable[0]
+    clip = next(it for it in index.train_items if it.path.name == "clip_00.mp4")
+    assert clip.caption == "sks"  # the (empty) default caption with the trigger word
+
+
+def test_orphan_captions_give_one_counted_warning(dataset_dir, make_config):
+    """Caption files that no media file reads (a typo, a deleted clip) are named in one line, not ignored."""
+    names = ["clip_99.txt", "image_00.mp4.txt", "old_a.txt", "old_b.txt", "old_c.txt", "old_d.txt"]
+    for name in names:
+        (dataset_dir / name).write_text("a caption without its media")
+    index = build_dataset_index(make_config(dataset_dir), 16, 4, 16, seed=0)
+    lines = [w for w in index.warnings if "match no image or video" in w]
+    assert len(lines) == 1 and lines[0].startswith(f"6 .txt files in {dataset_dir}")
+    assert "clip_99.txt" in lines[0] and "and 1 more" in lines[0] and "clip_00.txt" not in lines[0]
+    for name in names:
+        (dataset_dir / name).unlink()
+    clean = build_dataset_index(make_config(dataset_dir), 16, 4, 16, seed=0)
+    assert not [w for w in clean.warnings if "match no image or video" in w]

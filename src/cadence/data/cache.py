@@ -43,14 +43,15 @@ class CacheMissError(KeyError):
 class CacheReport:
     encoded: int = 0
     reused: int = 0
-    skipped: list[SkippedFile] = field(default_factory=list)
+    skipped: list[SkippedFile] = field(default_factory=list)  # each failed file once, however many items
     folders: set[Path] = field(default_factory=set)
 
     def merge(self, other: CacheReport) -> CacheReport:
+        seen = {entry.path for entry in self.skipped}
         return CacheReport(
             self.encoded + other.encoded,
             self.reused + other.reused,
-            self.skipped + other.skipped,
+            self.skipped + [entry for entry in other.skipped if entry.path not in seen],
             self.folders | other.folders,
         )
 
@@ -184,20 +185,26 @@ class LatentCache:
         if adapter.model_id != self.model_id or adapter.arch != self.arch:  # type: ignore[attr-defined]
             raise ValueError(f"this cache is for {self.model_id} ({self.arch}), not {adapter.model_id}")  # type: ignore[attr-defined]
         report = CacheReport()
+        failed: set[Path] = set()  # files that failed in this pass; their other items are not decoded again
         for item in items:
             report.folders.add(self.folder(item))
-            status = self._ensure_one(item, adapter, report)
+            status = self._ensure_one(item, adapter, report, failed)
             if progress is not None:
                 progress(status)
         return report
 
-    def _ensure_one(self, item: MediaItem, adapter: object, report: CacheReport) -> str:
+    def _ensure_one(self, item: MediaItem, adapter: object, report: CacheReport, failed: set[Path]) -> str:
+        """One item's entry: reused, encoded, or skipped (a file that failed is decoded and reported once, not
+        once per bucket size)."""
         if self.is_valid(item):
             report.reused += 1
             return "reused"
+        if item.path in failed:
+            return "skipped"
         try:
             pixels = load_pixels(item)
         except MediaError as exc:
+            failed.add(item.path)
             report.skipped.append(SkippedFile(item.path, f"{exc.problem}; {exc.advice}"))
             log.warning("skipping %s", exc)
             return "skipped"

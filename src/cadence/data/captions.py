@@ -7,6 +7,7 @@ warning per dataset instead of one line per file.
 from __future__ import annotations
 
 import random
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,18 +56,34 @@ def decode_caption(raw: bytes, path: Path, stats: CaptionStats) -> str:
         return raw.decode("cp1252", errors="replace")
 
 
+class NotRegularFileError(OSError):
+    """A caption path that is a FIFO, socket or device: reading it would block indexing forever."""
+
+
+def _read_regular(path: Path) -> bytes:
+    """The bytes of `path`, refusing anything but a regular file before opening it (open() on a FIFO blocks
+    until a writer appears)."""
+    if not stat.S_ISREG(path.stat().st_mode):  # FileNotFoundError: no caption
+        raise NotRegularFileError(f"{path} is not a regular file")
+    return path.read_bytes()
+
+
+def _unreadable_reason(exc: OSError) -> str:
+    return "not a regular file" if isinstance(exc, NotRegularFileError) else exc.__class__.__name__
+
+
 def read_caption(
     media: Path, caption_ext: str, default_caption: str | None, trigger_word: str | None, stats: CaptionStats
 ) -> str:
     """The caption for `media`: its same-stem file (stripped) or the default caption (or "")."""
     path = caption_path(media, caption_ext)
     try:
-        text = decode_caption(path.read_bytes(), path, stats).strip()
+        text = decode_caption(_read_regular(path), path, stats).strip()
     except FileNotFoundError:
         stats.missing += 1
         text = default_caption or ""
     except OSError as exc:
-        stats.unreadable = (stats.unreadable or []) + [f"{path} ({exc.__class__.__name__})"]
+        stats.unreadable = (stats.unreadable or []) + [f"{path} ({_unreadable_reason(exc)})"]
         text = default_caption or ""
     if trigger_word is None and TRIGGER_TOKEN in text:
         stats.untriggered += 1
@@ -87,7 +104,7 @@ def caption_warnings(
     if stats.unreadable:
         lines.append(
             f"{len(stats.unreadable)} caption files could not be read (the default caption is used): "
-            f"{', '.join(stats.unreadable[:5])}"
+            f"{', '.join(stats.unreadable[:5])}. Replace them with plain text files or fix their permissions."
         )
     if stats.legacy_encoding:
         lines.append(

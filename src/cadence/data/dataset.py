@@ -18,7 +18,7 @@ import torch
 
 from cadence.config.schema import DatasetConfig, JobConfig
 from cadence.data.buckets import bucket_size, pixel_budgets
-from cadence.data.captions import CaptionStats, caption_warnings, read_caption
+from cadence.data.captions import CaptionStats, caption_path, caption_warnings, read_caption
 from cadence.data.frames import TooShortError, fps_mismatch, plan_frames
 from cadence.data.images import load_image, probe_image
 from cadence.data.media import CACHE_DIR_NAME, DatasetError, MediaError, MediaItem, SkippedFile, media_kind
@@ -47,6 +47,7 @@ class _Notes:
     shortened: list[str] = field(default_factory=list)
     fps: list[str] = field(default_factory=list)
     unsupported: dict[str, int] = field(default_factory=dict)
+    orphan_captions: list[str] = field(default_factory=list)  # caption files no media file reads
 
 
 def build_dataset_index(
@@ -81,14 +82,19 @@ def _list_media(i: int, ds: DatasetConfig, notes: _Notes) -> list[Path]:
             "(relative paths are resolved against the config file's folder)"
         )
     media: list[Path] = []
+    captions: list[str] = []
     for path in sorted(folder.iterdir()):
         if path.name.startswith(".") or path.name == CACHE_DIR_NAME or path.is_dir():
             continue  # a dangling link is kept: it is reported as unreadable below
         if media_kind(path) is not None:
             media.append(path)
-        elif path.suffix.lower().lstrip(".") != ds.caption_ext.lower():
+        elif path.suffix.lower().lstrip(".") == ds.caption_ext.lower().lstrip("."):
+            captions.append(path.name)
+        else:
             ext = path.suffix.lower() or "(no extension)"
             notes.unsupported[ext] = notes.unsupported.get(ext, 0) + 1
+    read = {caption_path(m, ds.caption_ext).name for m in media}
+    notes.orphan_captions = [name for name in captions if name not in read]  # a typo'd or leftover caption
     return media
 
 
@@ -218,6 +224,12 @@ def _dataset_warnings(
         lines.append(
             f"{sum(notes.unsupported.values())} files in {folder} have unsupported extensions ({exts}) "
             "and are ignored; supported: .jpg .jpeg .png .webp .mp4 .mov .webm .mkv"
+        )
+    if notes.orphan_captions:
+        lines.append(
+            f"{len(notes.orphan_captions)} .{ds.caption_ext.lstrip('.')} files in {folder} match no image or "
+            f"video and are ignored: {_some(notes.orphan_captions)}. Give each its media file's name "
+            f"(clip.mp4 -> clip.{ds.caption_ext.lstrip('.')}) or remove it."
         )
     if notes.shortened:
         lines.append(

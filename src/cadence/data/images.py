@@ -1,23 +1,31 @@
-"""Image probing and loading with PIL (EXIF orientation applied, converted to RGB)."""
+"""Image probing and loading with PIL (EXIF orientation applied, transparency flattened, converted to RGB)."""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from cadence.data.media import MediaError
+from cadence.data.media import MediaError, require_regular_file
+
+log = logging.getLogger(__name__)
 
 _ORIENTATION_TAG = 0x0112
 _SWAPPING_ORIENTATIONS = {5, 6, 7, 8}  # rotated by 90/270 degrees: width and height swap
 _ADVICE = "re-save it as PNG or JPEG, or remove it"
+# Transparent pixels are composited onto white: it is what image viewers and web pages show behind a cut-out
+# or logo, so the model learns the picture the user sees. convert("RGB") would instead expose whatever colour
+# the transparent pixels store (a palette entry, often black or leftover garbage).
+ALPHA_BACKGROUND = (255, 255, 255)
+_ALPHA_MODES = frozenset({"RGBA", "RGBa", "LA", "La", "PA"})
+_warned_alpha: set[Path] = set()  # files already warned about, so two bucket sizes give one warning
 
 
 def _open(path: Path) -> Image.Image:
+    require_regular_file(path)  # missing, a FIFO (PIL would block on it) or empty: a clear reason
     try:
-        if path.stat().st_size == 0:
-            raise MediaError(path, "is empty (0 bytes)", "replace it with the full file or remove it")
         return Image.open(path)
     except PermissionError as exc:
         raise MediaError(path, "cannot be read (permission denied)", "fix its permissions") from exc
@@ -54,11 +62,32 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def _flatten_alpha(img: Image.Image, path: Path) -> Image.Image:
+    """`img` with its transparent pixels composited onto ALPHA_BACKGROUND (the model sees opaque RGB); warns
+    once per file when some pixel actually was transparent."""
+    if img.mode not in _ALPHA_MODES and "transparency" not in img.info:
+        return img
+    if img.mode.startswith(("I", "F")):
+        return img  # 16/32-bit: convert("RGBA") would clip the tones that _to_rgb scales; a tRNS key is rare
+    rgba = img.convert("RGBA")
+    if rgba.getchannel("A").getextrema()[0] == 255:
+        return rgba  # an alpha channel that is opaque everywhere drops nothing
+    if path not in _warned_alpha:
+        _warned_alpha.add(path)
+        log.warning(
+            "%s has transparent pixels; they are composited onto white (the model trains on opaque RGB). "
+            "Flatten the image onto the background you want if white is wrong.",
+            path,
+        )
+    background = Image.new("RGBA", rgba.size, (*ALPHA_BACKGROUND, 255))
+    return Image.alpha_composite(background, rgba)
+
+
 def load_image(path: Path, width: int, height: int) -> np.ndarray:
     """uint8 [height, width, 3]: EXIF-rotated, RGB, cover-resized and center-cropped to the bucket."""
     try:
         with _open(path) as img:
-            img = _to_rgb(ImageOps.exif_transpose(img))
+            img = _to_rgb(_flatten_alpha(ImageOps.exif_transpose(img), path))
             fitted = ImageOps.fit(img, (width, height), method=Image.Resampling.LANCZOS, centering=(0.5, 0.5))
             return np.array(fitted, dtype=np.uint8)
     except MediaError:

@@ -7,6 +7,7 @@ so the caches and the trainer never look at the dataset folder again after index
 from __future__ import annotations
 
 import hashlib
+import stat
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -77,6 +78,37 @@ class MediaItem:
         """Short digest of the frame plan: a different selection means a different cache entry."""
         text = ",".join(str(i) for i in self.frames)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def require_regular_file(path: Path) -> int:
+    """The size of `path`, or MediaError when it is gone, unreadable, not a regular file or empty.
+
+    Checked before any decoder opens the file: opening a FIFO (or a device) named like media blocks forever,
+    and a file deleted or moved after indexing needs "restore it", not "re-encode it".
+    """
+    try:
+        info = path.stat()
+    except FileNotFoundError as exc:
+        raise MediaError(
+            path,
+            "does not exist (deleted or moved after the dataset was indexed, or a broken link)",
+            "restore it or remove it from the dataset folder",
+        ) from exc
+    except PermissionError as exc:
+        raise MediaError(path, "cannot be read (permission denied)", "fix its permissions") from exc
+    except OSError as exc:
+        raise MediaError(
+            path, f"cannot be read ({exc.__class__.__name__}: {exc.strerror})", "restore it or remove it"
+        ) from exc
+    if not stat.S_ISREG(info.st_mode):
+        raise MediaError(
+            path,
+            "is not a regular file (a pipe, socket or device)",
+            "replace it with the real media file or remove it",
+        )
+    if info.st_size == 0:
+        raise MediaError(path, "is empty (0 bytes)", "replace it with the full file or remove it")
+    return info.st_size
 
 
 def media_kind(path: Path) -> Literal["image", "video"] | None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -22,13 +23,19 @@ def _read_umask() -> int:
 _UMASK = _read_umask()  # read once at import: os.umask is process-wide and not thread-safe to probe
 
 
-def remove_stale_temporaries(folder: Path) -> int:
-    """Delete temp files a killed writer left behind in `folder` (never a published file)."""
+def remove_stale_temporaries(folder: Path, older_than_s: float = 0.0) -> int:
+    """Delete temp files a killed writer left behind in `folder` (never a published file). With
+    `older_than_s`, only those last written that long ago: a folder other processes may write into (a shared
+    cache) can hold a live writer's temp file."""
     removed = 0
+    deadline = time.time() - older_than_s
     for leftover in folder.glob(".*.tmp"):
-        if leftover.is_file():
-            leftover.unlink(missing_ok=True)
-            removed += 1
+        try:
+            if leftover.is_file() and (not older_than_s or leftover.stat().st_mtime < deadline):
+                leftover.unlink(missing_ok=True)
+                removed += 1
+        except FileNotFoundError:  # its writer published or removed it meanwhile
+            continue
     return removed
 
 

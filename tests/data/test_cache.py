@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from argparse import Namespace
 from pathlib import Path
 
@@ -230,3 +231,23 @@ def test_a_bad_file_is_decoded_and_reported_once_across_bucket_sizes(
     out = capsys.readouterr().out
     assert "2 encoded, 0 reused, 2 skipped" in out and "skipped files (2):" in out
     assert all(out.count(f"{path}:") == 1 for path in bad)
+
+
+def test_a_killed_writers_temp_files_are_swept_but_a_live_writers_are_not(small_dir, make_config, adapter):
+    _, index = _index(small_dir, make_config, adapter)
+    cache = LatentCache.for_adapter(adapter)
+    folder = cache.folder(index.train_items[0])
+    folder.mkdir(parents=True, exist_ok=True)
+    texts = TextCache(small_dir / "text_cache", adapter.model_id)
+    texts.folder.mkdir(parents=True, exist_ok=True)
+    stale, live = folder / ".clip.safetensors.k1ll3d.tmp", folder / ".clip.safetensors.wr1t1ng.tmp"
+    stale_text = texts.folder / ".caption.safetensors.k1ll3d.tmp"
+    for path in (stale, live, stale_text):
+        path.write_bytes(b"half an entry")
+    an_hour_ago = time.time() - 3600
+    for path in (stale, stale_text):
+        os.utime(path, (an_hour_ago, an_hour_ago))
+    cache.ensure(index.train_items, adapter)
+    texts.ensure(["a caption"], adapter)
+    assert not stale.exists() and not stale_text.exists()
+    assert live.exists(), "a temp file written just now may belong to another job filling the shared cache"

@@ -70,6 +70,11 @@ def test_bad_files_are_skipped_with_reasons(dataset_dir, caplog, make_config):
     assert "empty" in reasons["empty.mov"] and "too short" in reasons["short.mp4"]
     assert all("remove it" in r or "longer clip" in r for r in reasons.values())
     assert len(index.train_items) == 9
+    files = len({item.path for item in index.items})
+    assert index.summary() == (
+        f"dataset: 9 training items from {files} files; 4 files skipped (their reasons are in the warnings "
+        "at the start of the log)"
+    )
     unsupported = [w for w in index.warnings if "unsupported" in w]
     assert len(unsupported) == 1 and ".pdf x1" in unsupported[0] and ".ckpt x1" in unsupported[0]
 

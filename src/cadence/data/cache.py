@@ -20,7 +20,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from cadence.atomic import atomic_write_with
+from cadence.atomic import atomic_write_with, remove_stale_temporaries
 from cadence.data.dataset import load_pixels
 from cadence.data.media import CACHE_DIR_NAME, MediaError, MediaItem, SkippedFile
 
@@ -29,6 +29,9 @@ log = logging.getLogger(__name__)
 CACHE_FORMAT = "cadence-cache-1"
 LATENTS_KEY = "latents"
 TEXT_KEY = "embeds"
+# temp files of a killed writer are removed when a cache is filled; younger ones may be a live writer's
+# (caches can be shared between jobs), and no entry takes minutes to write
+STALE_TEMP_S = 600.0
 Progress = Callable[[str], None]  # called once per entry with "encoded" | "reused" | "skipped"
 
 
@@ -186,6 +189,8 @@ class LatentCache:
             raise ValueError(f"this cache is for {self.model_id} ({self.arch}), not {adapter.model_id}")  # type: ignore[attr-defined]
         report = CacheReport()
         failed: set[Path] = set()  # files that failed in this pass; their other items are not decoded again
+        for folder in {self.folder(item) for item in items}:
+            remove_stale_temporaries(folder, STALE_TEMP_S)
         for item in items:
             report.folders.add(self.folder(item))
             status = self._ensure_one(item, adapter, report, failed)
@@ -275,6 +280,7 @@ class TextCache:
     ) -> CacheReport:
         """Encode each distinct caption without a valid entry, in batches; the rest are reused."""
         report = CacheReport(folders={self.folder})
+        remove_stale_temporaries(self.folder, STALE_TEMP_S)
         todo: list[str] = []
         for caption in dict.fromkeys(captions):
             if self.is_valid(caption):

@@ -39,6 +39,18 @@ class DatasetIndex:
     def items(self) -> list[MediaItem]:
         return self.train_items + self.eval_items
 
+    def summary(self) -> str:
+        """What a run trains on and how many files it dropped, in one line (the per-file warnings scroll
+        away in a long log)."""
+        used = {item.path for item in self.items}
+        skipped = {entry.path for entry in self.skipped}
+        text = f"dataset: {len(self.train_items)} training items from {len(used)} files"
+        if skipped:
+            text += (
+                f"; {len(skipped)} files skipped (their reasons are in the warnings at the start of the log)"
+            )
+        return text
+
 
 @dataclass
 class _Notes:

@@ -242,7 +242,7 @@ class Trainer:
             if self._owns_stop_flag:
                 self.stop.uninstall()
             s.close()
-        log.info("finished %d steps; outputs in %s", step, s.paths.run_dir)
+        log.info("finished %d steps; outputs in %s; %s", step, s.paths.run_dir, s.index.summary())
         return 0
 
     def _sample(self, step: int) -> None:

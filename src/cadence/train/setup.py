@@ -288,6 +288,7 @@ def _prepare_caches(
     if cfg.train.cache_text_embeddings:
         adapter.unload_text_encoder()
     log.info("caches ready: %d latent entries (%d encoded now)", len(index.items), latent_report.encoded)
+    log.info(index.summary())
     return filled.latents, filled.texts
 
 

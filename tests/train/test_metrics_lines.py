@@ -43,6 +43,7 @@ def test_lines_validate_and_carry_per_expert_fields(tiny_i2v: Path, clips: Path,
     assert len(rows) == 60
     for row in rows:
         jsonschema.validate(row, schema)
+        assert row["nan_skipped"] == 0  # on every line, so tooling can check it without knowing the history
     assert rows[-1]["loss_samples_high_noise"] + rows[-1]["loss_samples_low_noise"] == 60
     assert "eval_loss_high_noise" in rows[19] and "eval_loss_low_noise" in rows[39]
     assert rows[24]["weight_magnitude_high_noise"] > 0 and rows[24]["weight_ratio"] > 0

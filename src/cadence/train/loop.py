@@ -170,8 +170,7 @@ class Trainer:
         if s.device.type == "cuda":
             row["peak_memory_gb"] = torch.cuda.max_memory_allocated(s.device) / 2**30
         row.update(result.lrs)
-        if self.s.hub.nan_total:
-            row["nan_skipped"] = self.s.hub.nan_total
+        row["nan_skipped"] = self.s.hub.nan_total
         row.update(s.hub.observe(step, result.expert, result.loss, result.grad_norm))
         return row
 

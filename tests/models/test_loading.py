@@ -243,3 +243,14 @@ def test_hub_id_offline_loads_from_the_hf_cache(tiny_dirs, tmp_path, monkeypatch
     assert adapter.model_id.startswith("cadence-tests/tiny-i2v#") and adapter.boundary == 0.9
     with pytest.raises(ArchMismatchError, match="cadence-tests/tiny-i2v"):
         _load("cadence-tests/tiny-i2v", "wan22_5b")
+
+
+def test_captions_longer_than_the_text_encoder_reads_are_reported(tiny_dirs, caplog):
+    adapter = _load(tiny_dirs("wan21"), "wan21")
+    long = "sks dances slowly " * 400
+    exact = adapter.encode_prompts(["a short caption", long])
+    assert exact[1].shape[0] == 512  # what the pipeline keeps
+    assert "1 caption(s) are longer than the 512 tokens the text encoder reads" in caplog.text
+    caplog.clear()
+    adapter.encode_prompts(["a short caption"])
+    assert "longer than" not in caplog.text

@@ -179,11 +179,29 @@ class WanAdapter(ModelAdapter):
             )
         te_device = next(encoder.parameters()).device
         lengths = tokens.attention_mask.gt(0).sum(dim=1).long()
+        self._warn_truncated(prompts, lengths.tolist())
         hidden = encoder(
             tokens.input_ids.to(te_device), tokens.attention_mask.to(te_device)
         ).last_hidden_state
         hidden = hidden.to(device=self.device, dtype=encoder.dtype)
         return [h[:n] for h, n in zip(hidden, lengths.tolist(), strict=True)]
+
+    def _warn_truncated(self, prompts: list[str], lengths: list[int]) -> None:
+        """Say when a caption is longer than the text encoder reads: the pipeline cuts it silently, so the
+        end of a long caption (often where the trigger word or the motion is) would never be trained."""
+        from diffusers.pipelines.wan.pipeline_wan import prompt_clean
+
+        full = [p for p, n in zip(prompts, lengths, strict=True) if n >= TEXT_LEN]
+        counts = [len(self.components["tokenizer"](prompt_clean(p)).input_ids) for p in full]
+        cut = [p for p, n in zip(full, counts, strict=True) if n > TEXT_LEN]
+        if cut:
+            log.warning(
+                "%d caption(s) are longer than the %d tokens the text encoder reads and were cut there "
+                "(e.g. %r...); shorten them or put what matters first",
+                len(cut),
+                TEXT_LEN,
+                cut[0][:60],
+            )
 
     def pad_text(self, embeds: list[torch.Tensor]) -> torch.Tensor:
         """Zero-pad each [L_i, D] to [TEXT_LEN, D] and stack: the pipeline's prompt_embeds layout."""

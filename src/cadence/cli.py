@@ -52,6 +52,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("--json", action="store_true")
     p.add_argument("--preset", default=None)
+    p.add_argument(
+        "--since", type=int, default=None, help="also report each expert's growth from this checkpoint"
+    )
+    p.add_argument("--until", type=int, default=None, help="... to this checkpoint (default: the latest)")
     p = sub.add_parser("ema-merge", help="post-hoc EMA over LoRA checkpoints")
     p.add_argument("files", nargs="+")
     p.add_argument("--output", required=True)

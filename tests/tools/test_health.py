@@ -308,3 +308,18 @@ def test_weight_ratio_still_climbing_is_not_a_drop(tmp_path: Path) -> None:
 def test_final_only_rules_cannot_stop_a_run() -> None:
     with pytest.raises(ValidationError, match="cannot stop one"):
         HealthConfig(preset="motion", stop_on=["high_noise_magnitude_low"])
+
+
+def test_growth_over_a_chosen_span_per_own_step(tmp_path: Path, capsys, caplog) -> None:
+    from cadence.cli import main
+
+    run_dir = write_run(tmp_path, TURNS, switch_every=100)
+    assert main(["analyze", str(run_dir), "--preset", "motion", "--since", "200"]) == 0
+    out = capsys.readouterr().out
+    assert "Growth from step 200 to step 600:" in out
+    assert "high_noise |dW| 0.004000 -> 0.007500: +87.5% in 200 own steps" in out
+    assert "low-noise grew 0.69x as fast as high-noise per own step" in out  # +60% vs +87.5%
+    span = json.loads((run_dir / "analysis.json").read_text())["span"]
+    assert span["experts"]["low_noise"]["own_steps"] == 200 and span["until"] == 600
+    assert main(["analyze", str(run_dir), "--since", "250"]) == 2
+    assert "--since 250: no checkpoint at that step; checkpoints: 100, 200, 300" in caplog.text

@@ -20,6 +20,7 @@ from pydantic import ValidationError
 from cadence.atomic import atomic_write_text
 from cadence.networks.formats import load_lora_file
 from cadence.networks.magnitude import MagnitudeSummary, summarize
+from cadence.tools.growth_span import GrowthSpan, growth_span
 from cadence.tools.health import (
     HealthConfig,
     HealthWarning,
@@ -49,6 +50,7 @@ class AnalysisReport:
     recommendations: list[Recommendation]
     files: dict[int, dict[str, str]] = field(default_factory=dict)  # step -> expert -> file name
     notes: list[str] = field(default_factory=list)
+    span: GrowthSpan | None = None  # --since/--until
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types only (no NaN: missing values are null)."""
@@ -84,6 +86,7 @@ class AnalysisReport:
             "warnings": [asdict(w) for w in self.warnings],
             "recommendations": [asdict(r) for r in self.recommendations],
             "notes": self.notes,
+            "span": self.span.to_dict() if self.span else None,
         }
 
 
@@ -237,6 +240,8 @@ def format_report(report: AnalysisReport, paths: tuple[Path, Path]) -> str:
         "",
         format_table(report),
     ]
+    if report.span is not None:
+        parts += ["", *report.span.lines()]
     parts += ["", "Warnings:"] + ([f"  {line}" for line in collapse_warnings(report)] or ["  none"])
     parts += ["", "Recommended checkpoints:"]
     for rec in report.recommendations:
@@ -255,6 +260,11 @@ def analyze_command(args: argparse.Namespace) -> int:
         return 2
     try:
         report = analyze_run(args.run_dir, preset=preset)
+        since = getattr(args, "since", None)
+        if since is not None:
+            report.span = growth_span(report.series, since, getattr(args, "until", None))
+        elif getattr(args, "until", None) is not None:
+            raise ValueError("--until needs --since")
     except (FileNotFoundError, ValueError) as exc:
         log.error("%s", exc)
         return 2

@@ -156,9 +156,14 @@ def test_seed_per_expert_phases_spelling_loads_and_errors_name_it():
     assert "keep only 'conv_alpha_phases'" in issues["network.alpha_schedule.per_expert.low_noise.phases"]
 
 
-def test_qtype_without_its_switch_is_refused():
+def test_qtype_without_its_switch_is_a_warning(caplog):
+    """ai-toolkit configs turn quantization off with `quantize: false` and keep their qtype: they still load,
+    and the log says nothing is quantized."""
     model = {"name_or_path": "m", "arch": "wan22_14b_i2v", "qtype": "fp8", "qtype_te": "qint8"}
-    issues = _issues(flat(model=model))
-    assert set(issues) == {"model.qtype", "model.qtype_te"}
-    assert "set model.quantize: true" in issues["model.qtype"]
+    cfg = load_config_dict(seed(flat(model=model)))
+    assert cfg.model.quantize is False
+    assert "config.process[0].model.qtype: 'fp8' is set but model.quantize is false" in caplog.text
+    assert "config.process[0].model.qtype_te: 'qint8' is set but model.quantize_te is false" in caplog.text
+    caplog.clear()
     assert load_config_dict(flat(model={**model, "quantize": True, "quantize_te": True})).model.qtype == "fp8"
+    assert "is set but" not in caplog.text

@@ -123,6 +123,7 @@ def test_resume_after_a_kill_while_sampling_the_checkpoint_step(tiny_i2v, clips,
         spec = _job(tiny_i2v, clips, out, ctrl_png, steps, True)
         spec["sample"]["sample_every"] = 4
         spec["sample"]["skip_first_sample"] = True
+        spec["save"]["max_step_saves_to_keep"] = 1
         return spec
 
     straight = write_job(tmp_path / "a.yaml", job(tmp_path / "a", 8))
@@ -133,6 +134,8 @@ def test_resume_after_a_kill_while_sampling_the_checkpoint_step(tiny_i2v, clips,
     stale = run_b / "samples" / ".000000004_00.webp.k1ll3d.tmp"
     stale.write_bytes(b"half a webp")
     orphans = [run_b / f"job_000000002_{e}.safetensors" for e in ("high_noise", "low_noise")]
+    backup = run_b / "job_000000002_high_noise_backup.safetensors"  # the user's own copy: never pruned
+    backup.write_bytes(b"mine")
     for orphan, e in zip(orphans, ("high_noise", "low_noise"), strict=True):  # a prune the kill interrupted
         orphan.write_bytes((run_b / f"job_000000004_{e}.safetensors").read_bytes())
     assert run_training(write_job(tmp_path / "b.yaml", job(tmp_path / "b", 8))) == 0
@@ -141,5 +144,5 @@ def test_resume_after_a_kill_while_sampling_the_checkpoint_step(tiny_i2v, clips,
     )
     png = "000000004_00.png"
     assert Image.open(run_b / "samples" / png).tobytes() == Image.open(run_a / "samples" / png).tobytes()
-    assert not stale.exists() and not any(o.exists() for o in orphans)
+    assert not stale.exists() and not any(o.exists() for o in orphans) and backup.exists()
     _same(_tensors(run_b, 8), _tensors(run_a, 8))

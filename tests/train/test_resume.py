@@ -233,6 +233,9 @@ def test_resume_with_another_network_experts_or_optimizer_says_what_changed(
         "it used train.optimizer 'adamw', this config asks for 'prodigy'": lambda j: j["train"].update(
             optimizer="prodigy", lr=1.0
         ),
+        "network.network_kwargs.loraplus_lr_ratio gives each expert's up matrices their own group": lambda j: (
+            j["network"].update(network_kwargs={"loraplus_lr_ratio": 4})
+        ),
     }
     for expected, change in changes.items():
         changed = copy.deepcopy(job)
@@ -244,4 +247,7 @@ def test_resume_with_another_network_experts_or_optimizer_says_what_changed(
         assert expected in caplog.text, caplog.text
         assert "give the job another `name`" in caplog.text
     job["train"]["steps"] = 4
-    assert run_training(write_job(tmp_path / "job.yaml", job)) == 0  # the unchanged config still resumes
+    job["network"]["linear_alpha"] = 4  # a changed alpha is kept from the checkpoint, and said so
+    caplog.clear()
+    assert run_training(write_job(tmp_path / "job.yaml", job)) == 0
+    assert "network.linear_alpha is 4 in the config but high_noise was trained with 2" in caplog.text

@@ -238,10 +238,15 @@ def _job_issues(cfg: JobConfig) -> list[Issue]:
     return issues
 
 
-def _quantize_issues(cfg: JobConfig) -> list[Issue]:
+def config_warnings(cfg: JobConfig) -> list[Issue]:
+    """Settings that load but may not do what the user meant; logged, not refused (ai-toolkit configs switch
+    quantization off with `quantize: false` and keep their qtype, and those configs must keep running)."""
+    return _quantize_warnings(cfg)
+
+
+def _quantize_warnings(cfg: JobConfig) -> list[Issue]:
     """A qtype without its switch quantizes nothing: a user who wrote `qtype: fp8` for memory would load the
-    full-precision model and run out of memory minutes later. (The default qtype passes: resolved configs
-    carry every key.)"""
+    full-precision model. (The default qtype passes: resolved configs carry every key.)"""
     issues: list[Issue] = []
     model = cfg.model
     for switch, key in (("quantize", "qtype"), ("quantize_te", "qtype_te")):
@@ -250,8 +255,8 @@ def _quantize_issues(cfg: JobConfig) -> list[Issue]:
             issues.append(
                 (
                     ("model", key),
-                    f"{value!r} is set but model.{switch} is false, so nothing would be quantized; "
-                    f"set model.{switch}: true to quantize, or remove {key}",
+                    f"{value!r} is set but model.{switch} is false, so nothing is quantized (full "
+                    f"precision, more memory); set model.{switch}: true to quantize, or remove {key}",
                 )
             )
     return issues
@@ -298,10 +303,4 @@ def _arch_issues(cfg: JobConfig) -> list[Issue]:
 
 def config_issues(cfg: JobConfig) -> list[Issue]:
     """Every cross-key problem of a validated config, each at the key the user wrote."""
-    return (
-        _train_issues(cfg.train)
-        + _network_issues(cfg)
-        + _job_issues(cfg)
-        + _quantize_issues(cfg)
-        + _arch_issues(cfg)
-    )
+    return _train_issues(cfg.train) + _network_issues(cfg) + _job_issues(cfg) + _arch_issues(cfg)

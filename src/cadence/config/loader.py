@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import logging
 import os
 import re
 import tomllib
@@ -27,11 +28,13 @@ from cadence.config.compat import (
     section_model,
     synonyms_for,
 )
-from cadence.config.cross_checks import config_issues
+from cadence.config.cross_checks import config_issues, config_warnings
 from cadence.config.errors import ConfigError, closest, format_path
 from cadence.config.prompt_flags import expand_prompt_flags
 from cadence.config.schema import JobConfig
 from cadence.config.unsupported import check_unsupported
+
+log = logging.getLogger(__name__)
 
 # The seed trainer's process types that run its LoRA trainer (ai-toolkit extensions_built_in/sd_trainer).
 SEED_TRAINER_TYPES = ("sd_trainer", "ui_trainer", "diffusion_trainer")
@@ -362,6 +365,8 @@ def load_config_dict(data: dict[str, Any], source: Path | None = None) -> JobCon
     if raw or cfg is None:
         issues = [(w if isinstance(w, str) else format_path(w, prefix), m) for w, m in raw]
         raise ConfigError(issues, source)
+    for loc, message in config_warnings(cfg):
+        log.warning("%s: %s", format_path(_user_loc(loc, renamed), prefix), message)
     return cfg
 
 

@@ -80,7 +80,10 @@ def check_config_file(path: str | Path, machine: bool = True) -> JobConfig:
         validate_samples,
     )  # sample sizes, control images, sage on this host
 
-    issues += [(_prefixed(path, process_prefix(data)), message) for path, message in validate_samples(cfg)]
+    issues += [
+        (_prefixed(path, process_prefix(data)), message)
+        for path, message in validate_samples(cfg, machine=machine)
+    ]
     if issues:
         raise ConfigError(issues, path)
     return cfg

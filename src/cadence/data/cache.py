@@ -26,7 +26,8 @@ from cadence.data.media import CACHE_DIR_NAME, MediaError, MediaItem, SkippedFil
 
 log = logging.getLogger(__name__)
 
-CACHE_FORMAT = "cadence-cache-1"
+# 2: decoding changed (transparency flattened onto white, variable-rate Matroska timing, edit lists)
+CACHE_FORMAT = "cadence-cache-2"
 LATENTS_KEY = "latents"
 TEXT_KEY = "embeds"
 # temp files of a killed writer are removed when a cache is filled; younger ones may be a live writer's

@@ -41,8 +41,9 @@ def is_conv(module: nn.Module) -> bool:
     return isinstance(module, CONV_TYPES)
 
 
-def select_targets(root: nn.Module, cfg: NetworkConfig) -> dict[str, nn.Module]:
-    """Return {diffusers module name: module} of the modules to adapt, in `named_modules` order."""
+def select_targets(root: nn.Module, cfg: NetworkConfig, warn: bool = True) -> dict[str, nn.Module]:
+    """Return {diffusers module name: module} of the modules to adapt, in `named_modules` order.
+    `warn=False` for a dry run (the real selection says the same things once)."""
     kw = cfg.network_kwargs
     candidates = [
         (name, module, NAME_PREFIX + name, _original_name(name))
@@ -57,7 +58,7 @@ def select_targets(root: nn.Module, cfg: NetworkConfig) -> dict[str, nn.Module]:
     for name, module, full, original in candidates:
         named = any(match(full, original) for match in include)
         if is_conv(module) and cfg.conv is None:
-            if named:
+            if named and warn:
                 log.warning("%s matches include_patterns but network.conv is not set; not targeted", full)
             continue
         chosen = (isinstance(module, nn.Linear) and name.startswith("blocks.")) or named
@@ -71,7 +72,7 @@ def select_targets(root: nn.Module, cfg: NetworkConfig) -> dict[str, nn.Module]:
             selected[name] = module
     if not selected:
         raise ValueError(_no_match_message(cfg, available))
-    if cfg.conv is not None and not any(is_conv(m) for m in selected.values()):
+    if warn and cfg.conv is not None and not any(is_conv(m) for m in selected.values()):
         log.warning(
             "network.conv=%s is set but no Conv layer is targeted: Wan's transformer blocks are Linear-only "
             "(ai-toolkit configs set conv for models with conv layers). Name a conv layer in "

@@ -36,16 +36,19 @@ def _item_path(cfg: JobConfig, index: int, key: str) -> str:
     return f"sample.samples[{index}].{key}" if index < n else f"sample.prompts[{index - n}]"
 
 
-def validate_samples(cfg: JobConfig, require_enabled: bool = True) -> list[tuple[str, str]]:
+def validate_samples(
+    cfg: JobConfig, require_enabled: bool = True, machine: bool = True
+) -> list[tuple[str, str]]:
     """(dotted path, message) for every sample setting that cannot run; [] when sampling is fine or off.
 
-    `require_enabled=False` checks even with train.disable_sampling (used by `cadence sample`).
+    `require_enabled=False` checks even with train.disable_sampling (used by `cadence sample`);
+    `machine=False` leaves out what depends on this machine (the attention backend's GPU and package).
     """
     if require_enabled and cfg.train.disable_sampling:
         return []
     issues: list[tuple[str, str]] = []
     sample = cfg.sample
-    problem = attention_unavailable(sample.attention_backend)
+    problem = attention_unavailable(sample.attention_backend) if machine else None
     if problem and sample.items:
         issues.append(("sample.attention_backend", problem))
     multiple = arch_geometry(cfg.model.arch)[0]

@@ -5,19 +5,18 @@ each written atomically first; the training-state folder is written under a temp
 renamed last, so its presence marks the checkpoint complete. Resume reads only complete state folders.
 Pruning deletes a step's output files first and its state folder last (renamed away, then deleted): a kill
 in between leaves an old complete state that the next prune removes, never LoRA files nothing tracks.
-Output files of steps older than the latest checkpoint that have no state folder (left by older versions)
-are removed with the other leftovers.
+Output files of steps older than the `keep` newest checkpoints that have no state folder are removed with
+the other leftovers; only the exact names a save writes are ever deleted.
 """
 
 from __future__ import annotations
 
-import glob
 import logging
 import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -72,21 +71,28 @@ class RunPaths:
     def samples(self) -> Path:
         return self.run_dir / "samples"
 
-    def step_outputs(self, step: int) -> list[Path]:
-        """Every user-facing file a checkpoint may have written (for pruning)."""
-        pattern = f"{self.name}_{step:09d}"
-        return [p for p in self.run_dir.glob(f"{glob.escape(pattern)}*") if p.is_file()]
+    def step_outputs(self, step: int, labels: Sequence[str | None]) -> list[Path]:
+        """The user-facing files a checkpoint writes (one LoRA file per expert label, the alpha JSON) that
+        exist: exactly those names, so a user's own copy beside them (`..._backup.safetensors`) is never
+        pruned with them."""
+        names = [self.lora_file(step, label) for label in labels] + [self.alpha_json(step)]
+        return [p for p in names if p.is_file()]
 
-    def output_steps(self) -> set[int]:
+    def output_steps(self, labels: Sequence[str | None]) -> set[int]:
         """Steps that have user-facing checkpoint files in the run folder."""
         named = re.compile(rf"^{re.escape(self.name)}_(\d{{9}})(?:_|\.)")
-        return {int(m.group(1)) for p in self.run_dir.iterdir() if (m := named.match(p.name)) and p.is_file()}
+        found = {
+            int(m.group(1)) for p in self.run_dir.iterdir() if (m := named.match(p.name)) and p.is_file()
+        }
+        return {step for step in found if self.step_outputs(step, labels)}
 
 
 class CheckpointManager:
-    def __init__(self, paths: RunPaths, keep: int) -> None:
+    def __init__(self, paths: RunPaths, keep: int, labels: Sequence[str | None] = (None,)) -> None:
+        """`labels`: the file-name label of each of the model's experts (None for single-expert models)."""
         self.paths = paths
         self.keep = keep
+        self.labels = tuple(labels)
         self.protected: set[int] = set()  # steps pruning must keep (e.g. the health recommender's best)
 
     # ------------------------------------------------------------------------------------ discovery
@@ -147,7 +153,7 @@ class CheckpointManager:
         steps = self.complete_steps()
         removed = [step for step in steps[: max(0, len(steps) - self.keep)] if step not in self.protected]
         for step in removed:
-            for path in self.paths.step_outputs(step):
+            for path in self.paths.step_outputs(step, self.labels):
                 path.unlink(missing_ok=True)
             self._discard(self.paths.state_dir(step))
             log.debug("pruned checkpoint step %d", step)
@@ -164,8 +170,8 @@ class CheckpointManager:
 
     def clean_leftovers(self) -> None:
         """Remove what an interrupted save or prune left: temp files, temp and trash folders, and output
-        files of pruned steps (older than the latest checkpoint, without a state folder). Files of a step
-        newer than the latest checkpoint stay: the resumed run writes that step again."""
+        files of steps pruning would have removed (older than the `keep` newest checkpoints, without a state
+        folder). Files of a step newer than the latest checkpoint stay: the resumed run writes it again."""
         remove_stale_temporaries(self.paths.run_dir)
         remove_stale_temporaries(self.paths.samples)
         root = self.paths.run_dir / STATE_DIR
@@ -174,10 +180,17 @@ class CheckpointManager:
         for child in root.glob(".trash_*"):
             shutil.rmtree(child, ignore_errors=True)
         complete = self.complete_steps()
-        if not complete:
+        if len(complete) < self.keep:
             return
-        for step in sorted(self.paths.output_steps() - set(complete) - self.protected):
-            if step < complete[-1]:
-                for path in self.paths.step_outputs(step):
+        oldest_kept = complete[-self.keep]
+        for step in sorted(self.paths.output_steps(self.labels) - set(complete) - self.protected):
+            if step < oldest_kept:
+                for path in self.paths.step_outputs(step, self.labels):
                     path.unlink(missing_ok=True)
-                log.info("removed the files of step %d, a checkpoint pruned by an interrupted run", step)
+                log.info(
+                    "removed the LoRA files of step %d: older than the %d newest checkpoints "
+                    "(save.max_step_saves_to_keep) and without a training state (a prune that a kill "
+                    "interrupted, or a state folder deleted by hand)",
+                    step,
+                    self.keep,
+                )

@@ -39,8 +39,19 @@ def _expert_differences(
     return out
 
 
+def group_names(optimizer_state: dict[str, Any]) -> list[str]:
+    """Parameter-group names of an optimizer state (torch's layout, or Cadence's per-expert wrapper)."""
+    if "per_expert" in optimizer_state:
+        return [n for inner in optimizer_state["per_expert"].values() for n in group_names(inner)]
+    return [str(g.get("name", "?")) for g in optimizer_state.get("param_groups", [])]
+
+
 def resume_mismatches(
-    adapters: dict[str, torch.Tensor], state: dict[str, Any], networks: dict[str, Any], optimizer: str
+    adapters: dict[str, torch.Tensor],
+    state: dict[str, Any],
+    networks: dict[str, Any],
+    optimizer: str,
+    groups_now: list[str] | None = None,
 ) -> list[str]:
     """Differences between a checkpoint (its adapter tensors `expert::key` and state) and this run."""
     saved: dict[str, dict[str, torch.Tensor]] = {}
@@ -58,6 +69,14 @@ def resume_mismatches(
     before = state.get("optimizer_name")  # absent in checkpoints of older versions
     if before is not None and before != optimizer:
         out.append(f"it used train.optimizer {before!r}, this config asks for {optimizer!r}")
+    elif not out and groups_now is not None:
+        saved_groups = group_names(state.get("optimizer", {}))
+        if sorted(saved_groups) != sorted(groups_now):
+            out.append(
+                f"its optimizer had parameter groups {sorted(saved_groups)}, this config builds "
+                f"{sorted(groups_now)} (network.network_kwargs.loraplus_lr_ratio gives each expert's up "
+                "matrices their own group: it was turned on or off)"
+            )
     return out
 
 
@@ -68,8 +87,9 @@ def check_resumable(
     state: dict[str, Any],
     networks: dict[str, Any],
     optimizer: str,
+    groups_now: list[str] | None = None,
 ) -> None:
-    problems = resume_mismatches(adapters, state, networks, optimizer)
+    problems = resume_mismatches(adapters, state, networks, optimizer, groups_now)
     if problems:
         raise ResumeMismatchError(
             f"cannot resume {run_dir} from its checkpoint at step {step}: "

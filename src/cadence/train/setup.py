@@ -42,7 +42,7 @@ from cadence.train.machine import machine_issues
 from cadence.train.metrics_hub import MetricsHub
 from cadence.train.precision import resolve_device, resolve_dtype
 from cadence.train.recorder import RunRecorder
-from cadence.train.resume_check import check_resumable
+from cadence.train.resume_check import check_resumable, group_names
 from cadence.train.rng import TrainingRandomness, seed_everything
 
 log = logging.getLogger(__name__)
@@ -166,7 +166,7 @@ def build_training(cfg: JobConfig) -> TrainingSetup:
         adapter, cfg.model
     )  # before caching and before LoRA: quantizers may swap Linear classes
     for expert in _trained_experts(cfg, adapter):  # target filters that match nothing: before caching
-        select_targets(adapter.transformer(expert), cfg.network)
+        select_targets(adapter.transformer(expert), cfg.network, warn=False)
     index = build_dataset_index(
         cfg, adapter.spatial_multiple, adapter.temporal_multiple, adapter.native_fps, cfg.train.seed
     )
@@ -209,7 +209,9 @@ def build_training(cfg: JobConfig) -> TrainingSetup:
         logit_mean=cfg.train.logit_mean,
         logit_std=cfg.train.logit_std,
     )
-    recorder = RunRecorder(cfg, paths, CheckpointManager(paths, cfg.save.max_step_saves_to_keep))
+    # every expert's file name, trained this run or not: pruning a step removes all its LoRA files
+    labels = [spec.name for spec in adapter.experts] if len(adapter.experts) > 1 else [None]
+    recorder = RunRecorder(cfg, paths, CheckpointManager(paths, cfg.save.max_step_saves_to_keep, labels))
     evaluator = None
     if eval_items:
         eval_batches = BatchAssembler(
@@ -330,7 +332,15 @@ def _resume(setup: TrainingSetup) -> int:
         setup.recorder.open(purge_step=None, truncate_after=0)
         return 0
     adapters, state = manager.load(step)
-    check_resumable(manager.paths.run_dir, step, adapters, state, setup.networks, setup.cfg.train.optimizer)
+    check_resumable(
+        manager.paths.run_dir,
+        step,
+        adapters,
+        state,
+        setup.networks,
+        setup.cfg.train.optimizer,
+        group_names(setup.optimizer.state_dict()),
+    )
     for expert, net in setup.networks.items():
         prefix = f"{expert}::"
         net.load_state_dict({k[len(prefix) :]: v for k, v in adapters.items() if k.startswith(prefix)})
@@ -354,6 +364,7 @@ def _resume(setup: TrainingSetup) -> int:
     setup.checks.load_state_dict(state.get("checks", {}))
     for expert, alphas in state["alphas"].items():
         setup.networks[expert].set_alpha(linear=alphas["linear"], conv=alphas["conv"])
+    _warn_changed_alpha(setup.cfg, state["alphas"])
     from cadence.train.rng import restore_global_rng
 
     restore_global_rng(state["global_rng"])
@@ -362,6 +373,29 @@ def _resume(setup: TrainingSetup) -> int:
     setup.recorder.open(purge_step=step + 1, truncate_after=step)
     log.info("resumed from step %d (%s)", step, manager.paths.state_dir(step))
     return step
+
+
+def _warn_changed_alpha(cfg: JobConfig, saved: dict[str, dict[str, float | None]]) -> None:
+    """Without an alpha schedule a resumed run keeps the alpha its weights were trained with (a new alpha
+    would rescale every update so far); a config asking for another one is told so, not ignored."""
+    schedule = cfg.network.alpha_schedule
+    if schedule is not None and schedule.enabled:
+        return  # the schedule's restored phase decides the alpha
+    wanted = {"linear": cfg.network.resolved_linear_alpha, "conv": cfg.network.resolved_conv_alpha}
+    for expert, alphas in saved.items():
+        for kind, value in wanted.items():
+            if alphas.get(kind) is not None and value is not None and alphas[kind] != value:
+                log.warning(
+                    "network.%s_alpha is %g in the config but %s was trained with %g: the resumed run keeps "
+                    "%g (its weights were learned at that strength); to train at %g start a new run "
+                    "(another name)",
+                    kind,
+                    value,
+                    expert,
+                    alphas[kind],
+                    alphas[kind],
+                    value,
+                )
 
 
 def _write_resolved_config(cfg: JobConfig, target: Path) -> None:

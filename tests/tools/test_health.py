@@ -14,7 +14,8 @@ from pydantic import ValidationError
 from cadence.networks.formats import LoraTensors, save_lora_file
 from cadence.networks.magnitude import summarize
 from cadence.tools.analyze import analyze_run
-from cadence.tools.health import HealthConfig, HealthMonitor, build_series, evaluate, should_stop
+from cadence.tools.health import HealthConfig, HealthMonitor, build_series, evaluate, recommend, should_stop
+from cadence.tools.health_series import PAIR
 from cadence.tools.run_folder import load_run
 
 NAME = "run"
@@ -260,7 +261,7 @@ def test_series_from_magnitudes_without_files() -> None:
     assert series.points[0].experts["high_noise"].stats.eval_loss == pytest.approx(0.2)
     # a ratio of 1.0 at the first checkpoint has not fallen from anywhere
     fired = {w.rule for w in evaluate(series, HealthConfig(preset="motion"))}
-    assert fired == {"high_noise_magnitude_low"}
+    assert fired == {"high_noise_magnitude_low", "weight_ratio_unreached"}  # whole-run verdicts, not drops
 
 
 # Experts taking turns of 100 steps with a save every 100 steps (the example config): each interval
@@ -302,7 +303,12 @@ def test_turn_taking_experts_are_compared_over_both_turns(tmp_path: Path) -> Non
 def test_weight_ratio_still_climbing_is_not_a_drop(tmp_path: Path) -> None:
     climbing = [replace(iv, low=iv.high / r) for iv, r in zip(HEALTHY, (1.2, 1.3, 1.4, 1.45), strict=True)]
     fired = rules_fired(tmp_path, climbing, low_noise_outgrowing=None, high_noise_magnitude_low=None)
-    assert fired == {}
+    assert fired == {"weight_ratio_unreached": {400}}  # said once, about the run; nothing to stop on
+    report = analyze_run(write_run(tmp_path / "b", climbing), preset="motion")
+    unreached = next(w for w in report.warnings if w.rule == "weight_ratio_unreached")
+    assert "ratio is 1.45x at step 400 and never reached 1.50x" in unreached.message
+    with pytest.raises(ValidationError, match="cannot stop one"):
+        HealthConfig(preset="motion", stop_on=["weight_ratio_unreached"])
 
 
 def test_final_only_rules_cannot_stop_a_run() -> None:
@@ -323,3 +329,61 @@ def test_growth_over_a_chosen_span_per_own_step(tmp_path: Path, capsys, caplog) 
     assert span["experts"]["low_noise"]["own_steps"] == 200 and span["until"] == 600
     assert main(["analyze", str(run_dir), "--since", "250"]) == 2
     assert "--since 250: no checkpoint at that step; checkpoints: 100, 200, 300" in caplog.text
+
+
+def _rows(
+    checkpoints: list[int], experts: tuple[str | None, ...], levels: dict[int, float], seed: int = 0
+) -> list:
+    """Metrics rows, experts taking one-step turns; `levels`: checkpoint -> loss level of its interval."""
+    rng, rows, prev = random.Random(seed), [], 0
+    for step_end in checkpoints:
+        for step in range(prev + 1, step_end + 1):
+            expert = experts[step % len(experts)]
+            row = {"step": step, "loss": levels.get(step_end, 0.08) + rng.gauss(0, 0.01)}
+            if expert is not None:
+                row["expert"] = expert
+            rows.append(row)
+        prev = step_end
+    return rows
+
+
+def test_balance_is_decided_per_checkpoint_so_live_and_post_hoc_agree(tmp_path: Path) -> None:
+    # experts take turns of 100 steps, checkpoints every 50: only the ends of whole rounds are balanced
+    steps = list(range(50, 650, 50))
+    mags = {s: {e: summarize(lora_modules(0.001 * s / 50, s + k)) for k, e in enumerate(PAIR)} for s in steps}
+    rows = [
+        {"step": t, "expert": "high_noise" if (t - 1) // 100 % 2 == 0 else "low_noise", "loss": 0.08}
+        for t in range(1, 601)
+    ]
+    full = build_series(mags, rows)
+    assert full.turn == 100
+    assert [p.step for i, p in enumerate(full.points) if full.balanced(i)] == [200, 400, 600]
+    for k, step in enumerate(steps):  # what a live check at `step` sees
+        live = build_series({s: mags[s] for s in steps[: k + 1]}, [r for r in rows if r["step"] <= step])
+        assert live.balanced(k) == full.balanced(k), step
+
+
+def test_one_expert_runs_keep_the_checkpoint_before_a_loss_rise() -> None:
+    steps = [100 * k for k in range(1, 9)]
+    for experts in (("main",), ("high_noise",)):
+        label = None if experts == ("main",) else experts[0]
+        rows = _rows(steps, (label,), {700: 0.12, 800: 0.12})
+        mags = {s: {experts[0]: summarize(lora_modules(0.001 * s / 100, s))} for s in steps}
+        series = build_series(mags, rows)
+        cfg = HealthConfig()
+        warnings = evaluate(series, cfg)
+        assert [(w.rule, w.step, w.from_step) for w in warnings] == [("loss_rising", 800, 600)], experts
+        assert recommend(series, warnings, cfg)[0].step == 600  # before the first elevated interval
+
+
+def test_outgrowing_without_expert_fields_compares_growth_over_the_span() -> None:
+    steps = [100, 200, 300, 400]
+    high = [0.0040, 0.0060, 0.0075, 0.0075 * 1.054]
+    low = [0.0020, 0.0027, 0.0032, 0.0032 * 1.071]  # seed 003: +5.4% vs +7.1%
+    mags = {
+        s: {"high_noise": summarize(lora_modules(h, s)), "low_noise": summarize(lora_modules(lo, s + 1))}
+        for s, h, lo in zip(steps, high, low, strict=True)
+    }
+    for rows in (_rows(steps, (None,), {}), []):  # old metrics without `expert`, or none at all
+        fired = {(w.rule, w.step) for w in evaluate(build_series(mags, rows), HealthConfig(preset="motion"))}
+        assert ("low_noise_outgrowing", 400) in fired

@@ -13,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 Preset = Literal["motion", "character"]
 RuleId = Literal[
     "weight_ratio_low",
+    "weight_ratio_unreached",
     "weight_ratio_high",
     "low_noise_outgrowing",
     "high_noise_magnitude_low",

@@ -39,6 +39,9 @@ class HealthWarning:
     message: str
     value: float
     threshold: float
+    from_step: int | None = (
+        None  # the checkpoint where what the rule saw began (loss_rising: before the rise)
+    )
 
 
 @dataclass(frozen=True)
@@ -79,6 +82,26 @@ def _weight_ratio_low(s: RunSeries, i: int, th: float) -> list[HealthWarning]:
     return [HealthWarning("weight_ratio_low", p.step, None, msg, p.weight_ratio, th)]
 
 
+def _weight_ratio_unreached(s: RunSeries, i: int, th: float) -> list[HealthWarning]:
+    """The run ends with the ratio below the threshold and never reached it (seed 003's "too weak" 1.19x):
+    judged on the latest balanced checkpoint, so it describes the run, never a turn for the worse."""
+    balanced = [k for k in range(i + 1) if s.balanced(k) and s.points[k].weight_ratio is not None]
+    if not balanced:
+        return []
+    last = s.points[balanced[-1]]
+    best = max((s.points[k] for k in balanced), key=lambda q: q.weight_ratio or 0.0)
+    if (best.weight_ratio or 0.0) >= th:
+        return []
+    msg = (
+        f"high/low |ΔW| ratio is {last.weight_ratio:.2f}x at step {last.step} and never reached {th:.2f}x "
+        f"(best {best.weight_ratio:.2f}x at step {best.step}): the high-noise expert never dominated, so motion "
+        "tends to be tame (seed 003 called 1.19x too weak); give the high-noise expert the higher LR next run"
+    )
+    return [
+        HealthWarning("weight_ratio_unreached", s.points[i].step, None, msg, last.weight_ratio or 0.0, th)
+    ]
+
+
 def _weight_ratio_high(s: RunSeries, i: int, th: float) -> list[HealthWarning]:
     p = s.points[i]
     if p.weight_ratio is None or p.weight_ratio <= th * (1 + 1e-9) or not s.balanced(i):
@@ -98,12 +121,16 @@ def _low_noise_outgrowing(s: RunSeries, i: int, th: float) -> list[HealthWarning
     if j is None:
         return []
     high, low = s.span_growth(j, i, "high_noise"), s.span_growth(j, i, "low_noise")
-    if high is None or low is None or not high[1] or not low[1]:
+    if high is None or low is None:
         return []
     (g_high, n_high), (g_low, n_low) = high, low
+    if not n_high and not n_low:  # the metrics name no expert: compare the growth over the span as it is
+        n_high = n_low = 1
+    if not n_high or not n_low:
+        return []
     rate_high, rate_low = g_high / n_high, g_low / n_low
     limit = max(rate_high, 0.0) * th
-    if rate_low <= 0 or rate_low <= limit:
+    if rate_low <= 0 or rate_low <= limit * (1 + 1e-9):
         return []
     steps = "" if n_high == n_low else f" per own step ({n_high} high-noise vs {n_low} low-noise steps)"
     msg = (
@@ -156,10 +183,12 @@ def _loss_rising(s: RunSeries, i: int, th: float) -> list[HealthWarning]:
     out = []
     p = s.points[i]
     for expert in p.experts:
-        trained = [q.experts[expert].stats for q in s.points[: i + 1] if _has_losses(q, expert)]
+        where = [k for k, q in enumerate(s.points[: i + 1]) if _has_losses(q, expert)]
+        trained = [s.points[k].experts[expert].stats for k in where]
         if not _has_losses(p, expert) or len(trained) < 4:
             continue
         prev, cur = trained[-2], trained[-1]
+        rise_start = s.points[where[-2] - 1].step if where[-2] > 0 else 0  # the checkpoint before it rose
         pairs = zip(trained[:-3], trained[1:-2], strict=True)
         ref = min((_pool(a, b) for a, b in pairs), key=lambda x: x.loss_mean)  # type: ignore[arg-type,return-value]
         limit = ref.loss_mean * (1 + th / 100)  # type: ignore[operator]
@@ -175,7 +204,7 @@ def _loss_rising(s: RunSeries, i: int, th: float) -> list[HealthWarning]:
             f"two intervals ({prev.loss_mean:.4f}, then {cur.loss_mean:.4f}; {rise:+.1f}%, {z:.1f} standard "
             "errors): training is diverging"
         )
-        out.append(HealthWarning("loss_rising", p.step, expert, msg, rise, th))
+        out.append(HealthWarning("loss_rising", p.step, expert, msg, rise, th, from_step=rise_start))
     return out
 
 
@@ -226,6 +255,13 @@ RULES: dict[str, Rule] = {
             _weight_ratio_low,
         ),
         Rule(
+            "weight_ratio_unreached",
+            "high/low |ΔW| ratio never reached threshold by the latest checkpoint",
+            {"motion": 1.5},
+            _weight_ratio_unreached,
+            final_only=True,
+        ),
+        Rule(
             "weight_ratio_high", "high/low |ΔW| ratio above threshold", {"character": 1.0}, _weight_ratio_high
         ),
         Rule(
@@ -245,8 +281,8 @@ RULES: dict[str, Rule] = {
         Rule("lr_ratio_high", "high/low LR ratio above threshold", {"character": 1.0}, _lr_ratio_high),
         Rule(
             "loss_rising",
-            "an expert's loss mean above its level two intervals before by more than threshold %, over two "
-            "intervals and by >= 3 standard errors",
+            "an expert's last two interval loss means above its best earlier pair by more than threshold %, "
+            "by >= 4 standard errors",
             {None: 10.0, "motion": 10.0, "character": 10.0},
             _loss_rising,
         ),
@@ -328,18 +364,19 @@ def recommend(
 def _before_first_degradation(
     series: RunSeries, warnings: list[HealthWarning], rules: set[str]
 ) -> list[tuple[int, str]]:
-    """The latest balanced checkpoint before the first firing (one mid-round would hold an expert that
-    had not had its turn)."""
+    """The latest balanced checkpoint before the first firing, or before the rise it saw began (one
+    mid-round would hold an expert that had not had its turn)."""
     bad = sorted((w for w in warnings if w.rule in rules), key=lambda w: w.step)
     if not bad:
         return []
     first = bad[0]
-    index = series.previous_balanced(series.index_of(first.step))
-    if index is None:
+    latest = first.from_step if first.from_step is not None else first.step - 1
+    candidates = [i for i, p in enumerate(series.points) if p.step <= latest and series.balanced(i)]
+    if not candidates:
         return []
     return [
         (
-            series.points[index].step,
+            series.points[candidates[-1]].step,
             f"last checkpoint before {first.rule} fired at step {first.step} ({first.message})",
         )
     ]

@@ -17,6 +17,7 @@ from cadence.networks.magnitude import MagnitudeSummary
 from cadence.tools.run_folder import MAIN_EXPERT, IntervalStats, interval_stats, value_at
 
 PAIR = ("high_noise", "low_noise")
+BALANCE_TOLERANCE = 0.05  # relative gap between the experts' own step counts still called balanced
 
 
 @dataclass
@@ -43,26 +44,25 @@ class CheckpointPoint:
 @dataclass
 class RunSeries:
     points: list[CheckpointPoint]
+    turn: int | None = None  # steps per expert turn, read from the metrics (None: rows name no expert)
 
     def index_of(self, step: int) -> int:
         return next(i for i, p in enumerate(self.points) if p.step == step)
 
-    def _imbalance(self, p: CheckpointPoint) -> int | None:
-        """Own steps the high-noise expert is ahead of (or behind) the low-noise one; None if either has
-        not trained yet or the point is not a two-expert one."""
-        if not all(e in p.experts for e in PAIR):
-            return None
-        high, low = (p.experts[e].total_steps for e in PAIR)
-        return abs(high - low) if high and low else None
-
     def balanced(self, i: int) -> bool:
-        """Both experts trained, as evenly as any checkpoint of this series (the schedule allows no
-        better). A series without step counts (no metrics) counts as balanced everywhere."""
-        counts = [self._imbalance(p) for p in self.points]
-        known = [c for c in counts if c is not None]
-        if not known:
-            return not any(p.experts[e].total_steps for p in self.points for e in p.experts)
-        return counts[i] is not None and counts[i] <= min(known)
+        """Both experts have had their share of steps at checkpoint i: their own step counts differ by at
+        most one step, or by less than a turn and at most 5% (late in a run half a turn moves |ΔW| little).
+        Decided from this checkpoint alone, so live checks and `cadence analyze` agree. A checkpoint without
+        a high/low pair (one expert trained, single-expert models) and a series whose metrics name no
+        expert count as balanced."""
+        p = self.points[i]
+        if self.turn is None or not all(e in p.experts for e in PAIR):
+            return True
+        high, low = (p.experts[e].total_steps for e in PAIR)
+        if not high or not low:
+            return False
+        gap = abs(high - low)
+        return gap <= 1 or (gap < self.turn and gap <= BALANCE_TOLERANCE * min(high, low))
 
     def previous_balanced(self, i: int) -> int | None:
         """The latest balanced checkpoint before i: the start of the last whole round of turns."""
@@ -111,4 +111,20 @@ def build_series(
         )
         points.append(point)
         previous = point
-    return RunSeries(points)
+    return RunSeries(points, turn_length(rows))
+
+
+def turn_length(rows: list[dict[str, Any]]) -> int | None:
+    """The median number of consecutive steps one expert trains (`switch_boundary_every`), from the rows."""
+    experts = [r.get("expert") for r in sorted(rows, key=lambda r: r["step"]) if r.get("expert") in PAIR]
+    if not experts:
+        return None
+    runs, length = [], 1
+    for before, now in zip(experts, experts[1:], strict=False):
+        if now == before:
+            length += 1
+        else:
+            runs.append(length)
+            length = 1
+    runs.append(length)
+    return sorted(runs)[len(runs) // 2]

@@ -387,3 +387,19 @@ def test_outgrowing_without_expert_fields_compares_growth_over_the_span() -> Non
     for rows in (_rows(steps, (None,), {}), []):  # old metrics without `expert`, or none at all
         fired = {(w.rule, w.step) for w in evaluate(build_series(mags, rows), HealthConfig(preset="motion"))}
         assert ("low_noise_outgrowing", 400) in fired
+
+
+def test_live_checks_leave_whole_run_verdicts_to_analyze() -> None:
+    """Final-only rules describe a finished run: a live check mid-run (ratio still climbing, magnitude still
+    small) must not warn with them at every checkpoint."""
+    monitor = HealthMonitor(HealthConfig(preset="motion"))
+    rows = [{"step": t, "expert": PAIR[t % 2], "loss": 0.08} for t in range(1, 201)]
+    for step, ratio in ((100, 1.2), (200, 1.3)):
+        mags = {
+            "high_noise": summarize(lora_modules(0.002 * ratio, step)),
+            "low_noise": summarize(lora_modules(0.002, step + 1)),
+        }
+        result = monitor.check(step, mags, [r for r in rows if r["step"] <= step])
+        assert result.warnings == [], [w.rule for w in result.warnings]
+    fired = {w.rule for w in evaluate(build_series(monitor.magnitudes, rows), HealthConfig(preset="motion"))}
+    assert {"weight_ratio_unreached", "high_noise_magnitude_low"} <= fired  # what analyze says at the end

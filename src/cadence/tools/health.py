@@ -307,15 +307,16 @@ def active_thresholds(cfg: HealthConfig) -> dict[str, float]:
     return active
 
 
-def evaluate(series: RunSeries, cfg: HealthConfig) -> list[HealthWarning]:
-    """Every warning of every active rule at every checkpoint (final-only rules at the latest one)."""
+def evaluate(series: RunSeries, cfg: HealthConfig, finished: bool = True) -> list[HealthWarning]:
+    """Every warning of every active rule at every checkpoint; final-only rules at the latest one, and only
+    for a finished run (`finished=False` in live checks: mid-run they would only say "not there yet")."""
     warnings: list[HealthWarning] = []
     last = len(series.points) - 1
     thresholds = active_thresholds(cfg)
     for i in range(len(series.points)):
         for rid, th in thresholds.items():
             rule = RULES[rid]
-            if not rule.final_only or i == last:
+            if not rule.final_only or (finished and i == last):
                 warnings.extend(rule.check(series, i, th))
     return warnings
 
@@ -461,7 +462,7 @@ class HealthMonitor:
     ) -> HealthResult:
         self.magnitudes[step] = dict(magnitudes)
         series = build_series(self.magnitudes, rows)
-        warnings = evaluate(series, self.cfg)
+        warnings = evaluate(series, self.cfg, finished=False)
         current = [w for w in warnings if w.step == step]
         last = len(series.points) - 1
         balanced = last if series.balanced(last) else series.previous_balanced(last)

@@ -13,6 +13,11 @@ from cadence.ui.store import JobStore
 from .conftest import config_yaml, wait_for
 
 
+def _gone(pid: int) -> bool:
+    """The process has exited (a zombie waiting for its parent counts)."""
+    return not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie"
+
+
 def _job(client, job_id: str) -> dict:
     response = client.get(f"/api/jobs/{job_id}")
     assert response.status_code == 200, response.text
@@ -137,7 +142,7 @@ def test_reconcile_after_the_runner_is_killed(
     client.__exit__(None, None, None)  # the UI is gone...
     os.killpg(job["pid"], signal.SIGKILL)  # ...and the job's whole process group is killed (like a crash)
     wait_for(
-        lambda: not psutil.pid_exists(job["pid"]) or psutil.Process(job["pid"]).status() == "zombie",
+        lambda: _gone(job["pid"]),
         30,
         "the killed process to vanish",
     )
@@ -189,7 +194,7 @@ def test_stop_escalates_to_sigkill_for_a_process_that_ignores_signals(
     final = store.get("j1")
     assert final.status == "stopped", final
     assert 2 in stages and 3 in stages  # SIGTERM after 1 s, SIGKILL after 2 s
-    assert not psutil.pid_exists(final.pid) or psutil.Process(final.pid).status() == "zombie"
+    assert _gone(final.pid)
 
 
 def test_a_trainer_outliving_its_killed_wrapper_stays_running_and_stoppable(
@@ -205,7 +210,7 @@ def test_a_trainer_outliving_its_killed_wrapper_stays_running_and_stoppable(
     trainer = int(child_file.read_text())
     os.kill(job["pid"], signal.SIGKILL)  # the wrapper only: the trainer keeps training
     wait_for(
-        lambda: not psutil.pid_exists(job["pid"]) or psutil.Process(job["pid"]).status() == "zombie",
+        lambda: _gone(job["pid"]),
         30,
         "the wrapper to die",
     )
@@ -214,7 +219,7 @@ def test_a_trainer_outliving_its_killed_wrapper_stays_running_and_stoppable(
     assert client.post(f"/api/jobs/{job_id}/start").status_code == 409  # no second trainer
     assert client.post(f"/api/jobs/{job_id}/stop").status_code == 200
     wait_for(
-        lambda: not psutil.pid_exists(trainer) or psutil.Process(trainer).status() == "zombie",
+        lambda: _gone(trainer),
         60,
         "the trainer to stop on the group signal",
     )

@@ -52,18 +52,14 @@ def check_backend_device(backend: str, device: torch.device | str) -> None:
         )
 
 
-def apply_attention_backend(
-    transformers: Iterable[nn.Module], backend: str, device: torch.device | str | None = None
-) -> None:
-    """Route every attention call of every transformer (all experts) through `backend` on `device`."""
+def check_backend_package(backend: str) -> str:
+    """The diffusers backend name, or AttentionBackendError when its package is missing here."""
     from diffusers.models.attention_dispatch import (
         AttentionBackendName,
         _check_attention_backend_requirements,
     )
 
     value = resolve_backend(backend)
-    if device is not None:
-        check_backend_device(backend, device)
     try:
         _check_attention_backend_requirements(AttentionBackendName(value))
     except RuntimeError as exc:
@@ -71,6 +67,16 @@ def apply_attention_backend(
             f"train.attention_backend: {backend!r} is not usable here ({exc}); {_INSTALL.get(backend, '')} "
             "or use native"
         ) from exc
+    return value
+
+
+def apply_attention_backend(
+    transformers: Iterable[nn.Module], backend: str, device: torch.device | str | None = None
+) -> None:
+    """Route every attention call of every transformer (all experts) through `backend` on `device`."""
+    if device is not None:
+        check_backend_device(backend, device)
+    value = check_backend_package(backend)
     models = list(transformers)
     if value == "native" and all(attention_backends_of(m) <= {"native"} for m in models):
         # already diffusers' default (SDPA): setting it again only logs diffusers' "experimental" warning

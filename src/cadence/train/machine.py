@@ -14,7 +14,7 @@ import torch
 
 from cadence.config.compat import Parts
 from cadence.config.schema import JobConfig
-from cadence.perf.attention import AttentionBackendError, check_backend_device, resolve_backend
+from cadence.perf.attention import AttentionBackendError, check_backend_device, check_backend_package
 from cadence.train.precision import resolve_device
 
 Issue = tuple[Parts, str]
@@ -83,22 +83,10 @@ def machine_issues(cfg: JobConfig) -> list[Issue]:
 
 
 def _attention_issues(backend: str, device: torch.device | None) -> list[Issue]:
-    where = ("train", "attention_backend")
     try:
-        value = resolve_backend(backend)
         if device is not None:
             check_backend_device(backend, device)
+        check_backend_package(backend)
     except AttentionBackendError as exc:
-        return [(where, str(exc).removeprefix("train.attention_backend: "))]
-    if value == "native":
-        return []
-    from diffusers.models.attention_dispatch import (
-        AttentionBackendName,
-        _check_attention_backend_requirements,
-    )
-
-    try:
-        _check_attention_backend_requirements(AttentionBackendName(value))
-    except RuntimeError as exc:
-        return [(where, f"{backend!r} is not usable here ({exc}); install its package or use native")]
+        return [(("train", "attention_backend"), str(exc).removeprefix("train.attention_backend: "))]
     return []

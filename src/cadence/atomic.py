@@ -49,8 +49,11 @@ def fsync_dir(folder: Path) -> None:
 
 
 @contextlib.contextmanager
-def atomic_path(target: Path | str, overwrite: bool = True) -> Iterator[Path]:
+def atomic_path(target: Path | str, overwrite: bool = True, mode: int | None = None) -> Iterator[Path]:
     """Yield a temp path beside `target`; on success it is fsynced and renamed onto `target`.
+
+    `mode`: the published file's permissions (default: a normal file's, after the umask); the temp file is
+    0600 while it is written, so a secret written with `mode=0o600` is never readable by others.
 
     `overwrite=False` publishes with a hard link instead of a rename, which fails with FileExistsError when
     `target` exists, even if another writer created it a moment ago (no check-then-write race)."""
@@ -62,7 +65,7 @@ def atomic_path(target: Path | str, overwrite: bool = True) -> Iterator[Path]:
     try:
         yield tmp
         # mkstemp (and some writers, e.g. safetensors) make 0600; outputs get a normal file's permissions
-        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.chmod(tmp, (0o666 & ~_UMASK) if mode is None else mode)
         with open(tmp, "rb+") as handle:
             os.fsync(handle.fileno())
         if overwrite:
@@ -75,8 +78,8 @@ def atomic_path(target: Path | str, overwrite: bool = True) -> Iterator[Path]:
             tmp.unlink()
 
 
-def atomic_write_bytes(target: Path | str, data: bytes) -> None:
-    with atomic_path(target) as tmp:
+def atomic_write_bytes(target: Path | str, data: bytes, mode: int | None = None) -> None:
+    with atomic_path(target, mode=mode) as tmp:
         tmp.write_bytes(data)
 
 

@@ -14,10 +14,29 @@ from .conftest import job_dict, write_job
 
 
 def test_nan_streak_stops_run_and_keeps_last_good_checkpoint(
-    tiny_i2v: Path, clips: Path, tmp_path: Path
+    tiny_i2v: Path, clips: Path, tmp_path: Path, monkeypatch
 ) -> None:
-    # lr 1e30: AdamW's first update makes the up-projections ~1e30, so every later loss overflows to inf/nan.
-    job = job_dict(tiny_i2v, clips, tmp_path / "out", steps=50, lr=1e30, max_nan_steps=4)
+    """Cache entries that turn to NaN mid-run (a disk or another job corrupting them) make every later loss
+    non-finite: the run stops after max_nan_steps and names the checkpoint that is still good."""
+    import torch
+
+    from cadence.data import cache as cache_module
+
+    real_load = cache_module.LatentCache.load
+    calls = {"n": 0}
+
+    def load(self, item):
+        calls["n"] += 1
+        if calls["n"] > 3:  # from the 4th batch on, the real entry file on disk holds NaN latents
+            path = self.path(item)
+            tensors = dict(real_load(self, item))
+            tensors["latents"] = torch.full_like(tensors["latents"], float("nan"))
+            cache_module._save(path, tensors, self.fingerprint(item))
+        return real_load(self, item)
+
+    monkeypatch.setattr(cache_module.LatentCache, "load", load)
+    job = job_dict(tiny_i2v, clips, tmp_path / "out", steps=50, max_nan_steps=4)
+    job["datasets"][0]["cache_latents_to_disk"] = False  # a private cache: the shared one stays intact
     job["save"]["save_every"] = 1
     code = run_training(write_job(tmp_path / "job.yaml", job))
     assert code == 3
@@ -32,9 +51,47 @@ def test_nan_streak_stops_run_and_keeps_last_good_checkpoint(
     log = (run / "log.txt").read_text()
     assert "non-finite losses in a row" in log and "train.max_nan_steps=4" in log
     good = max(row["step"] for row in rows if row["loss"] is not None)
+    latest = max(int(p.name.split("_")[1]) for p in (run / "training_state").iterdir())
+    assert f"the last good checkpoint is step {latest}" in log
     tensors = load_file(run / f"job_{good:09d}_high_noise.safetensors")
     assert all(t.isfinite().all() for t in tensors.values())
     assert (run / "training_state" / f"step_{good:09d}").is_dir()
+
+
+def test_adapter_overflowing_the_save_dtype_is_not_written(
+    tiny_i2v: Path, clips: Path, tmp_path: Path, caplog
+) -> None:
+    """A weight finite in fp32 but beyond fp16's range would be written as inf: the checkpoint is refused, the
+    run stops (exit 3) naming the last good one, and that one is untouched."""
+    import hashlib
+
+    import torch
+
+    from cadence.config.loader import load_config
+    from cadence.train.loop import Trainer
+    from cadence.train.setup import build_training
+
+    job = job_dict(tiny_i2v, clips, tmp_path / "out", steps=4)
+    job["save"].update({"save_every": 2, "dtype": "float16"})
+    cfg = load_config(write_job(tmp_path / "job.yaml", job))
+    assert run_training(tmp_path / "job.yaml") == 0
+    run = tmp_path / "out" / "job"
+    before = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in run.glob("*.safetensors")}
+
+    cfg.train.steps = 8
+    setup = build_training(cfg)
+    assert setup.start_step == 4
+    up = next(p for n, p in setup.networks["low_noise"].named_parameters() if n.endswith("up"))
+    with torch.no_grad():
+        up[0, 0] = 1e6  # diverged: finite in fp32, inf in fp16
+    assert Trainer(setup).run() == 3
+    log = caplog.text
+    assert "overflow to inf in save.dtype float16" in log
+    assert "The last good checkpoint is step 4" in log
+    assert not list(run.glob("job_00000000[5-8]_*.safetensors")), "no file of a non-finite checkpoint"
+    assert sorted(p.name for p in (run / "training_state").iterdir()) == ["step_000000002", "step_000000004"]
+    after = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in run.glob("*.safetensors")}
+    assert after == before
 
 
 def test_cadence_device_overrides_the_config_device(monkeypatch) -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from cadence.ui.auth import COOKIE, OPEN_PATHS, session_value
+from cadence.ui.auth import COOKIE, OPEN_PATHS
 from cadence.ui.server import refuse_reason, ui_command
 
 from .conftest import TOKEN, config_yaml
@@ -74,11 +74,41 @@ def test_login_sets_a_derived_httponly_strict_cookie(make_client) -> None:
     assert good.status_code == 303
     cookie = good.headers["set-cookie"]
     assert "HttpOnly" in cookie and "SameSite=strict" in cookie.replace("Strict", "strict")
-    assert TOKEN not in cookie and session_value(TOKEN) in cookie
+    assert TOKEN not in cookie
     assert client.get("/api/jobs").status_code == 200  # the client kept the cookie
     assert client.get("/openapi.json").status_code == 200
     client.cookies.clear()
     assert client.get("/api/jobs").status_code == 401
+
+
+def test_logout_ends_the_session_even_for_a_copied_cookie(make_client, home: Path) -> None:
+    """A cookie copied before logout (another tab, a stolen copy) stops working when the user logs out."""
+    client = make_client(token=TOKEN)
+    client.post("/login", data={"token": TOKEN}, follow_redirects=False)
+    copied = client.cookies.get(COOKIE)
+    assert copied and client.get("/api/jobs").status_code == 200
+    assert (home / "session_secret").stat().st_mode & 0o077 == 0  # the secret is private to its owner
+    out = client.post("/logout", follow_redirects=False)
+    assert out.status_code == 303 and out.headers["location"] == "/login"
+    replay = make_client(token=TOKEN)
+    replay.cookies.set(COOKIE, copied)
+    assert replay.get("/api/jobs", headers={"accept": "application/json"}).status_code == 401
+    anonymous = make_client(token=TOKEN)  # logging out needs a session: nobody else can end them
+    assert anonymous.post("/logout", follow_redirects=False).status_code == 401
+    again = make_client(token=TOKEN)
+    again.post("/login", data={"token": TOKEN}, follow_redirects=False)
+    assert again.get("/api/jobs").status_code == 200
+
+
+def test_session_cookie_expires(home: Path) -> None:
+    from cadence.ui.auth import Sessions
+
+    fresh = Sessions(home, TOKEN, days=1.0)
+    assert fresh.valid(fresh.issue())
+    expired = Sessions(home, TOKEN, days=-1.0)
+    assert not fresh.valid(expired.issue())  # same secret and token, expiry in the past
+    assert not Sessions(home, "another-token").valid(fresh.issue())
+    assert not fresh.valid("not-a-cookie") and not fresh.valid("99999999999.")
 
 
 def test_docs_pages_are_off_because_they_need_a_cdn(make_client) -> None:

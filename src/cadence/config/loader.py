@@ -30,6 +30,7 @@ from cadence.config.compat import (
 )
 from cadence.config.cross_checks import config_issues, config_warnings
 from cadence.config.errors import ConfigError, closest, format_path
+from cadence.config.musubi_dataset import expand_dataset_file
 from cadence.config.prompt_flags import expand_prompt_flags
 from cadence.config.schema import JobConfig
 from cadence.config.unsupported import check_unsupported
@@ -130,10 +131,11 @@ def read_config_file(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def load_config(path: str | Path) -> JobConfig:
-    """Read and validate a config file; relative paths in it are resolved against its folder."""
+def load_config(path: str | Path, dataset_config: str | Path | None = None) -> JobConfig:
+    """Read and validate a config file; relative paths in it are resolved against its folder.
+    `dataset_config` (a musubi-tuner dataset file, `--dataset-config`) replaces its datasets."""
     path = Path(path)
-    return load_config_dict(read_config_file(path), path)
+    return load_config_dict(read_config_file(path), path, dataset_config)
 
 
 # ------------------------------------------------------------------------------------------- layout
@@ -218,8 +220,9 @@ def _resolve_paths(body: dict[str, Any], base: Path) -> None:
     """Relative paths are relative to the config file's folder, not the working directory."""
     body["training_folder"] = _local(body.get("training_folder", "output"), base)
     for ds in body.get("datasets") or []:
-        if isinstance(ds, dict) and "folder_path" in ds:
-            ds["folder_path"] = _local(ds["folder_path"], base)
+        for key in ("folder_path", "control_path", "cache_directory"):
+            if isinstance(ds, dict) and key in ds:
+                ds[key] = _local(ds[key], base)
     sample = body.get("sample")
     if isinstance(sample, dict):
         for item in sample.get("samples") or []:
@@ -269,6 +272,7 @@ _TYPE_WORDS = {
     "model_type": "expected a mapping of keys (a section)",
     "model_attributes_type": "expected a mapping of keys (a section)",
     "path_type": "expected a file or folder path",
+    "finite_number": "expected a finite number (inf and NaN are not numbers a run can use)",
 }
 _BOUNDS = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}
 
@@ -329,9 +333,12 @@ def _validation_issues(
 
 
 # ---------------------------------------------------------------------------------------- entry point
-def load_config_dict(data: dict[str, Any], source: Path | None = None) -> JobConfig:
+def load_config_dict(
+    data: dict[str, Any], source: Path | None = None, dataset_config: str | Path | None = None
+) -> JobConfig:
     """Validate an already-parsed config (seed or flat layout). `source` (the config file, or its folder)
-    anchors relative paths; without it, paths are kept as written."""
+    anchors relative paths; without it, paths are kept as written. `datasets:` may name a musubi-tuner
+    dataset file; `dataset_config` names one that replaces the config's datasets."""
     source = Path(source) if source is not None else None
     if not isinstance(data, dict):
         raise ConfigError(
@@ -349,6 +356,8 @@ def load_config_dict(data: dict[str, Any], source: Path | None = None) -> JobCon
         body = _replace_name_tags(body, body["name"])
 
     raw: list[tuple[Parts | str, str]] = []
+    base = None if source is None else (source if source.is_dir() else source.parent)
+    raw += expand_dataset_file(body, base, dataset_config)  # musubi-tuner dataset file -> datasets
     synonym_issues, renamed = apply_synonyms(body)
     raw += synonym_issues
     raw += check_unsupported(body)

@@ -9,9 +9,9 @@ yet are listed in `unsupported.py`, never silently accepted here.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from cadence.config.health import HealthConfig
 
@@ -34,10 +34,34 @@ TORCHAO_QTYPES = (
 )  # ai-toolkit's, not ours
 
 
-class Strict(BaseModel):
-    """Base for every config section: unknown keys are errors, values are validated on assignment."""
+def _counts_only(annotation: Any) -> bool:
+    """True for `int` and `int | None` fields (a count), false where a bool is also meant (`bool | int`)."""
+    members = {a for a in get_args(annotation) if a is not type(None)} or {annotation}
+    return members == {int}
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+class Strict(BaseModel):
+    """Base for every config section: unknown keys are errors, values are validated on assignment, and
+    numbers must be finite (`lr: .inf` is an error like NaN)."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_bool_counts(cls, data: Any) -> Any:
+        """YAML `steps: true` would pass as 1 (bool is an int to pydantic's lax mode): a bool is not a count.
+        It is handed on as the word it was, so the usual 'expected a whole number' error names it, beside
+        every other error of the section."""
+        if not isinstance(data, dict):
+            return data
+        flagged = [
+            name
+            for name, field in cls.model_fields.items()
+            if isinstance(data.get(name), bool) and _counts_only(field.annotation)
+        ]
+        if not flagged:
+            return data
+        return {**data, **{name: str(data[name]).lower() for name in flagged}}
 
 
 # --------------------------------------------------------------------------------------------- network
@@ -85,10 +109,23 @@ class NetworkKwargs(Strict):
     rank_dropout: float = Field(0.0, ge=0, lt=1)
     module_dropout: float = Field(0.0, ge=0, lt=1)
     loraplus_lr_ratio: float | None = Field(None, gt=0)
+    dora_wd: bool = Field(
+        False,
+        description="DoRA: weight-decomposed adapter of any type (LyCORIS/kohya/musubi spelling; synonyms "
+        "use_dora, weight_decompose; network.type: dora is LoRA with this on)",
+    )
+    wd_on_output: bool = Field(
+        False,
+        description="DoRA magnitude per output row (PEFT's and ai-toolkit's axis; loads exactly in diffusers) "
+        "instead of per input column (the axis ComfyUI applies exactly); synonym wd_on_out",
+    )
+
+
+NetworkType = Literal["lora", "locon", "lokr", "loha", "dora"]
 
 
 class NetworkConfig(Strict):
-    type: Literal["lora"] = "lora"
+    type: NetworkType = "lora"
     linear: int = Field(4, ge=1, description="rank of Linear adapters (seed synonym: rank)")
     linear_alpha: float | None = Field(
         None,
@@ -101,6 +138,37 @@ class NetworkConfig(Strict):
     dropout: float = Field(0.0, ge=0, lt=1)
     network_kwargs: NetworkKwargs = Field(default_factory=NetworkKwargs)
     alpha_schedule: AlphaSchedule | None = None
+    lokr_full_rank: bool = Field(
+        True,
+        description="LoKr: both Kronecker factors full matrices (no rank, scale 1; ai-toolkit's default); "
+        "false: the larger factor is rank-`linear` low-rank and alpha/rank scales it",
+    )
+    lokr_factor: int = Field(
+        -1, ge=-1, description="LoKr: size of the smaller Kronecker factor (-1: automatic, near the square root)"
+    )
+
+    @field_validator("lokr_factor")
+    @classmethod
+    def _factor_not_zero(cls, value: int) -> int:
+        if value == 0:
+            raise ValueError("lokr_factor must be -1 (automatic) or a positive divisor of the layer sizes")
+        return value
+
+    @property
+    def algo(self) -> Literal["lora", "lokr", "loha"]:
+        """The adapter algorithm: locon and dora are LoRA (with conv adapters / weight decomposition)."""
+        return "lokr" if self.type == "lokr" else "loha" if self.type == "loha" else "lora"
+
+    @property
+    def uses_dora(self) -> bool:
+        return self.type == "dora" or self.network_kwargs.dora_wd
+
+    @property
+    def conv_rank(self) -> int | None:
+        """Rank of Conv adapters: `conv`, or for type locon the Linear rank when `conv` is unset."""
+        if self.conv is None and self.type == "locon":
+            return self.linear
+        return self.conv
 
     @property
     def resolved_linear_alpha(self) -> float:
@@ -108,9 +176,11 @@ class NetworkConfig(Strict):
 
     @property
     def resolved_conv_alpha(self) -> float | None:
-        if self.conv is None:
+        if self.conv_rank is None:
             return None
-        return float(self.conv_alpha if self.conv_alpha is not None else self.conv)
+        if self.conv_alpha is not None:
+            return float(self.conv_alpha)
+        return float(self.conv) if self.conv is not None else self.resolved_linear_alpha
 
 
 # ------------------------------------------------------------------------------------------------ save
@@ -119,9 +189,38 @@ class SaveConfig(Strict):
     format: Literal["comfyui", "diffusers"] = "comfyui"
     save_every: int = Field(1000, ge=1)
     max_step_saves_to_keep: int = Field(5, ge=1)
+    push_to_hub: bool = Field(
+        False,
+        description="publish the final checkpoint with a model card to the Hub when training ends "
+        "(background, retried, never fatal; docs/tracking.md)",
+    )
+    hf_repo_id: str | None = Field(None, description="the Hub repo to publish to, `user/name`")
+    hf_private: bool = Field(False, description="create the Hub repo as private (an existing repo keeps its own)")
+
+    @field_validator("hf_repo_id")
+    @classmethod
+    def _repo_id(cls, value: str | None) -> str | None:
+        if value is None:
+            return value
+        from huggingface_hub.utils import HFValidationError, validate_repo_id
+
+        try:
+            validate_repo_id(value)
+        except HFValidationError as exc:
+            raise ValueError(f"{value!r} is not a Hub repo id ({exc}); use `user/name`") from None
+        return value
+
+    @model_validator(mode="after")
+    def _push_needs_repo(self) -> SaveConfig:
+        if self.push_to_hub and not self.hf_repo_id:
+            raise ValueError("push_to_hub: true needs save.hf_repo_id (the repo to publish to, e.g. user/my_lora)")
+        return self
 
 
 # -------------------------------------------------------------------------------------------- datasets
+FrameExtraction = Literal["shrink", "random", "head", "chunk", "slide", "uniform", "full"]
+
+
 class DatasetConfig(Strict):
     folder_path: Path
     caption_ext: str = "txt"
@@ -129,17 +228,99 @@ class DatasetConfig(Strict):
     caption_dropout_rate: float = Field(0.0, ge=0, le=1)
     resolution: list[int] = Field(default_factory=lambda: [512])
     max_pixels_per_frame: int | None = Field(None, ge=64 * 64)
-    num_frames: int = Field(1, ge=1)
+    bucket_upscale: bool = Field(False, description="sources smaller than the pixel budget are scaled up to it")
+    fixed_size: list[int] | None = Field(
+        None, description="[width, height]: every file cover-resized and center-cropped to exactly this size"
+    )
+    media: Literal["all", "images", "videos"] = Field("all", description="which files of the folder are used")
+    num_frames: int | list[int] = Field(1, description="frames per window: 1 (images) or 4k+1; a list of lengths")
     shrink_video_to_frames: bool = True
-    fps: float = Field(16, gt=0, description="frame rate used when shrink_video_to_frames is false")
+    frame_extraction: FrameExtraction | None = Field(
+        None, description="how windows are cut from a clip; unset: from shrink_video_to_frames"
+    )
+    fps: float | Literal["source"] = Field(
+        16.0, description="frame rate windows are planned at (not shrink); 'source': each clip's own rate"
+    )
+    frame_stride: int = Field(1, ge=1, description="frame_extraction slide: frames between window starts")
+    frame_sample: int = Field(1, ge=1, description="frame_extraction uniform: windows per length")
+    max_frames: int = Field(129, ge=1, description="frame_extraction full: frames at most (4k+1)")
+    control_path: Path | None = Field(None, description="folder of I2V first-frame images named like the media")
+    control_transparent_color: list[int] = Field(
+        default_factory=lambda: [0, 0, 0], description="RGB under transparent control-image pixels (seed: black)"
+    )
     do_i2v: bool | None = Field(
         None,
         description="train image-to-video; resolved from model.arch when unset (always a bool after loading)",
     )
     cache_latents_to_disk: bool = False
     cache_latents: bool = False
+    cache_directory: Path | None = Field(None, description="shared latent cache folder for this dataset")
     num_repeats: int = Field(1, ge=1)
     is_eval: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _extraction_from_shrink(cls, data: Any) -> Any:
+        """frame_extraction and the seed's shrink_video_to_frames name one choice: the missing one follows the
+        other (so the resolved config holds both, agreeing); both given and disagreeing is refused below."""
+        if not isinstance(data, dict):
+            return data
+        mode, shrink = data.get("frame_extraction"), data.get("shrink_video_to_frames")
+        if mode is None:
+            return {**data, "frame_extraction": "random" if shrink is False else "shrink"}
+        if shrink is None and isinstance(mode, str):
+            return {**data, "shrink_video_to_frames": mode == "shrink"}
+        return data
+
+    @field_validator("num_frames")
+    @classmethod
+    def _frame_counts(cls, value: int | list[int]) -> int | list[int]:
+        counts = value if isinstance(value, list) else [value]
+        if not counts:
+            raise ValueError("num_frames is an empty list; give one length (e.g. 33) or several ([17, 33])")
+        for count in counts:
+            if isinstance(count, bool) or count < 1:
+                raise ValueError(f"num_frames {count!r} is not a frame count; give 1 or 4k+1 (e.g. 33)")
+            if count != 1 and (count - 1) % 4 != 0:
+                lower, upper = ((count - 1) // 4) * 4 + 1, ((count - 1) // 4 + 1) * 4 + 1
+                raise ValueError(f"num_frames must be 1 or of the form 4k+1 (Wan's VAE); try {lower} or {upper}")
+        return sorted(set(value)) if isinstance(value, list) else value
+
+    @field_validator("fps")
+    @classmethod
+    def _positive_fps(cls, value: float | str) -> float | str:
+        if not isinstance(value, str) and value <= 0:
+            raise ValueError("fps must be > 0 (frames per second), or 'source' for each clip's own rate")
+        return value
+
+    @field_validator("control_transparent_color")
+    @classmethod
+    def _rgb(cls, value: list[int]) -> list[int]:
+        if len(value) != 3 or any(not 0 <= c <= 255 for c in value):
+            raise ValueError("control_transparent_color is [r, g, b], each 0-255 (e.g. [0, 0, 0])")
+        return value
+
+    @field_validator("fixed_size")
+    @classmethod
+    def _two_sides(cls, value: list[int] | None) -> list[int] | None:
+        if value is not None and (len(value) != 2 or any(side < 16 for side in value)):
+            raise ValueError("fixed_size is [width, height], each >= 16 (e.g. [832, 480])")
+        return value
+
+    @property
+    def frame_counts(self) -> tuple[int, ...]:
+        """num_frames as a tuple of window lengths, ascending."""
+        return tuple(self.num_frames) if isinstance(self.num_frames, list) else (self.num_frames,)
+
+    @model_validator(mode="after")
+    def _keys_that_act(self) -> DatasetConfig:
+        """A key whose value cannot act in this dataset is refused rather than ignored."""
+        from cadence.data.windows import dataset_key_problems
+
+        problems = dataset_key_problems(self)
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
     @field_validator("resolution", mode="before")
     @classmethod
@@ -153,26 +334,39 @@ class DatasetConfig(Strict):
             raise ValueError("resolution must be a non-empty list of sizes >= 16 (e.g. [512])")
         return value
 
-    @field_validator("num_frames")
-    @classmethod
-    def _frames_4k_plus_1(cls, value: int) -> int:
-        if value != 1 and (value - 1) % 4 != 0:
-            lower, upper = ((value - 1) // 4) * 4 + 1, ((value - 1) // 4 + 1) * 4 + 1
-            raise ValueError(f"num_frames must be 1 or of the form 4k+1 (Wan's VAE); try {lower} or {upper}")
-        return value
-
     @field_validator("caption_ext")
     @classmethod
-    def _strip_dot(cls, value: str) -> str:
-        return value.lstrip(".")
+    def _caption_not_media(cls, value: str) -> str:
+        """Captions are written by the UI editor beside each media file: an extension that names a media
+        type or leaves the folder would overwrite the clip itself (or a file elsewhere)."""
+        from cadence.data.media import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS
+
+        ext = value.strip().lstrip(".")
+        if any(c in value for c in "/\\\0") or ".." in value:
+            raise ValueError(
+                f"caption_ext {value!r} contains a path separator or '..'; give a plain extension such as txt"
+            )
+        if not ext:
+            raise ValueError("caption_ext is empty; use txt (captions are read from NAME.txt beside NAME.mp4)")
+        if f".{ext.lower()}" in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS:
+            raise ValueError(
+                f"caption_ext {value!r} is a media extension: captions would be read from (and the UI editor "
+                "would write over) the media files themselves; use txt"
+            )
+        return ext
 
 
 # ----------------------------------------------------------------------------------------------- train
 class TrainConfig(Strict):
-    steps: int = Field(1000, ge=1)
+    steps: int = Field(1000, ge=1, le=100_000_000)
     batch_size: int = Field(1, ge=1)
     gradient_accumulation: int = Field(1, ge=1)
-    lr: float = Field(1e-6, gt=0)
+    lr: float = Field(
+        1e-6,
+        gt=0,
+        le=10,
+        description="above 10 no optimizer here trains (AdamW ~1e-4, Prodigy's multiplier 1.0): refused",
+    )
     optimizer: Literal["adamw", "adamw8bit", "prodigy", "adamw_schedulefree", "automagic"] = "adamw"
     optimizer_params: dict[str, float | int | bool | str | list[float]] = Field(default_factory=dict)
     lr_scheduler: Literal["constant", "cosine", "linear"] = "constant"
@@ -459,12 +653,77 @@ def ctrl_img_problem(path: Path | None) -> str | None:
 
 
 # --------------------------------------------------------------------------------------------- logging
+WEBHOOK_EVENTS = (
+    "start", "checkpoint", "sample", "alpha_phase", "health_warning", "finish", "failure", "publish"
+)
+DISCORD_WEBHOOK_PREFIXES = ("https://discord.com/api/webhooks/", "https://discordapp.com/api/webhooks/")
+
+
+class WebhookConfig(Strict):
+    """One receiver of run events, in SimpleTuner's `webhook_config` entry shape (docs/tracking.md)."""
+
+    webhook_type: Literal["raw", "discord"] = Field(
+        "raw", description="raw: a JSON event per POST; discord: Discord's webhook message form"
+    )
+    webhook_url: str = Field(
+        validation_alias=AliasChoices("webhook_url", "callback_url"),
+        description="where to POST (SimpleTuner's raw form calls it callback_url); a secret: give it as "
+        "${ENV_VAR}",
+        json_schema_extra={"secret": True},
+    )
+    message_prefix: str | None = Field(None, description="Discord message prefix; default: the job name")
+    log_level: Literal["critical", "error", "warning", "info", "debug"] = Field(
+        "info", description="send events at this severity or worse (failure: error, health warning: warning)"
+    )
+    auth_token: str | None = Field(
+        None, description="sent as the X-API-Key header (SimpleTuner)", json_schema_extra={"secret": True}
+    )
+    ssl_no_verify: bool = Field(False, description="skip TLS certificate checks (self-signed receivers)")
+    events: list[Literal[WEBHOOK_EVENTS]] | None = Field(
+        None, description="only these event kinds; default all"
+    )
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _http_url(cls, value: str) -> str:
+        if value == "<redacted>":
+            raise ValueError(
+                "this URL was redacted from a resolved config.yaml (secrets are never written there); "
+                "give it again, e.g. as ${MY_WEBHOOK_URL}"
+            )
+        if not value.startswith(("http://", "https://")):
+            raise ValueError("must be an http:// or https:// URL")
+        return value
+
+
 class LoggingConfig(Strict):
     log_every: int = Field(
         1, ge=1, description="steps between TensorBoard points (the metrics JSONL gets every step)"
     )
     tensorboard: bool = True
     verbose: bool = Field(False, description="Cadence's debug lines in the console and log.txt")
+    use_wandb: bool = Field(False, description="log scalars, samples and events to Weights & Biases")
+    project_name: str = Field("cadence", min_length=1, description="the W&B project")
+    run_name: str | None = Field(None, description="the W&B run name; default: the job name")
+    webhooks: list[WebhookConfig] = Field(
+        default_factory=list, description="receivers of run events (SimpleTuner's webhook_config shape)"
+    )
+
+    @field_validator("webhooks", mode="before")
+    @classmethod
+    def _webhook_shapes(cls, value: Any) -> Any:
+        """SimpleTuner's one entry or list of entries; a bare URL is a raw entry (Discord's own URLs are
+        sent in Discord's form)."""
+        if value is None:
+            return []
+        items = value if isinstance(value, list) else [value]
+        out = []
+        for item in items:
+            if isinstance(item, str):
+                discord = item.startswith(DISCORD_WEBHOOK_PREFIXES)
+                item = {"webhook_type": "discord" if discord else "raw", "webhook_url": item}
+            out.append(item)
+        return out
 
 
 # ----------------------------------------------------------------------------------------------- job

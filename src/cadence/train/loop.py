@@ -22,13 +22,10 @@ from cadence.train.batches import Batch
 from cadence.train.checks import evaluation_weights
 from cadence.train.objective import flow_matching_loss, model_input_and_target
 from cadence.train.setup import TrainingSetup
+from cadence.train.stops import TrainingStopped
 
 log = logging.getLogger(__name__)
 MAX_MISSING_BATCHES = 20
-
-
-class TrainingStopped(Exception):
-    """Raised when the run stops for a reason the user must read (NaN streak, health stop)."""
 
 
 @dataclass
@@ -187,16 +184,22 @@ class Trainer:
             self.stop.install()
         progress = s.progress(start_step, total)
         step = start_step
-        if start_step == 0:
-            self._sample(0)
-        elif s.samples is not None and not s.samples.written(start_step):
-            self._sample(start_step)  # a kill while sampling the checkpoint step: those weights are restored
+        s.recorder.interrupted = lambda: self.stop.requested
+        ending: tuple[str, dict[str, Any]] | None = None  # the finish/failure event, sent before closing
+        began = f"resumed at step {start_step}" if start_step else "started"
+        start = {"step": start_step, "total_steps": total, "resumed": start_step > 0}
+        s.recorder.event("start", {**start, "message": f"{began}, {total} steps"})
         try:
+            if start_step == 0:
+                self._sample(0)
+            elif s.samples is not None and not s.samples.written(start_step):
+                self._sample(start_step)  # killed while sampling that checkpoint step: re-sampled
             for step in range(start_step + 1, total + 1):
                 if self.stop.requested and step == start_step + 1:
                     log.info(
                         "stopped by %s before the first step; nothing new to save", self.stop.signal_name
                     )
+                    ending = _finish("stopped", step - 1, total, f"stopped by {self.stop.signal_name}")
                     return 0
                 s.hub.apply_alphas([s.router.current()])  # a pending phase change reaches this expert now
                 self._place_experts()
@@ -227,19 +230,30 @@ class Trainer:
                     if not saving:
                         s.recorder.save(s, step)
                     log.info("stopped by %s at step %d; checkpoint saved", self.stop.signal_name, step)
+                    said = f"stopped by {self.stop.signal_name}, checkpoint saved"
+                    ending = _finish("stopped", step, total, said)
                     return 0
                 if s.checks.stop_reason:
                     log.warning("health stop at step %d: %s", step, s.checks.stop_reason)
                     if not saving:
                         s.recorder.save(s, step)
+                    ending = _finish("health_stop", step, total, f"health stop: {s.checks.stop_reason}")
                     return 0
+            ending = _finish("completed", step, total, f"finished {step} steps")
         except TrainingStopped as stop:
             log.error("%s", stop)
+            ending = ("failure", {"step": step, "error": str(stop), "message": str(stop)})
             return 3
+        except BaseException as error:
+            text = f"{type(error).__name__}: {error}"
+            ending = ("failure", {"step": step, "error": text, "message": f"crashed at step {step}: {text}"})
+            raise
         finally:
             progress.close()
             if self._owns_stop_flag:
                 self.stop.uninstall()
+            if ending is not None:
+                s.recorder.event(*ending)
             s.close()
         log.info("finished %d steps; outputs in %s; %s", step, s.paths.run_dir, s.index.summary())
         return 0
@@ -248,7 +262,11 @@ class Trainer:
         samples = self.s.samples
         if samples is not None and samples.due(step):
             with evaluation_weights(self.s.optimizer):
-                samples.run(step)
+                written = samples.run(step)
+            if written:
+                message = f"{len({p.stem for p in written})} sample(s) at step {step}"
+                files = [str(p) for p in written]
+                self.s.recorder.event("sample", {"step": step, "files": files, "message": message})
 
     def _place_experts(self) -> None:
         """With low_vram only the active expert stays on the accelerator."""
@@ -306,9 +324,13 @@ class Trainer:
         if self.s.hub.nan_streak >= limit:
             raise TrainingStopped(
                 f"stopping at step {step}: {self.s.hub.nan_streak} non-finite losses in a row "
-                f"(train.max_nan_steps={limit}). The last good checkpoint is intact; lower train.lr, check "
-                "the data, or use train.dtype: bf16/fp32."
+                f"(train.max_nan_steps={limit}); {self.s.recorder.last_checkpoint_note()}. Lower train.lr, "
+                "check the data, or use train.dtype: bf16/fp32."
             )
+
+
+def _finish(status: str, step: int, total: int, message: str) -> tuple[str, dict[str, Any]]:
+    return "finish", {"step": step, "status": status, "total_steps": total, "message": message}
 
 
 def _fmt(value: Any) -> str:

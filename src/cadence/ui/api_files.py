@@ -141,14 +141,42 @@ def list_dataset_files(c: Ctx, root: str) -> dict:
                 "path": str(f),
                 "name": str(f.relative_to(base)),
                 "kind": media_kind(f),
-                "caption": caption.read_text(encoding="utf-8", errors="replace")
-                if caption.is_file()
-                else None,
+                "caption": _read_caption(caption, c),
                 "caption_path": str(caption),
                 "bucket": buckets.get(real),
             }
         )
     return {"root": str(base), "items": items, "bucket_note": note}
+
+
+def _read_caption(caption: Path, c: UIContext) -> str | None:
+    """The caption's text when it is a file inside the served roots (a symlinked caption pointing outside
+    them is not read: it would leak that file), else None."""
+    if not caption.is_file():
+        return None
+    try:
+        real = resolve_safe(str(caption), c.allowed_roots())
+    except FileAccessError:
+        log.warning("caption %s points outside the dataset and run folders; not shown", caption)
+        return None
+    return real.read_text(encoding="utf-8", errors="replace")
+
+
+def caption_target(media: Path, ext: str) -> Path:
+    """Where the caption of `media` is written; refused (HTTPException) when that name is media the loader
+    would train on, the media file itself, or outside the media's folder, whatever the config says."""
+    target = media.with_suffix("." + ext.lstrip("."))
+    if target.parent != media.parent or media_kind(target) is not None or target == media:
+        raise HTTPException(
+            422,
+            f"the caption of {media.name} would be written to {target.name}, which is a media file the "
+            "dataset loader trains on; set datasets[].caption_ext to txt in the job config",
+        )
+    if target.is_symlink() or (target.exists() and not target.is_file()):
+        raise HTTPException(
+            409, f"{target} is a link or not a regular file; the editor only replaces plain caption files"
+        )
+    return target
 
 
 class CaptionEdit(BaseModel):
@@ -163,7 +191,7 @@ def put_caption(c: Ctx, body: CaptionEdit) -> dict:
     if media_kind(media) is None:
         raise HTTPException(415, f"{media.name} is not an image or video")
     root = next((r.resolve() for r in c.dataset_roots() if media.is_relative_to(r.resolve())), media.parent)
-    target = media.with_suffix("." + _caption_ext(root, c))
+    target = caption_target(media, _caption_ext(root, c))
     atomic_write_text(target, body.text)
     return {"caption_path": str(target), "bytes": len(body.text.encode())}
 

@@ -18,7 +18,9 @@ from cadence.data.media import media_kind
 from cadence.ui import configs
 from cadence.ui.context import Ctx
 from cadence.ui.metrics_tail import read_metrics, read_text_tail
-from cadence.ui.store import ACTIVE, Job
+from cadence.ui.roots import root_problem
+from cadence.ui.runner import JobBusy
+from cadence.ui.store import Job
 
 router = APIRouter(prefix="/api")
 
@@ -78,29 +80,18 @@ def list_jobs(c: Ctx) -> dict:
     return {"jobs": [job_summary(j) for j in c.store.list()]}
 
 
-SYSTEM_FOLDERS = tuple(
-    Path(p) for p in ("/bin", "/boot", "/dev", "/etc", "/lib", "/proc", "/sbin", "/sys", "/usr")
-)
-
-
 def unsafe_roots(cfg, home: Path) -> tuple[str, str] | None:
-    """A run or dataset folder the UI would serve files from must be a real project folder: not `/`, a
-    system folder, the user's home itself or a folder holding the UI's own home (its database and tokens)."""
-
-    def too_broad(folder: Path) -> bool:
-        folder = folder.resolve()
-        return (
-            folder == Path(folder.anchor)
-            or folder == Path.home().resolve()
-            or home.resolve().is_relative_to(folder)
-            or any(folder == s or folder.is_relative_to(s) for s in SYSTEM_FOLDERS)
-        )
-
-    if too_broad(Path(cfg.run_dir)):
-        return ("training_folder", f"{cfg.run_dir} is not a place for a run folder; pick a project folder")
+    """The first run or dataset folder of `cfg` that the UI must not serve files from (see ui/roots.py)."""
+    problem = root_problem(Path(cfg.run_dir), home)
+    if problem:
+        return ("training_folder", f"{problem}; pick a project folder for the run (training_folder)")
     for i, ds in enumerate(cfg.datasets):
-        if too_broad(Path(ds.folder_path)):
-            return (f"datasets[{i}].folder_path", f"{ds.folder_path} is too broad to be a dataset folder")
+        problem = root_problem(Path(ds.folder_path), home)
+        if problem:
+            return (
+                f"datasets[{i}].folder_path",
+                f"{problem}, too broad to be a dataset folder; point it at the folder of your clips",
+            )
     return None
 
 
@@ -199,13 +190,16 @@ def clone_job(c: Ctx, job_id: str):
 
 @router.delete("/jobs/{job_id}")
 def delete_job(c: Ctx, job_id: str) -> dict:
-    """Forget the job and its log folder; the run folder (LoRAs, metrics) stays on disk."""
-    c.runner.reconcile()
-    job = c.job_or_404(job_id)
-    if job.status in ACTIVE:
-        raise HTTPException(409, f"job {job_id} is {job.status}; stop it first")
-    c.store.delete(job_id)
-    kept = remove_job_folder(c.runner.job_dir(job_id), Path(job.run_dir))
+    """Forget the job and its log folder; the run folder (LoRAs, metrics) stays on disk. Serialized with
+    start and the scheduler (a queued job is dequeued and deleted at once); a running job is refused."""
+    try:
+        job, kept = c.runner.delete(
+            job_id, lambda job: remove_job_folder(c.runner.job_dir(job.id), Path(job.run_dir))
+        )
+    except JobBusy as busy:
+        raise HTTPException(409, str(busy)) from None
+    if job is None:
+        raise HTTPException(404, f"no job with id {job_id!r}")
     return {"deleted": job_id, "kept": str(kept) if kept else None}
 
 

@@ -16,7 +16,7 @@ from fastapi.staticfiles import StaticFiles
 from starlette.middleware.base import BaseHTTPMiddleware
 
 from cadence.ui import api_files, api_jobs
-from cadence.ui.auth import COOKIE, AuthMiddleware, SameOriginMiddleware, check_token, session_value
+from cadence.ui.auth import COOKIE, AuthMiddleware, SameOriginMiddleware, Sessions, check_token
 from cadence.ui.context import MAX_BODY_BYTES, MAX_UPLOAD_BYTES, UIContext, env_dataset_roots
 from cadence.ui.runner import DEFAULT_TRAIN_CMD, JobRunner, Scheduler
 from cadence.ui.store import JobStore
@@ -86,13 +86,14 @@ def create_app(
 
     app = FastAPI(title="Cadence", docs_url=None, redoc_url=None, lifespan=lifespan)
     app.state.ctx = context
-    app.add_middleware(AuthMiddleware, token=context.token)
+    sessions = Sessions(home, context.token) if context.token else None
+    app.add_middleware(AuthMiddleware, token=context.token, sessions=sessions)
     app.add_middleware(SameOriginMiddleware, loopback_only=context.token is None)
     app.add_middleware(LimitsAndHeaders)  # outermost: size limit before auth reads anything
     app.include_router(api_jobs.router)
     app.include_router(api_files.router)
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
-    _add_pages(app, context)
+    _add_pages(app, context, sessions)
     return app
 
 
@@ -100,7 +101,7 @@ def _page(name: str) -> FileResponse:
     return FileResponse(STATIC / name, media_type="text/html", headers={"Cache-Control": "no-store"})
 
 
-def _add_pages(app: FastAPI, context: UIContext) -> None:
+def _add_pages(app: FastAPI, context: UIContext, sessions: Sessions | None) -> None:
     @app.get("/", response_class=HTMLResponse)
     def jobs_page() -> FileResponse:
         return _page("index.html")
@@ -119,7 +120,7 @@ def _add_pages(app: FastAPI, context: UIContext) -> None:
 
     @app.post("/login")
     def login(token: str = Form(..., max_length=4096)) -> Response:
-        if not context.token:
+        if not context.token or sessions is None:
             return RedirectResponse("/", status_code=303)
         if not check_token(token, context.token):
             html = (
@@ -131,7 +132,7 @@ def _add_pages(app: FastAPI, context: UIContext) -> None:
         response = RedirectResponse("/", status_code=303)
         response.set_cookie(
             COOKIE,
-            session_value(context.token),
+            sessions.issue(),
             httponly=True,
             samesite="strict",
             secure=os.environ.get("CADENCE_UI_SECURE_COOKIE") == "1",
@@ -141,6 +142,9 @@ def _add_pages(app: FastAPI, context: UIContext) -> None:
 
     @app.post("/logout")
     def logout() -> Response:
+        """Ends every login session: the secret the cookies are signed with is replaced."""
+        if sessions is not None:
+            sessions.rotate()
         response = RedirectResponse("/login", status_code=303)
         response.delete_cookie(COOKIE, path="/")
         return response

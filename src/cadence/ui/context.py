@@ -11,6 +11,7 @@ from typing import Annotated
 import yaml
 from fastapi import Depends, HTTPException, Request
 
+from cadence.ui.roots import root_problem
 from cadence.ui.runner import JobRunner
 from cadence.ui.store import Job, JobStore
 
@@ -31,6 +32,7 @@ class UIContext:
     runner: JobRunner
     token: str | None = None
     extra_dataset_roots: list[Path] = field(default_factory=list)
+    _refused: set[Path] = field(default_factory=set)  # roots already warned about
 
     def job_or_404(self, job_id: str) -> Job:
         job = self.store.get(job_id)
@@ -46,18 +48,28 @@ class UIContext:
         return data if isinstance(data, dict) else {}
 
     def dataset_roots(self) -> list[Path]:
-        """Dataset folders of every job's config (resolved at creation) plus CADENCE_DATASET_ROOTS."""
-        roots: list[Path] = list(self.extra_dataset_roots)
-        for job in self.store.list():
-            for folder in job_dataset_folders(job):
-                if folder not in roots:
-                    roots.append(folder)
+        """Dataset folders of every job's config (read now, so a config edited on disk counts) plus
+        CADENCE_DATASET_ROOTS; a folder too broad to serve (ui/roots.py) is left out, whoever named it."""
+        roots: list[Path] = []
+        for folder in [
+            *self.extra_dataset_roots,
+            *(f for job in self.store.list() for f in job_dataset_folders(job)),
+        ]:
+            if folder not in roots and self._servable(folder):
+                roots.append(folder)
         return roots
 
     def allowed_roots(self) -> list[Path]:
         roots = [*self.dataset_roots(), self.home / "jobs"]
-        roots += [Path(j.run_dir) for j in self.store.list()]
+        roots += [Path(j.run_dir) for j in self.store.list() if self._servable(Path(j.run_dir))]
         return roots
+
+    def _servable(self, folder: Path) -> bool:
+        problem = root_problem(folder, self.home)
+        if problem and folder not in self._refused:
+            self._refused.add(folder)
+            log.warning("not serving files from %s: %s", folder, problem)
+        return problem is None
 
 
 def job_dataset_folders(job: Job) -> list[Path]:

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import psutil
@@ -43,6 +44,10 @@ def detect_gpus() -> list[str]:
     except (OSError, subprocess.SubprocessError):
         return []
     return [str(i) for i, line in enumerate(out.splitlines()) if line.startswith("GPU ")]
+
+
+class JobBusy(Exception):
+    """The job is running or stopping, so it cannot be deleted now."""
 
 
 class JobRunner:
@@ -149,6 +154,21 @@ class JobRunner:
             self.store.update(job_id, status="stopping", stop_requested_at=time.time(), stop_stage=0)
             self._signal(job, 1)
             return "stopping"
+
+    def delete(self, job_id: str, remove_files: Callable[[Job], object]) -> tuple[Job | None, object]:
+        """Forget a job that is not running, under the lock that start and schedule hold: a queued job is
+        taken off the queue in the same step, so the scheduler can never start a job being deleted (no
+        process without a job, no job folder removed under a running trainer). Returns (the job, or None
+        when there is none; what `remove_files` returned); raises JobBusy for a running/stopping job."""
+        with self._lock:
+            self.reconcile()
+            job = self.store.get(job_id)
+            if job is None:
+                return None, None
+            if job.status in ACTIVE:
+                raise JobBusy(f"job {job_id} is {job.status}; stop it first (Stop, then Delete)")
+            self.store.delete(job_id)
+            return job, remove_files(job)
 
     def _signal(self, job: Job, stage: int) -> None:
         sig = _STOP_SIGNALS[stage]

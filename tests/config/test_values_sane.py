@@ -70,3 +70,30 @@ def test_caption_ext_leaving_the_folder_is_refused(make_flat, ext):
 def test_caption_type_synonym_is_checked_at_the_users_key(make_flat):
     issues = issues_of(make_flat(datasets=[{"folder_path": "/x", "caption_type": "webp"}]))
     assert "is a media extension" in issues["datasets[0].caption_type"]
+
+
+def test_hidden_and_overlong_names_are_refused(make_flat):
+    issues = issues_of(make_flat(name=".secret"))
+    assert "starts with '.'" in issues["name"]
+    issues = issues_of(make_flat(name="n" * 209))
+    assert "at most 208 fit" in issues["name"]
+    assert load_config_dict(make_flat(name="n" * 208, train={"disable_sampling": True})).name == "n" * 208
+
+
+def test_training_folder_that_is_a_file_is_a_config_error(make_flat, tmp_path):
+    blocker = tmp_path / "output"
+    blocker.write_text("a file where the runs should go")
+    issues = issues_of(make_flat(training_folder=str(blocker), train={"disable_sampling": True}))
+    message = next(iter(issues.values()))
+    assert "is a file, not a folder" in message and str(blocker) in message
+
+
+def test_longest_run_file_of_a_maximal_name_can_be_written(tmp_path):
+    """The limit is real: a name of MAX_NAME_BYTES gives a temp file name the filesystem accepts."""
+    from cadence.config.schema import MAX_NAME_BYTES
+
+    name = "n" * MAX_NAME_BYTES
+    longest = tmp_path / f".{name}_000001000_high_noise.safetensors.abcdefgh.tmp"
+    longest.write_bytes(b"")
+    with pytest.raises(OSError):
+        (tmp_path / f".{name}x_000001000_high_noise.safetensors.abcdefgh.tmp").write_bytes(b"")

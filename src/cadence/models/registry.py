@@ -51,10 +51,20 @@ def read_model_index(folder: Path) -> dict:
             "(model_index.json, transformer/, vae/, text_encoder/, tokenizer/, scheduler/). "
             "Download one with `hf download Wan-AI/Wan2.2-I2V-A14B-Diffusers --local-dir DIR`."
         )
+    return read_json(path)
+
+
+def read_json(path: Path) -> dict:
+    """A model folder's JSON file; a broken one is a ModelLoadError naming the file, not a traceback."""
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelLoadError(f"{path} is not valid JSON ({exc}); re-download the model folder") from exc
+    if not isinstance(data, dict):
+        raise ModelLoadError(
+            f"{path} holds {type(data).__name__}, not a JSON object; re-download the model folder"
+        )
+    return data
 
 
 def _present(index: dict, name: str) -> bool:
@@ -67,7 +77,7 @@ def _transformer_config(folder: Path, index: dict) -> dict:
     path = folder / name / "config.json"
     if not path.is_file():
         raise ModelLoadError(f"{path} not found: the folder has no transformer config; re-download it")
-    return json.loads(path.read_text(encoding="utf-8"))
+    return read_json(path)
 
 
 def detect_arch(folder: str | Path) -> str:
@@ -112,11 +122,12 @@ def _component_problem(folder: Path, name: str) -> str | None:
         return None if any((sub / m).is_file() for m in marker) else f"{sub / marker[0]}"
     if not (sub / "config.json").is_file():
         return f"{sub / 'config.json'}"
+    read_json(sub / "config.json")  # a broken config.json names itself now, not deep inside from_pretrained
     weights = [p for p in sub.iterdir() if p.name.endswith(WEIGHT_SUFFIXES)]
     if not weights:
         return f"{sub}/*.safetensors (no weights file)"
     for index_file in (p for p in weights if p.name.endswith(".index.json")):
-        shards = set(json.loads(index_file.read_text(encoding="utf-8")).get("weight_map", {}).values())
+        shards = set(read_json(index_file).get("weight_map", {}).values())
         missing = sorted(s for s in shards if not (sub / s).is_file())
         if missing:
             return f"{sub / missing[0]} (shard listed in {index_file.name}; {len(missing)} missing)"

@@ -13,9 +13,11 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
 import re
 import shutil
 import tempfile
+import types
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +34,22 @@ STATE_DIR = "training_state"
 _STEP_DIR = re.compile(r"^step_(\d{9})$")
 
 OutputWriter = Callable[[Path], None]
+
+
+class _NoMemoPickler(pickle.Pickler):
+    """Pickles by value only. The standard pickler memoizes by object identity, so one state pickles to
+    other bytes when an equal string or tuple is one shared object in a fresh run but two objects in a
+    resumed one (loaded from the previous state): the bytes of `state.pt` would then depend on history, not
+    content. Without the memo, equal states give byte-identical files (tensor storages are still shared
+    through torch's own persistent ids; a training state holds no self-references)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.fast = True
+
+
+# what torch.save needs of a pickle module: its name and Pickler
+_STABLE_PICKLE = types.SimpleNamespace(__name__="pickle", Pickler=_NoMemoPickler)
 
 
 @dataclass(frozen=True)
@@ -87,6 +105,19 @@ class RunPaths:
         return {step for step in found if self.step_outputs(step, labels)}
 
 
+# what every training state holds; a file without them is not one of ours (or an older, broken one)
+REQUIRED_STATE_KEYS = frozenset({"step", "optimizer", "lr_scheduler", "router", "sampler", "randomness"})
+
+
+class UnreadableCheckpoint(Exception):
+    """A state folder whose files cannot be read back."""
+
+    def __init__(self, folder: Path, problem: str) -> None:
+        super().__init__(f"{folder}: {problem}")
+        self.folder = folder
+        self.problem = problem
+
+
 class CheckpointManager:
     def __init__(self, paths: RunPaths, keep: int, labels: Sequence[str | None] = (None,)) -> None:
         """`labels`: the file-name label of each of the model's experts (None for single-expert models)."""
@@ -128,7 +159,7 @@ class CheckpointManager:
             save_file(
                 {k: v.detach().contiguous().cpu() for k, v in adapters.items()}, tmp / "adapters.safetensors"
             )
-            torch.save(state, tmp / "state.pt")
+            torch.save(state, tmp / "state.pt", pickle_module=_STABLE_PICKLE)
             for child in tmp.iterdir():
                 with open(child, "rb+") as handle:
                     os.fsync(handle.fileno())
@@ -143,10 +174,28 @@ class CheckpointManager:
         self.prune()
 
     def load(self, step: int) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """The adapters and state of a complete checkpoint; UnreadableCheckpoint when either file cannot be
+        read back (truncated, overwritten with garbage, from another program), never a raw traceback."""
         folder = self.paths.state_dir(step)
-        adapters = load_file(folder / "adapters.safetensors")
-        state = torch.load(folder / "state.pt", map_location="cpu", weights_only=False)
+        try:
+            adapters = load_file(folder / "adapters.safetensors")
+            state = torch.load(folder / "state.pt", map_location="cpu", weights_only=False)
+        except Exception as exc:  # unpickling garbage can raise nearly anything; each means "unusable"
+            raise UnreadableCheckpoint(folder, f"{type(exc).__name__}: {exc}") from exc
+        missing = sorted(REQUIRED_STATE_KEYS - set(state)) if isinstance(state, dict) else ["(not a mapping)"]
+        if missing:
+            raise UnreadableCheckpoint(folder, f"state.pt lacks {', '.join(missing)}")
         return adapters, state
+
+    def set_aside(self, step: int) -> Path:
+        """Move an unreadable state folder out of the resume path (kept for inspection, never pruned)."""
+        folder = self.paths.state_dir(step)
+        target = folder.with_name(f"unreadable_{folder.name}")
+        if target.exists():
+            shutil.rmtree(target)
+        folder.rename(target)
+        fsync_dir(folder.parent)
+        return target
 
     # ---------------------------------------------------------------------------------------- prune
     def prune(self) -> list[int]:

@@ -129,9 +129,9 @@ def test_unsupported_keys_refused(make_flat, section, key, value, reason):
     assert reason in message
 
 
-@pytest.mark.parametrize("key", ["flip_x", "flip_y", "shuffle_tokens", "control_path"])
+@pytest.mark.parametrize("key", ["flip_x", "flip_y", "shuffle_tokens", "control_path_1"])
 def test_unsupported_dataset_keys_refused(make_flat, key):
-    value = "/ctrl" if key == "control_path" else True
+    value = "/ctrl" if key == "control_path_1" else True
     issues = issues_of(make_flat(datasets=[{"folder_path": "/x"}, {"folder_path": "/y", key: value}]))
     assert list(issues) == [f"datasets[1].{key}"]
     assert "not supported yet by Cadence" in issues[f"datasets[1].{key}"]

@@ -72,7 +72,8 @@ def test_bad_files_are_skipped_with_reasons(dataset_dir, caplog, make_config):
     assert len(index.train_items) == 9
     files = len({item.path for item in index.items})
     assert index.summary() == (
-        f"dataset: 9 training items from {files} files; 4 files skipped (their reasons are in the warnings "
+        f"dataset: 9 training items from {files} files (6 shrink windows, 3 images); 4 files skipped (their "
+        "reasons are in the warnings "
         "at the start of the log)"
     )
     unsupported = [w for w in index.warnings if "unsupported" in w]

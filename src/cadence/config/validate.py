@@ -64,12 +64,15 @@ def _prefixed(path: str, prefix: str) -> str:
     return f"{prefix}.{path}" if prefix else path
 
 
-def check_config_file(path: str | Path, machine: bool = True) -> JobConfig:
-    """Load a config file and check the filesystem and (with `machine`) this machine's GPU and packages;
-    raises ConfigError listing every problem."""
+def check_config_file(
+    path: str | Path, machine: bool = True, dataset_config: str | Path | None = None
+) -> JobConfig:
+    """Load a config file (its datasets replaced by a musubi-tuner `dataset_config` when given) and check
+    the filesystem and (with `machine`) this machine's GPU and packages; raises ConfigError listing every
+    problem."""
     path = Path(path)
     data = read_config_file(path)
-    cfg = load_config_dict(data, path)
+    cfg = load_config_dict(data, path, dataset_config)
     prefix = process_prefix(data)
     issues = filesystem_issues(cfg, prefix)
     if machine:
@@ -92,7 +95,9 @@ def check_config_file(path: str | Path, machine: bool = True) -> JobConfig:
 def validate_command(args: argparse.Namespace) -> int:
     """Exit 0 with the resolved YAML on stdout, or exit 2 with the errors on stderr."""
     try:
-        cfg = check_config_file(args.config, machine=not args.config_only)
+        cfg = check_config_file(
+            args.config, machine=not args.config_only, dataset_config=getattr(args, "dataset_config", None)
+        )
     except ConfigError as exc:
         sys.stderr.write(f"{exc}\n")
         return 2

@@ -4,15 +4,16 @@ An entry is reused only when its stored fingerprint equals the one computed now 
 bucket, frame plan, source file size + mtime, I2V conditioning on/off; model id + caption for text), so a
 changed input re-encodes and an unchanged one is read back. Entries are written atomically
 (`cadence.atomic`), one file per item, so an interrupted run keeps everything finished before the
-interruption and the next run continues from there. A file that fails to decode is skipped and reported;
-the run goes on. Layout: docs/caching.md.
+interruption and the next run continues from there (a resumed fill checks each window's entry first and
+decodes only the missing ones). A file that fails to decode is skipped and reported; the run goes on. The
+windows of one clip share a decode (`shared_decode.py`). Layout: docs/caching.md.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,8 +22,9 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from cadence.atomic import atomic_write_with, remove_stale_temporaries
-from cadence.data.dataset import load_pixels
+from cadence.data.controls import control_pixels
 from cadence.data.media import CACHE_DIR_NAME, MediaError, MediaItem, SkippedFile
+from cadence.data.shared_decode import decode_group, decode_groups
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +95,7 @@ class LatentCache:
         run_folder: Path | None = None,
         shared_datasets: frozenset[int] | None = None,
         memory_datasets: frozenset[int] = frozenset(),
+        cache_dirs: dict[int, Path] | None = None,
     ) -> None:
         self.model_id = model_id
         self.arch = arch
@@ -102,6 +105,7 @@ class LatentCache:
         self.run_folder = run_folder
         self.shared_datasets = shared_datasets
         self.memory_datasets = memory_datasets  # cache_latents: keep loaded entries in RAM
+        self.cache_dirs = cache_dirs or {}  # dataset index -> datasets[].cache_directory
         self._memory: dict[Path, dict[str, torch.Tensor]] = {}
         self.encode_calls = 0  # number of items actually run through the VAE by this object
 
@@ -120,16 +124,19 @@ class LatentCache:
             run_folder=run_folder,
             shared_datasets=frozenset(i for i, ds in enumerate(datasets) if ds.cache_latents_to_disk),
             memory_datasets=frozenset(i for i, ds in enumerate(datasets) if ds.cache_latents),
+            cache_dirs={i: Path(ds.cache_directory) for i, ds in enumerate(datasets) if ds.cache_directory},
         )
 
     def folder(self, item: MediaItem) -> Path:
+        source = hashlib.sha256(str(item.path.parent.resolve()).encode()).hexdigest()[:12]
+        if item.dataset_index in self.cache_dirs:  # one subfolder per media folder: datasets may share it
+            return self.cache_dirs[item.dataset_index] / self.arch / f"{item.path.parent.name}_{source}"
         if (
             self.shared_datasets is None
             or item.dataset_index in self.shared_datasets
             or self.run_folder is None
         ):
             return item.path.parent / CACHE_DIR_NAME / self.arch
-        source = hashlib.sha256(str(item.path.parent.resolve()).encode()).hexdigest()[:12]
         return self.run_folder / "latent_cache" / self.arch / f"{item.path.parent.name}_{source}"
 
     def path(self, item: MediaItem) -> Path:
@@ -143,6 +150,10 @@ class LatentCache:
         return self.is_i2v and item.do_i2v
 
     def fingerprint(self, item: MediaItem) -> dict[str, str]:
+        """The inputs of an entry: the window (source frame indices), file, bucket, model and condition."""
+        control = {}
+        if self.wants_condition(item) and item.control is not None:  # absent otherwise: older entries match
+            control = {"control": f"{item.control.name}|{item.control_stamp}|{list(item.control_background)}"}
         return {
             "format": CACHE_FORMAT,
             "kind": "latents",
@@ -154,6 +165,7 @@ class LatentCache:
             "file_size": str(item.file_size),
             "mtime_ns": str(item.mtime_ns),
             "condition": "1" if self.wants_condition(item) else "0",
+            **control,
         }
 
     def is_valid(self, item: MediaItem) -> bool:
@@ -185,47 +197,59 @@ class LatentCache:
     def ensure(
         self, items: Sequence[MediaItem], adapter: object, progress: Progress | None = None
     ) -> CacheReport:
-        """Encode every item without a valid entry; reuse the rest; skip (and report) undecodable files."""
+        """Encode every item without a valid entry; reuse the rest; skip (and report) undecodable files.
+        Valid entries are checked first, so a resumed fill decodes only the windows still missing."""
         if adapter.model_id != self.model_id or adapter.arch != self.arch:  # type: ignore[attr-defined]
             raise ValueError(f"this cache is for {self.model_id} ({self.arch}), not {adapter.model_id}")  # type: ignore[attr-defined]
         report = CacheReport()
         failed: set[Path] = set()  # files that failed in this pass; their other items are not decoded again
         for folder in {self.folder(item) for item in items}:
             remove_stale_temporaries(folder, STALE_TEMP_S)
+        pending: list[MediaItem] = []
         for item in items:
             report.folders.add(self.folder(item))
-            status = self._ensure_one(item, adapter, report, failed)
-            if progress is not None:
-                progress(status)
+            if self.is_valid(item):
+                report.reused += 1
+                if progress is not None:
+                    progress("reused")
+            else:
+                pending.append(item)
+        for group in decode_groups(pending):
+            for status in self._encode_group(group, adapter, report, failed):
+                if progress is not None:
+                    progress(status)
         return report
 
-    def _ensure_one(self, item: MediaItem, adapter: object, report: CacheReport, failed: set[Path]) -> str:
-        """One item's entry: reused, encoded, or skipped (a file that failed is decoded and reported once, not
-        once per bucket size)."""
-        if self.is_valid(item):
-            report.reused += 1
-            return "reused"
-        if item.path in failed:
-            return "skipped"
-        try:
-            pixels = load_pixels(item)
-        except MediaError as exc:
-            failed.add(item.path)
-            report.skipped.append(SkippedFile(item.path, f"{exc.problem}; {exc.advice}"))
-            log.warning("skipping %s", exc)
-            return "skipped"
-        self.store(item, self.encode(item, pixels, adapter))
-        report.encoded += 1
-        return "encoded"
+    def _encode_group(
+        self, group: list[MediaItem], adapter: object, report: CacheReport, failed: set[Path]
+    ) -> Iterator[str]:
+        """Encode the windows of one shared decode: "encoded" per item, or "skipped" for each when the file
+        fails (reported once per file, not once per bucket size or window)."""
+        path = group[0].path
+        if path not in failed:
+            try:
+                for item, pixels in decode_group(group):
+                    self.store(item, self.encode(item, pixels, adapter))
+                    report.encoded += 1
+                    yield "encoded"
+                return
+            except MediaError as exc:
+                failed.add(path)
+                report.skipped.append(SkippedFile(path, f"{exc.problem}; {exc.advice}"))
+                log.warning("skipping %s", exc)
+        for item in group:
+            if not self.is_valid(item):  # encoded before the failure: already counted
+                yield "skipped"
 
     @torch.no_grad()
     def encode(self, item: MediaItem, pixels: torch.Tensor, adapter: object) -> dict[str, torch.Tensor]:
-        """Run the VAE (and the I2V conditioning of the first frame of the same frames) for one item."""
+        """Run the VAE (and the I2V conditioning of the window's first frame, or of its control image)."""
         # float32 pixels: the adapter casts to its VAE's dtype (bf16 pixels would lose precision first)
         batch = pixels[None].to(device=_adapter_device(adapter), dtype=torch.float32)
         tensors = {LATENTS_KEY: adapter.encode_video(batch)[0]}  # type: ignore[attr-defined]
         if self.wants_condition(item):
-            cond = adapter.encode_condition(batch[:, :, 0], item.num_frames)  # type: ignore[attr-defined]
+            first = batch[:, :, 0] if item.control is None else control_pixels(item)[None].to(batch)
+            cond = adapter.encode_condition(first, item.num_frames)  # type: ignore[attr-defined]
             for name, value in cond.items():
                 if name == LATENTS_KEY:
                     raise ValueError(f"conditioning tensor name {name!r} clashes with the latents key")

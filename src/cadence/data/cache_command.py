@@ -76,6 +76,7 @@ def print_summary(index: DatasetIndex, latent: CacheReport, text: CacheReport) -
     _out(f"latents: {latent.encoded} encoded, {latent.reused} reused, {len(skipped)} skipped")
     for folder in sorted(latent.folders):
         _out(f"  {folder}")
+    _out(index.summary())  # items per frame_extraction mode
     _out(f"text embeddings: {text.encoded} encoded, {text.reused} reused")
     for folder in sorted(text.folders):
         _out(f"  {folder}")
@@ -92,7 +93,7 @@ def cache_command(args: argparse.Namespace) -> int:
     from cadence.train.precision import resolve_device, resolve_dtype
 
     try:
-        cfg = load_config(args.config)
+        cfg = load_config(args.config, getattr(args, "dataset_config", None))
     except Exception as exc:  # noqa: BLE001 - ConfigError and file errors alike are printed for the user
         _out(f"error: {exc}")
         return 1

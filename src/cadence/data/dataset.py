@@ -2,9 +2,10 @@
 
 Indexing reads only headers, so it is cheap enough to run at every start. Files are taken from the top
 level of each dataset folder (subfolders, hidden files and `_cadence_cache` are ignored). One item per
-(file, pixel budget); two budgets giving the same bucket for a small file give one item. `num_repeats` is
-kept on the item for the sampler; nothing is duplicated on disk. Every file that cannot be used is skipped
-with a reason; warnings are aggregated to one line per kind so a large dataset does not flood the log.
+(file, window, pixel budget): a video gives one window per frame_extraction position and length
+(`windows.py`), an image one; two budgets giving the same bucket for a small file give one item.
+`num_repeats` is kept on the item for the sampler; nothing is duplicated on disk. Every file that cannot be
+used is skipped with a reason; warnings are aggregated to one line per kind (`index_notes.py`).
 """
 
 from __future__ import annotations
@@ -17,15 +18,17 @@ import numpy as np
 import torch
 
 from cadence.config.schema import DatasetConfig, JobConfig
-from cadence.data.buckets import bucket_size, pixel_budgets
-from cadence.data.captions import CaptionStats, caption_path, caption_warnings, read_caption
-from cadence.data.frames import TooShortError, fps_mismatch, plan_frames
+from cadence.data.buckets import bucket_size, fixed_bucket, over_budget, pixel_budgets
+from cadence.data.captions import CaptionStats, caption_path, read_caption
+from cadence.data.controls import control_images, control_stamp
+from cadence.data.frames import TooShortError, fps_mismatch
 from cadence.data.images import load_image, probe_image
+from cadence.data.index_notes import IndexNotes, dataset_warnings
 from cadence.data.media import CACHE_DIR_NAME, DatasetError, MediaError, MediaItem, SkippedFile, media_kind
 from cadence.data.video import decode_video_frames, probe_video
+from cadence.data.windows import Window, WindowSpec, plan_windows
 
 log = logging.getLogger(__name__)
-_LIST_AT_MOST = 5
 
 
 @dataclass
@@ -45,21 +48,28 @@ class DatasetIndex:
         used = {item.path for item in self.items}
         skipped = {entry.path for entry in self.skipped}
         text = f"dataset: {len(self.train_items)} training items from {len(used)} files"
+        counts = self.window_counts()
+        if counts:
+            text += " (" + ", ".join(_count_words(mode, n) for mode, n in counts.items()) + ")"
         if skipped:
             text += (
                 f"; {len(skipped)} files skipped (their reasons are in the warnings at the start of the log)"
             )
         return text
 
+    def window_counts(self) -> dict[str, int]:
+        """Training items per frame_extraction mode ("image" for images), in first-seen order."""
+        counts: dict[str, int] = {}
+        for item in self.train_items:
+            if item.extraction:
+                counts[item.extraction] = counts.get(item.extraction, 0) + 1
+        return counts
 
-@dataclass
-class _Notes:
-    """Per-dataset observations that become one aggregated warning line each."""
 
-    shortened: list[str] = field(default_factory=list)
-    fps: list[str] = field(default_factory=list)
-    unsupported: dict[str, int] = field(default_factory=dict)
-    orphan_captions: list[str] = field(default_factory=list)  # caption files no media file reads
+def _count_words(mode: str, n: int) -> str:
+    if mode == "image":
+        return f"{n} image{'s' if n != 1 else ''}"
+    return f"{n} {mode} window{'s' if n != 1 else ''}"
 
 
 def build_dataset_index(
@@ -85,7 +95,7 @@ def build_dataset_index(
     return index
 
 
-def _list_media(i: int, ds: DatasetConfig, notes: _Notes) -> list[Path]:
+def _list_media(i: int, ds: DatasetConfig, notes: IndexNotes) -> list[Path]:
     folder = Path(ds.folder_path)
     if not folder.is_dir():
         what = "is not a folder" if folder.exists() else "does not exist"
@@ -98,7 +108,10 @@ def _list_media(i: int, ds: DatasetConfig, notes: _Notes) -> list[Path]:
     for path in sorted(folder.iterdir()):
         if path.name.startswith(".") or path.name == CACHE_DIR_NAME or path.is_dir():
             continue  # a dangling link is kept: it is reported as unreadable below
-        if media_kind(path) is not None:
+        kind = media_kind(path)
+        if kind is not None and ds.media not in ("all", f"{kind}s"):
+            notes.other_kind += 1
+        elif kind is not None:
             media.append(path)
         elif path.suffix.lower().lstrip(".") == ds.caption_ext.lower().lstrip("."):
             captions.append(path.name)
@@ -120,18 +133,19 @@ def _index_one(
     seed: int,
     index: DatasetIndex,
 ) -> list[MediaItem]:
-    notes = _Notes()
+    notes = IndexNotes()
     files = _list_media(i, ds, notes)
-    stats = CaptionStats()
+    controls = control_images(i, Path(ds.control_path)) if ds.control_path is not None else None
+    ctx = _Context(i, ds, trigger, multiple, temporal, native_fps, seed, CaptionStats(), notes, controls)
     items: list[MediaItem] = []
     skipped_before = len(index.skipped)
     for path in files:
         try:
-            items.extend(_items_for(path, i, ds, trigger, multiple, temporal, native_fps, seed, stats, notes))
+            items.extend(_items_for(path, ctx))
         except MediaError as exc:
             index.skipped.append(SkippedFile(path, f"{exc.problem}; {exc.advice}"))
             log.warning("skipping %s", exc)
-    index.warnings.extend(_dataset_warnings(ds, notes, stats, len(files), native_fps))
+    index.warnings.extend(dataset_warnings(ds, notes, ctx.stats, len(files), native_fps))
     if not items:
         skipped = index.skipped[skipped_before:]
         detail = (
@@ -144,18 +158,82 @@ def _index_one(
     return items
 
 
-def _items_for(
-    path: Path,
-    i: int,
-    ds: DatasetConfig,
-    trigger: str | None,
-    multiple: int,
-    temporal: int,
-    native_fps: float,
-    seed: int,
-    stats: CaptionStats,
-    notes: _Notes,
-) -> list[MediaItem]:
+@dataclass
+class _Context:
+    """What every file of one dataset is indexed with."""
+
+    i: int
+    ds: DatasetConfig
+    trigger: str | None
+    multiple: int
+    temporal: int
+    native_fps: float
+    seed: int
+    stats: CaptionStats
+    notes: IndexNotes
+    controls: dict[str, Path] | None  # stem -> control image, when control_path is set
+
+
+def _windows(path: Path, ctx: _Context) -> tuple[int, int, float, list[Window], str]:
+    """(width, height, fps, windows, extraction mode) of one media file."""
+    if media_kind(path) == "image":
+        width, height = probe_image(path)
+        return width, height, 0.0, [Window((0,), 0.0)], "image"
+    info = probe_video(path)
+    try:
+        plan = plan_windows(
+            info.num_frames,
+            info.fps,
+            WindowSpec.of(ctx.ds),
+            seed=ctx.seed,
+            key=path.name,
+            temporal_multiple=ctx.temporal,
+        )
+    except TooShortError as exc:
+        raise MediaError(
+            path, f"is too short: {exc}", "use a longer clip, lower num_frames or fps, or remove it"
+        ) from exc
+    notes = ctx.notes
+    if plan.shortened:
+        notes.shortened.append(f"{path.name} ({', '.join(str(len(w.indices)) for w in plan.windows)})")
+    if plan.missing:
+        notes.missing_lengths.append(f"{path.name} ({', '.join(map(str, plan.missing))})")
+    if plan.cut:
+        rate = f"{ctx.ds.fps:g} fps" if ctx.ds.fps != "source" else "its own rate"
+        notes.cut.append(f"{path.name} ({plan.positions} frames at {rate})")
+    rates = [w.effective_fps for w in plan.windows if fps_mismatch(w.effective_fps, ctx.native_fps)]
+    if rates:
+        notes.fps.append(f"{path.name} ({rates[0]:.1f} fps)")
+    return info.width, info.height, info.fps, plan.windows, ctx.ds.frame_extraction or "shrink"
+
+
+def _sizes(path: Path, width: int, height: int, ctx: _Context) -> list[tuple[int, int, int]]:
+    """(bucket width, bucket height, budget) per pixel budget, duplicates merged."""
+    ds = ctx.ds
+    if ds.fixed_size is not None:
+        w, h = fixed_bucket(ds.fixed_size, ctx.multiple)
+        return [(w, h, w * h)]
+    sizes: list[tuple[int, int, int]] = []
+    for budget in pixel_budgets(ds):
+        if over_budget(width, height, budget, ctx.multiple, ds.bucket_upscale):
+            ctx.notes.over_budget.append(f"{path.name} ({width}x{height})")
+        bw, bh = bucket_size(width, height, budget, ctx.multiple, ds.bucket_upscale)
+        if all((bw, bh) != (w, h) for w, h, _ in sizes):
+            sizes.append((bw, bh, budget))
+    return sizes
+
+
+def _control_for(path: Path, ctx: _Context) -> tuple[Path | None, str]:
+    if ctx.controls is None:
+        return None, ""
+    control = ctx.controls.get(path.stem)
+    if control is None:
+        ctx.notes.no_control.append(path.name)
+        return None, ""
+    return control, control_stamp(path, control)
+
+
+def _items_for(path: Path, ctx: _Context) -> list[MediaItem]:
     try:
         st = path.stat()
     except OSError as exc:
@@ -165,107 +243,37 @@ def _items_for(
             "restore the file (or the link target) or remove it",
         ) from exc
     kind = media_kind(path)
-    if kind == "image":
-        width, height = probe_image(path)
-        frames, fps = (0,), 0.0
-    else:
-        info = probe_video(path)
-        width, height, fps = info.width, info.height, info.fps
-        try:
-            plan = plan_frames(
-                info.num_frames,
-                info.fps,
-                ds.num_frames,
-                shrink=ds.shrink_video_to_frames,
-                target_fps=ds.fps,
-                seed=seed,
-                key=path.name,
-                temporal_multiple=temporal,
-            )
-        except TooShortError as exc:
-            raise MediaError(
-                path, f"is too short: {exc}", "use a longer clip, lower num_frames or fps, or remove it"
-            ) from exc
-        frames = plan.indices
-        if plan.shortened:
-            notes.shortened.append(f"{path.name} ({len(frames)})")
-        if fps_mismatch(plan.effective_fps, native_fps):
-            notes.fps.append(f"{path.name} ({plan.effective_fps:.1f} fps)")
-    caption = read_caption(path, ds.caption_ext, ds.default_caption, trigger, stats)
-    items: list[MediaItem] = []
-    for budget in pixel_budgets(ds):
-        bw, bh = bucket_size(width, height, budget, multiple)
-        if any(it.width == bw and it.height == bh for it in items):
-            continue
-        items.append(
-            MediaItem(
-                path=path,
-                kind=kind,
-                caption=caption,
-                dataset_index=i,
-                width=bw,
-                height=bh,
-                frames=frames,
-                source_fps=fps,
-                file_size=st.st_size,
-                mtime_ns=st.st_mtime_ns,
-                source_width=width,
-                source_height=height,
-                do_i2v=ds.do_i2v,
-                num_repeats=ds.num_repeats,
-                is_eval=ds.is_eval,
-                caption_dropout_rate=ds.caption_dropout_rate,
-                budget=budget,
-            )
+    width, height, fps, windows, extraction = _windows(path, ctx)
+    control, stamp = _control_for(path, ctx)
+    ds = ctx.ds
+    caption = read_caption(path, ds.caption_ext, ds.default_caption, ctx.trigger, ctx.stats)
+    return [
+        MediaItem(
+            path=path,
+            kind=kind,
+            caption=caption,
+            dataset_index=ctx.i,
+            width=bw,
+            height=bh,
+            frames=window.indices,
+            source_fps=fps,
+            file_size=st.st_size,
+            mtime_ns=st.st_mtime_ns,
+            source_width=width,
+            source_height=height,
+            do_i2v=ds.do_i2v,
+            num_repeats=ds.num_repeats,
+            is_eval=ds.is_eval,
+            caption_dropout_rate=ds.caption_dropout_rate,
+            budget=budget,
+            extraction=extraction,
+            control=control,
+            control_stamp=stamp,
+            control_background=tuple(ds.control_transparent_color),
         )
-    return items
-
-
-def _some(names: list[str]) -> str:
-    more = f" and {len(names) - _LIST_AT_MOST} more" if len(names) > _LIST_AT_MOST else ""
-    return ", ".join(names[:_LIST_AT_MOST]) + more
-
-
-def _dataset_warnings(
-    ds: DatasetConfig, notes: _Notes, stats: CaptionStats, total: int, native_fps: float
-) -> list[str]:
-    folder = ds.folder_path
-    lines = caption_warnings(stats, Path(folder), ds.caption_ext, ds.default_caption, total)
-    if notes.unsupported:
-        exts = ", ".join(f"{ext} x{n}" for ext, n in sorted(notes.unsupported.items()))
-        lines.append(
-            f"{sum(notes.unsupported.values())} files in {folder} have unsupported extensions ({exts}) "
-            "and are ignored; supported: .jpg .jpeg .png .webp .mp4 .mov .webm .mkv"
-        )
-    if notes.orphan_captions:
-        lines.append(
-            f"{len(notes.orphan_captions)} .{ds.caption_ext.lstrip('.')} files in {folder} match no image or "
-            f"video and are ignored: {_some(notes.orphan_captions)}. Give each its media file's name "
-            f"(clip.mp4 -> clip.{ds.caption_ext.lstrip('.')}) or remove it."
-        )
-    if notes.shortened:
-        lines.append(
-            f"{len(notes.shortened)} videos in {folder} are shorter than num_frames={ds.num_frames} "
-            f"and use fewer frames (4k+1): {_some(notes.shortened)}"
-        )
-    if notes.fps:
-        mode = (
-            "shrink_video_to_frames squeezes whole clips into num_frames"
-            if ds.shrink_video_to_frames
-            else f"fps={ds.fps:g} cannot be reached from the source rate"
-        )
-        lines.append(
-            f"{len(notes.fps)} videos in {folder} sample time at a rate more than 2x away from the model's "
-            f"{native_fps:g} fps, so motion will play too fast or too slow ({mode}): {_some(notes.fps)}. "
-            "Set shrink_video_to_frames: false and fps: 16, or trim the clips."
-        )
-    if ds.max_pixels_per_frame and len(ds.resolution) > 1:
-        lines.append(
-            f"datasets folder {folder}: max_pixels_per_frame={ds.max_pixels_per_frame} sets the pixel budget, so "
-            f"the resolution list {ds.resolution} gives one bucket size per file, not {len(ds.resolution)}; "
-            "drop max_pixels_per_frame to train at every listed resolution"
-        )
-    return lines
+        for bw, bh, budget in _sizes(path, width, height, ctx)
+        for window in windows
+    ]
 
 
 def load_pixels(item: MediaItem) -> torch.Tensor:

@@ -62,8 +62,10 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def _flatten_alpha(img: Image.Image, path: Path) -> Image.Image:
-    """`img` with its transparent pixels composited onto ALPHA_BACKGROUND (the model sees opaque RGB); warns
+def _flatten_alpha(
+    img: Image.Image, path: Path, background: tuple[int, int, int] = ALPHA_BACKGROUND
+) -> Image.Image:
+    """`img` with its transparent pixels composited onto `background` (the model sees opaque RGB); warns
     once per file when some pixel actually was transparent."""
     if img.mode not in _ALPHA_MODES and "transparency" not in img.info:
         return img
@@ -74,20 +76,26 @@ def _flatten_alpha(img: Image.Image, path: Path) -> Image.Image:
         return rgba  # an alpha channel that is opaque everywhere drops nothing
     if path not in _warned_alpha:
         _warned_alpha.add(path)
+        colour = "white" if background == ALPHA_BACKGROUND else f"RGB {list(background)}"
         log.warning(
-            "%s has transparent pixels; they are composited onto white (the model trains on opaque RGB). "
-            "Flatten the image onto the background you want if white is wrong.",
+            "%s has transparent pixels; they are composited onto %s (the model trains on opaque RGB). "
+            "Flatten the image onto the background you want if %s is wrong.",
             path,
+            colour,
+            colour,
         )
-    background = Image.new("RGBA", rgba.size, (*ALPHA_BACKGROUND, 255))
-    return Image.alpha_composite(background, rgba)
+    plate = Image.new("RGBA", rgba.size, (*background, 255))
+    return Image.alpha_composite(plate, rgba)
 
 
-def load_image(path: Path, width: int, height: int) -> np.ndarray:
-    """uint8 [height, width, 3]: EXIF-rotated, RGB, cover-resized and center-cropped to the bucket."""
+def load_image(
+    path: Path, width: int, height: int, background: tuple[int, int, int] = ALPHA_BACKGROUND
+) -> np.ndarray:
+    """uint8 [height, width, 3]: EXIF-rotated, RGB (transparency onto `background`), cover-resized and
+    center-cropped to the bucket."""
     try:
         with _open(path) as img:
-            img = _to_rgb(_flatten_alpha(ImageOps.exif_transpose(img), path))
+            img = _to_rgb(_flatten_alpha(ImageOps.exif_transpose(img), path, background))
             fitted = ImageOps.fit(img, (width, height), method=Image.Resampling.LANCZOS, centering=(0.5, 0.5))
             return np.array(fitted, dtype=np.uint8)
     except MediaError:

@@ -60,6 +60,10 @@ class MediaItem:
     is_eval: bool = False
     caption_dropout_rate: float = 0.0
     budget: int = 0  # pixel budget (per frame) that produced the bucket
+    extraction: str = ""  # the window's frame_extraction mode ("image" for images)
+    control: Path | None = None  # I2V first-frame image from datasets[].control_path (None: the first frame)
+    control_stamp: str = ""  # "size:mtime_ns" of the control image, for the cache fingerprint
+    control_background: tuple[int, int, int] = (0, 0, 0)  # RGB under its transparent pixels
 
     @property
     def num_frames(self) -> int:

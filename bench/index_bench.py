@@ -1,0 +1,153 @@
+"""Indexing and caching cost per item for 10 vs 400 clips, in three frame-extraction modes.
+
+Writes `--large` synthetic clips (PyAV, libx264) once; the small set is their first `--small`. For each mode
+(chunk, slide, uniform by default) it times `build_dataset_index` (probe + window planning) and a latent
+cache fill (`LatentCache.ensure`: shared decode + the tiny Wan 2.2 I2V VAE on the CPU) on both sets, small
+and large interleaved in pairs, and prints items/s for each size and the ratio large/small (the median over
+the pairs). For indexing the small set is run large/small times per measurement, so both sides of a pair
+cover as many clips (a 10-clip index alone lasts milliseconds, too short to time on a shared machine); a
+cache fill of the small set already lasts seconds (the VAE dominates).
+A ratio near 1.0 means cost grows linearly with the dataset; below 1 it grows faster. It then times a
+resumed fill over the full cache (every window reused, none decoded).
+
+    .venv/bin/python bench/index_bench.py [--small 10] [--large 400] [--pairs 3] [--cache-pairs 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+from cadence.config.schema import JobConfig, ModelConfig
+from cadence.data.cache import LatentCache
+from cadence.data.dataset import build_dataset_index
+from cadence.data.synthetic import write_clip
+from cadence.models.registry import load_model_adapter
+from cadence.models.tiny import write_tiny_model
+
+MODES = {
+    "chunk": {"frame_extraction": "chunk", "num_frames": [9]},
+    "slide": {"frame_extraction": "slide", "num_frames": [9], "frame_stride": 8},
+    "uniform": {"frame_extraction": "uniform", "num_frames": [9], "frame_sample": 3},
+}
+
+
+def write_clips(folder: Path, n: int, frames: int) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        write_clip(folder / f"clip_{i:04d}.mp4", 48, 32, frames, 16, seed=i)
+        (folder / f"clip_{i:04d}.txt").write_text(f"clip {i}\n", encoding="utf-8")
+    return folder
+
+
+def job(folder: Path, model: Path, mode: dict) -> JobConfig:
+    return JobConfig(
+        name="bench",
+        training_folder=folder.parent / "out",
+        model={"name_or_path": str(model), "arch": "wan22_14b_i2v"},
+        datasets=[{"folder_path": folder, "resolution": [64], **mode}],
+    )
+
+
+def index_rate(cfg: JobConfig, times: int = 1) -> tuple[float, int]:
+    """(items/s, items) of `times` indexings of the dataset."""
+    start, items = time.perf_counter(), 0
+    for _ in range(times):
+        items += len(build_dataset_index(cfg, 16, 4, 16, seed=0).train_items)
+    return items / (time.perf_counter() - start), items // times
+
+
+def cache_rate(cfg: JobConfig, adapter, runs: list[Path], root: Path, times: int = 1) -> float:
+    """Items/s of `times` fills from empty, each in a fresh run folder (appended to `runs`)."""
+    index = build_dataset_index(cfg, 16, 4, 16, seed=0)
+    elapsed, encoded = 0.0, 0
+    for _ in range(times):
+        runs.append(root / f"run{len(runs)}")
+        cache = LatentCache(
+            adapter.model_id, adapter.arch, True, run_folder=runs[-1], shared_datasets=frozenset()
+        )
+        start = time.perf_counter()
+        report = cache.ensure(index.train_items, adapter)
+        elapsed += time.perf_counter() - start
+        assert report.encoded == len(index.train_items), report
+        encoded += report.encoded
+    return encoded / elapsed
+
+
+def pairs(measure, small, large, count: int) -> tuple[float, float, float]:
+    """(median small rate, median large rate, median of the per-pair ratios large/small)."""
+    smalls, larges, ratios = [], [], []
+    for _ in range(count):
+        s, big = measure(small), measure(large)
+        smalls.append(s)
+        larges.append(big)
+        ratios.append(big / s)
+    return statistics.median(smalls), statistics.median(larges), statistics.median(ratios)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--small", type=int, default=10)
+    parser.add_argument("--large", type=int, default=400)
+    parser.add_argument("--frames", type=int, default=33, help="frames per clip (16 fps)")
+    parser.add_argument("--pairs", type=int, default=3, help="interleaved small/large index pairs")
+    parser.add_argument("--cache-pairs", type=int, default=1, help="interleaved small/large cache fills")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    out = sys.stdout
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        large = write_clips(root / "large", args.large, args.frames)
+        small = root / "small"
+        small.mkdir()
+        for clip in sorted(large.glob("clip_*"))[: 2 * args.small]:  # .mp4 + .txt of the first clips
+            (small / clip.name).symlink_to(clip)
+        model = write_tiny_model(root / "tiny", "wan22_14b_i2v", seed=0)
+        adapter = load_model_adapter(
+            ModelConfig(name_or_path=str(model), arch="wan22_14b_i2v"), torch.device("cpu"), torch.float32
+        )
+        out.write(f"{args.small} vs {args.large} clips of {args.frames} frames (48x32, 16 fps)\n")
+        runs: list[Path] = []
+        times = {small: max(1, args.large // args.small), large: 1}  # the same number of clips per side
+        cache_rate(
+            job(small, model, MODES["chunk"]), adapter, runs, root
+        )  # warm-up: first VAE calls are slow
+        for name, mode in MODES.items():
+            cfgs = {folder: job(folder, model, mode) for folder in (small, large)}
+            items = {folder: index_rate(cfgs[folder])[1] for folder in (small, large)}
+            s, big, ratio = pairs(lambda f, c=cfgs: index_rate(c[f], times[f])[0], small, large, args.pairs)
+            out.write(
+                f"{name:8s} index: {items[small]:5d} items {s:9.0f} items/s | {items[large]:6d} items "
+                f"{big:9.0f} items/s | ratio {ratio:.2f}\n"
+            )
+            s, big, ratio = pairs(
+                lambda f, c=cfgs: cache_rate(c[f], adapter, runs, root),
+                small,
+                large,
+                args.cache_pairs,
+            )
+            out.write(f"{name:8s} cache: {s:15.1f} items/s | {big:15.1f} items/s | ratio {ratio:.2f}\n")
+            out.flush()
+        # a resumed fill over the last large cache (uniform): every window's entry is checked, none decoded
+        index = build_dataset_index(job(large, model, MODES["uniform"]), 16, 4, 16, seed=0)
+        cache = LatentCache(
+            adapter.model_id, adapter.arch, True, run_folder=runs[-1], shared_datasets=frozenset()
+        )
+        start = time.perf_counter()
+        report = cache.ensure(index.train_items, adapter)
+        elapsed = time.perf_counter() - start
+        out.write(
+            f"resumed fill over a full cache (uniform, {args.large} clips): {report.reused} reused, "
+            f"{report.encoded} encoded, {report.reused / elapsed:.0f} items/s\n"
+        )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

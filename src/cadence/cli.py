@@ -24,6 +24,16 @@ HANDLERS: dict[str, str] = {
 }
 
 
+def _dataset_config_option(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--dataset-config",
+        dest="dataset_config",
+        default=None,
+        metavar="FILE",
+        help="a musubi-tuner dataset config (.toml/.json) whose datasets replace CONFIG's (docs/config.md)",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="cadence", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
@@ -31,8 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train (or resume) the job described by CONFIG")
     p.add_argument("config")
+    _dataset_config_option(p)
     p = sub.add_parser("validate", help="print the resolved config or every error in it")
     p.add_argument("config")
+    _dataset_config_option(p)
     p.add_argument(
         "--config-only",
         action="store_true",
@@ -41,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p = sub.add_parser("cache", help="encode VAE latents and text embeddings for CONFIG's datasets")
     p.add_argument("config")
+    _dataset_config_option(p)
     p = sub.add_parser("tiny-model", help="write a tiny random-weight Diffusers pipeline folder")
     p.add_argument("dir")
     p.add_argument("--arch", default="wan22_14b_i2v")

@@ -37,8 +37,11 @@ def attach_log_file(path: Path) -> logging.Handler:
     return handler
 
 
-def run_training(config_path: str | Path, exiting: bool = False) -> int:
-    """Train the job in `config_path`. `exiting=True` (the CLI) keeps ignoring signals after a clean stop."""
+def run_training(
+    config_path: str | Path, exiting: bool = False, dataset_config: str | Path | None = None
+) -> int:
+    """Train the job in `config_path`. `exiting=True` (the CLI) keeps ignoring signals after a clean stop.
+    `dataset_config` (a musubi-tuner dataset file) replaces the config's datasets."""
     from cadence.config.errors import ConfigError
     from cadence.config.loader import load_config
     from cadence.data.media import DatasetError
@@ -49,7 +52,7 @@ def run_training(config_path: str | Path, exiting: bool = False) -> int:
     from cadence.train.setup import build_training
 
     try:
-        cfg = load_config(config_path)
+        cfg = load_config(config_path, dataset_config)
     except ConfigError as error:
         sys.stderr.write(f"{error}\n")
         return 2
@@ -96,4 +99,4 @@ def run_training(config_path: str | Path, exiting: bool = False) -> int:
 
 
 def train_command(args: argparse.Namespace) -> int:
-    return run_training(args.config, exiting=True)
+    return run_training(args.config, exiting=True, dataset_config=getattr(args, "dataset_config", None))

@@ -118,10 +118,43 @@ def test_weight_ratio_low(tmp_path: Path) -> None:
     assert rules_fired(tmp_path / "b", series, weight_ratio_low=1.2, low_noise_outgrowing=None) == {}
 
 
+# Seed 003's squ1rtv15: at the best checkpoint (2400) high |ΔW| 0.005605, low 0.004710 (ratio 1.19x, under the
+# 1.5x floor); to 3000 high +5.4%, low +7.1% (1.3x faster)
+SEED_003 = [
+    Interval(100, 0.0030, 0.0024),
+    Interval(200, 0.0045, 0.0037),
+    Interval(300, 0.005605, 0.004710),
+    Interval(400, 0.005605 * 1.054, 0.004710 * 1.071),
+]
+
+
 def test_low_noise_outgrowing_like_seed_003(tmp_path: Path) -> None:
-    # high +5.4%, low +7.1% (seed 003, steps 2400 -> 3000); the ratio itself stays healthy
-    series = [*HEALTHY[:3], replace(HEALTHY[3], high=0.0075 * 1.054, low=0.0032 * 1.071)]
-    assert rules_fired(tmp_path, series, high_noise_magnitude_low=None) == {"low_noise_outgrowing": {400}}
+    fired = rules_fired(tmp_path, SEED_003, high_noise_magnitude_low=None)
+    assert fired == {"low_noise_outgrowing": {400}, "weight_ratio_unreached": {400}}
+    report = analyze_run(write_run(tmp_path / "b", SEED_003), preset="motion")
+    message = next(w.message for w in report.warnings if w.rule == "low_noise_outgrowing")
+    assert "+7.1%, more than 1.25x as fast as high-noise (+5.4%)" in message
+    assert "ratio fell 1.19x -> 1.17x towards its 1.5x floor" in message
+    # the same growth with the ratio far above its floor (2.34x) is what every run does early: no warning
+    far = [*HEALTHY[:3], replace(HEALTHY[3], high=0.0075 * 1.054, low=0.0032 * 1.071)]
+    assert rules_fired(tmp_path / "c", far, high_noise_magnitude_low=None) == {}
+
+
+def test_demo_like_early_growth_is_not_outgrowing(tmp_path: Path) -> None:
+    """`make demo` before issue 24: the low-noise expert grew 1.5x and 2.5x as fast while the ratio went
+    5.65x -> 4.46x -> 3.40x, far above the floor; the rule recommended the first checkpoint."""
+    demo = [
+        Interval(100, 0.012378, 0.002190),
+        Interval(200, 0.025290, 0.005674),
+        Interval(300, 0.032029, 0.009417),
+    ]
+    assert rules_fired(tmp_path, demo) == {}
+    report = analyze_run(write_run(tmp_path / "b", demo), preset="motion")
+    assert 100 not in [r.step for r in report.recommendations]
+    # a ratio that comes near its floor and keeps sliding fast is warned about before it crosses it
+    sliding = [*demo, Interval(400, 0.036, 0.0175), Interval(500, 0.038, 0.0230)]  # 2.06x, then 1.65x
+    fired = rules_fired(tmp_path / "c", sliding, high_noise_magnitude_low=None)
+    assert fired == {"low_noise_outgrowing": {400, 500}}
 
 
 def test_high_noise_magnitude_low_only_at_latest(tmp_path: Path) -> None:
@@ -377,9 +410,8 @@ def test_one_expert_runs_keep_the_checkpoint_before_a_loss_rise() -> None:
 
 
 def test_outgrowing_without_expert_fields_compares_growth_over_the_span() -> None:
-    steps = [100, 200, 300, 400]
-    high = [0.0040, 0.0060, 0.0075, 0.0075 * 1.054]
-    low = [0.0020, 0.0027, 0.0032, 0.0032 * 1.071]  # seed 003: +5.4% vs +7.1%
+    steps = [iv.step for iv in SEED_003]
+    high, low = [iv.high for iv in SEED_003], [iv.low for iv in SEED_003]  # seed 003: +5.4% vs +7.1%
     mags = {
         s: {"high_noise": summarize(lora_modules(h, s)), "low_noise": summarize(lora_modules(lo, s + 1))}
         for s, h, lo in zip(steps, high, low, strict=True)

@@ -1,4 +1,4 @@
-"""`train.health`: which weight/loss health checks run during training and which ones stop the run.
+"""`train.health`: which weight/loss/motion health checks run during training and which ones stop the run.
 
 The rules themselves live in `cadence.tools.health` (shared with `cadence analyze`); this module holds only
 the config model so the schema does not import the analysis code.
@@ -21,6 +21,8 @@ RuleId = Literal[
     "lr_ratio_high",
     "loss_rising",
     "gradient_unstable",
+    "motion_tame",
+    "motion_excess",
 ]
 
 

@@ -2,12 +2,14 @@
 
 Names are `{step:09d}_{index:02d}.{ext}` so a plain sort orders them by step. The mp4 carries the model's
 frame rate (16 fps for 14B Wan, 24 for TI2V-5B): at a wrong rate motion looks too fast or too slow, which
-is easy to mistake for a training problem. Every file is written atomically.
+is easy to mistake for a training problem. Every file is written atomically; the sidecar is written last,
+with the mp4's motion statistics, so the health checks find a sample's numbers once its sidecar exists.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from fractions import Fraction
 from pathlib import Path
 
@@ -15,6 +17,8 @@ import numpy as np
 from PIL import Image
 
 from cadence.atomic import atomic_path, atomic_write_text
+
+log = logging.getLogger(__name__)
 
 EXTENSIONS = (".mp4", ".webp", ".png", ".json")
 
@@ -66,14 +70,31 @@ def write_png(path: Path, frame: np.ndarray) -> None:
         Image.fromarray(frame).save(tmp, format="PNG")
 
 
+def sample_motion(mp4: Path, fps: int) -> dict[str, object] | None:
+    """Motion statistics of the written mp4 (what a viewer and `cadence analyze` see), with the file's digest
+    so a reader can tell whether they still describe the file; None (logged) when they cannot be measured:
+    a missing number is better than a lost sample."""
+    from cadence.metrics.motion import MOTION_FORMAT, file_digest, measure_video
+
+    try:
+        stats = measure_video(mp4, fps)
+    except Exception as exc:  # noqa: BLE001 - OpenCV and decoder errors alike; the sample itself is fine
+        log.warning("motion of %s not measured (%s: %s)", mp4, type(exc).__name__, exc)
+        return None
+    return {**stats.to_dict(), "format": MOTION_FORMAT, "sha256": file_digest(mp4)}
+
+
 def write_sample(
     out_dir: Path, step: int, index: int, frames: np.ndarray, fps: int, sidecar: dict[str, object]
 ) -> list[Path]:
-    """Write the four files of one sample; returns their paths (mp4, webp, png, json)."""
+    """Write the four files of one sample; returns their paths (mp4, webp, png, json). The JSON sidecar
+    gets the mp4's motion statistics (`motion`, see cadence.metrics.motion)."""
     stem = out_dir / sample_stem(step, index)
     paths = [stem.with_suffix(ext) for ext in EXTENSIONS]
     write_mp4(paths[0], frames, fps)
     write_webp(paths[1], frames, fps)
     write_png(paths[2], frames[0])
+    motion = sample_motion(paths[0], fps) if len(frames) > 1 else None
+    sidecar = {**sidecar, "motion": motion}
     atomic_write_text(paths[3], json.dumps(sidecar, indent=2, sort_keys=True) + "\n")
     return paths

@@ -18,6 +18,7 @@ from typing import Any
 from pydantic import ValidationError
 
 from cadence.atomic import atomic_write_text
+from cadence.data.motion_reference import MotionReference, read_motion_reference
 from cadence.networks.formats import load_lora_file
 from cadence.networks.magnitude import MagnitudeSummary, summarize
 from cadence.tools.growth_span import GrowthSpan, growth_span
@@ -31,8 +32,10 @@ from cadence.tools.health import (
     evaluate,
     recommend,
 )
+from cadence.tools.health_series import MotionPoint
 from cadence.tools.report_html import render_html
 from cadence.tools.run_folder import RunData, load_run
+from cadence.tools.sample_motion import read_sample_motion
 
 log = logging.getLogger(__name__)
 PRESET_CHOICES = ("motion", "character", "none")
@@ -73,9 +76,11 @@ class AnalysisReport:
                     "lr_ratio": p.lr_ratio,
                     "eval_loss": p.eval_loss,
                     "balanced": self.series.balanced(len(checkpoints)),
+                    "motion": _motion_dict(p.motion),
                     "experts": experts,
                 }
             )
+        reference = self.series.reference
         return {
             "run_dir": self.run_dir,
             "name": self.name,
@@ -87,7 +92,23 @@ class AnalysisReport:
             "recommendations": [asdict(r) for r in self.recommendations],
             "notes": self.notes,
             "span": self.span.to_dict() if self.span else None,
+            "motion_reference": reference.to_dict() if reference else None,
+            "sample_motion": [
+                {"step": m.step, **m.stats.to_dict(), "samples": len(m.samples)}
+                for m in self.series.sampled.values()
+            ],
         }
+
+
+def _motion_dict(motion: MotionPoint | None) -> dict[str, Any] | None:
+    if motion is None:
+        return None
+    return {
+        **motion.stats.to_dict(),
+        "samples": motion.samples,
+        "of_reference": motion.of_reference,
+        "of_peak": motion.of_peak,
+    }
 
 
 def health_config(
@@ -143,9 +164,11 @@ def analyze_run(
     run = load_run(run_dir)
     cfg = health_config(run, preset, overrides)
     skipped: list[str] = []
-    series = build_series(measure(run, skipped), run.metrics)
+    motion, remeasured = read_sample_motion(run.run_dir)
+    reference = read_motion_reference(run.run_dir)
+    series = build_series(measure(run, skipped), run.metrics, motion, reference.stats if reference else None)
     warnings = evaluate(series, cfg)
-    notes = []
+    notes = motion_notes(series, reference, remeasured)
     if cfg.preset is None and {"high_noise", "low_noise"} <= set(run.experts):
         notes.append(
             "no preset: the expert-balance rules are off; pass --preset motion or --preset character "
@@ -171,6 +194,36 @@ def analyze_run(
     )
 
 
+def motion_notes(series: RunSeries, reference: MotionReference | None, remeasured: list[str]) -> list[str]:
+    """What the motion columns rest on, in words."""
+    notes = []
+    if series.sampled and 0 in series.sampled:
+        notes.append(
+            f"sample motion before training (step 0, the base model): coarse "
+            f"{series.sampled[0].stats.coarse:.4f} diag/s"
+        )
+    if reference is not None:
+        speed = (
+            f"; they play {reference.speedup:.1f}x faster than real time (frame plan at {reference.fps:g} fps)"
+            if reference.speedup is not None and reference.speedup > 1.5
+            else ""
+        )
+        notes.append(
+            f"training clips' motion (motion_reference.json, {reference.clips} clips): coarse "
+            f"{reference.stats.coarse:.4f} diag/s{speed}"
+        )
+    elif series.sampled:
+        notes.append(
+            "no motion_reference.json in the run folder (image-only data, or cached before Cadence measured "
+            "it; `cadence cache CONFIG` writes it): motion is compared with its own peak only"
+        )
+    if remeasured:
+        notes.append(
+            f"re-measured {len(remeasured)} sample(s) whose file changed since training: {', '.join(remeasured)}"
+        )
+    return notes
+
+
 def write_outputs(report: AnalysisReport) -> tuple[Path, Path]:
     """analysis.json and analysis.html in the run folder, each written atomically."""
     data = report.to_dict()
@@ -192,10 +245,11 @@ def _ratio(value: float | None, show: bool) -> str:
 
 def format_table(report: AnalysisReport) -> str:
     """One row per expert per checkpoint; the ratio columns sit on each checkpoint's first row."""
+    motion = any(p.motion is not None for p in report.series.points)
     head = (
         f"{'step':>9}  {'expert':<10}  {'|dW| mean':>10}  {'growth':>7}  {'W ratio':>7}  {'LR':>9}  "
         f"{'LR ratio':>8}  {'loss mean±std (n)':>24}  {'grad stab':>9}  {'eval':>8}"
-    )
+    ) + (f"  {'motion':>7}  {'of data':>7}  {'of peak':>7}" if motion else "")
     lines = [head, "-" * len(head)]
     for p in report.series.points:
         for i, (name, e) in enumerate(p.experts.items()):
@@ -210,8 +264,18 @@ def format_table(report: AnalysisReport) -> str:
                 f"{(p.step if first else ''):>9}  {name:<10}  {e.magnitude:>10.6f}  {_fmt(e.growth, '+.1%'):>7}  "
                 f"{_ratio(p.weight_ratio, first):>7}  {_fmt(s.lr, '.2e'):>9}  {_ratio(p.lr_ratio, first):>8}  "
                 f"{loss:>24}  {_fmt(s.grad_stability, '.3f'):>9}  {_fmt(evl, '.4f'):>8}"
+                + (_motion_cells(p.motion if first else None, first) if motion else "")
             )
     return "\n".join(lines)
+
+
+def _motion_cells(m: MotionPoint | None, first: bool) -> str:
+    """Coarse sample motion (diag/s) and its fractions of the data's and of the run's peak."""
+    if not first:
+        return ""
+    if m is None:
+        return f"  {'-':>7}  {'-':>7}  {'-':>7}"
+    return f"  {m.stats.coarse:>7.4f}  {_fmt(m.of_reference, '.0%'):>7}  {_fmt(m.of_peak, '.0%'):>7}"
 
 
 def collapse_warnings(report: AnalysisReport) -> list[str]:

@@ -1,4 +1,4 @@
-"""Health rules for LoRA runs on two-expert video models, and the checkpoint recommender.
+"""Health rules for LoRA runs on two-expert video models, and the live checks that run them in training.
 
 No library does this; it re-implements by rule what the seed-003 practitioner did by hand on a Wan 2.2 I2V
 motion run: compare the high- and low-noise experts' weight magnitudes, their growth between checkpoints
@@ -6,6 +6,7 @@ and their LR ratio, and pick the checkpoint before things went wrong. Motion and
 *opposite* balances (motion: high-noise must dominate; character: it must not), hence two presets.
 
 The same `evaluate` runs after training (`cadence analyze`) and live at checkpoints (`HealthMonitor`).
+The rules on sample motion live in `health_motion`, the recommender in `health_recommend`.
 """
 
 from __future__ import annotations
@@ -16,42 +17,46 @@ from dataclasses import dataclass
 from typing import Any
 
 from cadence.config.health import HealthConfig
+from cadence.metrics.motion import MotionStats
 from cadence.networks.magnitude import MagnitudeSummary
-from cadence.tools.health_series import CheckpointPoint, RunSeries, build_series
+from cadence.tools.health_motion import motion_excess, motion_tame
+from cadence.tools.health_recommend import DEGRADATION_RULES, Recommendation, recommend
+from cadence.tools.health_series import CheckpointPoint, HealthWarning, RunSeries, build_series
 from cadence.tools.run_folder import IntervalStats
+from cadence.tools.sample_motion import StepMotion
 
-__all__ = ["HealthConfig", "HealthMonitor", "RunSeries", "build_series", "evaluate", "recommend"]
+__all__ = [
+    "DEGRADATION_RULES",
+    "HealthConfig",
+    "HealthMonitor",
+    "HealthWarning",
+    "Recommendation",
+    "RunSeries",
+    "build_series",
+    "evaluate",
+    "recommend",
+]
 
-# Rules whose firing means "it was better before": the recommender keeps the checkpoint before them.
-DEGRADATION_RULES = ("low_noise_outgrowing", "loss_rising", "weight_ratio_high", "weight_ratio_low")
+# Rules on sample motion: the samples of a checkpoint are written after its live check, so their verdict
+# on that checkpoint comes at a later check; live checks report such a warning once, when it appears.
+MOTION_RULES = ("motion_tame", "motion_excess", "low_noise_outgrowing")
 # A loss rise must hold over two intervals and clear this many standard errors: with tens of checkpoint
 # comparisons per run, a two-SE test on one interval flagged noise in most runs (152 of 200 simulated
 # stationary runs of 30 checkpoints); at 4 SE on pairs, 1-2 of 200, while a sustained +30% is still caught.
 LOSS_RISE_Z = 4.0
-
-
-# ---------------------------------------------------------------------------------------------- config
-@dataclass(frozen=True)
-class HealthWarning:
-    rule: str
-    step: int
-    expert: str | None
-    message: str
-    value: float
-    threshold: float
-    from_step: int | None = (
-        None  # the checkpoint where what the rule saw began (loss_rising: before the rise)
-    )
-
-
-@dataclass(frozen=True)
-class Recommendation:
-    step: int
-    reasons: list[str]
+# low_noise_outgrowing also needs the high/low ratio heading for its floor (weight_ratio_low's threshold,
+# else seed 003's 1.5x): within this factor of it, and reaching it within this many intervals at the pace
+# of the last one. See docs/analyze.md for the false-alarm rates these give on simulated healthy runs.
+RATIO_FLOOR = 1.5
+OUTGROW_NEAR_FLOOR = 1.5
+OUTGROW_HORIZON = 2.0
 
 
 # ----------------------------------------------------------------------------------------------- rules
-Check = Callable[[RunSeries, int, float], list[HealthWarning]]
+Active = Mapping[
+    str, float
+]  # every active rule's threshold (a rule may read another's, e.g. the ratio floor)
+Check = Callable[[RunSeries, int, float, Active], list[HealthWarning]]
 
 
 @dataclass(frozen=True)
@@ -63,7 +68,7 @@ class Rule:
     final_only: bool = False  # judged on the latest checkpoint only (a level reached by the end)
 
 
-def _weight_ratio_low(s: RunSeries, i: int, th: float) -> list[HealthWarning]:
+def _weight_ratio_low(s: RunSeries, i: int, th: float, _active: Active) -> list[HealthWarning]:
     """The ratio fell below the threshold after having reached it (seed 003: "stop if it drops below").
     Only checkpoints where both experts had their share count; a run still climbing towards the threshold
     has not degraded."""
@@ -82,7 +87,7 @@ def _weight_ratio_low(s: RunSeries, i: int, th: float) -> list[HealthWarning]:
     return [HealthWarning("weight_ratio_low", p.step, None, msg, p.weight_ratio, th)]
 
 
-def _weight_ratio_unreached(s: RunSeries, i: int, th: float) -> list[HealthWarning]:
+def _weight_ratio_unreached(s: RunSeries, i: int, th: float, _active: Active) -> list[HealthWarning]:
     """The run ends with the ratio below the threshold and never reached it (seed 003's "too weak" 1.19x):
     judged on the latest balanced checkpoint, so it describes the run, never a turn for the worse."""
     balanced = [k for k in range(i + 1) if s.balanced(k) and s.points[k].weight_ratio is not None]
@@ -102,7 +107,7 @@ def _weight_ratio_unreached(s: RunSeries, i: int, th: float) -> list[HealthWarni
     ]
 
 
-def _weight_ratio_high(s: RunSeries, i: int, th: float) -> list[HealthWarning]:
+def _weight_ratio_high(s: RunSeries, i: int, th: float, _active: Active) -> list[HealthWarning]:
     p = s.points[i]
     if p.weight_ratio is None or p.weight_ratio <= th * (1 + 1e-9) or not s.balanced(i):
         return []
@@ -113,10 +118,15 @@ def _weight_ratio_high(s: RunSeries, i: int, th: float) -> list[HealthWarning]:
     return [HealthWarning("weight_ratio_high", p.step, None, msg, p.weight_ratio, th)]
 
 
-def _low_noise_outgrowing(s: RunSeries, i: int, th: float) -> list[HealthWarning]:
-    """Growth per own training step between two balanced checkpoints, so a checkpoint interval that held
-    only one expert's turn is not read as the other one standing still, nor one turn compared with an
-    earlier (faster) turn of the other expert."""
+def _low_noise_outgrowing(s: RunSeries, i: int, th: float, active: Active) -> list[HealthWarning]:
+    """Seed 003's evidence, all of it: between two balanced checkpoints the low-noise expert grew clearly
+    faster per own step (factor th), the high/low |ΔW| ratio fell and is heading for its floor (near it,
+    and at this pace reaching it within OUTGROW_HORIZON more such intervals), and, where both checkpoints
+    have samples, their coarse motion got tamer. Early in any run the smaller expert grows faster in
+    relative terms while the ratio is far above the floor: that alone is not a warning.
+
+    Growth is per own training step, so a checkpoint interval that held only one expert's turn is not read
+    as the other one standing still, nor one turn compared with an earlier (faster) turn of the other."""
     j = s.previous_balanced(i) if s.balanced(i) else None
     if j is None:
         return []
@@ -132,16 +142,34 @@ def _low_noise_outgrowing(s: RunSeries, i: int, th: float) -> list[HealthWarning
     limit = max(rate_high, 0.0) * th
     if rate_low <= 0 or rate_low <= limit * (1 + 1e-9):
         return []
+    floor = active.get("weight_ratio_low", RATIO_FLOOR)
+    before, now = s.points[j].weight_ratio, s.points[i].weight_ratio
+    if before is None or now is None or not heading_to_floor(before, now, floor):
+        return []
+    motion_before, motion_now = s.points[j].motion, s.points[i].motion
+    tamer = ""
+    if motion_before is not None and motion_now is not None:
+        if motion_now.stats.coarse >= motion_before.stats.coarse:
+            return []  # the samples kept their motion: the low-noise expert is not suppressing it
+        tamer = f"; sample coarse motion fell {motion_now.stats.coarse / motion_before.stats.coarse - 1:+.0%}"
     steps = "" if n_high == n_low else f" per own step ({n_high} high-noise vs {n_low} low-noise steps)"
     msg = (
-        f"since step {s.points[j].step} low-noise |ΔW| grew {g_low:+.1%}, faster than high-noise "
-        f"({g_high:+.1%}){steps}, factor {th:g}: the low-noise expert is overpowering motion; keep the "
-        "previous checkpoint or lower the low-noise max LR"
+        f"since step {s.points[j].step} low-noise |ΔW| grew {g_low:+.1%}, more than {th:g}x as fast as "
+        f"high-noise ({g_high:+.1%}){steps}, and the high/low ratio fell {before:.2f}x -> {now:.2f}x towards "
+        f"its {floor:g}x floor{tamer}: the low-noise expert is overpowering motion; keep the previous "
+        "checkpoint or lower the low-noise max LR"
     )
     return [HealthWarning("low_noise_outgrowing", s.points[i].step, "low_noise", msg, rate_low, limit)]
 
 
-def _high_noise_magnitude_low(s: RunSeries, i: int, th: float) -> list[HealthWarning]:
+def heading_to_floor(before: float, now: float, floor: float) -> bool:
+    """The ratio fell, is within OUTGROW_NEAR_FLOOR x its floor, and at this interval's pace reaches the
+    floor within OUTGROW_HORIZON more intervals (or is below it already)."""
+    drop = before - now
+    return drop > 0 and now <= floor * OUTGROW_NEAR_FLOOR and now - floor <= OUTGROW_HORIZON * drop
+
+
+def _high_noise_magnitude_low(s: RunSeries, i: int, th: float, _active: Active) -> list[HealthWarning]:
     p = s.points[i]
     high = p.experts.get("high_noise")
     if not high or high.magnitude >= th:
@@ -153,7 +181,7 @@ def _high_noise_magnitude_low(s: RunSeries, i: int, th: float) -> list[HealthWar
     return [HealthWarning("high_noise_magnitude_low", p.step, "high_noise", msg, high.magnitude, th)]
 
 
-def _lr_ratio_low(s: RunSeries, i: int, th: float) -> list[HealthWarning]:
+def _lr_ratio_low(s: RunSeries, i: int, th: float, _active: Active) -> list[HealthWarning]:
     p = s.points[i]
     if p.lr_ratio is None or p.lr_ratio >= th * (1 - 1e-9):
         return []
@@ -164,7 +192,7 @@ def _lr_ratio_low(s: RunSeries, i: int, th: float) -> list[HealthWarning]:
     return [HealthWarning("lr_ratio_low", p.step, None, msg, p.lr_ratio, th)]
 
 
-def _lr_ratio_high(s: RunSeries, i: int, th: float) -> list[HealthWarning]:
+def _lr_ratio_high(s: RunSeries, i: int, th: float, _active: Active) -> list[HealthWarning]:
     p = s.points[i]
     if p.lr_ratio is None or p.lr_ratio <= th * (1 + 1e-9):
         return []
@@ -175,7 +203,7 @@ def _lr_ratio_high(s: RunSeries, i: int, th: float) -> list[HealthWarning]:
     return [HealthWarning("lr_ratio_high", p.step, None, msg, p.lr_ratio, th)]
 
 
-def _loss_rising(s: RunSeries, i: int, th: float) -> list[HealthWarning]:
+def _loss_rising(s: RunSeries, i: int, th: float, _active: Active) -> list[HealthWarning]:
     """An expert's last two intervals (among those it trained in) each sit more than th% above the best
     level it reached before them (the lowest mean of two consecutive earlier intervals), and the pooled
     last two exceed it by ≥ LOSS_RISE_Z standard errors. Pairs, not single intervals, on both sides: one
@@ -231,7 +259,7 @@ def _z(a: IntervalStats, b: IntervalStats) -> float:
     return math.inf if se == 0 and diff > 0 else (diff / se if se else 0.0)
 
 
-def _gradient_unstable(s: RunSeries, i: int, th: float) -> list[HealthWarning]:
+def _gradient_unstable(s: RunSeries, i: int, th: float, _active: Active) -> list[HealthWarning]:
     p = s.points[i]
     out = []
     for expert, e in p.experts.items():
@@ -266,8 +294,9 @@ RULES: dict[str, Rule] = {
         ),
         Rule(
             "low_noise_outgrowing",
-            "low-noise growth > high-noise growth x factor",
-            {"motion": 1.0},
+            "low-noise growth per own step > high-noise growth x factor, the ratio heading for its floor "
+            "and, with samples, tamer motion",
+            {"motion": 1.25},
             _low_noise_outgrowing,
         ),
         Rule(
@@ -285,6 +314,19 @@ RULES: dict[str, Rule] = {
             "by >= 4 standard errors",
             {None: 10.0, "motion": 10.0, "character": 10.0},
             _loss_rising,
+        ),
+        Rule(
+            "motion_tame",
+            "the last two sampled checkpoints' coarse motion more than threshold (fraction) below the "
+            "earlier peak pair, by >= 4 noise units (and below the training clips')",
+            {None: 0.3, "motion": 0.3, "character": 0.5},
+            motion_tame,
+        ),
+        Rule(
+            "motion_excess",
+            "the last two sampled checkpoints' coarse motion above threshold x the training clips'",
+            {None: 2.0, "motion": 2.0, "character": 3.0},
+            motion_excess,
         ),
         Rule(
             "gradient_unstable",
@@ -317,7 +359,7 @@ def evaluate(series: RunSeries, cfg: HealthConfig, finished: bool = True) -> lis
         for rid, th in thresholds.items():
             rule = RULES[rid]
             if not rule.final_only or (finished and i == last):
-                warnings.extend(rule.check(series, i, th))
+                warnings.extend(rule.check(series, i, th, thresholds))
     return warnings
 
 
@@ -327,102 +369,6 @@ def should_stop(warnings: Iterable[HealthWarning], cfg: HealthConfig) -> str | N
         if w.rule in cfg.stop_on:
             return f"health rule {w.rule} fired at step {w.step}: {w.message}"
     return None
-
-
-# ------------------------------------------------------------------------------------------ recommender
-def recommend(
-    series: RunSeries, warnings: list[HealthWarning], cfg: HealthConfig | None = None
-) -> list[Recommendation]:
-    """Checkpoints worth keeping, each with the reasons in words, most important first."""
-    if not series.points:
-        return []
-    picks: list[tuple[int, str]] = []
-    stop_rules = set(cfg.stop_on) if cfg and cfg.stop_on else set(DEGRADATION_RULES)
-    picks.extend(_before_first_degradation(series, warnings, stop_rules))
-    picks.extend(_lowest_eval(series))
-    if cfg is not None and cfg.preset == "motion":
-        picks.extend(_best_motion_balance(series, warnings))
-    if not picks:
-        last = series.points[-1].step
-        flagged = any(w.step == last for w in warnings)
-        picks.append(
-            (
-                last,
-                "latest checkpoint; "
-                + (
-                    "its warnings concern the whole run, not a turn for the worse"
-                    if flagged
-                    else "no health rule fired against it"
-                ),
-            )
-        )
-    merged: dict[int, list[str]] = {}
-    for step, reason in picks:
-        merged.setdefault(step, []).append(reason)
-    return [Recommendation(step, reasons) for step, reasons in merged.items()]
-
-
-def _before_first_degradation(
-    series: RunSeries, warnings: list[HealthWarning], rules: set[str]
-) -> list[tuple[int, str]]:
-    """The latest balanced checkpoint before the first firing, or before the rise it saw began (one
-    mid-round would hold an expert that had not had its turn)."""
-    bad = sorted((w for w in warnings if w.rule in rules), key=lambda w: w.step)
-    if not bad:
-        return []
-    first = bad[0]
-    latest = first.from_step if first.from_step is not None else first.step - 1
-    candidates = [i for i, p in enumerate(series.points) if p.step <= latest and series.balanced(i)]
-    if not candidates:
-        return []
-    return [
-        (
-            series.points[candidates[-1]].step,
-            f"last checkpoint before {first.rule} fired at step {first.step} ({first.message})",
-        )
-    ]
-
-
-def _lowest_eval(series: RunSeries) -> list[tuple[int, str]]:
-    scored = [p for p in series.points if p.eval_loss is not None]
-    if not scored:
-        return []
-    best = min(scored, key=lambda p: p.eval_loss)  # type: ignore[arg-type,return-value]
-    return [
-        (best.step, f"lowest eval loss ({best.eval_loss:.5f}) of {len(scored)} checkpoints with eval loss")
-    ]
-
-
-def _best_motion_balance(series: RunSeries, warnings: list[HealthWarning]) -> list[tuple[int, str]]:
-    """The highest ratio among checkpoints where both experts had their share of steps, the high-noise
-    expert was still growing and the low-noise one did not outgrow it (a checkpoint right after a
-    high-noise turn would win on the schedule alone)."""
-    outgrown = {w.step for w in warnings if w.rule == "low_noise_outgrowing"}
-    healthy = [
-        p
-        for i, p in enumerate(series.points)
-        if p.weight_ratio is not None
-        and p.step not in outgrown
-        and series.balanced(i)
-        and _high_noise_growing(series, i)
-    ]
-    if not healthy:
-        return []
-    best = max(healthy, key=lambda p: p.weight_ratio)  # type: ignore[arg-type,return-value]
-    return [
-        (
-            best.step,
-            f"highest high/low |ΔW| ratio ({best.weight_ratio:.2f}x) among checkpoints where both experts "
-            "had trained evenly, the high-noise expert was still growing and the low-noise expert did not "
-            "outgrow it (motion)",
-        )
-    ]
-
-
-def _high_noise_growing(series: RunSeries, i: int) -> bool:
-    j = series.previous_balanced(i)
-    growth = series.span_growth(j, i, "high_noise") if j is not None else None
-    return growth is not None and growth[0] > 0
 
 
 # ------------------------------------------------------------------------------------------ live checks
@@ -448,22 +394,66 @@ class HealthResult:
 
 class HealthMonitor:
     """Runs the rules during training. The trainer passes magnitudes (from its live networks or the saved
-    files) and the metrics rows so far at each check; the monitor keeps the magnitudes history."""
+    files), the metrics rows so far and the sample motion measured so far at each check; the monitor keeps
+    the magnitudes history and which motion warnings it has reported."""
 
     def __init__(self, cfg: HealthConfig) -> None:
         self.cfg = cfg
         self.magnitudes: dict[int, dict[str, MagnitudeSummary]] = {}
+        self.reported: set[tuple[str, int, str | None]] = set()  # motion-rule warnings already raised
 
     def due(self, step: int, saving: bool) -> bool:
         return saving if self.cfg.every is None else step % self.cfg.every == 0
 
     def check(
-        self, step: int, magnitudes: Mapping[str, MagnitudeSummary], rows: list[dict[str, Any]]
+        self,
+        step: int,
+        magnitudes: Mapping[str, MagnitudeSummary],
+        rows: list[dict[str, Any]],
+        motion: Mapping[int, StepMotion] | None = None,
+        reference: MotionStats | None = None,
     ) -> HealthResult:
+        """Judge the checkpoint at `step` (and earlier ones the newly measured sample motion concerns)."""
         self.magnitudes[step] = dict(magnitudes)
-        series = build_series(self.magnitudes, rows)
+        return self._judge(step, rows, motion, reference, new_checkpoint=True)
+
+    def review(
+        self,
+        step: int,
+        rows: list[dict[str, Any]],
+        motion: Mapping[int, StepMotion] | None,
+        reference: MotionStats | None,
+    ) -> HealthResult | None:
+        """Re-judge the checkpoints checked so far with sample motion that arrived after their checks (their
+        samples are written after the check), so a motion rule can stop the run at once; None before the
+        first check."""
+        if not self.magnitudes:
+            return None
+        return self._judge(step, rows, motion, reference, new_checkpoint=False)
+
+    def _judge(
+        self,
+        step: int,
+        rows: list[dict[str, Any]],
+        motion: Mapping[int, StepMotion] | None,
+        reference: MotionStats | None,
+        new_checkpoint: bool,
+    ) -> HealthResult:
+        series = build_series(self.magnitudes, rows, motion, reference)
         warnings = evaluate(series, self.cfg, finished=False)
-        current = [w for w in warnings if w.step == step]
+        latest = series.points[-1]
+        if series.sampled and latest.motion is None:
+            # the run samples, and the latest checkpoint's samples may still come: its motion rules wait
+            warnings = [w for w in warnings if not (w.step == latest.step and w.rule in MOTION_RULES)]
+        current = []
+        for w in warnings:
+            key = (w.rule, w.step, w.expert)
+            if w.rule in MOTION_RULES:
+                if key not in self.reported:
+                    self.reported.add(key)
+                    current.append(w)
+            elif new_checkpoint and w.step == step:
+                current.append(w)
         last = len(series.points) - 1
         balanced = last if series.balanced(last) else series.previous_balanced(last)
         return HealthResult(

@@ -13,11 +13,37 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from cadence.metrics.motion import MotionStats
 from cadence.networks.magnitude import MagnitudeSummary
 from cadence.tools.run_folder import MAIN_EXPERT, IntervalStats, interval_stats, value_at
+from cadence.tools.sample_motion import StepMotion, running_peaks
 
 PAIR = ("high_noise", "low_noise")
 BALANCE_TOLERANCE = 0.05  # relative gap between the experts' own step counts still called balanced
+
+
+@dataclass(frozen=True)
+class HealthWarning:
+    rule: str
+    step: int
+    expert: str | None
+    message: str
+    value: float
+    threshold: float
+    # the checkpoint where what the rule saw began (loss_rising: before the rise); -1: none before it
+    from_step: int | None = None
+
+
+@dataclass(frozen=True)
+class MotionPoint:
+    """The motion of the samples taken at a checkpoint's own step, as fractions too: of the training clips'
+    motion (the data's reference) and of the highest motion sampled after step 0 up to this step. The
+    fractions are of `coarse` motion, the quantity the motion rules read."""
+
+    stats: MotionStats
+    samples: int
+    of_reference: float | None = None
+    of_peak: float | None = None
 
 
 @dataclass
@@ -39,12 +65,15 @@ class CheckpointPoint:
     weight_ratio: float | None = None  # high / low mean |ΔW|
     lr_ratio: float | None = None  # high / low mean LR over the interval
     eval_loss: float | None = None  # run-wide eval_loss at this step, else mean of the experts' ones
+    motion: MotionPoint | None = None  # samples at this step (None: none sampled, or not measured yet)
 
 
 @dataclass
 class RunSeries:
     points: list[CheckpointPoint]
     turn: int | None = None  # steps per expert turn, read from the metrics (None: rows name no expert)
+    reference: MotionStats | None = None  # the training clips' motion (data/motion_reference.py)
+    sampled: dict[int, StepMotion] = field(default_factory=dict)  # every sampled step, checkpoint or not
 
     def index_of(self, step: int) -> int:
         return next(i for i, p in enumerate(self.points) if p.step == step)
@@ -81,11 +110,17 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 
 def build_series(
-    magnitudes: Mapping[int, Mapping[str, MagnitudeSummary]], rows: list[dict[str, Any]]
+    magnitudes: Mapping[int, Mapping[str, MagnitudeSummary]],
+    rows: list[dict[str, Any]],
+    motion: Mapping[int, StepMotion] | None = None,
+    reference: MotionStats | None = None,
 ) -> RunSeries:
-    """Join per-checkpoint magnitudes with the metrics of the interval before each checkpoint."""
+    """Join per-checkpoint magnitudes with the metrics of the interval before each checkpoint and the motion
+    of the samples taken at it (`motion`: sampled step -> StepMotion; `reference`: the training clips')."""
     points: list[CheckpointPoint] = []
     previous: CheckpointPoint | None = None
+    motion = motion or {}
+    peaks = running_peaks(motion)
     for step in sorted(magnitudes):
         lo = previous.step if previous else 0
         experts: dict[str, ExpertPoint] = {}
@@ -109,9 +144,17 @@ def build_series(
             lr_ratio=_ratio(high.stats.lr, low.stats.lr) if high and low else None,
             eval_loss=eval_loss,
         )
+        if step in motion:
+            sampled = motion[step].stats
+            point.motion = MotionPoint(
+                sampled,
+                len(motion[step].samples),
+                _ratio(sampled.coarse, reference.coarse if reference else None),
+                _ratio(sampled.coarse, peaks.get(step)),
+            )
         points.append(point)
         previous = point
-    return RunSeries(points, turn_length(rows))
+    return RunSeries(points, turn_length(rows), reference, dict(sorted(motion.items())))
 
 
 def turn_length(rows: list[dict[str, Any]]) -> int | None:

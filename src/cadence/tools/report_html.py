@@ -105,6 +105,34 @@ def _losses(data: dict[str, Any]) -> Callable[[Figure], None]:
     return draw
 
 
+def _motion(data: dict[str, Any]) -> Callable[[Figure], None]:
+    """Sample motion per sampled step (coarse, fine), the data's reference and the motion rules' lines."""
+    th, reference = data["thresholds"], data["motion_reference"]
+
+    def draw(fig: Figure) -> None:
+        ax = fig.add_subplot()
+        sampled = data["sample_motion"]
+        for key, color in (("coarse", "#c0392b"), ("fine", "#2471a3"), ("mean", "#7d7d7d")):
+            ax.plot(
+                [m["step"] for m in sampled],
+                [m[key] for m in sampled],
+                "o-",
+                color=color,
+                label=f"{key} motion",
+            )
+        if reference is not None:
+            level = reference["stats"]["coarse"]
+            ax.axhline(level, color="#1e8449", linestyle="--", label=f"training clips (coarse) {level:.4f}")
+            if "motion_excess" in th:
+                ax.axhline(level * th["motion_excess"], color="#9a3412", linestyle=":", label="motion_excess")
+        for w in data["warnings"]:
+            if w["rule"] in ("motion_tame", "motion_excess"):
+                ax.axvline(w["step"], color="#9a3412", alpha=0.5, linewidth=1)
+        _finish(ax, "Sample motion (frame diagonals per second; vertical lines: motion warnings)")
+
+    return draw
+
+
 def _blocks(data: dict[str, Any], expert: str) -> Callable[[Figure], None]:
     def draw(fig: Figure) -> None:
         ax = fig.add_subplot()
@@ -130,22 +158,31 @@ def _finish(ax: Axes, title: str) -> None:
         ax.legend(fontsize=8)
 
 
-def _plots(data: dict[str, Any]) -> list[str]:
+def _plots(data: dict[str, Any]) -> list[tuple[str, str]]:
+    """(what the plot shows, PNG data URI) for each plot."""
     th = data["thresholds"]
     images = [
-        _png(_per_expert(data, "magnitude", "Mean |ΔW| per expert")),
-        _png(_per_expert(data, "growth", "Growth since previous checkpoint (%)", scale=100.0)),
+        ("mean |ΔW| per expert", _png(_per_expert(data, "magnitude", "Mean |ΔW| per expert"))),
+        (
+            "growth since the previous checkpoint",
+            _png(_per_expert(data, "growth", "Growth since previous checkpoint (%)", scale=100.0)),
+        ),
     ]
     if any(c["weight_ratio"] is not None or c["lr_ratio"] is not None for c in data["checkpoints"]):
-        images.append(_png(_ratios(data)))
-    images.append(_png(_losses(data)))
-    images.append(_png(_per_expert(data, "lr", "Mean LR over each interval")))
+        images.append(("high/low ratios", _png(_ratios(data))))
+    if data.get("sample_motion"):
+        images.append(("sample motion per sampled step", _png(_motion(data))))
+    images.append(("loss mean and std per interval", _png(_losses(data))))
+    images.append(("mean LR per interval", _png(_per_expert(data, "lr", "Mean LR over each interval"))))
     images.append(
-        _png(_per_expert(data, "grad_stability", "Gradient stability", line=th.get("gradient_unstable")))
+        (
+            "gradient stability",
+            _png(_per_expert(data, "grad_stability", "Gradient stability", line=th.get("gradient_unstable"))),
+        )
     )
     for expert in data["experts"]:
         if any(c["experts"].get(expert, {}).get("per_block") for c in data["checkpoints"]):
-            images.append(_png(_blocks(data, expert), size=(8, 4.5)))
+            images.append((f"{expert}: mean |ΔW| per block", _png(_blocks(data, expert), size=(8, 4.5))))
     return images
 
 
@@ -158,17 +195,25 @@ def _cell(value: Any, spec: str = "") -> str:
 def _table(data: dict[str, Any]) -> str:
     rows = [
         "<tr><th>step</th><th>expert</th><th>|ΔW| mean</th><th>growth</th><th>W ratio</th><th>LR</th>"
-        "<th>LR ratio</th><th>loss mean</th><th>loss std</th><th>n</th><th>grad stab</th><th>eval</th></tr>"
+        "<th>LR ratio</th><th>loss mean</th><th>loss std</th><th>n</th><th>grad stab</th><th>eval</th>"
+        "<th>motion (coarse)</th><th>fine</th><th>of data</th><th>of peak</th></tr>"
     ]
     for c in data["checkpoints"]:
+        m = c.get("motion") or {}
+        motion = (
+            f"{_cell(m.get('coarse'), '.4f')}{_cell(m.get('fine'), '.4f')}"
+            f"{_cell(m.get('of_reference'), '.0%')}{_cell(m.get('of_peak'), '.0%')}"
+        )
         for expert, e in c["experts"].items():
             rows.append(
                 f"<tr>{_cell(c['step'])}<td class=l>{html.escape(expert)}</td>{_cell(e['magnitude'], '.6f')}"
                 f"{_cell(e['growth'], '+.1%')}{_cell(c['weight_ratio'], '.2f')}{_cell(e['lr'], '.2e')}"
                 f"{_cell(c['lr_ratio'], '.2f')}{_cell(e['loss_mean'], '.4f')}{_cell(e['loss_std'], '.4f')}"
                 f"{_cell(e['loss_count'])}{_cell(e['grad_stability'], '.3f')}"
-                f"{_cell(e['eval_loss'] if e['eval_loss'] is not None else c['eval_loss'], '.4f')}</tr>"
+                f"{_cell(e['eval_loss'] if e['eval_loss'] is not None else c['eval_loss'], '.4f')}"
+                f"{motion}</tr>"
             )
+            motion = "<td></td>" * 4  # once per checkpoint
     return "<table>" + "".join(rows) + "</table>"
 
 
@@ -189,7 +234,7 @@ def render_html(data: dict[str, Any]) -> str:
     )
     notes = "".join(f"<p>note: {esc(n)}</p>" for n in data["notes"])
     thresholds = ", ".join(f"{esc(k)} = {v:g}" for k, v in data["thresholds"].items()) or "none"
-    plots = "".join(f'<img alt="plot" src="{src}">' for src in _plots(data))
+    plots = "".join(f'<img alt="{esc(alt)}" src="{src}">' for alt, src in _plots(data))
     return (
         f"<!doctype html><html><head><meta charset='utf-8'><title>cadence analyze: {esc(data['name'])}</title>"
         f"<style>{_CSS}</style></head><body><h1>Run {esc(data['name'])}</h1>"

@@ -4,7 +4,7 @@ The client keeps the byte offset we return and sends it back on the next poll, s
 file is never re-read. A torn last line (the trainer is mid-write) is left for the next poll: the returned
 offset stops after the last complete line. A file that shrank (a new run replaced it) restarts at 0 and
 says `reset`. Large reads are downsampled per expert (so alternating experts both survive), always keeping
-eval points, phase changes and lines with health warnings.
+eval points, phase changes, lines with health warnings and lines carrying sample motion.
 """
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ def _keep_always(rec: dict, prev_phase: dict[str, object]) -> bool:
     if "phase" in rec:
         prev_phase[expert] = rec.get("phase")
     has_eval = any(k.startswith("eval_loss") and rec.get(k) is not None for k in rec)
-    return changed or has_eval or bool(rec.get("health_warnings"))
+    return changed or has_eval or bool(rec.get("health_warnings")) or "sample_motion_step" in rec
 
 
 def downsample(records: list[dict], max_points: int = MAX_POINTS) -> tuple[list[dict], int]:

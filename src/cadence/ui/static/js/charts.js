@@ -10,6 +10,14 @@ const emaOf = (expert) => (r) => {
   return (r.expert === expert || (expert === "main" && r.expert == null)) ? r.loss_ema_50 : null;
 };
 
+// Sample motion comes on the first line after the samples (they are written after their step's line); it is
+// drawn at the sampled step itself when that line is loaded, else at the line that carries it.
+const motionAt = (records, key) => {
+  const steps = new Set(records.map((r) => r.step)), at = new Map();
+  for (const r of records) if (r.sample_motion_step != null) at.set(steps.has(r.sample_motion_step) ? r.sample_motion_step : r.step, r);
+  return (r) => at.get(r.step)?.[key];
+};
+
 function expertsIn(records) {
   const s = new Set(records.map((r) => r.expert ?? "main"));
   return ["high_noise", "low_noise", "main"].filter((e) => s.has(e));
@@ -42,6 +50,12 @@ const DEFS = [
       { label: "|ΔW| high_noise", get: field("weight_magnitude_high_noise"), color: EXPERT_COLORS.high_noise, sparse: true },
       { label: "|ΔW| low_noise", get: field("weight_magnitude_low_noise"), color: EXPERT_COLORS.low_noise, sparse: true },
       { label: "ratio high/low", get: field("weight_ratio"), color: "#b58cff", scale: "ratio", dash: [4, 3], sparse: true }] },
+  { id: "motion", title: "Sample motion (diag/s); right axis: fraction of the data's and of the peak", series: (rs) => [
+      { label: "coarse motion", get: motionAt(rs, "sample_motion_coarse"), color: "#ff7b72", sparse: true },
+      { label: "fine motion", get: motionAt(rs, "sample_motion_fine"), color: "#79a6ff", sparse: true },
+      { label: "training clips", get: motionAt(rs, "sample_motion_reference"), color: "#56d364", dash: [6, 5] },
+      { label: "of data", get: motionAt(rs, "sample_motion_of_reference"), color: "#e3b341", scale: "fraction", dash: [4, 3], sparse: true },
+      { label: "of peak", get: motionAt(rs, "sample_motion_of_peak"), color: "#d2a8ff", scale: "fraction", dash: [2, 3], sparse: true }] },
 ];
 
 function transitions(records) {
@@ -92,7 +106,7 @@ export class JobCharts {
     this.records.push(...records);
     if (this.records.length > MAX_POINTS) {  // thin the older half, keep recent points dense
       const half = Math.floor(this.records.length / 2);
-      this.records = this.records.slice(0, half).filter((r, i) => i % 2 === 0 || r.eval_loss != null).concat(this.records.slice(half));
+      this.records = this.records.slice(0, half).filter((r, i) => i % 2 === 0 || r.eval_loss != null || r.sample_motion_step != null).concat(this.records.slice(half));
     }
     this.render();
   }
@@ -106,6 +120,7 @@ export class JobCharts {
       const hasData = data.slice(1).some((col, i) => !series[i].label.includes("baseline") && col.some((v) => v !== null));
       c.empty.classList.toggle("hidden", hasData);
       c.box.dataset.points = hasData ? String(xs.length) : "0";
+      c.box.dataset.values = String(data.length > 1 ? data[1].filter((v) => v !== null).length : 0);  // first series
       if (!hasData) { if (c.plot) { c.plot.destroy(); c.plot = null; c.signature = ""; } continue; }
       const signature = series.map((s) => s.label).join("|");
       if (!c.plot || c.signature !== signature) {

@@ -21,6 +21,7 @@ HANDLERS: dict[str, str] = {
     "inspect": "cadence.tools.inspect:inspect_command",
     "ui": "cadence.ui.server:ui_command",
     "sample": "cadence.sampling.command:sample_command",
+    "publish": "cadence.tools.publish:publish_command",
 }
 
 
@@ -98,6 +99,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default="samples")
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default=None)
+    p = sub.add_parser("publish", help="upload a checkpoint, its samples and a model card to the Hub")
+    p.add_argument("run_dir")
+    p.add_argument("--repo", default=None, help="the Hub repo, user/name (not needed with --dry-run)")
+    p.add_argument("--checkpoint", default=None, help="a step, 'latest' (default) or 'best' (analysis)")
+    p.add_argument("--private", action="store_true", help="create the repo as private")
+    p.add_argument("--dry-run", dest="dry_run", action="store_true", help="only write RUN_DIR/hub_upload")
     p = sub.add_parser("ui", help="web UI for queueing and watching jobs")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8675)

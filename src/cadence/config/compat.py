@@ -75,6 +75,9 @@ FOREIGN_KEYS: dict[str, str] = {
     "discrete_flow_shift": "train.flow_shift",
     "fp8_base": "model.quantize: true with model.qtype: fp8",
     "resume_from_checkpoint": "nothing: a run resumes from its newest checkpoint by itself",
+    "webhook_config": "logging.webhooks (the same entries: webhook_type, webhook_url/callback_url, ...)",
+    "hub_model_id": "save.hf_repo_id (with save.push_to_hub: true)",
+    "report_to": "logging.use_wandb: true / logging.tensorboard",
 }
 
 

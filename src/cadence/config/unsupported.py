@@ -264,9 +264,6 @@ REGISTRY: list[Unsupported] = [
     U("model.model_paths", "all components are loaded from name_or_path", None),
     U("model.attn_masking", "attention masking is Flux-only in the seed", False),
     # ---------------------------------------------------------------- save
-    U("save.push_to_hub", "uploading to the Hugging Face Hub is not implemented", False),
-    U("save.hf_repo_id", "uploading to the Hugging Face Hub is not implemented", None),
-    U("save.hf_private", "uploading to the Hugging Face Hub is not implemented", accepts=_FALSE),
     U(
         "save.save_format",
         "LoRA files are always safetensors (the seed's 'diffusers' value only affects full "
@@ -327,13 +324,6 @@ REGISTRY: list[Unsupported] = [
     U("sample.samples[].ctrl_img_1", "use ctrl_img", None),
     U("sample.samples[].ctrl_img_2", "multiple control images are not implemented", None),
     U("sample.samples[].ctrl_img_3", "multiple control images are not implemented", None),
-    U(
-        "logging.use_wandb",
-        "Weights & Biases logging is not implemented; metrics go to JSONL and TensorBoard",
-        False,
-    ),
-    U("logging.project_name", "only used with use_wandb", accepts=_ANY),
-    U("logging.run_name", "only used with use_wandb", accepts=_ANY),
     U("logging.use_ui_logger", "the Cadence UI reads the run folder", accepts=_BOOL),
 ]
 

@@ -19,14 +19,20 @@ log = logging.getLogger(__name__)
 
 
 def dump_resolved(cfg: JobConfig) -> str:
-    """The resolved config as YAML in the flat layout; loading it back gives an equal JobConfig."""
-    data = cfg.model_dump(mode="json")
+    """The resolved config as YAML in the flat layout; loading it back gives an equal JobConfig, except
+    that secrets (webhook URLs and tokens) read `<redacted>`: they are never written to disk or shown."""
+    from cadence.tracking.secrets import redact_config
+
+    data = redact_config(cfg)
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, default_flow_style=False)
 
 
 def config_hash(cfg: JobConfig) -> str:
-    """Short fingerprint of the resolved config (stored in LoRA metadata and run folders)."""
-    canonical = json.dumps(cfg.model_dump(mode="json"), sort_keys=True, separators=(",", ":"))
+    """Short fingerprint of the resolved config (stored in LoRA metadata and run folders); secrets do not
+    enter it, so nothing derived from one leaves the machine."""
+    from cadence.tracking.secrets import redact_config
+
+    canonical = json.dumps(redact_config(cfg), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(canonical.encode("utf-8")).hexdigest()[:16]
 
 

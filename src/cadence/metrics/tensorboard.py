@@ -1,4 +1,8 @@
-"""TensorBoard scalars mirroring the JSONL metrics (numeric fields only)."""
+"""TensorBoard as a tracking sink: the numeric fields of every `every`-th metrics row, events as text.
+
+Writes `{run_dir}/tensorboard/`. On resume, events after the checkpoint step are purged (`purge_step`), so
+a resumed run does not draw two curves over the steps it replays.
+"""
 
 from __future__ import annotations
 
@@ -11,23 +15,41 @@ log = logging.getLogger(__name__)
 
 
 class TensorBoardLog:
-    def __init__(self, folder: Path, purge_step: int | None = None) -> None:
+    name = "tensorboard"
+
+    def __init__(self, folder: Path, every: int = 1) -> None:
+        self.folder = folder
+        self.every = every
+        self._writer: Any = None
+
+    def open(self, run: Any, resume_step: int | None) -> None:
         from torch.utils.tensorboard import SummaryWriter
 
-        self.folder = folder
-        # purge_step discards events after the resumed step, so a resumed run does not draw two curves.
-        self._writer = SummaryWriter(log_dir=str(folder), purge_step=purge_step)
+        purge_step = None if resume_step is None else resume_step + 1
+        self._writer = SummaryWriter(log_dir=str(self.folder), purge_step=purge_step)
 
     def write(self, row: dict[str, Any]) -> None:
         step = int(row["step"])
+        if step % self.every:
+            return
         for key, value in row.items():
             if key == "step" or isinstance(value, bool) or not isinstance(value, int | float):
                 continue
             if math.isfinite(float(value)):
                 self._writer.add_scalar(key, float(value), step)
 
+    def event(self, kind: str, payload: dict[str, Any]) -> None:
+        if kind != "sample":  # samples are files in samples/; TensorBoard would only repeat their names
+            self._writer.add_text(
+                f"events/{kind}", str(payload.get("message", "")), int(payload.get("step") or 0)
+            )
+
     def flush(self) -> None:
         self._writer.flush()
 
     def close(self) -> None:
-        self._writer.close()
+        if self._writer is not None:
+            self._writer.close()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {}

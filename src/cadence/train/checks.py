@@ -19,6 +19,7 @@ from cadence.metrics.jsonl import read_metrics
 from cadence.networks.magnitude import MagnitudeSummary, summarize
 from cadence.optim.factory import needs_train_eval_mode
 from cadence.tools.health import HealthMonitor
+from cadence.tracking.sink import EventEmitter, no_events
 from cadence.train.checkpoint import CheckpointManager
 from cadence.train.eval import FixedEval
 
@@ -67,6 +68,7 @@ class PeriodicChecks:
         self.metrics_path = metrics_path
         self.checkpoints = checkpoints
         self.stop_reason: str | None = None
+        self.emit: EventEmitter = no_events  # the recorder's event(): health warnings reach the sinks
 
     def state_dict(self) -> dict[str, Any]:
         """The health history (magnitudes per checked step) and the protected best step, so a resumed run
@@ -118,6 +120,10 @@ class PeriodicChecks:
         result = self.health.check(step, self.magnitudes(), rows)
         for warning in result.warnings:
             log.warning("health: %s", warning.message)
+            self.emit(
+                "health_warning",
+                {"step": step, "rule": warning.rule, "expert": warning.expert, "message": warning.message},
+            )
         # only checkpoints that exist (or are being saved now) can be kept; pruning may have removed others
         saved = set(self.checkpoints.complete_steps()) | ({step} if saving else set())
         result.recommendations = [r for r in result.recommendations if r.step in saved]

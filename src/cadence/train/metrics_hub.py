@@ -19,6 +19,7 @@ import torch
 from cadence.metrics.stability import GradientStability
 from cadence.metrics.trend import TrendTracker
 from cadence.networks.magnitude import summarize
+from cadence.tracking.sink import EventEmitter, no_events
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class MetricsHub:
         self.weights_view: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext
         self.nan_streak = 0  # consecutive skipped (non-finite) steps
         self.nan_total = 0
+        self.emit: EventEmitter = no_events  # the recorder's event(): phase changes reach the sinks
 
     def label(self, expert: str) -> str | None:
         return expert if expert in self.labelled else None
@@ -83,6 +85,9 @@ class MetricsHub:
             self.transitions.append(record)
             log.info("alpha phase change: %s", describe_transition(transition))
             log.info("alpha phase evidence: %s", record["evidence"])
+            fields_of = ("expert", "from_phase", "to_phase", "alphas_before", "alphas_after")
+            event = {k: record[k] for k in fields_of}
+            self.emit("alpha_phase", {"step": step, **event, "message": describe_transition(transition)})
         fields = self.alpha.metrics_fields(expert, transition)
         # alpha in force = the one in each adapter: what it last trained with and what a file saved now holds
         for name, net in self.networks.items():

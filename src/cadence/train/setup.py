@@ -113,6 +113,7 @@ class TrainingSetup:
             "global_rng": capture_global_rng(),
             "hub": self.hub.state_dict(),
             "checks": self.checks.state_dict(),
+            "tracking": self.recorder.tracking_state(),  # the W&B run id: a resume continues that run
             "alphas": {e: {"linear": n.linear_alpha, "conv": n.conv_alpha} for e, n in self.networks.items()},
         }
 
@@ -242,6 +243,7 @@ def build_training(cfg: JobConfig) -> TrainingSetup:
         paths.metrics,
         recorder.checkpoints,
     )
+    hub.emit = checks.emit = recorder.event  # alpha phase changes and health warnings reach the sinks
     setup = TrainingSetup(
         cfg=cfg,
         paths=paths,
@@ -329,7 +331,7 @@ def _resume(setup: TrainingSetup) -> int:
         manager.clean_leftovers()  # temp files and folders of a save that a kill -9 interrupted
     step = manager.latest_step()
     if step is None:
-        setup.recorder.open(purge_step=None, truncate_after=0)
+        setup.recorder.open(resume_step=None)
         return 0
     adapters, state = manager.load(step)
     check_resumable(
@@ -370,7 +372,7 @@ def _resume(setup: TrainingSetup) -> int:
     restore_global_rng(state["global_rng"])
     if state.get("config_hash") != config_hash(setup.cfg):
         log.warning("the config changed since step %d was saved; resuming with the new config", step)
-    setup.recorder.open(purge_step=step + 1, truncate_after=step)
+    setup.recorder.open(resume_step=step, tracking_state=state.get("tracking"))
     log.info("resumed from step %d (%s)", step, manager.paths.state_dir(step))
     return step
 

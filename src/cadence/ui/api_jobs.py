@@ -15,6 +15,7 @@ from pydantic import BaseModel, Field
 
 from cadence.config.errors import ConfigError
 from cadence.data.media import media_kind
+from cadence.tracking.secrets import redact_config_text
 from cadence.ui import configs
 from cadence.ui.context import Ctx
 from cadence.ui.metrics_tail import read_metrics, read_text_tail
@@ -138,7 +139,7 @@ def get_job(c: Ctx, job_id: str) -> dict:
     c.runner.reconcile()
     job = c.job_or_404(job_id)
     data = job_summary(job)
-    data["config_yaml"] = job.config_yaml
+    data["config_yaml"] = redact_config_text(job.config_yaml)  # webhook URLs carry tokens: never shown
     data["log_path"] = str(c.runner.job_dir(job.id) / "job.log")
     return data
 

@@ -215,7 +215,7 @@ def test_video_windows_are_summarized_and_warned(tmp_path, make_config):
         ({"fps": 0}, "fps must be > 0"),
         ({"fixed_size": [64, 64], "max_pixels_per_frame": 8192}, "fixed_size sets every file's size"),
         ({"media": "images", "num_frames": 17}, "media: images uses no video frames"),
-        ({"control_path": "ctrl", "do_i2v": False}, "set do_i2v: true"),
+        ({"control_path": "ctrl", "do_i2v": False}, "does not train I2V"),
     ],
 )
 def test_dataset_keys_that_cannot_act_are_refused(keys, words):
@@ -246,3 +246,17 @@ def test_the_seed_s_control_path_list_is_refused_with_a_reason():
     with pytest.raises(ConfigError) as err:
         load_config_dict(job)
     assert "one first-frame image per clip" in dict(err.value.issues)["datasets[0].control_path"]
+
+
+def test_control_path_on_a_text_to_video_model_is_refused():
+    from cadence.config.errors import ConfigError
+    from cadence.config.loader import load_config_dict
+
+    job = {
+        "name": "t",
+        "model": {"name_or_path": "Wan-AI/Wan2.1-T2V-1.3B-Diffusers", "arch": "wan21"},
+        "datasets": [{"folder_path": "/x", "control_path": "/c"}],
+        "train": {"disable_sampling": True},
+    }
+    with pytest.raises(ConfigError, match="does not train I2V"):
+        load_config_dict(job)

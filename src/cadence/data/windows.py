@@ -199,7 +199,8 @@ def dataset_key_problems(ds: DatasetConfig) -> list[str]:
         problems.append("control_transparent_color is used with control_path only; remove it or set control_path")
     if ds.control_path is not None and ds.do_i2v is False:
         problems.append(
-            "control_path gives image-to-video first frames but do_i2v is false; set do_i2v: true or remove "
-            "control_path"
+            f"datasets[].control_path {ds.control_path} gives image-to-video first frames, but this dataset does "
+            "not train I2V (do_i2v false, or a text-to-video model.arch); remove control_path, or set do_i2v: "
+            "true with an image-to-video arch"
         )
     return problems

@@ -61,7 +61,12 @@ def test_a_long_gap_or_a_big_group_decodes_separately(clips, make_config, monkey
     assert len(shared.decode_groups(a)) == len(a)
     monkeypatch.setattr(shared, "MAX_GAP_FRAMES", 64)
     monkeypatch.setattr(shared, "SHARED_DECODE_BYTES", a[0].width * a[0].height * 3 * 10)
-    assert [len(g) for g in shared.decode_groups(a)] == [2, 2, 2, 2]  # 8 chunks of 5, at most 10 frames per decode
+    assert [len(g) for g in shared.decode_groups(a)] == [
+        2,
+        2,
+        2,
+        2,
+    ]  # 8 chunks of 5, at most 10 frames per decode
 
 
 def test_a_resumed_fill_encodes_only_the_windows_still_missing(clips, make_config, adapter):

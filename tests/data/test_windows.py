@@ -191,7 +191,11 @@ def test_video_windows_are_summarized_and_warned(tmp_path, make_config):
     lines = [w for w in index.warnings if "too short for some num_frames" in w]
     assert len(lines) == 1 and "short.mp4 (33)" in lines[0]
     cut = build_dataset_index(
-        make_config(folder, resolution=[64], frame_extraction="full", max_frames=17, num_frames=1), 16, 4, 16, 0
+        make_config(folder, resolution=[64], frame_extraction="full", max_frames=17, num_frames=1),
+        16,
+        4,
+        16,
+        0,
     )
     lines = [w for w in cut.warnings if "longer than max_frames=17" in w]
     assert len(lines) == 1 and "long.mp4" in lines[0] and "short.mp4" not in lines[0]

@@ -196,7 +196,9 @@ def dataset_key_problems(ds: DatasetConfig) -> list[str]:
             "set media: all"
         )
     if ds.control_path is None and ds.control_transparent_color != [0, 0, 0]:
-        problems.append("control_transparent_color is used with control_path only; remove it or set control_path")
+        problems.append(
+            "control_transparent_color is used with control_path only; remove it or set control_path"
+        )
     if ds.control_path is not None and ds.do_i2v is False:
         problems.append(
             f"datasets[].control_path {ds.control_path} gives image-to-video first frames, but this dataset does "

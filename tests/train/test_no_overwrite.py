@@ -33,15 +33,17 @@ def trained(tiny_i2v: Path, clips: Path, tmp_path: Path):
     return config, tmp_path / "out" / "job"
 
 
-def test_deleted_state_refuses_before_touching_anything(trained, capsys) -> None:
+def test_deleted_state_refuses_before_touching_anything(trained, caplog) -> None:
     config, run = trained
     shutil.rmtree(run / "training_state")
     before = _sums(run)
+    log_before = (run / "log.txt").read_text()
     assert run_training(config(6)) == 2
-    err = capsys.readouterr().err
+    err = caplog.text
     assert "holds LoRA files of 2 checkpoint(s) (step 2 ... 4) and 4 metrics lines" in err
     assert "--restart" in err and "another `name`" in err and "Traceback" not in err
     assert _sums(run) == before
+    assert (run / "log.txt").read_text() == log_before, "refused before the model was even loaded"
 
 
 def test_garbage_newest_state_falls_back_to_the_one_before(trained, caplog) -> None:

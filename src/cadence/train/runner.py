@@ -38,17 +38,29 @@ def attach_log_file(path: Path) -> logging.Handler:
 
 
 def run_training(
-    config_path: str | Path, exiting: bool = False, dataset_config: str | Path | None = None
+    config_path: str | Path,
+    exiting: bool = False,
+    dataset_config: str | Path | None = None,
+    restart: bool = False,
 ) -> int:
     """Train the job in `config_path`. `exiting=True` (the CLI) keeps ignoring signals after a clean stop.
-    `dataset_config` (a musubi-tuner dataset file) replaces the config's datasets."""
+    `dataset_config` (a musubi-tuner dataset file) replaces the config's datasets. `restart` moves a previous
+    run's files aside and starts at step 0 (without it a run folder resumes, or refuses to overwrite)."""
     from cadence.config.errors import ConfigError
     from cadence.config.loader import load_config
     from cadence.data.media import DatasetError
     from cadence.models.base import ModelLoadError
+    from cadence.train.checkpoint import CheckpointManager, RunPaths
     from cadence.train.loop import StopFlag, Trainer
     from cadence.train.rng import deterministic_algorithms
-    from cadence.train.run_lock import run_folder_lock
+    from cadence.train.run_history import (
+        ANY_LABEL,
+        NO_STATE,
+        RunFolderNotResumable,
+        move_previous_run,
+        refuse_fresh_start,
+    )
+    from cadence.train.run_lock import RunLockedError, run_folder_lock
     from cadence.train.setup import build_training
 
     try:
@@ -56,18 +68,28 @@ def run_training(
     except ConfigError as error:
         sys.stderr.write(f"{error}\n")
         return 2
+    lock = ExitStack()  # the run-folder lock, held until training ends
+    try:
+        lock.enter_context(run_folder_lock(cfg.run_dir))
+        if restart:
+            move_previous_run(RunPaths(cfg.run_dir, cfg.name))
+        elif not CheckpointManager(RunPaths(cfg.run_dir, cfg.name), 1, ANY_LABEL).complete_steps():
+            # before minutes of model loading: a folder of LoRA files without any state cannot resume
+            refuse_fresh_start(RunPaths(cfg.run_dir, cfg.name), ANY_LABEL, NO_STATE)
+    except (RunLockedError, RunFolderNotResumable, OSError) as error:
+        lock.close()
+        log.error("%s", error)  # before log.txt is attached: the run folder is not this run's to write
+        return 2
     handler = attach_log_file(cfg.run_dir / "log.txt")
     own_logger = logging.getLogger("cadence")
     own_level = own_logger.level
     if cfg.logging.verbose:  # Cadence's own debug lines; third-party libraries stay at INFO
         own_logger.setLevel(logging.DEBUG)
     stop = StopFlag()
-    lock = ExitStack()  # the run-folder lock, held until training ends
     try:
         # before build_training: the switch must precede the first CUDA (cuBLAS) call
         with deterministic_algorithms(cfg.train.deterministic):
             try:
-                lock.enter_context(run_folder_lock(cfg.run_dir))
                 setup = build_training(cfg)
             except KeyboardInterrupt:
                 # cache entries are written atomically one by one: the next run reuses what was finished
@@ -99,4 +121,9 @@ def run_training(
 
 
 def train_command(args: argparse.Namespace) -> int:
-    return run_training(args.config, exiting=True, dataset_config=getattr(args, "dataset_config", None))
+    return run_training(
+        args.config,
+        exiting=True,
+        dataset_config=getattr(args, "dataset_config", None),
+        restart=getattr(args, "restart", False),
+    )

@@ -92,7 +92,8 @@ MAPPING: list[tuple[str, str, str]] = [
         "cache_directory",
         "`cache_directory` (unset: `cache_latents_to_disk: true`)",
         "Cadence's own entries in "
-        "`{cache_directory}/{arch}/{folder}_{hash}/`; musubi's cache files are not read",
+        "`{cache_directory}/{arch}/{folder}_{hash}/`; musubi's cache files are not read; datasets may share "
+        "one (musubi refuses that: Cadence's entries are per window)",
     ),
     ("target_frames", "`num_frames` (a list)", "rounded down to 4k+1, as musubi does (a warning names them)"),
     ("frame_extraction", "`frame_extraction`", "same modes: head, chunk, slide, uniform, full"),

@@ -128,10 +128,11 @@ MAPPING: list[tuple[str, str, str]] = [
     ("control_directory", "refused", _REFUSED["control_directory"]),
     ("video_jsonl_file, image_jsonl_file", "refused", "metadata JSONL lists are not read; use a folder"),
     (
-        "fp_latent_window_size, fp_1f_*, multiple_target, no_resize_control, control_resolution",
+        "fp_1f_*, multiple_target, no_resize_control, control_resolution",
         "accepted at musubi's default only",
         "FramePack/Qwen/edit-model settings musubi ignores for Wan",
     ),
+    ("fp_latent_window_size", "dropped (a warning says so)", "FramePack's window: musubi ignores it for Wan"),
 ]
 
 

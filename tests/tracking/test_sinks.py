@@ -120,3 +120,25 @@ def test_close_gives_up_on_a_hung_handler_within_its_deadline() -> None:
     worker.submit(2)
     assert worker.close(timeout=0.3) is False  # returned (the daemon thread is abandoned)
     stuck.set()
+
+
+def test_wandb_without_an_api_key_is_reported_once_and_never_prompts(
+    tmp_path: Path, monkeypatch, caplog
+) -> None:
+    from cadence.tracking.wandb_sink import WandbSink
+
+    for key in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_OFFLINE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc, no saved W&B login
+    monkeypatch.setenv("NETRC", str(tmp_path / "netrc"))
+    monkeypatch.setenv("WANDB_CONFIG_DIR", str(tmp_path / "wandb_config"))
+    sink = WandbSink("cadence-tests", None)
+    sink.open(_run(tmp_path), None)
+    with caplog.at_level(logging.ERROR, logger="cadence.tracking.wandb_sink"):
+        for step in (1, 2):
+            sink.write({"step": step, "loss": 0.5})
+        sink.event("health_warning", {"step": 2, "rule": "r", "message": "m"})
+        sink.close()
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "no W&B API key: run `wandb login` or set WANDB_API_KEY" in errors[0]
+    assert sink.state_dict()["run_id"] and not (tmp_path / "wandb").exists()

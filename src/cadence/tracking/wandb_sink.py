@@ -57,7 +57,7 @@ def scalars(row: dict[str, Any]) -> dict[str, float]:
 class WandbSink:
     name = "wandb"
 
-    def __init__(self, project: str, run_name: str | None, every: int = 1, capacity: int = 512) -> None:
+    def __init__(self, project: str, run_name: str | None, every: int = 1, capacity: int = 4096) -> None:
         self.project = project
         self.run_name = run_name
         self.every = every
@@ -184,6 +184,8 @@ class WandbSink:
         media: dict[str, Any] = {}
         for name in payload.get("files", []):
             path = Path(name)
+            if not path.is_file():  # removed since it was written: nothing to show, not a broken sink
+                continue
             index = path.stem.rsplit("_", 1)[-1]
             caption = _prompt(path)
             if path.suffix == ".mp4":

@@ -73,10 +73,10 @@ def run_caches(
 
 def print_summary(index: DatasetIndex, latent: CacheReport, text: CacheReport) -> None:
     skipped = index.skipped + latent.skipped
+    _out(index.summary())  # items per frame_extraction mode
     _out(f"latents: {latent.encoded} encoded, {latent.reused} reused, {len(skipped)} skipped")
     for folder in sorted(latent.folders):
         _out(f"  {folder}")
-    _out(index.summary())  # items per frame_extraction mode
     _out(f"text embeddings: {text.encoded} encoded, {text.reused} reused")
     for folder in sorted(text.folders):
         _out(f"  {folder}")

@@ -73,10 +73,15 @@ config:
             callback_url: "{RAW}"
             auth_token: {TOKEN}
           - webhook_url: ${{OPS_WEBHOOK}}
+            webhook_type: discord
+            log_level: warning
+            events: [health_warning, failure]
 """
     shown = redact_config_text(text)
     assert "SECRET" not in shown
     assert "# keep this comment" in shown and "${OPS_WEBHOOK}" in shown and shown.count(REDACTED) == 3
+    assert "webhook_type: discord\n            log_level: warning" in shown  # settings are not secrets
+    assert "events: [health_warning, failure]" in shown
     assert redact_config_text("not: [valid") == "not: [valid"
 
 

@@ -30,7 +30,7 @@ class TensorBoardLog:
 
     def write(self, row: dict[str, Any]) -> None:
         step = int(row["step"])
-        if step % self.every:
+        if self._writer is None or step % self.every:
             return
         for key, value in row.items():
             if key == "step" or isinstance(value, bool) or not isinstance(value, int | float):
@@ -39,17 +39,19 @@ class TensorBoardLog:
                 self._writer.add_scalar(key, float(value), step)
 
     def event(self, kind: str, payload: dict[str, Any]) -> None:
-        if kind != "sample":  # samples are files in samples/; TensorBoard would only repeat their names
+        if self._writer is not None and kind != "sample":  # samples are files in samples/, not repeated here
             self._writer.add_text(
                 f"events/{kind}", str(payload.get("message", "")), int(payload.get("step") or 0)
             )
 
     def flush(self) -> None:
-        self._writer.flush()
+        if self._writer is not None:
+            self._writer.flush()
 
     def close(self) -> None:
         if self._writer is not None:
             self._writer.close()
+            self._writer = None
 
     def state_dict(self) -> dict[str, Any]:
         return {}

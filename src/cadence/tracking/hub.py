@@ -39,6 +39,7 @@ class HubPushSink:
         self.thread: threading.Thread | None = None
         self.result: str | None = None  # the commit URL
         self.error: str | None = None
+        self.closed = False
 
     def open(self, run: RunInfo, resume_step: int | None) -> None:
         self.run = run
@@ -100,7 +101,7 @@ class HubPushSink:
             self._notify("publish_failed", f"publishing to {self.repo_id} failed: {self.error}")
 
     def _notify(self, status: str, message: str) -> None:
-        if self.notify is not None:
+        if self.notify is not None and not self.closed:  # an abandoned upload ends after the other sinks
             self.notify("publish", {"status": status, "repo_id": self.repo_id, "message": message})
 
     def flush(self) -> None:
@@ -108,9 +109,11 @@ class HubPushSink:
 
     def close(self) -> None:
         if self.thread is None:
+            self.closed = True
             return
         while self.thread.is_alive():
             if self.abandon():
+                self.closed = True
                 log.warning(
                     "save.push_to_hub: stop requested; leaving the upload unfinished. Publish later with "
                     "`cadence publish %s --repo %s`",
@@ -119,6 +122,7 @@ class HubPushSink:
                 )
                 return
             self.thread.join(0.2)
+        self.closed = True
 
     def state_dict(self) -> dict[str, Any]:
         return {}

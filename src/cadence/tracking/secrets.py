@@ -61,7 +61,10 @@ def secret_values(cfg: BaseModel) -> list[str]:
 
 
 def _secret_field_names(model: type[BaseModel], seen: set[type] | None = None) -> set[str]:
-    """Names of secret fields anywhere in the schema (the keys `redact_config_text` looks for)."""
+    """Names (and accepted aliases) of secret fields anywhere in the schema: the keys
+    `redact_config_text` looks for."""
+    from pydantic import AliasChoices
+
     seen = seen if seen is not None else set()
     if model in seen:
         return set()
@@ -70,7 +73,11 @@ def _secret_field_names(model: type[BaseModel], seen: set[type] | None = None) -
     for name, field in model.model_fields.items():
         if is_secret_field(model, name):
             names.add(name)
-            names.update(a for a in (field.validation_alias,) if isinstance(a, str))
+            alias = field.validation_alias
+            if isinstance(alias, str):
+                names.add(alias)
+            elif isinstance(alias, AliasChoices):
+                names.update(a for a in alias.choices if isinstance(a, str))
         for sub in _models_in(field.annotation):
             names |= _secret_field_names(sub, seen)
     return names
@@ -84,24 +91,24 @@ def _models_in(annotation: Any) -> list[type[BaseModel]]:
     return [m for arg in get_args(annotation) for m in _models_in(arg)]
 
 
-def _literal_secrets(node: Any, keys: set[str], inside_hooks: bool, out: list[str]) -> None:
+_HOOK_KEYS = {"webhooks", "webhook_config"}
+
+
+def _literal_secrets(node: Any, keys: set[str], out: list[str]) -> None:
+    """Secret values in a parsed config: the secret keys of webhook entries, and bare webhook URLs."""
     if isinstance(node, dict):
         for key, value in node.items():
-            if key in keys and isinstance(value, str):
-                out.append(value)
+            if key in _HOOK_KEYS:
+                for item in value if isinstance(value, list) else [value]:
+                    if isinstance(item, str):
+                        out.append(item)  # the URL shorthand: webhooks: [https://...]
+                    elif isinstance(item, dict):
+                        out.extend(v for k, v in item.items() if k in keys and isinstance(v, str))
             else:
-                _literal_secrets(value, keys, inside_hooks or key in _HOOK_KEYS, out)
+                _literal_secrets(value, keys, out)
     elif isinstance(node, list):
         for item in node:
-            if inside_hooks and isinstance(item, str):
-                out.append(item)  # the URL shorthand: webhooks: [https://...]
-            else:
-                _literal_secrets(item, keys, inside_hooks, out)
-    elif inside_hooks and isinstance(node, str):
-        out.append(node)  # webhooks: https://... (a single URL)
-
-
-_HOOK_KEYS = {"webhooks", "webhook_config"}
+            _literal_secrets(item, keys, out)
 
 
 def redact_config_text(text: str) -> str:
@@ -115,7 +122,7 @@ def redact_config_text(text: str) -> str:
     except yaml.YAMLError:
         return text
     found: list[str] = []
-    _literal_secrets(data, _secret_field_names(JobConfig), False, found)
+    _literal_secrets(data, _secret_field_names(JobConfig), found)
     for value in sorted(set(found), key=len, reverse=True):
         if "${" not in value and len(value) >= _MIN_SECRET:
             text = text.replace(value, REDACTED)

@@ -21,6 +21,7 @@ from cadence.config.schema import JobConfig
 from cadence.data.cache import CacheReport, LatentCache, TextCache
 from cadence.data.dataset import DatasetIndex, build_dataset_index
 from cadence.data.media import DatasetError
+from cadence.data.motion_reference import ensure_motion_reference
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,8 @@ def run_caches(
     latents = LatentCache.for_job(cfg, adapter, Path(cfg.run_dir))
     with tqdm(total=len(index.items), desc="latents", unit="item", disable=not show_progress) as bar:
         latent_report = latents.ensure(index.items, adapter, progress=lambda _s: bar.update(1))
+    # the training clips' own motion, which the samples are compared with (measured once, kept with the cache)
+    ensure_motion_reference(Path(cfg.run_dir), index.items, latents, adapter.native_fps)  # type: ignore[attr-defined]
     captions = captions_to_cache(cfg, index)
     texts = text_cache_for(cfg, adapter.model_id)  # type: ignore[attr-defined]
     with tqdm(total=len(captions), desc="text", unit="caption", disable=not show_progress) as bar:

@@ -400,7 +400,9 @@ class HealthMonitor:
     def __init__(self, cfg: HealthConfig) -> None:
         self.cfg = cfg
         self.magnitudes: dict[int, dict[str, MagnitudeSummary]] = {}
-        self.reported: set[tuple[str, int, str | None]] = set()  # motion-rule warnings already raised
+        # motion-rule warnings already raised; None (a resume from a state that did not record them): the
+        # first check takes those it finds at earlier steps as raised, so none is raised twice
+        self.reported: set[tuple[str, int, str | None]] | None = set()
 
     def due(self, step: int, saving: bool) -> bool:
         return saving if self.cfg.every is None else step % self.cfg.every == 0
@@ -445,6 +447,8 @@ class HealthMonitor:
         if series.sampled and latest.motion is None:
             # the run samples, and the latest checkpoint's samples may still come: its motion rules wait
             warnings = [w for w in warnings if not (w.step == latest.step and w.rule in MOTION_RULES)]
+        if self.reported is None:
+            self.reported = {(w.rule, w.step, w.expert) for w in warnings if w.step < step}
         current = []
         for w in warnings:
             key = (w.rule, w.step, w.expert)

@@ -1,5 +1,5 @@
 """The checkpoint series the health rules read: per-expert |ΔW| at each checkpoint joined with the metrics
-of the steps before it, and the questions the rules ask of it.
+of the steps before it and the motion of the samples taken at it, and the questions the rules ask of it.
 
 Experts take turns (`switch_boundary_every`), so a checkpoint interval may hold only one expert's steps and
 a checkpoint may fall mid-round, one expert a turn ahead. Comparing the experts there measures the

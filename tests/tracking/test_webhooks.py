@@ -116,3 +116,22 @@ def test_a_receiver_that_hangs_never_holds_up_the_caller(receiver: WebhookReceiv
     delivered = receiver.posts("/slow")
     assert len(delivered) == 300 - slow.worker.dropped
     assert [r.json()["step"] for r in delivered] == sorted(r.json()["step"] for r in delivered)
+
+
+def test_debug_logging_of_the_http_library_never_shows_a_webhook_token(
+    receiver: WebhookReceiver, tmp_path: Path, caplog
+) -> None:
+    from cadence.tracking.secrets import Redactor, redact_logs
+
+    url = f"{receiver.url}/hooks/SECRET-token-in-the-path"
+    remove = redact_logs(Redactor([url]))  # what RunRecorder.open installs on the root handlers
+    try:
+        with caplog.at_level(logging.DEBUG):
+            sink = _sink([url], tmp_path)
+            sink.event("finish", {"step": 3, "status": "completed", "message": "finished"})
+            sink.close()
+    finally:
+        remove()
+    assert receiver.posts("/hooks/SECRET-token-in-the-path")  # it was sent ...
+    assert "urllib3" in caplog.text and '"POST <redacted> HTTP/1.1" 204' in caplog.text  # ... and logged
+    assert "SECRET" not in caplog.text

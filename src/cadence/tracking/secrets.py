@@ -10,7 +10,9 @@ environment or their own login.
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Callable
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -156,3 +158,36 @@ class Redactor:
         for secret in self.secrets:
             text = text.replace(secret, REDACTED)
         return text
+
+
+class RedactingFilter(logging.Filter):
+    """A handler filter that scrubs secrets from every record it passes, whoever logged it (urllib3 logs
+    request paths at DEBUG, and a webhook URL's path is its token)."""
+
+    def __init__(self, redactor: Redactor) -> None:
+        super().__init__()
+        self.redactor = redactor
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        text = record.getMessage()
+        clean = self.redactor.scrub(text)
+        if clean != text:
+            record.msg, record.args = clean, None
+        return True
+
+
+def redact_logs(redactor: Redactor) -> Callable[[], None]:
+    """Scrub secrets from everything the root logger's handlers write (console, log.txt, the UI's job log);
+    returns the function that takes the filter off again."""
+    if not redactor.secrets:
+        return lambda: None
+    handlers = list(logging.getLogger().handlers)
+    guard = RedactingFilter(redactor)
+    for handler in handlers:
+        handler.addFilter(guard)
+
+    def remove() -> None:
+        for handler in handlers:
+            handler.removeFilter(guard)
+
+    return remove

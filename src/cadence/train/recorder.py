@@ -21,7 +21,7 @@ from cadence.metrics.jsonl import MetricsLog
 from cadence.networks.formats import save_lora_file
 from cadence.tracking import RunInfo, SinkSet
 from cadence.tracking.build import configured_sinks
-from cadence.tracking.secrets import Redactor, redact_config
+from cadence.tracking.secrets import Redactor, redact_config, redact_logs
 from cadence.train.checkpoint import CheckpointManager, RunPaths
 from cadence.train.checks import evaluation_weights
 from cadence.train.finite import describe_nonfinite, nonfinite_tensors
@@ -46,6 +46,7 @@ class RunRecorder:
         self.redactor = Redactor.for_config(cfg)
         # set by the training loop: true once a stop was requested (a final upload stops waiting)
         self.interrupted: Callable[[], bool] = lambda: False
+        self._unredact_logs: Callable[[], None] = lambda: None
 
     def open(self, resume_step: int | None, tracking_state: dict[str, Any] | None = None) -> None:
         """Open the metrics log (dropping lines after the checkpoint a resume starts from) and the sinks;
@@ -59,6 +60,7 @@ class RunRecorder:
                 dropped,
                 truncate_after,
             )
+        self._unredact_logs = redact_logs(self.redactor)  # third-party DEBUG lines quote webhook paths
         for sink in configured_sinks(self.cfg, self.paths, lambda: self.interrupted(), self.event):
             self.sinks.add(sink)
         run = RunInfo(
@@ -156,6 +158,7 @@ class RunRecorder:
         self.sinks.close()
         if self.metrics is not None:
             self.metrics.close()
+        self._unredact_logs()
 
 
 def _lora_writer(tensors: dict, metadata: dict[str, str], layout: str, dtype: Any) -> Any:

@@ -5,7 +5,12 @@ real Diffusers folder), the same 33-frame 256x256 clip, batch size and dtype. Th
 consecutive metrics-line timestamps, so it includes data loading from the cache, metrics (trend windows,
 gradient stability), the JSONL write, TensorBoard and the progress bar. Goal: ratio <= 1.05.
 
-    .venv/bin/python bench/train_step_bench.py [--steps 40]
+Adapter types (`--types`, default lokr,loha,locon,dora): on the same expert, clip and bare step, each type's
+step time and trainable parameter count against LoRA at equal rank (16), as ratios. Steps are interleaved
+(LoRA, type, LoRA, type, ...), and the median of the per-pair ratios is reported. LoCon adds the Conv3d
+patch embedding to the block Linears; LoKr is low-rank (lokr_full_rank: false) at the same rank.
+
+    .venv/bin/python bench/train_step_bench.py [--steps 40] [--types lokr,loha,locon,dora] [--type-steps 12]
 """
 
 from __future__ import annotations
@@ -104,10 +109,64 @@ def bare_step_times(setup, steps: int) -> list[float]:
     return times
 
 
+TYPE_NETWORKS = {
+    "lora": {"linear": 16, "linear_alpha": 16},
+    "lokr": {"type": "lokr", "lokr_full_rank": False, "linear": 16, "linear_alpha": 16},
+    "loha": {"type": "loha", "linear": 16, "linear_alpha": 16},
+    "locon": {"type": "locon", "linear": 16, "network_kwargs": {"include_patterns": ["patch_embedding"]}},
+    "dora": {"type": "dora", "linear": 16, "linear_alpha": 16},
+}
+
+
+def adapter_type_ratios(setup, types: list[str], steps: int, warm: int = 2) -> dict[str, tuple[float, float]]:
+    """{type: (median step-time ratio vs LoRA, trainable-parameter ratio vs LoRA)}, interleaved pairs."""
+    from cadence.config.schema import NetworkConfig
+    from cadence.networks.lora import LoRANetwork
+
+    expert = "high_noise"
+    transformer = setup.adapter.transformer(expert)
+    setup.networks[expert].remove()  # the trainer's own adapter off: each type runs alone
+    nets = {
+        kind: LoRANetwork(transformer, NetworkConfig(**TYPE_NETWORKS[kind]), name=expert, seed=1)
+        for kind in ["lora", *types]
+    }
+    params = {kind: sum(p.numel() for p in net.parameters()) for kind, net in nets.items()}
+    spec = setup.expert_specs[expert]
+    batch = setup.batches.assemble([0], None).to(setup.device, setup.dtype)
+    generator = torch.Generator().manual_seed(0)
+    optimizers = {kind: torch.optim.AdamW(net.parameters(), lr=1e-4) for kind, net in nets.items()}
+
+    def one_step(kind: str) -> float:
+        net = nets[kind].apply()
+        started = time.perf_counter()
+        noise = torch.randn(batch.latents.shape, generator=generator)
+        t = torch.rand(1, generator=generator) * (spec.t_high - spec.t_low) + spec.t_low
+        prediction = setup.adapter.predict(
+            expert, noisy_latents(batch.latents, noise, t), t, batch.text, batch.cond
+        )
+        flow_matching_loss(prediction, velocity_target(batch.latents, noise)).backward()
+        optimizers[kind].step()
+        optimizers[kind].zero_grad(set_to_none=True)
+        elapsed = time.perf_counter() - started
+        net.remove()
+        return elapsed
+
+    ratios: dict[str, list[float]] = {kind: [] for kind in types}
+    for index in range(steps + warm):
+        for kind in types:
+            lora, other = one_step("lora"), one_step(kind)
+            if index >= warm:
+                ratios[kind].append(other / lora)
+    return {kind: (statistics.median(ratios[kind]), params[kind] / params["lora"]) for kind in types}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--steps", type=int, default=40)
+    parser.add_argument("--types", default="lokr,loha,locon,dora", help="adapter types vs LoRA ('' to skip)")
+    parser.add_argument("--type-steps", type=int, default=12, help="interleaved pairs per adapter type")
     args = parser.parse_args()
+    types = [t for t in args.types.split(",") if t]
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         write_tiny_model(root / "model", "wan22_14b_i2v")
@@ -121,10 +180,16 @@ def main() -> None:
         warm = 5
         full = statistics.median(full_step_times(rows)[warm:])
         bare = statistics.median(bare_step_times(setup, args.steps)[warm:])
+        type_ratios = adapter_type_ratios(setup, types, args.type_steps) if types else {}
     print(f"transformer parameters per expert: {params:,}; clip 33 frames 256x256; batch 1; fp32; CPU")
     print(f"median full trainer step: {full * 1000:.1f} ms")
     print(f"median bare fwd+bwd+AdamW step: {bare * 1000:.1f} ms")
     print(f"ratio full/bare: {full / bare:.3f} (goal <= 1.05)")
+    for kind, (time_ratio, param_ratio) in type_ratios.items():
+        print(
+            f"{kind} vs lora at rank 16: step time x{time_ratio:.3f} (median of {args.type_steps} interleaved "
+            f"pairs), trainable parameters x{param_ratio:.3f}"
+        )
 
 
 if __name__ == "__main__":

@@ -141,12 +141,16 @@ def test_token_dropout_refused_in_seed_layout(make_flat, make_seed):
     assert "config.process[0].datasets[0].token_dropout_rate" in issues
 
 
-@pytest.mark.parametrize("kind", ["lokr", "loha", "locon", "LoKr"])
-def test_lycoris_types_refused_with_registry_message(make_flat, kind):
-    message = issues_of(make_flat(network={"type": kind}))["network.type"]
-    assert message.startswith(
-        f"'type: {kind.lower()}' is valid for ai-toolkit but not supported yet by Cadence"
-    )
+@pytest.mark.parametrize("kind", ["lokr", "loha", "locon", "LoKr", "dora"])
+def test_lycoris_types_accepted(make_flat, kind):
+    assert load_config_dict(make_flat(network={"type": kind})).network.type == kind.lower()
+
+
+def test_lorm_refused_with_registry_message(make_flat):
+    message = issues_of(make_flat(network={"type": "lorm"}))["network.type"]
+    assert message.startswith("'type: lorm' is valid for ai-toolkit but not supported yet by Cadence")
+
+
 
 
 def test_quantize_qtypes_and_recovery_adapter_form(make_flat):

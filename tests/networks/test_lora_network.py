@@ -154,7 +154,7 @@ def test_lora_tensors_round_trip_exactly_and_mismatch_is_an_error() -> None:
         s = src.to_lora_tensors()[name]
         assert torch.equal(t.down, s.down) and torch.equal(t.up, s.up) and t.alpha == 3.0
     other_rank = LoRANetwork(Toy(), _cfg(linear=8), name="c")
-    with pytest.raises(ValueError, match="blocks.0.down: shape"):
+    with pytest.raises(ValueError, match="blocks.0: lora_down.weight: shape"):
         other_rank.load_lora_tensors(src.to_lora_tensors())
     with pytest.raises(ValueError, match="missing"):
         dst.load_lora_tensors({})

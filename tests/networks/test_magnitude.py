@@ -2,23 +2,15 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import pytest
 import torch
 
 from cadence.networks import magnitude
+from cadence.networks.formats import LoraTensors as T
 from cadence.networks.magnitude import block_index, delta_weight, mean_abs_delta, summarize
 
 
-@dataclass
-class T:
-    down: torch.Tensor
-    up: torch.Tensor
-    alpha: float
-
-
-def _linear(out: int, inp: int, rank: int, alpha: float, seed: int = 0) -> T:
+def _linear(out: int, inp: int, rank: int, alpha: float, seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     return T(torch.randn(rank, inp, generator=g), torch.randn(out, rank, generator=g), alpha)
 

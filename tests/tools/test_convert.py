@@ -125,3 +125,39 @@ def test_cli_wiring(tmp_path, capsys) -> None:
     assert main(["convert", str(src), str(tmp_path / "b.safetensors"), "--to", "diffusers"]) == 0
     assert main(["inspect", str(tmp_path / "b.safetensors"), "--json"]) == 0
     assert '"layout": "diffusers"' in capsys.readouterr().out
+
+
+def test_output_that_is_the_input_is_refused(tmp_path, monkeypatch, capsys) -> None:
+    """Issue 21: `cadence convert IN IN` (also through a symlink or a relative path) must not touch IN."""
+    src = tmp_path / "lora.safetensors"
+    save_lora_file(src, _modules(), {"step": "1"}, "comfyui", torch.float32)
+    before = src.read_bytes()
+    link = tmp_path / "link.safetensors"
+    link.symlink_to(src)
+    monkeypatch.chdir(tmp_path)
+    for out in (src, link, "lora.safetensors", tmp_path / "sub" / ".." / "lora.safetensors"):
+        assert _convert(src, out, "diffusers") == 2
+        assert "is one of the input files" in capsys.readouterr().err
+    assert src.read_bytes() == before and link.is_symlink()
+
+
+def test_types_without_a_diffusers_layout_are_refused(tmp_path, capsys) -> None:
+    from cadence.networks.tensors import AdapterTensors
+
+    g = torch.Generator().manual_seed(0)
+    hada = {
+        k: torch.randn(*s, generator=g)
+        for k, s in (
+            ("hada_w1_a", (24, 2)),
+            ("hada_w1_b", (2, 24)),
+            ("hada_w2_a", (24, 2)),
+            ("hada_w2_b", (2, 24)),
+        )
+    }
+    src = tmp_path / "loha.safetensors"
+    save_lora_file(
+        src, {"blocks.0.attn1.to_q": AdapterTensors("loha", hada, 1.0)}, {}, "comfyui", torch.float32
+    )
+    assert _convert(src, tmp_path / "out.safetensors", "diffusers") == 2
+    assert "loha adapters have no diffusers layout" in capsys.readouterr().err
+    assert not (tmp_path / "out.safetensors").exists()

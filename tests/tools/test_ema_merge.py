@@ -171,3 +171,73 @@ def test_command_reports_errors(tmp_path, capsys) -> None:
     args.files, args.output = [str(high), str(second)], str(second)
     assert ema_merge_command(args) == 2
     assert "is one of the input files" in capsys.readouterr().err and second.read_bytes() == before
+
+
+def test_different_ranks_are_named_as_rank_with_both_files(tmp_path, capsys) -> None:
+    """Issue 21: ranks 4 and 8 with alpha = rank used to be reported as an alpha difference."""
+    paths = []
+    for step, rank in ((100, 4), (200, 8)):
+        g = torch.Generator().manual_seed(step)
+        modules = {
+            n: LoraTensors(torch.randn(rank, 6, generator=g), torch.randn(6, rank, generator=g), float(rank))
+            for n in NAMES
+        }
+        paths.append(tmp_path / f"run_{step:09d}.safetensors")
+        save_lora_file(paths[-1], modules, {"step": str(step)}, "comfyui", torch.float32)
+    args = argparse.Namespace(
+        files=[str(p) for p in paths],
+        output=str(tmp_path / "o.safetensors"),
+        beta=None,
+        beta2=None,
+        sigma_rel=None,
+    )
+    assert ema_merge_command(args) == 2
+    err = capsys.readouterr().err
+    assert "rank differs" in err and "4 in run_000000100.safetensors" in err and "8 in run_000000200" in err
+    assert "alpha" not in err
+
+
+def test_lokr_and_dora_files_average_every_stored_tensor(tmp_path) -> None:
+    """Factors (and DoRA magnitudes) are averaged tensor by tensor; type, rank and alpha are kept."""
+    from cadence.networks.tensors import AdapterTensors
+
+    files, weights = [], []
+    for step in (100, 200, 300):
+        g = torch.Generator().manual_seed(step)
+        t = {
+            "lokr_w1": torch.randn(2, 3, generator=g),
+            "lokr_w2_a": torch.randn(4, 2, generator=g),
+            "lokr_w2_b": torch.randn(2, 4, generator=g),
+            "dora_scale": torch.rand(1, 12, generator=g) + 1,
+        }
+        weights.append(t)
+        files.append(tmp_path / f"run_{step:09d}.safetensors")
+        save_lora_file(
+            files[-1],
+            {NAMES[0]: AdapterTensors("lokr", t, 3.0)},
+            {"step": str(step)},
+            "comfyui",
+            torch.float32,
+        )
+    out = tmp_path / "ema.safetensors"
+    args = argparse.Namespace(
+        files=[str(p) for p in files], output=str(out), beta=0.9, beta2=None, sigma_rel=None
+    )
+    assert ema_merge_command(args) == 0
+    merged = load_lora_file(out).modules[NAMES[0]]
+    assert merged.algo == "lokr" and merged.alpha == 3.0 and merged.rank == 2
+    for key in weights[0]:
+        direct = weights[0][key].double()
+        for w in weights[1:]:
+            direct = 0.9 * direct + 0.1 * w[key].double()
+        torch.testing.assert_close(merged.tensors[key].double(), direct, atol=1e-6, rtol=1e-6)
+    other = tmp_path / "run_000000400.safetensors"
+    save_lora_file(
+        other,
+        {NAMES[0]: LoraTensors(torch.zeros(2, 12), torch.zeros(6, 2), 3.0)},
+        {"step": "400"},
+        "comfyui",
+        torch.float32,
+    )
+    with pytest.raises(ValueError, match="adapter type differs"):
+        ema_merge([read_checkpoint(files[0]), read_checkpoint(other)])

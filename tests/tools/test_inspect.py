@@ -69,3 +69,32 @@ def test_unreadable_file_is_reported(tmp_path, capsys) -> None:
     path = tmp_path / "nope.safetensors"
     assert inspect_command(argparse.Namespace(file=str(path), json=False)) == 2
     assert "nope.safetensors" in capsys.readouterr().err
+
+
+def test_lokr_and_dora_report_type_factors_and_scope(tmp_path, capsys) -> None:
+    from cadence.config.schema import NetworkConfig, NetworkKwargs
+    from cadence.models.tiny import build_tiny_pipeline
+    from cadence.networks import LoRANetwork
+
+    model = build_tiny_pipeline("wan22_14b_i2v", seed=0).transformer
+    cfg = NetworkConfig(
+        type="lokr", lokr_full_rank=False, linear=2, lokr_factor=4, network_kwargs=NetworkKwargs(dora_wd=True)
+    )
+    path = tmp_path / "dokr.safetensors"
+    save_lora_file(path, LoRANetwork(model, cfg, name="x").to_lora_tensors(), {}, "comfyui", torch.float16)
+    report = json.loads(_run(path, True, capsys))
+    assert report["type"] == ["lokr"] and report["dora"] == ["input"] and report["rank"] == [2]
+    assert "4x4 (x) 6x6" in report["lokr_factors"] and report["dtype"] == ["float16"]
+    assert "low-rank part only" in report["magnitude"]["scope"]
+    out = _run(path, False, capsys)
+    assert "type        lokr + DoRA (magnitude per input axis)" in out and "factors     " in out
+    full = tmp_path / "full.safetensors"
+    save_lora_file(
+        full,
+        LoRANetwork(model, NetworkConfig(type="lokr"), name="x").to_lora_tensors(),
+        {},
+        "comfyui",
+        torch.float32,
+    )
+    report = json.loads(_run(full, True, capsys))
+    assert report["rank"] == ["full"] and report["alpha"] == [] and report["dora"] == []

@@ -23,6 +23,11 @@ SYNONYMS: dict[str, str] = {
     "training_seed": "train.seed",
     "save.save_dtype": "save.dtype",
     "datasets[].caption_type": "datasets[].caption_ext",
+    # DoRA and LoKr as LyCORIS / kohya / musubi-tuner / PEFT spell them (network_args of those trainers)
+    "network.network_kwargs.use_dora": "network.network_kwargs.dora_wd",
+    "network.network_kwargs.weight_decompose": "network.network_kwargs.dora_wd",
+    "network.network_kwargs.wd_on_out": "network.network_kwargs.wd_on_output",
+    "network.network_kwargs.factor": "network.lokr_factor",
     # the seed reads its per-expert (conv-alpha) phase list from `phases`
     "network.alpha_schedule.per_expert.high_noise.phases": (
         "network.alpha_schedule.per_expert.high_noise.conv_alpha_phases"

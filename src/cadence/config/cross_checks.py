@@ -186,7 +186,9 @@ def _network_issues(cfg: JobConfig) -> list[Issue]:
                     "enabled: true but no phases: set conv_alpha_phases, alpha_phases or preset: video|image",
                 )
             )
-    return issues
+    from cadence.config.network_checks import network_type_issues  # LoKr / LoHa / LoCon / DoRA rules
+
+    return issues + network_type_issues(cfg)
 
 
 def _job_issues(cfg: JobConfig) -> list[Issue]:
@@ -241,7 +243,9 @@ def _job_issues(cfg: JobConfig) -> list[Issue]:
 def config_warnings(cfg: JobConfig) -> list[Issue]:
     """Settings that load but may not do what the user meant; logged, not refused (ai-toolkit configs switch
     quantization off with `quantize: false` and keep their qtype, and those configs must keep running)."""
-    return _quantize_warnings(cfg)
+    from cadence.config.network_checks import network_type_warnings
+
+    return _quantize_warnings(cfg) + network_type_warnings(cfg)
 
 
 def _quantize_warnings(cfg: JobConfig) -> list[Issue]:

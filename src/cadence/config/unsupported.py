@@ -114,12 +114,15 @@ REGISTRY: list[Unsupported] = [
     # ---------------------------------------------------------------- network
     U(
         "network.type",
-        "only type 'lora' is implemented (LoKr/LoHa/LoCon/LoRM later)",
-        accepts=_not_in("lokr", "loha", "locon", "lorm"),
+        "LoRM (ai-toolkit's low-rank middle adapters) is not implemented; use lora, locon, lokr, loha or dora",
+        accepts=_not_in("lorm"),
     ),
-    U("network.lokr_full_rank", "LoKr is not implemented", True),
-    U("network.lokr_factor", "LoKr is not implemented", -1),
-    U("network.old_lokr_format", "LoKr is not implemented", False),
+    U(
+        "network.old_lokr_format",
+        "ai-toolkit's pre-PEFT LoKr key names are not written; Cadence's LoKr files use the LyCORIS keys "
+        "(lokr_w1, lokr_w2_a, ...) that ComfyUI reads, in the layout save.format names",
+        False,
+    ),
     U("network.lorm", "LoRM is not implemented", None),
     U("network.transformer_only", "Cadence trains transformer adapters only", True),
     U("network.split_multistage_loras", "Cadence always trains one adapter per expert", True),

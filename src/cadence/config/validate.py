@@ -63,7 +63,9 @@ def _model_issues(cfg: JobConfig, prefix: str) -> list[tuple[str, str]]:
         check_model(str(folder), cfg.model.arch, cfg.model.revision)
     except ModelLoadError as error:
         return [(format_path(("model", "name_or_path"), prefix), str(error))]
-    return []
+    from cadence.networks.preflight import network_issues  # the adapters on an empty (meta) model
+
+    return network_issues(cfg, folder, prefix)
 
 
 def _prefixed(path: str, prefix: str) -> str:

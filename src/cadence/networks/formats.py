@@ -1,20 +1,26 @@
-"""LoRA safetensors files in the ComfyUI/original-Wan layout and the diffusers/PEFT layout.
+"""Adapter safetensors files (LoRA, LoCon, LoKr, LoHa, DoRA) in the ComfyUI/original-Wan and diffusers layouts.
 
-* `comfyui` (default): `diffusion_model.{original Wan name}.lora_down.weight` / `.lora_up.weight` / `.alpha`,
-  the layout ComfyUI and the original Wan code read. `.alpha` is always written (a 0-dim fp32 tensor) so the
-  strength at load time equals the strength used in training; diffusers' Wan converter reads it with
-  `.item()` and folds alpha/rank into the weights.
-* `diffusers`: `transformer.{diffusers name}.lora_A.weight` / `.lora_B.weight`, plus the safetensors metadata
-  entry `lora_adapter_metadata` (JSON LoraConfig kwargs prefixed `transformer.`: `r`, `lora_alpha`,
-  `target_modules`, `rank_pattern`, `alpha_pattern`) - the entry `WanLoraLoaderMixin.load_lora_weights`
-  passes to PEFT, so a file whose alpha != rank loads at the trained strength with the tensors unchanged.
+* `comfyui` (default): `diffusion_model.{original Wan name}.{key}` with the LyCORIS/ComfyUI keys of the
+  module's algorithm (`lora_down.weight` / `lora_up.weight`, `lokr_w1` / `lokr_w2[_a|_b]`, `hada_w1_a` ...,
+  `dora_scale`) and `.alpha`, the layout ComfyUI and the original Wan code read. `.alpha` is always written
+  (a 0-dim fp32 tensor) where the algorithm has a rank, so the strength at load time equals the strength used
+  in training; diffusers' Wan converter reads it with `.item()` and folds alpha/rank into the weights. DoRA
+  magnitudes stay fp32 too: they rescale whole rows of W, so fp16 rounding would move W by more than most
+  trained deltas.
+* `diffusers` (LoRA and output-axis DoRA only): `transformer.{diffusers name}.lora_A.weight` /
+  `.lora_B.weight` (`.lora_magnitude_vector` for DoRA), plus the safetensors metadata entry
+  `lora_adapter_metadata` (JSON LoraConfig kwargs prefixed `transformer.`: `r`, `lora_alpha`,
+  `target_modules`, `rank_pattern`, `alpha_pattern`, `use_dora`) - the entry
+  `WanLoraLoaderMixin.load_lora_weights` passes to PEFT, so a file whose alpha != rank loads at the trained
+  strength with the tensors unchanged. PEFT has no LoKr/LoHa loader in diffusers' LoRA path.
 * Loading also accepts kohya/musubi files (`lora_unet_blocks_0_self_attn_q.lora_down.weight`, layout "kohya").
 
 Known limit of diffusers' converter (0.42): a ComfyUI-layout file that adapts modules outside the blocks
 (`proj_out`, embedders, `patch_embedding`) is rejected by `load_lora_weights`; ComfyUI loads it, and
 `cadence convert --to diffusers` gives diffusers a file it loads.
 
-All metadata values are strings; every file carries `cadence_format_version`, `layout`, `rank`, `alpha`.
+All metadata values are strings; every file carries `cadence_format_version`, `layout`, `algo`, `rank`,
+`alpha` (and `dora` with DoRA's axis).
 """
 
 from __future__ import annotations
@@ -29,10 +35,11 @@ from pathlib import Path
 
 import torch
 from safetensors import SafetensorError, safe_open
-from safetensors.torch import save_file
 
 from cadence.atomic import atomic_write_with
 from cadence.networks import keymap
+from cadence.networks.tensors import ALGO_KEYS, DORA_KEY, IDENTIFYING_KEY, UNSUPPORTED_KEYS, AdapterTensors
+from cadence.stable_safetensors import stable_bytes
 
 log = logging.getLogger(__name__)
 
@@ -44,22 +51,20 @@ DIFFUSERS_PREFIX = "transformer."
 KOHYA_PREFIX = "lora_unet_"
 
 
-@dataclass
-class LoraTensors:
-    down: torch.Tensor  # [rank, in] (Linear) or [rank, in, *kernel] (conv)
-    up: torch.Tensor  # [out, rank] (Linear) or [out, rank, 1, ...] (conv)
-    alpha: float
-
-    @property
-    def rank(self) -> int:
-        return int(self.down.shape[0])
+def LoraTensors(down: torch.Tensor, up: torch.Tensor, alpha: float) -> AdapterTensors:  # noqa: N802
+    """A LoRA module's tensors (down [rank, in(, k...)], up [out, rank(, 1...)]) as `AdapterTensors`."""
+    return AdapterTensors("lora", {"lora_down.weight": down, "lora_up.weight": up}, float(alpha))
 
 
 @dataclass
 class LoraFile:
-    modules: dict[str, LoraTensors]
+    modules: dict[str, AdapterTensors]
     metadata: dict[str, str] = field(default_factory=dict)
     layout: str = "comfyui"
+
+    @property
+    def algos(self) -> list[str]:
+        return sorted({t.algo for t in self.modules.values()})
 
 
 # ------------------------------------------------------------------------------------------------ save
@@ -73,31 +78,61 @@ def _num(value: float | int) -> str:
     return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
-def _comfy_tensors(modules: dict[str, LoraTensors], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def _stored(key: str, value: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """Factors in the save dtype; DoRA magnitudes in fp32 (see the module docstring)."""
+    return value.detach().to("cpu", torch.float32 if key == DORA_KEY else dtype).contiguous()
+
+
+def _comfy_tensors(modules: dict[str, AdapterTensors], dtype: torch.dtype) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     for name, t in modules.items():
         key = COMFY_PREFIX + keymap.to_original(name)
-        out[f"{key}.lora_down.weight"] = t.down.detach().to("cpu", dtype).contiguous()
-        out[f"{key}.lora_up.weight"] = t.up.detach().to("cpu", dtype).contiguous()
-        out[f"{key}.alpha"] = torch.tensor(float(t.alpha), dtype=torch.float32)
+        for suffix, value in t.tensors.items():
+            out[f"{key}.{suffix}"] = _stored(suffix, value, dtype)
+        if t.alpha is not None:
+            out[f"{key}.alpha"] = torch.tensor(float(t.alpha), dtype=torch.float32)
     return out
 
 
-def _diffusers_tensors(modules: dict[str, LoraTensors], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def layout_problems(modules: dict[str, AdapterTensors], layout: str) -> list[str]:
+    """Why `modules` cannot be written in `layout` (empty when they can), each with what to do instead."""
+    if layout != "diffusers":
+        return []
+    problems = []
+    others = sorted({t.algo for t in modules.values()} - {"lora"})
+    if others:
+        problems.append(
+            f"{', '.join(others)} adapters have no diffusers layout (diffusers' load_lora_weights reads LoRA "
+            "only); save them in the comfyui layout, which ComfyUI loads"
+        )
+    if any(t.wd_on_output is False for t in modules.values()):
+        problems.append(
+            "DoRA with the magnitude per input column (network_kwargs.wd_on_output: false) has no diffusers "
+            "layout: PEFT's DoRA normalises per output row; use the comfyui layout, or train with wd_on_output: true"
+        )
+    if any(t.dora_scale is not None and t.is_conv for t in modules.values()):
+        problems.append("DoRA on a Conv layer has no diffusers layout here; use the comfyui layout")
+    return problems
+
+
+def _diffusers_tensors(modules: dict[str, AdapterTensors], dtype: torch.dtype) -> dict[str, torch.Tensor]:
     out: dict[str, torch.Tensor] = {}
     for name, t in modules.items():
-        out[f"{DIFFUSERS_PREFIX}{name}.lora_A.weight"] = t.down.detach().to("cpu", dtype).contiguous()
-        out[f"{DIFFUSERS_PREFIX}{name}.lora_B.weight"] = t.up.detach().to("cpu", dtype).contiguous()
+        out[f"{DIFFUSERS_PREFIX}{name}.lora_A.weight"] = _stored("", t.down, dtype)
+        out[f"{DIFFUSERS_PREFIX}{name}.lora_B.weight"] = _stored("", t.up, dtype)
+        if t.dora_scale is not None:
+            magnitude = t.dora_scale.reshape(-1)
+            out[f"{DIFFUSERS_PREFIX}{name}.lora_magnitude_vector"] = _stored(DORA_KEY, magnitude, dtype)
     return out
 
 
-def adapter_config(modules: dict[str, LoraTensors]) -> dict[str, object]:
+def adapter_config(modules: dict[str, AdapterTensors]) -> dict[str, object]:
     """PEFT LoraConfig kwargs reproducing each module's rank and alpha (patterns only where they differ)."""
     r = Counter(t.rank for t in modules.values()).most_common(1)[0][0]
     alpha = Counter(float(t.alpha) for t in modules.values()).most_common(1)[0][0]
     rank_pattern = {_pattern(n): t.rank for n, t in modules.items() if t.rank != r}
     alpha_pattern = {_pattern(n): float(t.alpha) for n, t in modules.items() if float(t.alpha) != alpha}
-    return {
+    config: dict[str, object] = {
         "r": r,
         "lora_alpha": alpha,
         "target_modules": sorted(modules),
@@ -106,31 +141,52 @@ def adapter_config(modules: dict[str, LoraTensors]) -> dict[str, object]:
         "lora_dropout": 0.0,
         "bias": "none",
     }
+    if any(t.dora_scale is not None for t in modules.values()):
+        config["use_dora"] = True
+    return config
 
 
 def _pattern(name: str) -> str:
     return name.replace(".", r"\.")
 
 
+def summary_metadata(modules: dict[str, AdapterTensors]) -> dict[str, str]:
+    """algo, rank ('full' for a rankless LoKr), alpha and DoRA axis over all modules, as metadata strings."""
+    ranks = [t.rank for t in modules.values()]
+    meta = {
+        "algo": ",".join(sorted({t.algo for t in modules.values()})),
+        "rank": ",".join(x for x in (_summary([r for r in ranks if r]), "full" * (None in ranks)) if x),
+        "alpha": _summary([float(t.alpha) for t in modules.values() if t.alpha is not None]),
+    }
+    axes = {t.wd_on_output for t in modules.values() if t.wd_on_output is not None}
+    if axes:
+        meta["dora"] = ",".join(sorted("output" if a else "input" for a in axes))
+    return meta
+
+
 def save_lora_file(
     path: str | Path,
-    modules: dict[str, LoraTensors],
+    modules: dict[str, AdapterTensors],
     metadata: dict[str, str],
     layout: str,
     dtype: torch.dtype,
 ) -> None:
-    """Write `modules` to `path` atomically in `layout` with weights cast to `dtype` (alpha stays fp32)."""
+    """Write `modules` to `path` atomically in `layout` with weights cast to `dtype` (alpha and DoRA
+    magnitudes stay fp32)."""
     if layout not in LAYOUTS:
         raise ValueError(f"unknown LoRA layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
     if not modules:
         raise ValueError(f"refusing to write {path}: no LoRA modules")
-    meta = {str(k): str(v) for k, v in metadata.items() if k not in (ADAPTER_METADATA_KEY, "format")}
+    problems = layout_problems(modules, layout)
+    if problems:
+        raise ValueError(f"cannot write {path} in the {layout} layout: " + "; ".join(problems))
+    meta = {
+        str(k): str(v)
+        for k, v in metadata.items()
+        if k not in (ADAPTER_METADATA_KEY, "format", "algo", "rank", "alpha", "dora")
+    }
     meta.update(
-        cadence_format_version=FORMAT_VERSION,
-        layout=layout,
-        rank=_summary([t.rank for t in modules.values()]),
-        alpha=_summary([float(t.alpha) for t in modules.values()]),
-        format="pt",
+        cadence_format_version=FORMAT_VERSION, layout=layout, **summary_metadata(modules), format="pt"
     )
     if layout == "comfyui":
         tensors = _comfy_tensors(modules, dtype)
@@ -138,7 +194,8 @@ def save_lora_file(
         tensors = _diffusers_tensors(modules, dtype)
         config = {f"{DIFFUSERS_PREFIX}{k}": v for k, v in adapter_config(modules).items()}
         meta[ADAPTER_METADATA_KEY] = json.dumps(config, sort_keys=True)
-    atomic_write_with(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
+    # sorted metadata keys: identical runs write byte-identical files (sha256-checkable resume)
+    atomic_write_with(path, lambda tmp: Path(tmp).write_bytes(stable_bytes(tensors, meta)))
 
 
 # ------------------------------------------------------------------------------------------------ load
@@ -156,46 +213,85 @@ def detect_layout(keys: list[str], path: str | Path = "<dict>") -> str:
     )
 
 
-def _split(key: str, suffixes: tuple[str, ...]) -> tuple[str, str] | None:
-    for suffix in suffixes:
-        if key.endswith(suffix):
-            return key[: -len(suffix)], suffix
+# file key suffix -> the AdapterTensors key it is stored under (PEFT spellings map to LyCORIS's)
+_SUFFIXES: dict[str, str] = {
+    **{k: k for keys in ALGO_KEYS.values() for k in keys},
+    "lora_A.weight": "lora_down.weight",
+    "lora_B.weight": "lora_up.weight",
+    DORA_KEY: DORA_KEY,
+    "lora_magnitude_vector": DORA_KEY,
+    "alpha": "alpha",
+}
+
+
+def _split(key: str) -> tuple[str, str] | None:
+    for suffix in sorted((*_SUFFIXES, *UNSUPPORTED_KEYS), key=len, reverse=True):
+        if key.endswith(f".{suffix}"):
+            return key[: -len(suffix) - 1], suffix
     return None
 
 
-_DOWN = (".lora_down.weight", ".lora_A.weight")
-_UP = (".lora_up.weight", ".lora_B.weight")
-
-
 def _group(tensors: dict[str, torch.Tensor], path: Path, prefix: str) -> dict[str, dict[str, torch.Tensor]]:
-    """{stem after prefix: {'down'|'up'|'alpha': tensor}}; unknown keys are an error naming file and key."""
+    """{stem after prefix: {normalized suffix: tensor}}; unknown keys are an error naming file and key."""
     groups: dict[str, dict[str, torch.Tensor]] = {}
     for key, value in tensors.items():
-        parts = _split(key, _DOWN) or _split(key, _UP) or _split(key, (".alpha",))
+        parts = _split(key)
         if parts is None or not key.startswith(prefix):
-            raise ValueError(f"{path}: unexpected key {key!r} (expected {prefix}<module>.lora_down/up/alpha)")
+            raise ValueError(
+                f"{path}: unexpected key {key!r} (expected {prefix}<module>.<LoRA/LoKr/LoHa key or alpha>)"
+            )
         stem, suffix = parts
-        kind = "down" if suffix in _DOWN else "up" if suffix in _UP else "alpha"
-        groups.setdefault(stem[len(prefix) :], {})[kind] = value
+        if suffix in UNSUPPORTED_KEYS:
+            raise ValueError(
+                f"{path}: key {key!r} belongs to a LyCORIS variant Cadence does not read (Tucker decomposition "
+                "or a LoKr with both halves factorized)"
+            )
+        groups.setdefault(stem[len(prefix) :], {})[_SUFFIXES[suffix]] = value
     return groups
+
+
+def _module_algo(parts: dict[str, torch.Tensor], stem: str, path: Path) -> str:
+    algos = [algo for algo, key in IDENTIFYING_KEY.items() if key in parts]
+    if len(algos) != 1:
+        found = sorted(k for k in parts if k not in ("alpha", DORA_KEY))
+        raise ValueError(
+            f"{path}: module {stem!r} has keys {found}; expected one complete LoRA (lora_down/up), LoKr "
+            "(lokr_w1 + lokr_w2 or lokr_w2_a/b) or LoHa (hada_w1_a/b, hada_w2_a/b) set"
+        )
+    algo = algos[0]
+    needed = {"lora": ALGO_KEYS["lora"], "loha": ALGO_KEYS["loha"]}.get(algo)
+    if algo == "lokr":
+        needed = ("lokr_w1", "lokr_w2") if "lokr_w2" in parts else ("lokr_w1", "lokr_w2_a", "lokr_w2_b")
+    missing = [k for k in needed if k not in parts]
+    extra = [k for k in parts if k not in (*needed, "alpha", DORA_KEY)]
+    if missing or extra:
+        what = f"lacks {missing}" if missing else f"mixes in {extra}"
+        if algo == "lora" and missing:
+            what = f"lacks its {'up' if 'lora_down.weight' in parts else 'down'} weight"
+        raise ValueError(f"{path}: {algo} module {stem!r} {what}")
+    return algo
 
 
 def _to_modules(
     groups: dict[str, dict[str, torch.Tensor]], path: Path, rename, alphas
-) -> dict[str, LoraTensors]:
-    modules: dict[str, LoraTensors] = {}
+) -> dict[str, AdapterTensors]:
+    """`alphas(name, rank)`: the alpha a file without `.alpha` means (the loader's rule for its layout)."""
+    modules: dict[str, AdapterTensors] = {}
     for stem, parts in groups.items():
-        if "down" not in parts or "up" not in parts:
-            raise ValueError(
-                f"{path}: module {stem!r} lacks its {'up' if 'down' in parts else 'down'} weight"
-            )
+        algo = _module_algo(parts, stem, path)
         try:
             name = rename(stem)
         except KeyError as exc:
             raise ValueError(f"{path}: {exc.args[0]}") from exc
-        rank = int(parts["down"].shape[0])
-        alpha = float(parts["alpha"].item()) if "alpha" in parts else alphas(name, rank)
-        modules[name] = LoraTensors(down=parts["down"], up=parts["up"], alpha=alpha)
+        tensors = {k: v for k, v in parts.items() if k != "alpha"}
+        t = AdapterTensors(algo, tensors, None)
+        if algo == "lora" and DORA_KEY in tensors and tensors[DORA_KEY].dim() == 1:
+            # PEFT's magnitude vector: one norm per output row, i.e. LyCORIS's [out, 1] dora_scale
+            ones = [1] * (tensors["lora_down.weight"].dim() - 1)
+            tensors[DORA_KEY] = tensors[DORA_KEY].reshape(-1, *ones)
+        if t.rank is not None:
+            t.alpha = float(parts["alpha"].item()) if "alpha" in parts else alphas(name, t.rank)
+        modules[name] = t
     return modules
 
 
@@ -208,11 +304,6 @@ def _diffusers_alphas(meta: dict[str, str], path: Path):
     """
     raw = meta.get(ADAPTER_METADATA_KEY)
     config = {k.removeprefix(DIFFUSERS_PREFIX): v for k, v in json.loads(raw).items()} if raw else {}
-    if config.get("use_dora"):
-        raise ValueError(
-            f"{path}: a DoRA adapter (use_dora in its adapter config); Cadence reads plain LoRA only, and dropping "
-            "the magnitude vectors would change what the file does"
-        )
     patterns = [
         (re.compile(rf"(.*\.)?({key})$"), float(v)) for key, v in (config.get("alpha_pattern") or {}).items()
     ]
@@ -227,6 +318,18 @@ def _diffusers_alphas(meta: dict[str, str], path: Path):
         return value * math.sqrt(rank) if rslora else value
 
     return alpha
+
+
+def _check_peft_dora(meta: dict[str, str], modules: dict[str, AdapterTensors], path: Path) -> None:
+    """A PEFT DoRA file must hold every magnitude vector: without them it would load as plain LoRA."""
+    raw = meta.get(ADAPTER_METADATA_KEY)
+    config = {k.removeprefix(DIFFUSERS_PREFIX): v for k, v in json.loads(raw).items()} if raw else {}
+    lacking = sorted(n for n, t in modules.items() if t.dora_scale is None)
+    if config.get("use_dora") and lacking:
+        raise ValueError(
+            f"{path}: a DoRA adapter (use_dora in its adapter config) without lora_magnitude_vector for "
+            f"{lacking[:3]}; reading it as plain LoRA would change what the file does"
+        )
 
 
 def load_lora_file(path: str | Path) -> LoraFile:
@@ -259,6 +362,7 @@ def parse_lora_tensors(tensors: dict[str, torch.Tensor], meta: dict[str, str], p
     elif layout == "diffusers":
         groups = _group(tensors, path, DIFFUSERS_PREFIX)
         modules = _to_modules(groups, path, lambda s: s, _diffusers_alphas(meta, path))
+        _check_peft_dora(meta, modules, path)
     else:
         groups = _group(tensors, path, KOHYA_PREFIX)
         rename = lambda s: keymap.to_diffusers(keymap.kohya_to_original(s))  # noqa: E731

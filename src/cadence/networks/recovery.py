@@ -14,7 +14,6 @@ ai-toolkit's conventions, which its files assume:
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import re
 from pathlib import Path
@@ -22,9 +21,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from cadence.config.schema import NetworkConfig
-from cadence.networks.formats import LoraTensors, parse_lora_tensors, read_safetensors
+from cadence.networks.formats import parse_lora_tensors, read_safetensors
 from cadence.networks.lora import LoRANetwork
+from cadence.networks.tensors import AdapterTensors
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +51,7 @@ def resolve_adapter_file(spec: str) -> Path:
         ) from exc
 
 
-def read_recovery_adapter(path: Path, experts: list[str]) -> dict[str, dict[str, LoraTensors]]:
+def read_recovery_adapter(path: Path, experts: list[str]) -> dict[str, dict[str, AdapterTensors]]:
     """{expert name: {module name: tensors at scale 1}} from one adapter file."""
     tensors, meta = read_safetensors(path)
     per_expert: dict[str, dict[str, torch.Tensor]] = {}
@@ -77,24 +76,22 @@ def read_recovery_adapter(path: Path, experts: list[str]) -> dict[str, dict[str,
     out = {}
     for expert, group in per_expert.items():
         modules = parse_lora_tensors(group, meta, path).modules
-        out[expert] = {n: dataclasses.replace(t, alpha=float(t.down.shape[0])) for n, t in modules.items()}
+        out[expert] = {n: t.with_alpha(float(t.rank)) for n, t in modules.items()}
     return out
 
 
 def attach_recovery_adapter(
     transformer: nn.Module,
-    modules: dict[str, LoraTensors],
+    modules: dict[str, AdapterTensors],
     name: str,
     device: torch.device,
     dtype: torch.dtype,
 ) -> LoRANetwork:
-    """A frozen LoRANetwork on exactly `modules`, in the base's dtype, hooked in and in eval mode."""
-    ranks = sorted({int(t.down.shape[0]) for t in modules.values()})
-    if len(ranks) != 1:
-        raise ValueError(f"accuracy-recovery adapter for {name}: one rank expected, the file has {ranks}")
-    cfg = NetworkConfig(linear=ranks[0], linear_alpha=ranks[0])
-    net = LoRANetwork(transformer, cfg, name=f"{name}_recovery", only=modules)
-    net.load_lora_tensors(modules)
+    """A frozen network on exactly `modules`, in the base's dtype, hooked in and in eval mode."""
+    ranks = sorted({t.rank for t in modules.values()})
+    if len(ranks) != 1 or {t.algo for t in modules.values()} != {"lora"}:
+        raise ValueError(f"accuracy-recovery adapter for {name}: one LoRA rank expected, the file has {ranks}")
+    net = LoRANetwork.from_tensors(transformer, modules, f"{name}_recovery")
     net.to(device=device, dtype=dtype).requires_grad_(False).eval()
     net.apply()
     log.info(

@@ -6,7 +6,7 @@ configs keep working. The regex filters also match the original-Wan names (`bloc
 naming of musubi-tuner and ComfyUI), so patterns written for those tools select the same layers (see
 `_matchers` for a negative pattern written for one naming):
 
-* Candidates: every `nn.Linear`; `nn.Conv1d/2d/3d` only when `network.conv` is set.
+* Candidates: every `nn.Linear`; `nn.Conv1d/2d/3d` only when `network.conv` is set (or type is locon).
 * Default selection: every Linear inside the transformer blocks (name starts with `blocks.`) - attention
   q/k/v/o, cross-attention (incl. the image k/v of Wan 2.1 I2V) and the FFN.
 * `only_if_contains` (substrings) *restricts* the selection to names containing any of them.
@@ -57,7 +57,7 @@ def select_targets(root: nn.Module, cfg: NetworkConfig, warn: bool = True) -> di
     selected: dict[str, nn.Module] = {}
     for name, module, full, original in candidates:
         named = any(match(full, original) for match in include)
-        if is_conv(module) and cfg.conv is None:
+        if is_conv(module) and cfg.conv_rank is None:
             if named and warn:
                 log.warning("%s matches include_patterns but network.conv is not set; not targeted", full)
             continue
@@ -72,13 +72,13 @@ def select_targets(root: nn.Module, cfg: NetworkConfig, warn: bool = True) -> di
             selected[name] = module
     if not selected:
         raise ValueError(_no_match_message(cfg, available))
-    if warn and cfg.conv is not None and not any(is_conv(m) for m in selected.values()):
+    if warn and cfg.conv_rank is not None and not any(is_conv(m) for m in selected.values()):
         log.warning(
-            "network.conv=%s is set but no Conv layer is targeted: Wan's transformer blocks are Linear-only "
+            "network.conv=%s (or type locon) is set but no Conv layer is targeted: Wan's transformer blocks are Linear-only "
             "(ai-toolkit configs set conv for models with conv layers). Name a conv layer in "
             "network_kwargs.include_patterns (e.g. 'patch_embedding') to adapt it; conv_alpha phases then "
             "drive the Linear adapters",
-            cfg.conv,
+            cfg.conv_rank,
         )
     return selected
 

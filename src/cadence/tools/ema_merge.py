@@ -1,9 +1,13 @@
 """`cadence ema-merge FILES... --output OUT [--beta B] [--beta2 B2] [--sigma-rel S]`: post-hoc EMA of LoRAs.
 
 Starting from the earliest checkpoint, each later file i updates w <- beta_i * w + (1 - beta_i) * w_i, on
-the down and the up tensors separately (as musubi-tuner's lora_post_hoc_ema and the field do; the average of
-the products is not a product of averages, but that is the accepted practice). Alpha is not averaged: it
-must be equal across the files.
+every stored tensor separately: LoRA's down and up, LoKr's w1 / w2 (or w2_a, w2_b), LoHa's four factors and
+DoRA's magnitude (as musubi-tuner's lora_post_hoc_ema does for any network it saved). Factors, not deltas:
+the average of the products is not a product of averages, but the average of the deltas has full rank, so no
+file of the adapter's own type (and size) could hold it, and ComfyUI would need a full `.diff` matrix per
+layer (a 14B expert's worth). Early in an EMA the factors move together, so the two are close in practice.
+Type, rank and alpha are not averaged: they must be equal across the files (a different rank is named as
+such, with both files).
 
 * Order: by training step (metadata `step`, else `_{step:09d}` in the file name), never by argument order
   or mtime (musubi sorts by mtime, which a copy or a resume reorders).
@@ -35,7 +39,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cadence.networks.formats import LAYOUTS, LoraFile, LoraTensors, load_lora_file, save_lora_file
+from cadence.networks.formats import LAYOUTS, LoraFile, load_lora_file, save_lora_file
+from cadence.networks.tensors import AdapterTensors
+from cadence.tools.convert import file_dtype, refuse_overwriting_input
 
 log = logging.getLogger(__name__)
 
@@ -118,18 +124,29 @@ def _check_compatible(ckpts: list[Checkpoint]) -> None:
             )
     first = ckpts[0]
     for other in ckpts[1:]:
+        a, b = first.path.name, other.path.name
         if set(other.lora.modules) != set(first.lora.modules):
             diff = sorted(set(other.lora.modules) ^ set(first.lora.modules))[:3]
-            raise ValueError(f"{first.path.name} and {other.path.name} adapt different modules (e.g. {diff})")
+            raise ValueError(f"{a} and {b} adapt different modules (e.g. {diff})")
         for name, t in first.lora.modules.items():
             o = other.lora.modules[name]
+            if o.algo != t.algo:
+                raise ValueError(f"adapter type differs for {name}: {t.algo} in {a}, {o.algo} in {b}")
+            if o.rank != t.rank:
+                raise ValueError(
+                    f"rank differs for {name}: {t.rank or 'full'} in {a}, {o.rank or 'full'} in {b}; an EMA "
+                    "averages tensors of one shape, so merge checkpoints of one run (one network.linear)"
+                )
+            if set(o.tensors) != set(t.tensors):
+                raise ValueError(f"{name}: {a} holds {sorted(t.tensors)}, {b} holds {sorted(o.tensors)}")
             if o.alpha != t.alpha:
                 raise ValueError(
-                    f"alpha differs for {name}: {t.alpha} in {first.path.name}, {o.alpha} in {other.path.name}; "
+                    f"alpha differs for {name}: {t.alpha} in {a}, {o.alpha} in {b}; "
                     "EMA needs one alpha (was the alpha schedule still changing between these checkpoints?)"
                 )
-            if o.down.shape != t.down.shape or o.up.shape != t.up.shape:
-                raise ValueError(f"{name}: shapes differ between {first.path.name} and {other.path.name}")
+            for key, value in t.tensors.items():
+                if o.tensors[key].shape != value.shape:
+                    raise ValueError(f"{name}.{key}: shapes differ between {a} and {b}")
 
 
 def ema_merge(
@@ -138,7 +155,7 @@ def ema_merge(
     beta: float | None = None,
     beta2: float | None = None,
     sigma_rel: float | None = None,
-) -> tuple[dict[str, LoraTensors], list[Checkpoint], list[float]]:
+) -> tuple[dict[str, AdapterTensors], list[Checkpoint], list[float]]:
     """Merge (fp32) in step order; returns (modules, checkpoints sorted by step, betas used)."""
     if len(checkpoints) < 2:
         raise ValueError("ema-merge needs at least two checkpoint files")
@@ -149,14 +166,14 @@ def ema_merge(
     _check_compatible(ckpts)
     betas = ema_betas([c.step for c in ckpts], beta, beta2, sigma_rel)
     merged = {
-        n: LoraTensors(t.down.to(torch.float32).clone(), t.up.to(torch.float32).clone(), t.alpha)
+        n: AdapterTensors(t.algo, {k: v.to(torch.float32).clone() for k, v in t.tensors.items()}, t.alpha)
         for n, t in ckpts[0].lora.modules.items()
     }
     for b, ckpt in zip(betas, ckpts[1:], strict=True):
         for name, acc in merged.items():
             src = ckpt.lora.modules[name]
-            acc.down.mul_(b).add_(src.down.to(torch.float32), alpha=1.0 - b)
-            acc.up.mul_(b).add_(src.up.to(torch.float32), alpha=1.0 - b)
+            for key, value in acc.tensors.items():
+                value.mul_(b).add_(src.tensors[key].to(torch.float32), alpha=1.0 - b)
     return merged, ckpts, betas
 
 
@@ -186,17 +203,14 @@ def _schedule_metadata(
 def ema_merge_command(args: argparse.Namespace) -> int:
     """CLI entry: merge args.files into args.output (atomic); returns 0, or 2 with a message on bad input."""
     try:
-        if any(Path(f).resolve() == Path(args.output).resolve() for f in args.files):
-            raise ValueError(
-                f"--output {args.output} is one of the input files; write the merge to a new file"
-            )
+        refuse_overwriting_input(args.files, args.output, "--output")
         ckpts_in = [read_checkpoint(p) for p in args.files]
         modules, ckpts, betas = ema_merge(
             ckpts_in, beta=args.beta, beta2=args.beta2, sigma_rel=args.sigma_rel
         )
         last = ckpts[-1].lora
         layout = last.layout if last.layout in LAYOUTS else "comfyui"
-        dtype = next(iter(last.modules.values())).down.dtype
+        dtype = file_dtype(last)
         save_lora_file(args.output, modules, _schedule_metadata(ckpts, betas, args), layout, dtype)
     except (ValueError, FileNotFoundError) as exc:
         sys.stderr.write(f"error: {exc}\n")

@@ -3,7 +3,8 @@
 A resume continues the same adapter tensors and optimizer state, so the rank, the targeted modules, the
 trained experts and the optimizer must be the ones that saved it. Changed, they used to surface as a
 PyTorch traceback about state-dict sizes or an optimizer message naming the wrong cause; here they are
-listed in words, with what to do.
+listed in words, with what to do. The adapter type is told apart by the parameter names each algorithm
+registers (down/up, lokr_*, hada_*, dora_scale).
 """
 
 from __future__ import annotations
@@ -18,19 +19,45 @@ class ResumeMismatchError(ValueError):
     """The config asks for a different network/experts/optimizer than the checkpoint it would resume."""
 
 
+_PARAM_ALGOS = (("lokr_", "LoKr"), ("hada_", "LoHa"), ("down", "LoRA"), ("up", "LoRA"))
+
+
+def adapter_kinds(keys) -> list[str]:
+    """Adapter algorithms (and DoRA) in a network state dict, from its parameter names."""
+    kinds = set()
+    for key in keys:
+        leaf = key.rsplit(".", 1)[-1]
+        kinds.update(name for prefix, name in _PARAM_ALGOS if leaf.startswith(prefix))
+        if leaf == "dora_scale":
+            kinds.add("DoRA")
+    return sorted(kinds)
+
+
 def _expert_differences(
     expert: str, saved: dict[str, torch.Tensor], now: dict[str, torch.Tensor]
 ) -> list[str]:
+    before, after = adapter_kinds(saved), adapter_kinds(now)
+    if before != after:
+        return [
+            f"{expert}: it trained {'+'.join(before) or 'nothing'} adapters, this config builds "
+            f"{'+'.join(after) or 'nothing'} (network.type or network_kwargs.dora_wd changed)"
+        ]
     out = []
     shapes = [k for k in saved.keys() & now.keys() if saved[k].shape != now[k].shape]
     if shapes:
         key = sorted(shapes)[0]
         out.append(
             f"{expert}: {len(shapes)} LoRA tensors changed shape (e.g. {key}: saved {list(saved[key].shape)}, "
-            f"now {list(now[key].shape)}), i.e. network.linear/conv (rank) changed"
+            f"now {list(now[key].shape)}), i.e. network.linear/conv (rank), or for LoKr lokr_factor / "
+            "lokr_full_rank, or DoRA's wd_on_output changed"
         )
     gone, new = sorted(saved.keys() - now.keys()), sorted(now.keys() - saved.keys())
-    if gone or new:
+    if (gone or new) and {k.rsplit(".", 1)[0] for k in saved} == {k.rsplit(".", 1)[0] for k in now}:
+        out.append(
+            f"{expert}: the LoKr factors changed form (e.g. {(gone or new)[0]}): lokr_full_rank or the rank "
+            "changed whether the larger factor is low-rank"
+        )
+    elif gone or new:
         example = (gone or new)[0]
         out.append(
             f"{expert}: the targeted modules changed ({len(gone)} saved tensors not targeted now, {len(new)} new; "

@@ -133,6 +133,15 @@ def _trained_experts(cfg: JobConfig, adapter: ModelAdapter) -> list[str]:
     return [spec.name for spec in adapter.experts if wanted.get(spec.name, True)]
 
 
+def _network_preflight(cfg: JobConfig) -> list[tuple[str, str]]:
+    folder = Path(cfg.model.name_or_path).expanduser()
+    if not folder.is_dir():
+        return []  # a hub id: the dry run after loading checks the same
+    from cadence.networks.preflight import network_issues
+
+    return network_issues(cfg, folder)
+
+
 def _build_networks(
     cfg: JobConfig, adapter: ModelAdapter, experts: list[str], device: torch.device
 ) -> dict[str, LoRANetwork]:
@@ -155,6 +164,7 @@ def build_training(cfg: JobConfig) -> TrainingSetup:
     # this machine's problems (GPU, packages) before minutes of model loading and caching
     problems = [(format_path(where), message) for where, message in machine_issues(cfg)]
     problems += validate_samples(cfg)
+    problems += _network_preflight(cfg)  # adapters on an empty model: factors, kinds, filters
     if problems:
         raise ConfigError(problems)
     paths.run_dir.mkdir(parents=True, exist_ok=True)

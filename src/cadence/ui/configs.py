@@ -34,8 +34,11 @@ FORM_FIELDS = (
     "train.lr",
     "train.batch_size",
     "train.optimizer",
+    "network.type",
     "network.linear",
     "network.linear_alpha",
+    "network.lokr_full_rank",
+    "network.lokr_factor",
     "save.save_every",
     "sample.sample_every",
     "train.disable_sampling",
@@ -52,6 +55,8 @@ def form_to_dict(form: dict[str, Any]) -> dict[str, Any]:
             continue
         if key not in FORM_FIELDS:
             raise ConfigError([(key, f"'{key}' is not a form field; use the YAML editor for it")])
+        if key == "network.lokr_full_rank" and value in ("true", "false"):  # a select's string
+            value = value == "true"
         if key == "datasets[0].resolution" and not isinstance(value, list):
             try:
                 value = [int(v) for v in str(value).replace(",", " ").split()]

@@ -4,11 +4,14 @@ Writes `--large` synthetic clips (PyAV, libx264) once; the small set is their fi
 (chunk, slide, uniform by default) it times `build_dataset_index` (probe + window planning) and a latent
 cache fill (`LatentCache.ensure`: shared decode + the tiny Wan 2.2 I2V VAE on the CPU) on both sets, small
 and large interleaved in pairs, and prints items/s for each size and the ratio large/small (the median over
-the pairs). For indexing the small set is run large/small times per measurement, so both sides of a pair
+the pairs), by wall clock and by this process's CPU time (other jobs on a shared machine stretch wall time
+unevenly). For indexing the small set is run large/small times per measurement, so both sides of a pair
 cover as many clips (a 10-clip index alone lasts milliseconds, too short to time on a shared machine); a
 cache fill of the small set already lasts seconds (the VAE dominates).
 A ratio near 1.0 means cost grows linearly with the dataset; below 1 it grows faster. It then times a
-resumed fill over the full cache (every window reused, none decoded).
+resumed fill over the full cache (every window reused, none decoded). Last, the windows of one longer clip
+(`slide`, stride 2) decoded through `shared_decode` vs each window decoded alone (`load_pixels`, the bare
+way): windows/s of each and their ratio, median of interleaved pairs (`--decode-only` runs just this).
 
     .venv/bin/python bench/index_bench.py [--small 10] [--large 400] [--pairs 3] [--cache-pairs 1]
 """
@@ -26,7 +29,8 @@ import torch
 
 from cadence.config.schema import JobConfig, ModelConfig
 from cadence.data.cache import LatentCache
-from cadence.data.dataset import build_dataset_index
+from cadence.data.dataset import build_dataset_index, load_pixels
+from cadence.data.shared_decode import decode_group, decode_groups
 from cadence.data.synthetic import write_clip
 from cadence.models.registry import load_model_adapter
 from cadence.models.tiny import write_tiny_model
@@ -55,40 +59,77 @@ def job(folder: Path, model: Path, mode: dict) -> JobConfig:
     )
 
 
-def index_rate(cfg: JobConfig, times: int = 1) -> tuple[float, int]:
-    """(items/s, items) of `times` indexings of the dataset."""
-    start, items = time.perf_counter(), 0
+class Clock:
+    """Wall and CPU seconds of this process: on a shared machine other jobs stretch the wall time of one
+    side of a pair, not this process's CPU time (torch runs single-threaded here)."""
+
+    def __init__(self) -> None:
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+
+    def rates(self, items: int) -> tuple[float, float]:
+        return items / (time.perf_counter() - self.wall), items / (time.process_time() - self.cpu)
+
+
+def index_rate(cfg: JobConfig, times: int = 1) -> tuple[tuple[float, float], int]:
+    """((items/s, items per CPU-s), items) of `times` indexings of the dataset."""
+    clock, items = Clock(), 0
     for _ in range(times):
         items += len(build_dataset_index(cfg, 16, 4, 16, seed=0).train_items)
-    return items / (time.perf_counter() - start), items // times
+    return clock.rates(items), items // times
 
 
-def cache_rate(cfg: JobConfig, adapter, runs: list[Path], root: Path, times: int = 1) -> float:
-    """Items/s of `times` fills from empty, each in a fresh run folder (appended to `runs`)."""
+def cache_rate(cfg: JobConfig, adapter, runs: list[Path], root: Path) -> tuple[float, float]:
+    """(items/s, items per CPU-s) of a fill from empty, in a fresh run folder (appended to `runs`)."""
     index = build_dataset_index(cfg, 16, 4, 16, seed=0)
-    elapsed, encoded = 0.0, 0
-    for _ in range(times):
-        runs.append(root / f"run{len(runs)}")
-        cache = LatentCache(
-            adapter.model_id, adapter.arch, True, run_folder=runs[-1], shared_datasets=frozenset()
-        )
-        start = time.perf_counter()
-        report = cache.ensure(index.train_items, adapter)
-        elapsed += time.perf_counter() - start
-        assert report.encoded == len(index.train_items), report
-        encoded += report.encoded
-    return encoded / elapsed
+    runs.append(root / f"run{len(runs)}")
+    cache = LatentCache(
+        adapter.model_id, adapter.arch, True, run_folder=runs[-1], shared_datasets=frozenset()
+    )
+    clock = Clock()
+    report = cache.ensure(index.train_items, adapter)
+    rates = clock.rates(report.encoded)
+    assert report.encoded == len(index.train_items), report
+    return rates
 
 
-def pairs(measure, small, large, count: int) -> tuple[float, float, float]:
-    """(median small rate, median large rate, median of the per-pair ratios large/small)."""
-    smalls, larges, ratios = [], [], []
+def pairs(measure, small, large, count: int) -> str:
+    """Median rates of each side and the median of the per-pair ratios large/small, wall and CPU."""
+    rows = []
     for _ in range(count):
         s, big = measure(small), measure(large)
-        smalls.append(s)
-        larges.append(big)
-        ratios.append(big / s)
-    return statistics.median(smalls), statistics.median(larges), statistics.median(ratios)
+        rows.append((s, big, big[0] / s[0], big[1] / s[1]))
+    med = [statistics.median(r[i] for r in rows) for i in (2, 3)]
+    s = [statistics.median(r[0][k] for r in rows) for k in (0, 1)]
+    big = [statistics.median(r[1][k] for r in rows) for k in (0, 1)]
+    return (
+        f"{s[0]:8.1f}/s ({s[1]:8.1f}/CPU-s) | {big[0]:8.1f}/s ({big[1]:8.1f}/CPU-s) | "
+        f"ratio {med[0]:.2f} wall, {med[1]:.2f} CPU"
+    )
+
+
+def shared_vs_alone(root: Path, model: Path, pairs_count: int) -> str:
+    """Windows/s decoding a 10 s clip's slide windows through one shared decode vs one decode per window."""
+    folder = root / "long"
+    folder.mkdir(exist_ok=True)
+    write_clip(folder / "long.mp4", 96, 64, 160, 16, seed=1, keyframe_interval=32)
+    mode = {"frame_extraction": "slide", "num_frames": [17], "frame_stride": 2}
+    items = build_dataset_index(job(folder, model, mode), 16, 4, 16, seed=0).train_items
+
+    def shared() -> float:
+        clock = Clock()
+        count = sum(1 for group in decode_groups(items) for _ in decode_group(group))
+        return clock.rates(count)[0]
+
+    def alone() -> float:
+        clock = Clock()
+        for item in items:
+            load_pixels(item)
+        return clock.rates(len(items))[0]
+
+    rows = [(shared(), alone()) for _ in range(pairs_count)]
+    ours, bare = statistics.median(r[0] for r in rows), statistics.median(r[1] for r in rows)
+    ratio = statistics.median(r[0] / r[1] for r in rows)
+    return f"{len(items)} windows of 17 frames: shared {ours:.1f}/s, alone {bare:.1f}/s, ratio {ratio:.2f}"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -98,7 +139,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--frames", type=int, default=33, help="frames per clip (16 fps)")
     parser.add_argument("--pairs", type=int, default=3, help="interleaved small/large index pairs")
     parser.add_argument("--cache-pairs", type=int, default=1, help="interleaved small/large cache fills")
+    parser.add_argument("--decode-only", action="store_true", help="only the shared vs per-window decode")
     args = parser.parse_args(argv)
+    if args.decode_only:
+        with tempfile.TemporaryDirectory() as tmp:
+            sys.stdout.write(f"slide decode: {shared_vs_alone(Path(tmp), Path(tmp) / 'no_model', 5)}\n")
+        return 0
     torch.set_num_threads(1)
     out = sys.stdout
     with tempfile.TemporaryDirectory() as tmp:
@@ -121,18 +167,15 @@ def main(argv: list[str] | None = None) -> int:
         for name, mode in MODES.items():
             cfgs = {folder: job(folder, model, mode) for folder in (small, large)}
             items = {folder: index_rate(cfgs[folder])[1] for folder in (small, large)}
-            s, big, ratio = pairs(lambda f, c=cfgs: index_rate(c[f], times[f])[0], small, large, args.pairs)
             out.write(
-                f"{name:8s} index: {items[small]:5d} items {s:9.0f} items/s | {items[large]:6d} items "
-                f"{big:9.0f} items/s | ratio {ratio:.2f}\n"
+                f"{name:8s} items: {items[small]} from {args.small} clips, {items[large]} from {args.large}\n"
             )
-            s, big, ratio = pairs(
-                lambda f, c=cfgs: cache_rate(c[f], adapter, runs, root),
-                small,
-                large,
-                args.cache_pairs,
+            text = pairs(lambda f, c=cfgs: index_rate(c[f], times[f])[0], small, large, args.pairs)
+            out.write(f"{name:8s} index: {text}\n")
+            text = pairs(
+                lambda f, c=cfgs: cache_rate(c[f], adapter, runs, root), small, large, args.cache_pairs
             )
-            out.write(f"{name:8s} cache: {s:15.1f} items/s | {big:15.1f} items/s | ratio {ratio:.2f}\n")
+            out.write(f"{name:8s} cache: {text}\n")
             out.flush()
         # a resumed fill over the last large cache (uniform): every window's entry is checked, none decoded
         index = build_dataset_index(job(large, model, MODES["uniform"]), 16, 4, 16, seed=0)
@@ -146,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
             f"resumed fill over a full cache (uniform, {args.large} clips): {report.reused} reused, "
             f"{report.encoded} encoded, {report.reused / elapsed:.0f} items/s\n"
         )
+        out.write(f"slide decode: {shared_vs_alone(root, model, 5)}\n")
     return 0
 
 

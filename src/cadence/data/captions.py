@@ -1,4 +1,5 @@
-"""Captions: same-stem text files, `[trigger]` substitution, default caption and caption dropout.
+"""Captions: same-stem text files (else the folder's captions.jsonl), `[trigger]` substitution, default
+caption and caption dropout.
 
 Missing captions are common and usually intended (a default caption or none), so they produce one summary
 warning per dataset instead of one line per file.
@@ -6,10 +7,14 @@ warning per dataset instead of one line per file.
 
 from __future__ import annotations
 
+import json
+import logging
 import random
 import stat
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 TRIGGER_TOKEN = "[trigger]"
 
@@ -80,14 +85,97 @@ def read_caption(
     try:
         text = decode_caption(_read_regular(path), path, stats).strip()
     except FileNotFoundError:
-        stats.missing += 1
-        text = default_caption or ""
+        listed = jsonl_caption(media)  # a same-stem file wins over the folder's captions.jsonl
+        if listed is None:
+            stats.missing += 1
+        text = listed.strip() if listed is not None else default_caption or ""
     except OSError as exc:
         stats.unreadable = (stats.unreadable or []) + [f"{path} ({_unreadable_reason(exc)})"]
         text = default_caption or ""
     if trigger_word is None and TRIGGER_TOKEN in text:
         stats.untriggered += 1
     return apply_trigger(text, trigger_word)
+
+
+# ------------------------------------------------------------------------------------ captions.jsonl
+JSONL_NAME = "captions.jsonl"
+JSONL_KEYS = ("video_path", "image_path")  # musubi-tuner's metadata JSONL keys
+
+
+@dataclass(frozen=True)
+class JsonlCaptions:
+    """A folder's `captions.jsonl`: media file name -> caption (the last line naming a file wins)."""
+
+    captions: dict[str, str] = field(default_factory=dict)
+    bad_lines: int = 0  # lines that are not a JSON object with a path key and a caption string
+
+
+_jsonl_cache: dict[Path, tuple[tuple[int, int], JsonlCaptions]] = {}
+
+
+def parse_jsonl_line(line: bytes | str) -> tuple[str, str, str] | None:
+    """(key, media file name, caption) of one `{"video_path"|"image_path": NAME, "caption": TEXT}` line, or
+    None when the line is not such an entry. NAME is reduced to its file name, so musubi-tuner's absolute paths
+    match too."""
+    try:
+        entry = json.loads(line)
+    except ValueError:
+        return None
+    if not isinstance(entry, dict) or not isinstance(entry.get("caption"), str):
+        return None
+    key = next((k for k in JSONL_KEYS if k in entry), None)
+    name = entry.get(key) if key else None
+    if not isinstance(name, str) or not Path(name.replace("\\", "/")).name:
+        return None
+    return key, Path(name.replace("\\", "/")).name, entry["caption"]
+
+
+def parse_jsonl_captions(data: bytes) -> JsonlCaptions:
+    """The entries of a captions JSONL. A torn last line (a writer killed mid-line) or any other unusable
+    line is counted, not fatal."""
+    captions: dict[str, str] = {}
+    bad = 0
+    for line in data.splitlines():
+        if not line.strip():
+            continue
+        parsed = parse_jsonl_line(line)
+        if parsed is None:
+            bad += 1
+        else:
+            captions[parsed[1]] = parsed[2]
+    return JsonlCaptions(captions, bad)
+
+
+def read_jsonl_captions(folder: Path) -> JsonlCaptions:
+    """`folder/captions.jsonl` (empty when there is none), re-read only when its size or mtime changed."""
+    path = folder / JSONL_NAME
+    try:
+        info = path.stat()
+    except OSError:
+        return JsonlCaptions()
+    stamp = (info.st_size, info.st_mtime_ns)
+    cached = _jsonl_cache.get(path)
+    if cached is not None and cached[0] == stamp:
+        return cached[1]
+    try:
+        parsed = parse_jsonl_captions(_read_regular(path))
+    except OSError as exc:
+        log.warning("%s cannot be read (%s); its captions are not used", path, _unreadable_reason(exc))
+        parsed = JsonlCaptions()
+    if parsed.bad_lines:
+        log.warning(
+            "%s: %d lines are not {\"video_path\"|\"image_path\": NAME, \"caption\": TEXT} entries and are "
+            "ignored (a torn last line is what a killed writer leaves; `cadence caption` repairs it)",
+            path,
+            parsed.bad_lines,
+        )
+    _jsonl_cache[path] = (stamp, parsed)
+    return parsed
+
+
+def jsonl_caption(media: Path) -> str | None:
+    """The caption `captions.jsonl` beside `media` gives it, or None."""
+    return read_jsonl_captions(media.parent).captions.get(media.name)
 
 
 def caption_warnings(

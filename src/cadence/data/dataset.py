@@ -19,7 +19,7 @@ import torch
 
 from cadence.config.schema import DatasetConfig, JobConfig
 from cadence.data.buckets import bucket_size, fixed_bucket, over_budget, pixel_budgets
-from cadence.data.captions import CaptionStats, caption_path, read_caption
+from cadence.data.captions import JSONL_NAME, CaptionStats, caption_path, read_caption
 from cadence.data.controls import control_images, control_stamp
 from cadence.data.frames import TooShortError, fps_mismatch
 from cadence.data.images import load_image, probe_image
@@ -115,6 +115,8 @@ def _list_media(i: int, ds: DatasetConfig, notes: IndexNotes) -> list[Path]:
             media.append(path)
         elif path.suffix.lower().lstrip(".") == ds.caption_ext.lower().lstrip("."):
             captions.append(path.name)
+        elif path.name == JSONL_NAME:
+            continue  # the folder's captions.jsonl: read by read_caption
         else:
             ext = path.suffix.lower() or "(no extension)"
             notes.unsupported[ext] = notes.unsupported.get(ext, 0) + 1

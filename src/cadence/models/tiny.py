@@ -169,10 +169,14 @@ def write_tiny_model(path: Path, arch: str, seed: int = 0) -> Path:
 
 
 def tiny_model_command(args: argparse.Namespace) -> int:
-    """CLI: `cadence tiny-model DIR --arch ARCH [--seed N]`; prints the folder path."""
-    if args.arch not in ARCHS:
-        sys.stderr.write(f"error: --arch {args.arch!r} is not one of {', '.join(ARCHS)}\n")
+    """CLI: `cadence tiny-model DIR --arch ARCH [--seed N]`; prints the folder path. The captioning VLM
+    archs (qwen2_5_vl, qwen3_vl) write a transformers folder for `cadence caption` (tiny_vlm.py)."""
+    from cadence.models.tiny_vlm import VLM_ARCHS, write_tiny_vlm
+
+    if args.arch not in ARCHS and args.arch not in VLM_ARCHS:
+        sys.stderr.write(f"error: --arch {args.arch!r} is not one of {', '.join((*ARCHS, *VLM_ARCHS))}\n")
         return 2
-    out = write_tiny_model(Path(args.dir), args.arch, seed=int(args.seed))
+    writer = write_tiny_vlm if args.arch in VLM_ARCHS else write_tiny_model
+    out = writer(Path(args.dir), args.arch, seed=int(args.seed))
     sys.stdout.write(f"{out}\n")
     return 0

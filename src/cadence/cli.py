@@ -21,6 +21,7 @@ HANDLERS: dict[str, str] = {
     "inspect": "cadence.tools.inspect:inspect_command",
     "ui": "cadence.ui.server:ui_command",
     "sample": "cadence.sampling.command:sample_command",
+    "caption": "cadence.tools.caption:caption_command",
     "publish": "cadence.tools.publish:publish_command",
 }
 
@@ -105,6 +106,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default=None, help="a step, 'latest' (default) or 'best' (analysis)")
     p.add_argument("--private", action="store_true", help="create the repo as private")
     p.add_argument("--dry-run", dest="dry_run", action="store_true", help="only write RUN_DIR/hub_upload")
+    p = sub.add_parser(
+        "caption",
+        help="caption a dataset folder's images and clips with a vision-language model (Qwen2.5-VL/Qwen3-VL)",
+        description="Write a caption beside each image and clip of a dataset folder with a vision-language "
+        "model; existing captions are kept unless --overwrite. @FILE reads further arguments from FILE, one "
+        "per line.",
+        fromfile_prefix_chars="@",
+    )
+    from cadence.tools.caption_args import add_caption_arguments
+
+    add_caption_arguments(p)
     p = sub.add_parser("ui", help="web UI for queueing and watching jobs")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8675)

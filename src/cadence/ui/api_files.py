@@ -1,4 +1,4 @@
-"""File/media routes and the datasets page API (browse, captions, buckets, uploads).
+"""File/media routes and the datasets page API (browse, captions, buckets, uploads, caption jobs).
 
 Every path goes through `files.resolve_safe` against the current allowed roots. HTML files (the analysis
 report) are served with a sandbox CSP so a report can never act with the UI's origin or cookie.
@@ -8,16 +8,22 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from pathlib import Path
+from typing import Literal
 
 from fastapi import APIRouter, HTTPException, Request
 from fastapi.responses import FileResponse
 from pydantic import BaseModel, Field
 
 from cadence.atomic import atomic_path, atomic_write_text
+from cadence.data.captions import JSONL_NAME, read_jsonl_captions
 from cadence.data.media import media_kind
+from cadence.tools.caption_args import DEFAULT_MODEL
+from cadence.ui.api_jobs import CAPTION_STATUS, job_summary
 from cadence.ui.context import MAX_UPLOAD_BYTES, Ctx, UIContext
 from cadence.ui.files import FileAccessError, content_type, resolve_safe
+from cadence.ui.store import Job
 
 log = logging.getLogger(__name__)
 router = APIRouter(prefix="/api")
@@ -130,23 +136,40 @@ def list_dataset_files(c: Ctx, root: str) -> dict:
     base = _dataset_root(root, c)
     buckets, note = _buckets(base, c)
     ext = _caption_ext(base, c)
+    listed = _jsonl_captions(base, c)
     items = []
     for f in sorted(base.iterdir()):  # training reads the top level of a dataset folder only
         if f.name.startswith(".") or not f.is_file() or media_kind(f) is None:
             continue
         caption = f.with_suffix("." + ext)
         real = str(f.resolve())
+        text = _read_caption(caption, c)
         items.append(
             {
                 "path": str(f),
                 "name": str(f.relative_to(base)),
                 "kind": media_kind(f),
-                "caption": _read_caption(caption, c),
+                "caption": text if text is not None else listed.get(f.name),
+                "caption_source": "file" if text is not None else "jsonl" if f.name in listed else None,
                 "caption_path": str(caption),
                 "bucket": buckets.get(real),
             }
         )
     return {"root": str(base), "items": items, "bucket_note": note}
+
+
+def _jsonl_captions(base: Path, c: UIContext) -> dict[str, str]:
+    """The folder's captions.jsonl entries (what the loader reads for files without a same-stem caption),
+    when that file resolves inside the served roots."""
+    path = base / JSONL_NAME
+    if not path.is_file():
+        return {}
+    try:
+        real = resolve_safe(str(path), c.allowed_roots())
+    except FileAccessError:
+        log.warning("%s points outside the dataset and run folders; not shown", path)
+        return {}
+    return read_jsonl_captions(real.parent).captions if real.name == JSONL_NAME else {}
 
 
 def _read_caption(caption: Path, c: UIContext) -> str | None:
@@ -224,3 +247,110 @@ async def upload(c: Ctx, request: Request, root: str, filename: str) -> dict:
     except FileExistsError:  # a parallel upload of the same name finished first
         raise exists from None
     return {"path": str(target), "bytes": total}
+
+
+# ------------------------------------------------------------------------------------------ caption jobs
+class CaptionJob(BaseModel):
+    """A `cadence caption` run over one dataset root, queued on a device slot like a training job."""
+
+    root: str
+    model: str = Field(DEFAULT_MODEL, min_length=1, max_length=1000, description="model folder or hub id")
+    style: Literal["motion", "character"] = "motion"
+    trigger_word: str | None = Field(None, max_length=200)
+    prompt: str | None = Field(None, max_length=20_000, description="custom instruction ({trigger}, {media})")
+    frames: int = Field(8, ge=1, le=64)
+    max_new_tokens: int = Field(256, ge=1, le=4096)
+    output_format: Literal["text", "jsonl"] = "text"
+    overwrite: bool = False
+    quantize: Literal["fp8", "nf4"] | None = None
+    device: str = "cpu"
+
+
+def _one_line(name: str, value: str) -> str:
+    """`value` as one argument-file line: no line breaks or other control characters."""
+    if any(ord(ch) < 32 for ch in value):
+        raise HTTPException(422, f"{name} contains a line break or control character; give it on one line")
+    return value
+
+
+def _caption_model(value: str) -> str:
+    model = _one_line("model", value.strip())
+    looks_local = model.startswith(("/", ".", "~")) or model.count("/") > 1  # a hub id is `org/name`
+    if looks_local and not Path(model).expanduser().is_dir():
+        raise HTTPException(
+            422,
+            f"model folder {model} does not exist; give a model folder or a hub id such as {DEFAULT_MODEL}",
+        )
+    return model
+
+
+def caption_arguments(base: Path, body: CaptionJob, job_dir: Path, caption_ext: str) -> list[str]:
+    """The job's `cadence caption` arguments, one per line of its argument file (`--opt=value`, so no value is
+    mistaken for an option or an @file)."""
+    args = [
+        _one_line("dataset folder", str(base)),
+        f"--model={_caption_model(body.model)}",
+        f"--style={body.style}",
+        f"--frames={body.frames}",
+        f"--max-new-tokens={body.max_new_tokens}",
+        f"--output-format={body.output_format}",
+        f"--caption-ext={caption_ext}",
+        f"--status-file={job_dir / CAPTION_STATUS}",
+    ]
+    trigger = (body.trigger_word or "").strip()
+    if trigger:
+        args.append(f"--trigger-word={_one_line('trigger_word', trigger)}")
+    if body.prompt and body.prompt.strip():
+        atomic_write_text(job_dir / "prompt.txt", body.prompt.strip() + "\n")
+        args.append(f"--prompt-file={job_dir / 'prompt.txt'}")
+    if body.overwrite:
+        args.append("--overwrite")
+    if body.quantize:
+        args.append(f"--quantize={body.quantize}")
+    return args
+
+
+@router.post("/datasets/caption-jobs", status_code=201)
+def create_caption_job(c: Ctx, body: CaptionJob) -> dict:
+    """Queue `cadence caption` over a dataset root: a job of kind "caption" (the job list, Stop, the log and
+    the device slots are the training jobs')."""
+    from cadence.tools.caption_media import list_media
+
+    base = _dataset_root(body.root, c)
+    if body.device not in c.runner.devices():
+        raise HTTPException(422, f"device {body.device!r} is not one of {c.runner.devices()}")
+    job_id = c.store.new_id()
+    job_dir = c.runner.job_dir(job_id)
+    job_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        args = caption_arguments(base, body, job_dir, _caption_ext(base, c))
+    except HTTPException:
+        shutil.rmtree(job_dir, ignore_errors=True)
+        raise
+    text = "".join(line + "\n" for line in args)
+    atomic_write_text(job_dir / "caption.args", text)
+    job = Job(
+        id=job_id,
+        name=f"caption_{base.name}_{job_id[:6]}",
+        status="created",
+        device=body.device,
+        config_yaml=text,
+        config_path=str(job_dir / "caption.args"),
+        run_dir=str(base),
+        total_steps=len(list_media(base)),
+        kind="caption",
+    )
+    if not c.store.add_if_name_free(job):
+        shutil.rmtree(job_dir, ignore_errors=True)
+        raise HTTPException(409, "a caption job with this name was just created; try again")
+    c.runner.queue(job_id)
+    return job_summary(c.job_or_404(job_id))
+
+
+@router.get("/datasets/caption-jobs")
+def list_caption_jobs(c: Ctx, root: str) -> dict:
+    """The caption jobs of one dataset root, newest first, with their progress."""
+    base = _dataset_root(root, c)
+    c.runner.reconcile()
+    jobs = [j for j in c.store.list() if j.kind == "caption" and Path(j.run_dir) == base]
+    return {"jobs": [job_summary(j) for j in reversed(jobs)]}

@@ -63,11 +63,38 @@ def last_step(job: Job) -> int | None:
     return None
 
 
+CAPTION_STATUS = "caption_status.json"  # written by `cadence caption --status-file` beside the job's args
+
+
+def caption_status(job: Job) -> dict | None:
+    """A caption job's progress (files done/total, written, kept, failed, state), or None before it ran."""
+    try:
+        data = json.loads(Path(job.config_path).with_name(CAPTION_STATUS).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def job_summary(job: Job) -> dict:
     data = job.to_dict()
     data.pop("config_yaml")
-    data["step"] = last_step(job)
+    if job.kind == "caption":
+        status = caption_status(job)
+        data["step"] = status.get("done") if status else None
+        data["total_steps"] = status.get("total", job.total_steps) if status else job.total_steps
+        data["caption"] = status
+    else:
+        data["step"] = last_step(job)
     return data
+
+
+def _train_job_only(job: Job, action: str) -> None:
+    if job.kind != "train":
+        raise HTTPException(
+            409,
+            f"job {job.id} is a {job.kind} job; {action} is for training jobs (Start runs a caption job again: "
+            "files that have a caption are skipped)",
+        )
 
 
 @router.get("/devices")
@@ -165,6 +192,7 @@ def stop_job(c: Ctx, job_id: str) -> dict:
 @router.post("/jobs/{job_id}/clone", status_code=201)
 def clone_job(c: Ctx, job_id: str):
     job = c.job_or_404(job_id)
+    _train_job_only(job, "Clone")
     new_id = c.store.new_id()
     name = configs.unique_name(job.name, c.store.names())
     try:
@@ -271,6 +299,7 @@ def job_artifacts(c: Ctx, job_id: str) -> dict:
 def analyze_job(c: Ctx, job_id: str) -> dict:
     """Run `cadence analyze RUN_DIR` in the background; its output is appended to the job log."""
     job = c.job_or_404(job_id)
+    _train_job_only(job, "Run analysis")
     c.runner.spawn_helper(
         [sys.executable, "-m", "cadence.cli", "analyze", job.run_dir], c.runner.job_dir(job.id) / "job.log"
     )

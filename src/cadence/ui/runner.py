@@ -1,7 +1,9 @@
 """Runs jobs as detached `cadence train` subprocesses and keeps the store true to the real process state.
 
 Each job runs as `job_wrapper` (new session, so it survives the UI and owns a process group) around
-`[python, -m, cadence.cli, train, CONFIG]`. The store keeps the wrapper's pid and its start time (psutil),
+`[python, -m, cadence.cli, train, CONFIG]`, or for a caption job (`kind` "caption")
+`[python, -m, cadence.cli, caption, @ARGS]` (ARGS: the job's argument file, one argument per line); both
+kinds share the queue, the device slots, stop and reconcile. The store keeps the wrapper's pid and its start time (psutil),
 so a reused pid after a reboot is not mistaken for our job. `reconcile()` runs at startup and on every
 poll: a job whose process is gone becomes finished/stopped/failed from the `exit_code` file the wrapper
 wrote, or failed/stopped when there is none (the wrapper itself was killed). Stop = SIGINT to the group
@@ -28,6 +30,7 @@ from cadence.ui.store import ACTIVE, Job, JobStore
 log = logging.getLogger(__name__)
 
 DEFAULT_TRAIN_CMD = (sys.executable, "-m", "cadence.cli", "train")
+DEFAULT_CAPTION_CMD = (sys.executable, "-m", "cadence.cli", "caption")
 _STOP_SIGNALS = {1: signal.SIGINT, 2: signal.SIGTERM, 3: signal.SIGKILL}
 
 
@@ -61,10 +64,12 @@ class JobRunner:
         stop_timeout: float = 120.0,
         cpu_slots: int = 1,
         gpus: list[str] | None = None,
+        caption_cmd: tuple[str, ...] = DEFAULT_CAPTION_CMD,
     ) -> None:
         self.store = store
         self.home = Path(home)
         self.train_cmd = tuple(train_cmd)
+        self.caption_cmd = tuple(caption_cmd)
         self.stop_timeout = stop_timeout
         self.cpu_slots = cpu_slots
         self.gpus = detect_gpus() if gpus is None else list(gpus)
@@ -78,6 +83,12 @@ class JobRunner:
 
     def devices(self) -> list[str]:
         return ["cpu", *self.gpus]
+
+    def command(self, job: Job) -> list[str]:
+        """What the wrapper runs for `job`: its kind's command and the job's config (or argument) file."""
+        if job.kind == "caption":
+            return [*self.caption_cmd, "@" + job.config_path]
+        return [*self.train_cmd, job.config_path]
 
     # -------------------------------------------------------------------------------------- lifecycle
     def start(self, job: Job) -> None:
@@ -96,8 +107,7 @@ class JobRunner:
             "cadence.ui.job_wrapper",
             str(job_dir),
             "--",
-            *self.train_cmd,
-            job.config_path,
+            *self.command(job),
         ]
         with open(job_dir / "job.log", "ab") as logf:
             logf.write(
@@ -239,7 +249,7 @@ class JobRunner:
             return ("stopped" if stopping else "finished"), 0, None
         if stopping and (code < 0 or code in (130, 143)):
             return "stopped", code, None
-        return "failed", code, f"cadence train exited with status {code}; see the log"
+        return "failed", code, f"cadence {job.kind} exited with status {code}; see the log"
 
     def reconcile(self) -> None:
         """Make every running/stopping job match reality; escalate stops that take too long."""

@@ -40,9 +40,13 @@ CREATE TABLE IF NOT EXISTS jobs (
     started_at REAL,
     stop_requested_at REAL,
     stop_stage INTEGER NOT NULL DEFAULT 0,
-    finished_at REAL
+    finished_at REAL,
+    kind TEXT NOT NULL DEFAULT 'train'
 )
 """
+# columns added after the first release, with their definitions: an older database gains them at start
+_ADDED_COLUMNS = {"kind": "TEXT NOT NULL DEFAULT 'train'"}
+KINDS = ("train", "caption")  # what the job runs: `cadence train CONFIG` or `cadence caption @ARGS`
 
 
 @dataclass
@@ -65,6 +69,7 @@ class Job:
     stop_requested_at: float | None = None
     stop_stage: int = 0  # 0 none, 1 SIGINT sent, 2 SIGTERM sent, 3 SIGKILL sent
     finished_at: float | None = None
+    kind: str = "train"  # "train": config_path is a job config; "caption": an argument file (runner.py)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -82,6 +87,14 @@ class JobStore:
         with self._connect() as conn:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute(_SCHEMA)
+            present = {row[1] for row in conn.execute("PRAGMA table_info(jobs)")}
+            for column, definition in _ADDED_COLUMNS.items():
+                if column not in present:
+                    try:
+                        conn.execute(f"ALTER TABLE jobs ADD COLUMN {column} {definition}")
+                    except sqlite3.OperationalError as exc:  # a second UI on this home added it meanwhile
+                        if "duplicate column" not in str(exc):
+                            raise
 
     @contextlib.contextmanager
     def _connect(self) -> Iterator[sqlite3.Connection]:

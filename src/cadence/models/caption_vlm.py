@@ -183,6 +183,11 @@ def load_caption_model(
     import transformers
     from transformers import AutoModelForImageTextToText
 
+    if int(transformers.__version__.split(".")[0]) < 5:
+        raise CaptionModelError(
+            f"cadence caption needs transformers 5 or newer (this is {transformers.__version__}): "
+            "pip install 'transformers>=5.23'"
+        )
     model_type = _model_type(name_or_path)
     processor_class = _images_only(getattr(transformers, PROCESSORS[model_type]))
     processor = processor_class.from_pretrained(name_or_path)

@@ -80,7 +80,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("convert", help="convert a LoRA file between ComfyUI and diffusers layouts")
     p.add_argument("input")
     p.add_argument("output")
-    p.add_argument("--to", required=True, choices=["comfyui", "diffusers"])
+    p.add_argument(
+        "--to",
+        required=True,
+        choices=["comfyui", "diffusers", "kohya"],
+        help="layout to write: comfyui (ComfyUI, diffusers for block modules), diffusers (diffusers/PEFT), "
+        "kohya (lora_unet_ names: musubi-tuner, ComfyUI)",
+    )
     p = sub.add_parser("inspect", help="rank, alpha, targets, magnitudes and metadata of a LoRA file")
     p.add_argument("file")
     p.add_argument("--json", action="store_true")

@@ -37,7 +37,7 @@ def _trained_outputs(pipe, cfg: NetworkConfig, components: list[str], tmp_path, 
     return outputs, files, base
 
 
-@pytest.mark.parametrize("layout", ["comfyui", "diffusers"])
+@pytest.mark.parametrize("layout", ["comfyui", "diffusers", "kohya"])
 def test_wan22_i2v_both_experts_load_in_diffusers(layout, tiny_pipeline_dir, tmp_path) -> None:
     folder = tiny_pipeline_dir("wan22_14b_i2v")
     cfg = NetworkConfig(linear=4, linear_alpha=3.0)  # scale 0.75: alpha is not rank
@@ -139,7 +139,7 @@ def test_third_party_peft_alpha_rules_read_as_diffusers_applies_them(
     )
 
 
-def test_dora_file_refused(tmp_path) -> None:
+def test_peft_dora_file_without_magnitudes_refused(tmp_path) -> None:
     import json
 
     from safetensors.torch import save_file
@@ -154,3 +154,37 @@ def test_dora_file_refused(tmp_path) -> None:
     )
     with pytest.raises(ValueError, match="DoRA"):
         load_lora_file(path)
+
+
+def test_output_axis_dora_loads_in_diffusers_for_both_experts(tiny_pipeline_dir, tmp_path) -> None:
+    """PEFT's DoRA (magnitude per output row) through diffusers' own loader, high- and low-noise files."""
+    from cadence.config.schema import NetworkKwargs
+
+    folder = tiny_pipeline_dir("wan22_14b_i2v")
+    pipe = WanImageToVideoPipeline.from_pretrained(folder)
+    cfg = NetworkConfig(
+        type="dora", linear=4, linear_alpha=3.0, network_kwargs=NetworkKwargs(wd_on_output=True)
+    )
+    outputs, files = {}, {}
+    for i, comp in enumerate(["transformer", "transformer_2"]):
+        model = getattr(pipe, comp)
+        net = LoRANetwork(model, cfg, name=comp, seed=i)
+        g = torch.Generator().manual_seed(10 + i)
+        with torch.no_grad():
+            for name, p in net.named_parameters():
+                p.add_(
+                    torch.randn(p.shape, generator=g)
+                    * (0.05 * p.abs().mean() if name.endswith("dora_scale") else 0.3)
+                )
+        net.apply().eval()
+        outputs[comp] = forward(model, transformer_inputs(model))
+        files[comp] = tmp_path / f"{comp}.safetensors"
+        save_lora_file(files[comp], net.to_lora_tensors(), {"expert": comp}, "diffusers", torch.float32)
+    fresh = WanImageToVideoPipeline.from_pretrained(folder)
+    fresh.load_lora_weights(str(files["transformer"]))
+    fresh.load_lora_weights(str(files["transformer_2"]), load_into_transformer_2=True)
+    for comp in ("transformer", "transformer_2"):
+        model = getattr(fresh, comp)
+        torch.testing.assert_close(
+            forward(model, transformer_inputs(model)), outputs[comp], atol=1e-5, rtol=1e-5
+        )

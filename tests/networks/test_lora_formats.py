@@ -58,7 +58,7 @@ def test_diffusers_keys_and_adapter_metadata(tmp_path) -> None:
     assert sorted(config["transformer.target_modules"]) == sorted(_modules())
 
 
-@pytest.mark.parametrize("layout", ["comfyui", "diffusers"])
+@pytest.mark.parametrize("layout", ["comfyui", "diffusers", "kohya"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_round_trip_is_exact(tmp_path, layout, dtype) -> None:
     path = tmp_path / "lora.safetensors"
@@ -125,6 +125,6 @@ def test_unknown_module_names_the_file(tmp_path) -> None:
 
 def test_bad_layout_and_empty_modules_are_refused(tmp_path) -> None:
     with pytest.raises(ValueError, match="layout"):
-        save_lora_file(tmp_path / "a.safetensors", _modules(), {}, "kohya", torch.float32)
+        save_lora_file(tmp_path / "a.safetensors", _modules(), {}, "peft", torch.float32)
     with pytest.raises(ValueError, match="no LoRA modules"):
         save_lora_file(tmp_path / "a.safetensors", {}, {}, "comfyui", torch.float32)

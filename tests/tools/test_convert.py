@@ -161,3 +161,33 @@ def test_types_without_a_diffusers_layout_are_refused(tmp_path, capsys) -> None:
     assert _convert(src, tmp_path / "out.safetensors", "diffusers") == 2
     assert "loha adapters have no diffusers layout" in capsys.readouterr().err
     assert not (tmp_path / "out.safetensors").exists()
+
+
+def test_to_kohya_and_back_is_exact_and_names_the_tools(tmp_path, capsys) -> None:
+    from cadence.networks.tensors import AdapterTensors
+
+    g = torch.Generator().manual_seed(1)
+    lokr = {"lokr_w1": torch.randn(4, 4, generator=g), "lokr_w2_a": torch.randn(6, 2, generator=g)}
+    lokr["lokr_w2_b"] = torch.randn(2, 6, generator=g)
+    modules = {k: v for k, v in _modules().items() if k != "patch_embedding"}
+    src = tmp_path / "src.safetensors"
+    save_lora_file(src, modules, {"step": "3"}, "comfyui", torch.float16)
+    assert _convert(src, tmp_path / "k.safetensors", "kohya") == 0
+    out = capsys.readouterr().out
+    assert "k.safetensors (kohya layout) loads in musubi-tuner at the trained strength" in out
+    raw = _raw(tmp_path / "k.safetensors")
+    assert (
+        "lora_unet_blocks_0_self_attn_q.lora_down.weight" in raw
+        and "lora_unet_blocks_0_self_attn_q.alpha" in raw
+    )
+    assert _convert(tmp_path / "k.safetensors", tmp_path / "back.safetensors", "comfyui") == 0
+    assert "does not load in musubi-tuner" in capsys.readouterr().out
+    back, orig = _raw(tmp_path / "back.safetensors"), _raw(src)
+    assert back.keys() == orig.keys() and all(torch.equal(back[k], orig[k]) for k in orig)
+    kron = tmp_path / "lokr.safetensors"
+    save_lora_file(
+        kron, {"blocks.0.attn1.to_q": AdapterTensors("lokr", lokr, 3.0)}, {}, "comfyui", torch.float32
+    )
+    assert _convert(kron, tmp_path / "lokr_k.safetensors", "kohya") == 0
+    assert "lora_unet_blocks_0_self_attn_q.lokr_w2_a" in _raw(tmp_path / "lokr_k.safetensors")
+    assert load_lora_file(tmp_path / "lokr_k.safetensors").modules["blocks.0.attn1.to_q"].alpha == 3.0

@@ -98,3 +98,13 @@ def test_lokr_and_dora_report_type_factors_and_scope(tmp_path, capsys) -> None:
     )
     report = json.loads(_run(full, True, capsys))
     assert report["rank"] == ["full"] and report["alpha"] == [] and report["dora"] == []
+
+
+def test_report_names_the_tools_that_load_the_file(tmp_path, capsys) -> None:
+    path = tmp_path / "lora.safetensors"
+    _write(path)  # comfyui layout, block modules only
+    report = json.loads(_run(path, True, capsys))
+    assert report["loaders"]["ComfyUI"]["loads"] and report["loaders"]["diffusers"]["loads"]
+    assert not report["loaders"]["musubi-tuner"]["loads"]
+    out = _run(path, False, capsys)
+    assert "musubi-tuner  no: its --lora_weight merge matches only lora_unet_" in out and "--to kohya" in out

@@ -186,7 +186,7 @@ class NetworkConfig(Strict):
 # ------------------------------------------------------------------------------------------------ save
 class SaveConfig(Strict):
     dtype: DType = "float16"
-    format: Literal["comfyui", "diffusers"] = "comfyui"
+    format: Literal["comfyui", "diffusers", "kohya"] = "comfyui"
     save_every: int = Field(1000, ge=1)
     max_step_saves_to_keep: int = Field(5, ge=1)
     push_to_hub: bool = Field(

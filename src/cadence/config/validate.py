@@ -110,5 +110,9 @@ def validate_command(args: argparse.Namespace) -> int:
         sys.stderr.write(f"{exc}\n")
         return 2
     sys.stdout.write(f"# resolved config ({args.config}), config hash {config_hash(cfg)}\n")
+    from cadence.networks.preflight import loader_notes  # which Wan tools load the files this job writes
+
+    for line in loader_notes(cfg):
+        sys.stdout.write(f"# {line}\n")
     sys.stdout.write(dump_resolved(cfg))
     return 0

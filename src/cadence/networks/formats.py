@@ -13,7 +13,10 @@
   `target_modules`, `rank_pattern`, `alpha_pattern`, `use_dora`) - the entry
   `WanLoraLoaderMixin.load_lora_weights` passes to PEFT, so a file whose alpha != rank loads at the trained
   strength with the tensors unchanged. PEFT has no LoKr/LoHa loader in diffusers' LoRA path.
-* Loading also accepts kohya/musubi files (`lora_unet_blocks_0_self_attn_q.lora_down.weight`, layout "kohya").
+* `kohya`: the same keys as `comfyui` under `lora_unet_{original name with '.' -> '_'}` (kohya / musubi-tuner
+  naming, e.g. `lora_unet_blocks_0_self_attn_q.lora_down.weight`, `.alpha`): the only names musubi-tuner's
+  `--lora_weight` merge matches; ComfyUI reads them too. Which tool loads which layout, type and module set:
+  `cadence.networks.loaders`.
 
 Known limit of diffusers' converter (0.42): a ComfyUI-layout file that adapts modules outside the blocks
 (`proj_out`, embedders, `patch_embedding`) is rejected by `load_lora_weights`; ComfyUI loads it, and
@@ -44,7 +47,7 @@ from cadence.stable_safetensors import stable_bytes
 log = logging.getLogger(__name__)
 
 FORMAT_VERSION = "1"
-LAYOUTS = ("comfyui", "diffusers")
+LAYOUTS = ("comfyui", "diffusers", "kohya")
 ADAPTER_METADATA_KEY = "lora_adapter_metadata"  # diffusers.loaders.lora_base.LORA_ADAPTER_METADATA_KEY
 COMFY_PREFIX = "diffusion_model."
 DIFFUSERS_PREFIX = "transformer."
@@ -83,10 +86,15 @@ def _stored(key: str, value: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
     return value.detach().to("cpu", torch.float32 if key == DORA_KEY else dtype).contiguous()
 
 
-def _comfy_tensors(modules: dict[str, AdapterTensors], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+def _prefixed_tensors(
+    modules: dict[str, AdapterTensors], dtype: torch.dtype, kohya: bool
+) -> dict[str, torch.Tensor]:
+    """The LyCORIS keys under `diffusion_model.<original name>` (ComfyUI) or `lora_unet_<original_name>`
+    (kohya / musubi-tuner: the original name with '.' -> '_')."""
     out: dict[str, torch.Tensor] = {}
     for name, t in modules.items():
-        key = COMFY_PREFIX + keymap.to_original(name)
+        original = keymap.to_original(name)
+        key = KOHYA_PREFIX + original.replace(".", "_") if kohya else COMFY_PREFIX + original
         for suffix, value in t.tensors.items():
             out[f"{key}.{suffix}"] = _stored(suffix, value, dtype)
         if t.alpha is not None:
@@ -188,8 +196,8 @@ def save_lora_file(
     meta.update(
         cadence_format_version=FORMAT_VERSION, layout=layout, **summary_metadata(modules), format="pt"
     )
-    if layout == "comfyui":
-        tensors = _comfy_tensors(modules, dtype)
+    if layout in ("comfyui", "kohya"):
+        tensors = _prefixed_tensors(modules, dtype, kohya=layout == "kohya")
     else:
         tensors = _diffusers_tensors(modules, dtype)
         config = {f"{DIFFUSERS_PREFIX}{k}": v for k, v in adapter_config(modules).items()}

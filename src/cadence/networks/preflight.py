@@ -31,7 +31,9 @@ def meta_transformer(folder: Path, component: str) -> nn.Module:
     config = json.loads((folder / component / "config.json").read_text(encoding="utf-8"))
     cls = getattr(diffusers, str(config.get("_class_name")), None)
     if cls is None:
-        raise ValueError(f"{folder / component / 'config.json'}: unknown diffusers class {config.get('_class_name')!r}")
+        raise ValueError(
+            f"{folder / component / 'config.json'}: unknown diffusers class {config.get('_class_name')!r}"
+        )
     with torch.device("meta"):
         return cls.from_config(config)
 
@@ -105,3 +107,29 @@ def network_issues(cfg: JobConfig, folder: Path, prefix: str = "") -> list[Issue
         for key, message in adapter_problems(root, cfg.network):
             seen.setdefault((key, message), None)
     return [(format_path(key, prefix), message) for key, message in seen]
+
+
+def loader_notes(cfg: JobConfig) -> list[str]:
+    """Which tools will load this job's LoRA files (save.format, type, targets) and what to do for the others;
+    empty for a model that is not a local folder yet (the targets need its layer names)."""
+    from cadence.networks.algos import dora_axis
+    from cadence.networks.loaders import FileShape, summary_lines
+
+    folder = Path(cfg.model.name_or_path).expanduser()
+    components = trained_components(cfg)
+    if not folder.is_dir() or not components:
+        return []
+    component = next(iter(components.values()))
+    if not (folder / component / "config.json").is_file():
+        return []
+    try:
+        targets = select_targets(meta_transformer(folder, component), cfg.network, warn=False)
+    except ValueError:
+        return []  # reported as a config issue
+    shape = FileShape(
+        cfg.save.format,
+        frozenset({cfg.network.algo}),
+        dora_axis(cfg.network),
+        {name: is_conv(module) for name, module in targets.items()},
+    )
+    return summary_lines(shape)

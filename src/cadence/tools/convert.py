@@ -1,11 +1,12 @@
-"""`cadence convert IN OUT --to comfyui|diffusers`: rewrite an adapter file in another layout.
+"""`cadence convert IN OUT --to comfyui|diffusers|kohya`: rewrite an adapter file in another layout.
 
 Tensors are copied bit for bit in their stored dtype and every module keeps its alpha (as the ComfyUI
 `.alpha` tensor, or in the diffusers `lora_adapter_metadata` rank/alpha patterns), so the converted file has
 exactly the effect of the original in the tool that reads it. Metadata is carried over, with
 `converted_from` naming the source file and its layout. Kohya/musubi files are accepted as input. A
 conversion that has no target layout (LoKr/LoHa, or input-axis DoRA, to diffusers) is refused with the
-reason; OUT may not be IN (also through a link or another spelling of the path).
+reason; OUT may not be IN (also through a link or another spelling of the path). The report ends with the
+tools that load OUT at the trained strength (`cadence.networks.loaders`) and what to do for the others.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 import torch
 
 from cadence.networks.formats import LAYOUTS, LoraFile, load_lora_file, save_lora_file
+from cadence.networks.loaders import shape_of, summary_lines
 from cadence.networks.tensors import DORA_KEY
 
 log = logging.getLogger(__name__)
@@ -69,4 +71,6 @@ def convert_command(args: argparse.Namespace) -> int:
     sys.stdout.write(
         f"{args.input} ({lora.layout}, {len(lora.modules)} modules) -> {args.output} ({args.to})\n"
     )
+    for line in summary_lines(shape_of(lora.modules, args.to), what=Path(args.output).name, plural=False):
+        sys.stdout.write(f"  {line}\n")
     return 0

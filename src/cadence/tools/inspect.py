@@ -3,8 +3,8 @@
 Layout, adapter type (lora, lokr, loha; DoRA and its axis), LoKr's Kronecker factor sizes, module count,
 rank(s) ("full" for a full-matrix LoKr), alpha(s), dtype(s), which kinds of layer are adapted (counted by the
 module name inside its block, e.g. `attn1.to_q`, so a filter that silently missed the FFN shows up at once),
-per-block mean |ΔW| (`cadence.networks.magnitude`: the module's weight change, e.g. up @ down * alpha / rank)
-and the metadata. A DoRA file read alone gives the low-rank part of ΔW: the magnitude rescaling needs the
+per-block mean |ΔW| (`cadence.networks.magnitude`: the module's weight change, e.g. up @ down * alpha / rank),
+which Wan tools load the file at the trained strength (`cadence.networks.loaders`) and the metadata. A DoRA file read alone gives the low-rank part of ΔW: the magnitude rescaling needs the
 base model's weights, so the report says so.
 """
 
@@ -18,6 +18,7 @@ from collections import Counter
 from pathlib import Path
 
 from cadence.networks.formats import LoraFile, load_lora_file
+from cadence.networks.loaders import shape_of, verdicts
 from cadence.networks.magnitude import summarize
 from cadence.networks.tensors import DORA_KEY, AdapterTensors
 
@@ -75,6 +76,10 @@ def inspect_lora(path: str | Path) -> dict:
             if dora
             else "dW",
         },
+        "loaders": {
+            v.tool: {"loads": v.loads, "reason": v.reason, "fix": v.fix}
+            for v in verdicts(shape_of(mods, lora.layout))
+        },
         "metadata": dict(sorted(lora.metadata.items())),
     }
 
@@ -109,6 +114,9 @@ def format_report(report: dict) -> str:
     if report["magnitude"]["per_block"]:
         lines += ["", "per-block mean |dW|"]
         lines += [f"  block {k:>3}  {v:.6g}" for k, v in report["magnitude"]["per_block"].items()]
+    lines += ["", "loads at the trained strength in"]
+    for tool, v in report["loaders"].items():
+        lines.append(f"  {tool:<13} {'yes' if v['loads'] else 'no: ' + v['reason'] + '; ' + v['fix']}")
     if report["metadata"]:
         lines += ["", "metadata"]
         width = max(len(k) for k in report["metadata"])

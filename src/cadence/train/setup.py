@@ -137,9 +137,13 @@ def _network_preflight(cfg: JobConfig) -> list[tuple[str, str]]:
     folder = Path(cfg.model.name_or_path).expanduser()
     if not folder.is_dir():
         return []  # a hub id: the dry run after loading checks the same
-    from cadence.networks.preflight import network_issues
+    from cadence.networks.preflight import loader_notes, network_issues
 
-    return network_issues(cfg, folder)
+    issues = network_issues(cfg, folder)
+    if not issues:
+        for line in loader_notes(cfg):  # which Wan tools will load the files (validate prints the same)
+            log.info("%s", line)
+    return issues
 
 
 def _build_networks(

@@ -113,7 +113,7 @@ def test_optimizer_names_case_insensitive(make_flat):
     [
         ("train", "min_snr_gamma", 5, "Wan uses flow matching; min-SNR weighting is for DDPM"),
         ("train", "noise_offset", 0.1, "noise offset"),
-        ("train", "ema_config", {"use_ema": True, "ema_decay": 0.99}, "cadence ema-merge"),
+        ("train", "do_cfg", True, "CFG training"),
         ("train", "train_text_encoder", True, "only the transformer"),
         ("train", "content_or_style", "style", "timestep biasing"),
         ("model", "assistant_lora_path", "ostris/adapter", "assistant LoRAs"),
@@ -149,8 +149,6 @@ def test_lycoris_types_accepted(make_flat, kind):
 def test_lorm_refused_with_registry_message(make_flat):
     message = issues_of(make_flat(network={"type": "lorm"}))["network.type"]
     assert message.startswith("'type: lorm' is valid for ai-toolkit but not supported yet by Cadence")
-
-
 
 
 def test_quantize_qtypes_and_recovery_adapter_form(make_flat):
@@ -309,7 +307,7 @@ def test_inert_seed_values_accepted(make_flat):
     assert cfg.name == "t"
 
 
-def test_sampling_section_validated(make_flat):
+def test_sampling_section_validated(make_flat, caplog):
     data = make_flat(
         model={"name_or_path": "m", "arch": "wan22_14b"},
         sample={"prompts": ["a cat"]},
@@ -318,8 +316,15 @@ def test_sampling_section_validated(make_flat):
     assert load_config_dict(data).sample.prompts == ["a cat"]
     data["sample"]["sample_steps"] = 0
     assert "sample.sample_steps" in issues_of(data)
-    data["sample"].update(sample_steps=2, num_frames=8)
-    assert "4k+1" in issues_of(data)["sample.num_frames"]
+    data["sample"]["sample_steps"] = 2
+    data["sample"]["samples"] = [{"prompt": "a dog", "num_frames": 42}]
+    for frames, rounded in ((40, 41), (8, 9), (44, 45), (43, 41), (2, 1)):
+        data["sample"]["num_frames"] = frames
+        caplog.clear()
+        cfg = load_config_dict(data)
+        assert cfg.sample.num_frames == rounded  # n // 4 * 4 + 1, as diffusers' Wan pipelines round
+        assert f"sample.num_frames: {frames} frames is not of the form 4k+1" in caplog.text
+        assert cfg.sample.samples[0].num_frames == 41 and "sample.samples[].num_frames: 42" in caplog.text
 
 
 def test_i2v_sampling_needs_readable_ctrl_img(tmp_path, make_flat):

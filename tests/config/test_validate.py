@@ -61,7 +61,8 @@ def test_cli_validate_errors_exit_2(tmp_path, make_flat, make_seed):
     result = run_validate(path)
     assert result.returncode == 2
     assert "config.process[0].train.lrr: unknown key 'lrr'" in result.stderr
-    # schema errors first; the folder check runs once the config itself is valid
+    # one report: the missing folder is named beside the config error, not only once the config is fixed
+    assert "config.process[0].datasets[0].folder_path: folder" in result.stderr
     data["config"]["process"][0]["train"] = {"disable_sampling": True}
     path.write_text(yaml.safe_dump(data))
     result = run_validate(path)

@@ -135,3 +135,137 @@ def test_every_expert_gets_its_warmup_when_experts_take_turns() -> None:
     assert applied["high_noise"][:4] == pytest.approx([0, 0.25, 0.5, 0.75])
     assert applied["low_noise"][:4] == pytest.approx([0, 0.25, 0.5, 0.75])
     assert applied["high_noise"][4:] == pytest.approx([decay(7), decay(8)])  # then the run's decay
+
+
+# ------------------------------------------------------------------ ai-toolkit's schedules vs torch / diffusers
+def _reference_lrs(make, steps: int, lr: float = 1e-4) -> list[float]:
+    """The lr each optimizer step uses under a torch/diffusers scheduler built by `make(optimizer)`."""
+    param = torch.nn.Parameter(torch.zeros(2))
+    opt = torch.optim.SGD([param], lr=lr)
+    sched = make(opt)
+    out = []
+    for _ in range(steps):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return out
+
+
+def _ours(kind: str, steps: int, warmup: int, params: dict, lr: float = 1e-4) -> list[float]:
+    param = torch.nn.Parameter(torch.zeros(2))
+    opt = torch.optim.SGD([param], lr=lr)
+    sched = build_lr_scheduler(opt, kind, steps, warmup, params)
+    out = []
+    for _ in range(steps):
+        out.append(opt.param_groups[0]["lr"])
+        opt.step()
+        sched.step()
+    return out
+
+
+def test_every_ai_toolkit_schedule_matches_torch_or_diffusers() -> None:
+    from diffusers.optimization import (
+        get_constant_schedule_with_warmup,
+        get_polynomial_decay_schedule_with_warmup,
+    )
+    from torch.optim import lr_scheduler as tl
+
+    cases = [
+        (
+            "cosine_with_restarts",
+            {"T_0": 5, "T_mult": 2, "eta_min": 1e-5},
+            0,
+            lambda o: tl.CosineAnnealingWarmRestarts(o, T_0=5, T_mult=2, eta_min=1e-5),
+        ),
+        ("cosine_with_restarts", {"T_0": 7}, 0, lambda o: tl.CosineAnnealingWarmRestarts(o, T_0=7)),
+        ("step", {"step_size": 3, "gamma": 0.5}, 0, lambda o: tl.StepLR(o, step_size=3, gamma=0.5)),
+        ("step", {"step_size": 4}, 0, lambda o: tl.StepLR(o, step_size=4)),
+        (
+            "polynomial",
+            {"num_warmup_steps": 3, "lr_end": 1e-6, "power": 2.0},
+            0,
+            lambda o: get_polynomial_decay_schedule_with_warmup(o, 3, 30, lr_end=1e-6, power=2.0),
+        ),
+        (
+            "polynomial",
+            {"num_training_steps": 20},
+            2,
+            lambda o: get_polynomial_decay_schedule_with_warmup(o, 2, 20),
+        ),
+        (
+            "constant_with_warmup",
+            {"num_warmup_steps": 4},
+            0,
+            lambda o: get_constant_schedule_with_warmup(o, 4),
+        ),
+        ("constant_with_warmup", {}, 6, lambda o: get_constant_schedule_with_warmup(o, 6)),
+        ("cosine", {"eta_min": 2e-5}, 0, lambda o: tl.CosineAnnealingLR(o, T_max=30, eta_min=2e-5)),
+        (
+            "linear",
+            {"start_factor": 0.25, "end_factor": 1.0},
+            0,
+            lambda o: tl.LinearLR(o, start_factor=0.25, end_factor=1.0, total_iters=30),
+        ),
+    ]
+    for kind, params, warmup, make in cases:
+        expected = _reference_lrs(make, 30)
+        assert _ours(kind, 30, warmup, params) == pytest.approx(expected, rel=1e-9, abs=1e-15), (kind, params)
+
+
+def test_constant_with_warmup_defaults_to_ai_toolkits_1000_steps() -> None:
+    factor = build_lr_scheduler(_opt(), "constant_with_warmup", 3000, 0, {}).lr_lambdas[0]
+    assert [factor(s) for s in (0, 500, 1000, 2000)] == [0.0, 0.5, 1.0, 1.0]
+
+
+def test_new_schedules_keep_each_experts_own_warmup() -> None:
+    """Experts in turns of 2: each warms up over its own first 4 steps under every schedule."""
+    for kind, params in (("constant_with_warmup", {}), ("polynomial", {}), ("step", {"step_size": 5})):
+        sched = build_lr_scheduler(
+            _opt((1e-4, 1e-4)), kind, 40, 4, params, rotation=(["high_noise", "low_noise"], 2)
+        )
+        used = _lrs_over(sched, 8)
+        turns = ["high_noise"] * 2 + ["low_noise"] * 2 + ["high_noise"] * 2 + ["low_noise"] * 2
+        own = {"high_noise": [], "low_noise": []}
+        for step, expert in enumerate(turns):
+            own[expert].append(used[step][0 if expert == "high_noise" else 1] / 1e-4)
+        assert own["high_noise"] == pytest.approx([0, 0.25, 0.5, 0.75]), kind
+        assert own["low_noise"] == pytest.approx([0, 0.25, 0.5, 0.75]), kind
+
+
+@pytest.mark.parametrize(
+    "kind,params,warmup,path,text",
+    [
+        ("step", {}, 0, "train.lr_scheduler_params", "needs step_size"),
+        ("step", {"step_size": 0}, 0, "train.lr_scheduler_params.step_size", ">= 1"),
+        (
+            "constant_with_warmup",
+            {"num_warmup_steps": 5},
+            3,
+            "train.lr_scheduler_params.num_warmup_steps",
+            "keep one",
+        ),
+        ("polynomial", {"lr_end": 1e-3}, 0, "train.lr_scheduler_params.lr_end", "below the learning rate"),
+        (
+            "cosine",
+            {"T_0": 10},
+            0,
+            "train.lr_scheduler_params.T_0",
+            "belongs to lr_scheduler cosine_with_restarts",
+        ),
+        ("cosine", {"total_iters": 10}, 0, "train.lr_scheduler_params.total_iters", "train.steps"),
+        ("cosine_with_restarts", {"T_mult": 1.5}, 0, "train.lr_scheduler_params.T_mult", "whole number"),
+        (
+            "cosine",
+            {"eta_min": 1e-6, "min_lr_ratio": 0.1},
+            0,
+            "train.lr_scheduler_params.eta_min",
+            "keep one",
+        ),
+        ("step", {"step_size": 5, "gama": 0.5}, 0, "train.lr_scheduler_params.gama", "did you mean 'gamma'"),
+    ],
+)
+def test_schedule_parameters_are_checked(kind: str, params: dict, warmup: int, path: str, text: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        build_lr_scheduler(_opt(), kind, 30, warmup, params)
+    issues = dict(err.value.issues)
+    assert path in issues and text in issues[path], issues

@@ -10,8 +10,20 @@ import torch
 from scipy import stats
 from scipy.special import expit, logit
 
+from cadence.config.schema import TrainConfig
 from cadence.models.base import experts_for
-from cadence.schedule.timesteps import KINDS, TimestepSampler, cdf, density, float32_range
+from cadence.schedule.timesteps import (
+    KINDS,
+    TimestepSampler,
+    aitoolkit_weights,
+    cdf,
+    denoising_range,
+    density,
+    float32_range,
+    range_problems,
+    sampler_for,
+)
+from cadence.train.objective import flow_matching_loss
 
 BOUNDARY = 0.9  # Wan 2.2 I2V A14B
 RANGES = [(e.name, e.t_low, e.t_high) for e in experts_for(True, BOUNDARY)] + [("main", 0.0, 1.0)]
@@ -20,7 +32,7 @@ N = 20_000
 
 def _naive_draws(kind: str, n: int, rng: np.random.Generator, shift: float = 3.0) -> np.ndarray:
     """The untruncated distribution written the straightforward way (as the seed trainer draws it)."""
-    if kind in ("uniform", "linear"):
+    if kind in ("uniform", "linear", "weighted"):
         return rng.random(n)
     if kind == "shift":
         u = rng.random(n)
@@ -30,7 +42,7 @@ def _naive_draws(kind: str, n: int, rng: np.random.Generator, shift: float = 3.0
 
 def _reference_cdf(kind: str, t: np.ndarray, shift: float = 3.0) -> np.ndarray:
     """Untruncated CDF written independently of the module (scipy)."""
-    if kind in ("uniform", "linear"):
+    if kind in ("uniform", "linear", "weighted"):
         return np.clip(t, 0, 1)
     if kind == "shift":
         return t / (shift - (shift - 1) * t)
@@ -124,3 +136,87 @@ def test_bad_arguments_are_reported() -> None:
         TimestepSampler("cosmic")
     with pytest.raises(ValueError, match="t_low"):
         TimestepSampler("uniform").sample(4, 0.5, 0.5, torch.Generator())
+
+
+# --------------------------------------------------------------------------- ai-toolkit's "weighted"
+def test_weighted_draws_like_linear_and_weights_with_ai_toolkits_table() -> None:
+    """weighted = linear timesteps + ai-toolkit's per-timestep loss weight (its default_weighing_scheme:
+    entry 0 belongs to t = 1.0, entry i to t = (1000 - i) / 1000)."""
+    table = aitoolkit_weights()
+    assert table.shape == (1000,)
+    # three entries read from ostris/ai-toolkit toolkit/timestep_weighing/default_weighing_scheme.py (27a03a91)
+    assert float(table[0]) == 0.905706524848938 and float(table[999]) == 0.4472601115703583
+    assert float(table.max()) == 1.5226575136184692 and int(table.argmax()) == 124
+    assert float(table.mean()) == pytest.approx(1.0, abs=1e-6)
+    sampler = TimestepSampler("weighted")
+    t = torch.tensor([1.0, 0.876, 0.5, 0.0004, 0.0])
+    weights = sampler.loss_weights(t)
+    assert weights.tolist() == pytest.approx([float(table[i]) for i in (0, 124, 500, 999, 999)])
+    assert TimestepSampler("linear").loss_weights(t) is None and TimestepSampler("sigmoid").loss_weights(t) is None
+    # each expert keeps the uniform shape inside its own range; the weights follow t, not the range
+    gen = torch.Generator().manual_seed(2)
+    high = sampler.sample(N, BOUNDARY, 1.0, gen)
+    assert stats.kstest(high.double().numpy(), stats.uniform(BOUNDARY, 1 - BOUNDARY).cdf).pvalue > 0.01
+    index = torch.round(1000 * (1 - high.double())).long().clamp(0, 999)
+    assert torch.equal(sampler.loss_weights(high), table[index].float())
+
+
+def test_weighted_loss_is_the_weighted_mean_like_ai_toolkit() -> None:
+    """ai-toolkit multiplies each sample's loss by its weight and takes the mean (no renormalising)."""
+    gen = torch.Generator().manual_seed(0)
+    prediction, target = torch.randn(3, 4, 2, 2, 2, generator=gen), torch.randn(3, 4, 2, 2, 2, generator=gen)
+    weights = torch.tensor([1.5, 0.5, 0.9])
+    per_sample = ((prediction - target) ** 2).flatten(1).mean(1)
+    assert float(flow_matching_loss(prediction, target, None, weights)) == pytest.approx(
+        float((per_sample * weights).mean()), rel=1e-6
+    )
+    assert float(flow_matching_loss(prediction, target)) == pytest.approx(float(per_sample.mean()), rel=1e-6)
+
+
+# --------------------------------------------------------------------------- min/max_denoising_steps
+def _aitoolkit_draws(kind: str, low: int, high: int, n: int, rng: np.random.Generator) -> np.ndarray:
+    """ai-toolkit's procedure written out: a table of 1000 timesteps sorted from pure noise down (linear: the
+    fixed linspace(1000, 1); sigmoid: a fresh sorted sigmoid(randn) table per draw), an index drawn uniformly
+    from [low, high] (BaseSDTrainProcess, flowmatch branch), t = table[index] / 1000."""
+    out = np.empty(n)
+    for k in range(n):
+        if kind == "linear":
+            table = np.linspace(1000, 1, 1000) / 1000
+        else:
+            table = np.sort(1 - expit(rng.standard_normal(1000)))[::-1] * 1000 / 1000
+        out[k] = table[rng.integers(low, high + 1)]
+    return out
+
+
+@pytest.mark.parametrize("kind", ["linear", "sigmoid"])
+def test_denoising_steps_keep_the_quantiles_ai_toolkit_keeps(kind: str) -> None:
+    low, high = 150, 699  # indices: 0 = pure noise
+    sampler = sampler_for(TrainConfig(timestep_type=kind, min_denoising_steps=low, max_denoising_steps=high))
+    t_low, t_high = sampler.t_range
+    base = TimestepSampler(kind)
+    assert float(base.cdf(torch.tensor(t_low, dtype=torch.float64))) == pytest.approx(1 - (high + 1) / 1000)
+    assert float(base.cdf(torch.tensor(t_high, dtype=torch.float64))) == pytest.approx(1 - low / 1000)
+    ours = sampler.sample(4000, 0.0, 1.0, torch.Generator().manual_seed(4)).double().numpy()
+    assert ours.min() >= t_low and ours.max() < t_high
+    theirs = _aitoolkit_draws(kind, low, high, 4000, np.random.default_rng(9))
+    assert stats.ks_2samp(ours, theirs).pvalue > 0.01
+
+
+def test_denoising_steps_defaults_keep_everything_and_cut_inside_an_expert() -> None:
+    assert denoising_range(TimestepSampler("sigmoid"), 0, 999) == (0.0, 1.0)
+    assert denoising_range(TimestepSampler("sigmoid"), 0, 1000) == (0.0, 1.0)  # ai-toolkit clamps to 999
+    sampler = sampler_for(TrainConfig(timestep_type="linear", min_denoising_steps=50, max_denoising_steps=999))
+    assert sampler.t_range == (0.0, pytest.approx(0.95))
+    t = sampler.sample(N, BOUNDARY, 1.0, torch.Generator().manual_seed(1)).double().numpy()
+    assert t.min() >= BOUNDARY and t.max() < 0.95  # the expert's range cut to the configured one, still uniform
+    assert stats.kstest(t, stats.uniform(BOUNDARY, 0.95 - BOUNDARY).cdf).pvalue > 0.01
+
+
+def test_denoising_steps_that_leave_an_expert_nothing_are_named_before_training() -> None:
+    sampler = sampler_for(TrainConfig(timestep_type="linear", min_denoising_steps=200))  # t <= 0.8
+    ranges = {e.name: (e.t_low, e.t_high) for e in experts_for(True, BOUNDARY)}
+    problems = range_problems(sampler, ranges)
+    assert [key for key, _ in problems] == ["train.min_denoising_steps"]
+    assert "high_noise" in problems[0][1] and "[0.9, 1)" in problems[0][1]
+    with pytest.raises(ValueError, match="max_denoising_steps"):
+        denoising_range(TimestepSampler("linear"), 600, 500)

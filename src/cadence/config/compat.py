@@ -14,6 +14,8 @@ from typing import Any, Union, get_args, get_origin
 
 from pydantic import BaseModel
 
+from cadence.config.errors import closest
+
 # seed key -> Cadence key (same list item for `[]` patterns; otherwise the target section may differ)
 SYNONYMS: dict[str, str] = {
     "network.rank": "network.linear",
@@ -253,3 +255,53 @@ def clean_loc(loc: tuple[str | int, ...]) -> tuple[Parts, list[str]]:
         else:
             annotation = None
     return tuple(out), tags
+
+
+# ------------------------------------------------------------------ answering an unknown key
+def _schema_patterns(annotation: Any = None, prefix: str = "") -> list[str]:
+    """Every key pattern of the schema (`train.lr`, `datasets[].fps`, ...); dict-valued sections not walked."""
+    from cadence.config.schema import JobConfig
+
+    model = JobConfig if annotation is None else annotation
+    out: list[str] = []
+    for name, field in model.model_fields.items():
+        pattern = f"{prefix}.{name}" if prefix else name
+        out.append(pattern)
+        inner, listed = field.annotation, False
+        args = [a for a in get_args(inner) if a is not type(None)]
+        if get_origin(inner) in (Union, UnionType) and len(args) == 1:
+            inner = args[0]
+        if get_origin(inner) in (list, tuple) and get_args(inner):
+            inner, listed = get_args(inner)[0], True
+        if _is_model(inner):
+            out += _schema_patterns(inner, pattern + ("[]" if listed else ""))
+    return out
+
+
+def key_homes(key: str) -> list[str]:
+    """Where a key name is valid, as patterns: Cadence's schema and seed synonyms; failing those, the
+    ai-toolkit keys Cadence answers with a refusal (so the user learns where ai-toolkit reads it)."""
+    from cadence.config.unsupported import all_entries
+
+    for patterns in ([*_schema_patterns(), *SYNONYMS], [entry.key for entry in all_entries()]):
+        found = sorted({p for p in patterns if split_pattern(p)[1] == key})
+        if found:
+            return found
+    return []
+
+
+def unknown_key_hint(key: str, valid: list[str], section: str) -> str:
+    """What to tell a user about a key that is not valid in `section` (a pattern, '' = process level).
+
+    Another trainer's name says which Cadence key does that job; a key that lives in another section says
+    where; a typo (a keyboard slip, same section) gets "did you mean"; otherwise the section's valid keys."""
+    if key in FOREIGN_KEYS:
+        return f"that is another trainer's name; Cadence's setting is {FOREIGN_KEYS[key]}"
+    homes = [p for p in key_homes(key) if split_pattern(p)[0] != section]
+    if homes:
+        where = " or ".join(f"'{p}'" for p in homes)
+        return f"'{key}' is not a key of {section or 'the process level'}; it is {where} (move it there)"
+    match = closest(key, valid)
+    if match:
+        return f"did you mean '{match}'?"
+    return f"valid keys here: {', '.join(sorted(valid))}"

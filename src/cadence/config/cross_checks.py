@@ -12,6 +12,7 @@ from typing import Any
 
 from cadence.config.compat import Parts
 from cadence.config.errors import closest
+from cadence.config.schedule_checks import schedule_issues
 from cadence.config.schema import I2V_ONLY_ARCHS, SINGLE_EXPERT_ARCHS, T2V_ONLY_ARCHS, JobConfig, TrainConfig
 
 EXPERT_LR_KEYS = ("high_noise_lr", "low_noise_lr")
@@ -33,11 +34,6 @@ OPTIMIZER_KEYS: dict[str, tuple[str, ...]] = {
         "slice_p",
     ),
     "adamw_schedulefree": ("betas", "eps", "weight_decay", "warmup_steps", "r", "weight_lr_power"),
-}
-SCHEDULER_KEYS: dict[str, tuple[str, ...]] = {
-    "constant": (),
-    "cosine": ("min_lr_ratio",),
-    "linear": ("min_lr_ratio",),
 }
 _DEVICE = re.compile(r"auto|cpu|mps|cuda(:\d+)?")
 
@@ -69,55 +65,6 @@ def optimizer_param_issues(optimizer: str, params: dict[str, Any], accepted: tup
     return issues
 
 
-def schedule_issues(
-    kind: str, automagic: bool, total_steps: int, warmup_steps: int, params: dict[str, Any]
-) -> list[Issue]:
-    """train.lr_scheduler settings that cannot work: unknown params, ranges, automagic's own schedule."""
-    if kind not in SCHEDULER_KEYS:
-        return [
-            (
-                ("train", "lr_scheduler"),
-                f"unknown scheduler {kind!r}; expected one of {', '.join(SCHEDULER_KEYS)}",
-            )
-        ]
-    issues: list[Issue] = []
-    if automagic and kind != "constant":
-        issues.append(
-            (
-                ("train", "lr_scheduler"),
-                f"{kind!r} cannot be used with optimizer automagic, which sets its own per-element learning "
-                "rates; use lr_scheduler: constant",
-            )
-        )
-    if automagic and warmup_steps:
-        issues.append(
-            (
-                ("train", "lr_warmup_steps"),
-                "automagic ramps its learning rates itself (from lr by lr_bump per step); set lr_warmup_steps: 0",
-            )
-        )
-    accepted = SCHEDULER_KEYS[kind]
-    for key in sorted(set(params) - set(accepted)):
-        hint = _did_you_mean(key, accepted)
-        issues.append(
-            (
-                ("train", "lr_scheduler_params", key),
-                f"not an option of lr_scheduler {kind!r}; {hint}accepted: {', '.join(accepted) or 'none'}",
-            )
-        )
-    ratio = params.get("min_lr_ratio", 0.0)
-    if not isinstance(ratio, int | float) or not 0.0 <= float(ratio) <= 1.0:
-        issues.append((("train", "lr_scheduler_params", "min_lr_ratio"), f"must be in [0, 1], got {ratio!r}"))
-    if total_steps < 1 or warmup_steps < 0:
-        issues.append(
-            (
-                ("train", "steps"),
-                f"need steps >= 1 and lr_warmup_steps >= 0, got {total_steps}, {warmup_steps}",
-            )
-        )
-    return issues
-
-
 def compile_patterns(patterns: list[str], field: str) -> list[re.Pattern[str]]:
     """network.network_kwargs regexes, compiled; a bad one is a ValueError naming the key and pattern."""
     compiled = []
@@ -131,16 +78,24 @@ def compile_patterns(patterns: list[str], field: str) -> list[re.Pattern[str]]:
 
 def _train_issues(train: TrainConfig) -> list[Issue]:
     issues: list[Issue] = []
-    if train.optimizer in OPTIMIZER_KEYS:  # automagic's keys are checked by its own parser at build time
+    if train.optimizer in OPTIMIZER_KEYS:
         issues += optimizer_param_issues(
             train.optimizer, train.optimizer_params, OPTIMIZER_KEYS[train.optimizer]
         )
+    elif train.optimizer == "automagic":
+        issues += automagic_param_issues(train.optimizer_params)
+    expert_lrs = [train.optimizer_params.get(key) for key in EXPERT_LR_KEYS]
+    base_lrs = (
+        train.lr,
+        *(float(v) for v in expert_lrs if isinstance(v, int | float) and not isinstance(v, bool)),
+    )
     issues += schedule_issues(
         train.lr_scheduler,
         train.optimizer == "automagic",
         train.steps,
         train.lr_warmup_steps,
         train.lr_scheduler_params,
+        base_lrs,
     )
     issues += _timestep_issues(train)
     return issues
@@ -156,7 +111,7 @@ TIMESTEP_KEYS: dict[str, str] = {
 
 
 def _timestep_issues(train: TrainConfig) -> list[Issue]:
-    return [
+    issues: list[Issue] = [
         (
             ("train", key),
             f"applies only with timestep_type: {kind}, but timestep_type is '{train.timestep_type}'; "
@@ -165,6 +120,51 @@ def _timestep_issues(train: TrainConfig) -> list[Issue]:
         for key, kind in TIMESTEP_KEYS.items()
         if getattr(train, key) != TrainConfig.model_fields[key].default and train.timestep_type != kind
     ]
+    if train.min_denoising_steps > min(train.max_denoising_steps, 999):
+        issues.append(
+            (
+                ("train", "min_denoising_steps"),
+                f"{train.min_denoising_steps} is above max_denoising_steps {train.max_denoising_steps}: no timestep "
+                "is left (indices of ai-toolkit's 1000 training timesteps, 0 = pure noise; min <= max <= 999)",
+            )
+        )
+    return issues
+
+
+# automagic's options (optim/automagic.py OPTION_KEYS; a test keeps the two equal), each also per expert
+AUTOMAGIC_KEYS = ("lr", "min_lr", "max_lr", "lr_bump", "beta2", "eps", "clip_threshold", "weight_decay")
+EXPERT_PREFIXES = ("high_noise_", "low_noise_")
+# ai-toolkit's Automagic arguments Cadence accepts only at their off value (dropped before building)
+AUTOMAGIC_OFF_KEYS = {"do_paramiter_swapping": False, "paramiter_swapping_factor": None}
+
+
+def automagic_param_issues(params: dict[str, Any]) -> list[Issue]:
+    """train.optimizer_params of automagic: each key an option (optionally high_noise_/low_noise_ prefixed),
+    a typo named with its likely meaning at load time instead of failing when the optimizer is built."""
+    valid = [*AUTOMAGIC_KEYS, *(pre + key for pre in EXPERT_PREFIXES for key in AUTOMAGIC_KEYS)]
+    issues: list[Issue] = []
+    for key in sorted(params):
+        if key in valid:
+            continue
+        where = ("train", "optimizer_params", key)
+        if key in AUTOMAGIC_OFF_KEYS:
+            if key == "do_paramiter_swapping" and params[key] is not False:
+                issues.append(
+                    (
+                        where,
+                        "ai-toolkit's parameter swapping (training a random share of the weights at a time) is not "
+                        "implemented; remove it (or set it to false)",
+                    )
+                )
+            continue
+        issues.append(
+            (
+                where,
+                f"not an option of optimizer 'automagic'; {_did_you_mean(key, valid)}accepted keys: "
+                f"{', '.join(AUTOMAGIC_KEYS)}, each optionally prefixed with high_noise_ or low_noise_",
+            )
+        )
+    return issues
 
 
 def _network_issues(cfg: JobConfig) -> list[Issue]:
@@ -245,7 +245,63 @@ def config_warnings(cfg: JobConfig) -> list[Issue]:
     quantization off with `quantize: false` and keep their qtype, and those configs must keep running)."""
     from cadence.config.network_checks import network_type_warnings
 
-    return _quantize_warnings(cfg) + network_type_warnings(cfg)
+    return (
+        _quantize_warnings(cfg)
+        + network_type_warnings(cfg)
+        + _text_encoder_warnings(cfg)
+        + _schedule_warnings(cfg)
+    )
+
+
+def _text_encoder_warnings(cfg: JobConfig) -> list[Issue]:
+    """unload_text_encoder trains every item on one prompt (ai-toolkit's behaviour): say what that leaves out."""
+    train = cfg.train
+    if not train.unload_text_encoder:
+        return []
+    if train.cache_text_embeddings:
+        return [
+            (
+                ("train", "unload_text_encoder"),
+                "with cache_text_embeddings the cached captions are trained on (as in ai-toolkit); the text encoder "
+                "is freed after caching either way",
+            )
+        ]
+    prompt = (
+        f"the trigger word {cfg.trigger_word!r}" if cfg.trigger_word else "a blank prompt (no trigger_word)"
+    )
+    issues: list[Issue] = [
+        (
+            ("train", "unload_text_encoder"),
+            f"every item trains on {prompt} and captions are not read, as in ai-toolkit; set "
+            "train.cache_text_embeddings: true to train on captions with the text encoder freed",
+        )
+    ]
+    for i, ds in enumerate(cfg.datasets):
+        if ds.caption_dropout_rate:
+            issues.append(
+                (
+                    ("datasets", i, "caption_dropout_rate"),
+                    f"{ds.caption_dropout_rate:g} has no effect with train.unload_text_encoder (no captions are read; "
+                    "ai-toolkit ignores it there too)",
+                )
+            )
+    return issues
+
+
+def _schedule_warnings(cfg: JobConfig) -> list[Issue]:
+    """ai-toolkit's `linear` is torch's LinearLR, which without parameters rises from lr/3 to lr; Cadence's
+    linear decays to 0 (diffusers' linear). A config written for ai-toolkit gets told."""
+    train = cfg.train
+    if train.lr_scheduler != "linear" or train.lr_scheduler_params:
+        return []
+    return [
+        (
+            ("train", "lr_scheduler"),
+            "linear decays the lr to 0 over train.steps (diffusers' linear schedule); ai-toolkit's linear is "
+            "torch's LinearLR, which rises from lr/3 to lr: for that, set lr_scheduler_params: {start_factor: "
+            "0.3333, end_factor: 1.0}",
+        )
+    ]
 
 
 def _quantize_warnings(cfg: JobConfig) -> list[Issue]:

@@ -40,7 +40,25 @@ def format_path(parts: tuple[str | int, ...] | list[str | int], prefix: str = ""
     return text
 
 
+def edit_distance(a: str, b: str) -> int:
+    """Edits (insert, delete, substitute, swap two neighbours) that turn `a` into `b`, case-insensitive."""
+    a, b = a.lower(), b.lower()
+    rows = [list(range(len(b) + 1))]
+    for i, ca in enumerate(a, 1):
+        row = [i]
+        for j, cb in enumerate(b, 1):
+            row.append(min(rows[-1][j] + 1, row[j - 1] + 1, rows[-1][j - 1] + (ca != cb)))
+            if i > 1 and j > 1 and ca == b[j - 2] and a[i - 2] == cb:
+                row[j] = min(row[j], rows[-2][j - 2] + 1)
+        rows.append(row)
+    return rows[-1][-1]
+
+
 def closest(key: str, valid: Iterable[str]) -> str | None:
-    """The valid name a typo most likely meant (difflib ratio >= 0.6), or None."""
-    match = difflib.get_close_matches(key, list(valid), n=1, cutoff=0.6)
-    return match[0] if match else None
+    """The valid name a typo most likely meant, or None. A typo is a slip of the keyboard: at most one edit
+    per eight characters (at least one), so `lrr` -> `lr` and `lr_bumb` -> `lr_bump`, but never a different
+    word that merely looks alike (`ctrl_idx` is not `ctrl_img`, `te_dtype` not `qtype`)."""
+    budget = max(1, len(key) // 8)
+    scored = [(edit_distance(key, name), -difflib.SequenceMatcher(None, key, name).ratio(), name) for name in valid]
+    near = sorted(s for s in scored if s[0] <= budget and s[2] != key)
+    return near[0][2] if near else None

@@ -27,6 +27,7 @@ from cadence.config.compat import (
     pattern_of,
     section_model,
     synonyms_for,
+    unknown_key_hint,
 )
 from cadence.config.cross_checks import config_issues, config_warnings
 from cadence.config.errors import ConfigError, closest, format_path
@@ -143,11 +144,16 @@ def is_seed_layout(data: dict[str, Any]) -> bool:
     return "config" in data or "job" in data
 
 
-def _unknown(key: str, valid: list[str], path: str) -> tuple[str, str]:
-    match = closest(key, valid)
-    hint = f"did you mean '{match}'?" if match else f"valid keys here: {', '.join(sorted(valid))}"
-    if key in FOREIGN_KEYS:
-        hint = f"that is another trainer's name; Cadence's setting is {FOREIGN_KEYS[key]}"
+def _unknown(key: str, valid: list[str], path: str, section: str | None = None) -> tuple[str, str]:
+    """`section` (a pattern, '' = process level) lets the hint name another section that has the key; the
+    seed wrapper's own levels pass None."""
+    if section is None:
+        match = closest(key, valid)
+        hint = f"did you mean '{match}'?" if match else f"valid keys here: {', '.join(sorted(valid))}"
+        if key in FOREIGN_KEYS:
+            hint = f"that is another trainer's name; Cadence's setting is {FOREIGN_KEYS[key]}"
+    else:
+        hint = unknown_key_hint(key, valid, section)
     return path, f"unknown key '{key}' at {path}; {hint}"
 
 
@@ -288,7 +294,8 @@ def _reword(err: dict[str, Any], loc: Parts, tags: list[str], path: str) -> str:
         key = str(loc[-1])
         model = section_model(loc[:-1])
         valid = list(model.model_fields) if model is not None else []
-        return _unknown(key, valid + synonyms_for(pattern_of(loc[:-1])), path)[1]
+        section = pattern_of(loc[:-1])
+        return _unknown(key, valid + synonyms_for(section), path, section)[1]
     if kind == "missing":
         return f"required key '{loc[-1]}' is missing"
     if tags:

@@ -8,6 +8,7 @@ yet are listed in `unsupported.py`, never silently accepted here.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any, Literal, get_args
 
@@ -64,6 +65,13 @@ class Strict(BaseModel):
         return {**data, **{name: str(data[name]).lower() for name in flagged}}
 
 
+def _none_is_unset(data: Any, keys: tuple[str, ...]) -> Any:
+    """ai-toolkit defaults these keys to None, meaning off: `key: null` takes Cadence's default (off too)."""
+    if not isinstance(data, dict) or not any(key in data and data[key] is None for key in keys):
+        return data
+    return {k: v for k, v in data.items() if not (k in keys and v is None)}
+
+
 # --------------------------------------------------------------------------------------------- network
 class ExitCriteria(Strict):
     """All criteria must hold to leave a phase (the seed's rule). None disables a criterion."""
@@ -102,6 +110,11 @@ class AlphaSchedule(Strict):
 
 
 class NetworkKwargs(Strict):
+    @model_validator(mode="before")
+    @classmethod
+    def _aitoolkit_none(cls, data: Any) -> Any:
+        return _none_is_unset(data, ("only_if_contains", "ignore_if_contains", "rank_dropout", "module_dropout"))
+
     only_if_contains: list[str] = Field(default_factory=list)
     ignore_if_contains: list[str] = Field(default_factory=list)
     include_patterns: list[str] = Field(default_factory=list)
@@ -136,6 +149,11 @@ class NetworkConfig(Strict):
     conv: int | None = Field(None, ge=1)
     conv_alpha: float | None = Field(None, gt=0)
     dropout: float = Field(0.0, ge=0, lt=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _aitoolkit_none(cls, data: Any) -> Any:
+        return _none_is_unset(data, ("dropout",))
     network_kwargs: NetworkKwargs = Field(default_factory=NetworkKwargs)
     alpha_schedule: AlphaSchedule | None = None
     lokr_full_rank: bool = Field(
@@ -369,7 +387,9 @@ class TrainConfig(Strict):
     )
     optimizer: Literal["adamw", "adamw8bit", "prodigy", "adamw_schedulefree", "automagic"] = "adamw"
     optimizer_params: dict[str, float | int | bool | str | list[float]] = Field(default_factory=dict)
-    lr_scheduler: Literal["constant", "cosine", "linear"] = "constant"
+    lr_scheduler: Literal[
+        "constant", "constant_with_warmup", "cosine", "linear", "cosine_with_restarts", "polynomial", "step"
+    ] = Field("constant", description="LR schedule (ai-toolkit's names; parameters in lr_scheduler_params)")
     lr_warmup_steps: int = Field(0, ge=0)
     lr_scheduler_params: dict[str, float | int] = Field(default_factory=dict)
     max_grad_norm: float = Field(1.0, ge=0, description="0 disables clipping")
@@ -397,7 +417,15 @@ class TrainConfig(Strict):
     compile_cache_size_limit: int = Field(32, ge=1, description="torch._dynamo recompile limit per block")
     adapter_dtype: Literal["fp32", "bf16"] = Field("fp32", description="dtype of the LoRA master weights")
     noise_scheduler: Literal["flowmatch"] = "flowmatch"
-    timestep_type: Literal["uniform", "linear", "sigmoid", "shift", "logit_normal"] = "sigmoid"
+    timestep_type: Literal["uniform", "linear", "sigmoid", "shift", "logit_normal", "weighted"] = Field(
+        "sigmoid", description="timestep distribution; weighted: linear + ai-toolkit's per-timestep loss weights"
+    )
+    min_denoising_steps: int = Field(
+        0, ge=0, le=999, description="ai-toolkit's index range of its 1000 training timesteps (0 = pure noise)"
+    )
+    max_denoising_steps: int = Field(
+        999, ge=0, le=1000, description="last index kept (1000 counts as 999, as ai-toolkit clamps it)"
+    )
     flow_shift: float = Field(3.0, gt=0, description="shift for timestep_type: shift")
     logit_mean: float = Field(0.0, description="mean of z for timestep_type: logit_normal (t = sigmoid(z))")
     logit_std: float = Field(1.0, gt=0, description="std of z for timestep_type: logit_normal")
@@ -409,6 +437,12 @@ class TrainConfig(Strict):
         "bit-exact resume on CUDA, at some speed cost; an op without a deterministic kernel stops the run",
     )
     cache_text_embeddings: bool = False
+    unload_text_encoder: bool = Field(
+        False,
+        description="encode the trigger word (or a blank prompt) and the sample prompts once, then free the text "
+        "encoder; every item trains on that one embedding and captions are not read (with cache_text_embeddings: "
+        "the cached captions are used)",
+    )
     disable_sampling: bool = False
     max_nan_steps: int = Field(20, ge=1, description="consecutive non-finite losses before the run stops")
     log_every: int = Field(50, ge=1, description="steps between summary lines in log.txt")
@@ -568,11 +602,22 @@ class ModelConfig(Strict):
 
 
 # ---------------------------------------------------------------------------------------------- sample
-def _check_frames(value: int | None) -> int | None:
-    if value is not None and (value - 1) % 4 != 0:
-        lower, upper = ((value - 1) // 4) * 4 + 1, ((value - 1) // 4 + 1) * 4 + 1
-        raise ValueError(f"num_frames must be of the form 4k+1 (1, 5, 9, ..., 81); try {lower} or {upper}")
-    return value
+def _round_frames(value: int | None, key: str) -> int | None:
+    """A sample length that is not 4k+1 (Wan's VAE) is rounded as diffusers' Wan pipelines round it
+    (n // 4 * 4 + 1: 40 -> 41, 42 -> 41, 44 -> 45), with a warning, instead of refused: ai-toolkit's own Wan
+    examples sample 40 frames and its pipelines round the same way."""
+    if value is None or (value - 1) % 4 == 0:
+        return value
+    rounded = max(value // 4 * 4 + 1, 1)
+    logging.getLogger(__name__).warning(
+        "%s: %d frames is not of the form 4k+1 (Wan's VAE); sampling %d frames, rounded as diffusers' Wan "
+        "pipelines do. Set %d to silence this",
+        key,
+        value,
+        rounded,
+        rounded,
+    )
+    return rounded
 
 
 class SamplePrompt(Strict):
@@ -595,7 +640,7 @@ class SamplePrompt(Strict):
     @field_validator("num_frames")
     @classmethod
     def _frames_4k_plus_1(cls, value: int | None) -> int | None:
-        return _check_frames(value)
+        return _round_frames(value, "sample.samples[].num_frames")
 
 
 class SampleConfig(Strict):
@@ -608,7 +653,9 @@ class SampleConfig(Strict):
     skip_first_sample: bool = Field(False, description="no baseline sample at step 0")
     width: int = Field(512, ge=16)
     height: int = Field(512, ge=16)
-    num_frames: int = Field(1, ge=1, description="4k+1")
+    num_frames: int = Field(
+        1, ge=1, description="frames per sample: 4k+1 (another count is rounded as diffusers does, with a warning)"
+    )
     fps: int | None = Field(None, ge=1, description="video frame rate; unset = the model's native rate")
     sample_steps: int = Field(20, ge=1)
     guidance_scale: float = 7.0
@@ -628,7 +675,7 @@ class SampleConfig(Strict):
     @field_validator("num_frames")
     @classmethod
     def _frames_4k_plus_1(cls, value: int | None) -> int | None:
-        return _check_frames(value)
+        return _round_frames(value, "sample.num_frames")
 
     @property
     def items(self) -> list[SamplePrompt]:

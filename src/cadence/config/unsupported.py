@@ -93,7 +93,6 @@ _EMA_OFF = Accepts(_ema_off, "`null`, or a mapping with `use_ema: false`")
 
 
 U = Unsupported
-_PERF = "a GPU performance feature planned for later"
 _NO_AUG = "data augmentation is not implemented"
 _NO_CTRL = "control/mask/reference inputs are not implemented"
 
@@ -126,7 +125,11 @@ REGISTRY: list[Unsupported] = [
     U("network.lorm", "LoRM is not implemented", None),
     U("network.transformer_only", "Cadence trains transformer adapters only", True),
     U("network.split_multistage_loras", "Cadence always trains one adapter per expert", True),
-    U("network.layer_offloading", _PERF, False),
+    U(
+        "network.layer_offloading",
+        "unfinished in ai-toolkit ('doesn't work yet'); for memory use model.blocks_to_swap",
+        False,
+    ),
     U("network.pretrained_lora_path", "starting from an existing LoRA is not implemented", None),
     U("network.all_layers", "only Linear/Conv layers get adapters", False),
     U("network.normalize", "weight normalization of adapters is not implemented", False),
@@ -142,7 +145,7 @@ REGISTRY: list[Unsupported] = [
     U("train.snr_gamma", "Wan uses flow matching; SNR weighting is for DDPM", None),
     U("train.train_text_encoder", "only the transformer is trained", False),
     U("train.train_unet", "the transformer is always trained", True),
-    U("train.unet_lr", "set train.lr", None),
+    U("train.unet_lr", "ai-toolkit trains a LoRA at train.lr and ignores unet_lr; set train.lr", None),
     U("train.text_encoder_lr", "the text encoder is not trained; set train.lr", None),
     U(
         "train.content_or_style",
@@ -152,9 +155,18 @@ REGISTRY: list[Unsupported] = [
     U("train.loss_type", "only the MSE flow-matching loss is implemented", "mse"),
     U(
         "train.timestep_type",
-        "this timestep distribution is not implemented",
+        "this timestep distribution is not implemented; use sigmoid, linear, weighted, shift or logit_normal "
+        "(flux_shift and lumina2_shift shift by resolution, which Wan's scheduler turns off, so ai-toolkit trains "
+        "them on Wan as shift: use timestep_type: shift with train.flow_shift 3.0, or 5.0 for wan22_5b)",
         accepts=_not_in(
-            "weighted", "flux_shift", "lumina2_shift", "lognorm_blend", "next_sample", "one_step"
+            "flux_shift",
+            "lumina2_shift",
+            "lognorm_blend",
+            "next_sample",
+            "one_step",
+            "two_step",
+            "four_step",
+            "eight_step",
         ),
     ),
     U(
@@ -184,25 +196,16 @@ REGISTRY: list[Unsupported] = [
         ),
     ),
     U(
-        "train.lr_scheduler",
-        "this LR scheduler is not implemented; use constant, cosine or linear "
-        "(warmup: train.lr_warmup_steps)",
-        accepts=_not_in("cosine_with_restarts", "step", "constant_with_warmup", "polynomial"),
-    ),
-    U("train.min_denoising_steps", "restricting the timestep range is not implemented", 0),
-    U(
-        "train.max_denoising_steps",
-        "restricting the timestep range is not implemented",
-        999,
-        accepts=_one_of(999, 1000),
-    ),
-    U(
-        "train.unload_text_encoder",
-        "trigger-only training is not implemented; use cache_text_embeddings",
+        "train.xformers",
+        "xformers is not used; choose the attention kernel with train.attention_backend (native, cudnn, flash, "
+        "flash3)",
         False,
     ),
-    U("train.xformers", "attention goes through diffusers' dispatcher (SDPA)", False),
-    U("train.sdp", "attention always uses SDPA", accepts=_BOOL),
+    U(
+        "train.sdp",
+        "attention runs through diffusers' dispatcher; train.attention_backend chooses it (native = PyTorch SDPA)",
+        accepts=_BOOL,
+    ),
     U("train.force_first_sample", "the baseline sample runs at step 0 only (not again on resume)", False),
     U("train.weight_jitter", "weight jitter is not implemented", 0.0),
     U("train.noise_multiplier", "noise scaling is not implemented", 1.0),
@@ -223,7 +226,12 @@ REGISTRY: list[Unsupported] = [
         "only used with diff_output_preservation (refused)",
         accepts=_ANY,
     ),
-    U("train.bypass_guidance_embedding", "guidance-embedding bypass is for guidance-distilled models", False),
+    U(
+        "train.bypass_guidance_embedding",
+        "guidance-embedding bypass is for guidance-distilled models (Flux); Wan has no guidance embedding, so "
+        "ai-toolkit ignores it on Wan (its UI writes true)",
+        accepts=_BOOL,
+    ),
     U("train.blank_prompt_preservation", "output preservation is not implemented", False),
     U("train.do_prior_divergence", "prior divergence is not implemented", False),
     U("train.do_cfg", "CFG training is not implemented", False),
@@ -246,8 +254,17 @@ REGISTRY: list[Unsupported] = [
     U("model.assistant_lora_path", "assistant LoRAs are not implemented", None),
     U("model.lora_path", "loading a LoRA into the base model is not implemented", None),
     U("model.inference_lora_path", "inference LoRAs are not implemented", None),
-    U("model.compile", _PERF, False),
-    U("model.layer_offloading", _PERF + "; low_vram offloads the idle expert", False),
+    U(
+        "model.compile",
+        "Cadence compiles each transformer block (ai-toolkit's compile + block_compile): set train.compile: true",
+        False,
+    ),
+    U(
+        "model.layer_offloading",
+        "use model.blocks_to_swap (block weights stream in from host memory) or model.low_vram (the idle expert "
+        "and the encoders wait on the CPU)",
+        False,
+    ),
     U(
         "model.layer_offloading_text_encoder_percent",
         "only used with layer_offloading (refused)",
@@ -258,7 +275,7 @@ REGISTRY: list[Unsupported] = [
         "only used with layer_offloading (refused)",
         accepts=_ANY,
     ),
-    U("model.auto_memory", _PERF, False),
+    U("model.auto_memory", "deprecated in ai-toolkit for layer_offloading: use model.blocks_to_swap", False),
     U("model.split_model_over_gpus", "multi-GPU model splitting is not implemented", False),
     U("model.dtype", "the base model is loaded in train.dtype"),
     U("model.vae_path", "the VAE is loaded from name_or_path", None),
@@ -286,6 +303,11 @@ REGISTRY: list[Unsupported] = [
     U("datasets[].token_dropout_rate", "caption token dropout is not implemented", 0.0),
     U("datasets[].keep_tokens", "caption token shuffling/dropout is not implemented", 0),
     U("datasets[].random_triggers", "random triggers are not implemented", None),
+    U(
+        "datasets[].temporal_jitter",
+        "the seed fork's frame-position jitter is not implemented; frame_extraction random or slide varies windows",
+        0,
+    ),
     U("datasets[].trigger_word", "use the process-level trigger_word", None),
     U(
         "datasets[].control_path",
@@ -350,10 +372,17 @@ def message(entry: Unsupported, key: str, value: Any, in_schema: bool) -> str:
     return f"{what} {entry.source}{noun} but not supported yet by Cadence: {entry.reason}; {action}"
 
 
+def all_entries() -> list[Unsupported]:
+    """This registry and the keys of other model families (`unsupported_other.OTHER`)."""
+    from cadence.config.unsupported_other import OTHER  # imports this module's classes
+
+    return [*REGISTRY, *OTHER]
+
+
 def check_unsupported(body: dict[str, Any]) -> list[tuple[Parts, str]]:
     """Refuse unsupported seed keys/values in place (refused and inert keys are removed from `body`)."""
     issues: list[tuple[Parts, str]] = []
-    for entry in REGISTRY:
+    for entry in all_entries():
         section, key = split_pattern(entry.key)
         in_schema = _in_schema(section, key)
         for node, parts in iter_sections(body, section):
@@ -371,10 +400,11 @@ def check_unsupported(body: dict[str, Any]) -> list[tuple[Parts, str]]:
     return issues
 
 
-def registry_markdown() -> str:
-    """The registry as a Markdown table (docs/config.md embeds it; a test keeps them in sync)."""
+def registry_markdown(entries: list[Unsupported] | None = None) -> str:
+    """A registry as a Markdown table (docs/config.md embeds REGISTRY's and OTHER's; a test keeps them in
+    sync)."""
     rows = ["| key | accepted as a no-op | why not yet |", "|---|---|---|"]
-    for entry in REGISTRY:
+    for entry in REGISTRY if entries is None else entries:
         if entry.accepts is not None:
             inert = entry.accepts.text
         elif entry.inert is _REFUSE_ANY:

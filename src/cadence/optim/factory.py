@@ -19,7 +19,13 @@ from typing import Any
 
 import torch
 
-from cadence.config.cross_checks import EXPERT_LR_KEYS, OPTIMIZER_KEYS, optimizer_param_issues
+from cadence.config.cross_checks import (
+    AUTOMAGIC_OFF_KEYS,
+    EXPERT_LR_KEYS,
+    OPTIMIZER_KEYS,
+    automagic_param_issues,
+    optimizer_param_issues,
+)
 from cadence.config.errors import ConfigError, format_path
 from cadence.config.schema import TrainConfig
 
@@ -74,8 +80,12 @@ def _checked_kwargs(train: TrainConfig) -> dict[str, Any]:
 def _automagic(train: TrainConfig, groups: list[dict[str, Any]]) -> torch.optim.Optimizer:
     from cadence.optim.automagic import Automagic, automagic_groups_from_params
 
+    issues = automagic_param_issues(train.optimizer_params)  # the rules `cadence validate` applies
+    if issues:
+        raise ConfigError([(format_path(loc), message) for loc, message in issues])
+    params = {k: v for k, v in train.optimizer_params.items() if k not in AUTOMAGIC_OFF_KEYS}
     try:
-        merged = automagic_groups_from_params(dict(train.optimizer_params), groups)
+        merged = automagic_groups_from_params(params, groups)
         return Automagic(merged, lr=groups[0]["lr"])
     except ValueError as exc:
         raise ConfigError([("", str(exc))]) from exc

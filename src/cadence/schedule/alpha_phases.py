@@ -175,12 +175,8 @@ class AlphaPhaseScheduler:
             return cls(experts, {}, fixed, enabled=False)
         if schedule.linear_alpha is not None and "linear" in trained_kinds:
             fixed["linear"] = float(schedule.linear_alpha)
-        fill = schedule.preset or DEFAULT_FILL_PRESET
-        plans: dict[str, ExpertPlan] = {}
-        notes: set[str] = set()
-        for expert in experts:
-            plans[expert] = _plan_for_expert(schedule, expert, trained_kinds, fill, notes)
-        for note in sorted(notes):
+        plans, notes = plan_phases(schedule, experts, trained_kinds)
+        for note in notes:
             logger.info(note)
         return cls(experts, plans, fixed, enabled=True)
 
@@ -387,6 +383,17 @@ def describe_transition(t: Transition) -> str:
         f"steps; {changes or 'alphas unchanged'} from this expert's next training step; evidence: "
         + "; ".join(parts)
     )
+
+
+def plan_phases(
+    schedule: AlphaSchedule, experts: Iterable[str], trained_kinds: set[str]
+) -> tuple[dict[str, ExpertPlan], list[str]]:
+    """Each expert's plan (which phase list drives which adapter kind) and the notes saying how the config's
+    lists were mapped; `cadence validate` prints them, training logs them."""
+    fill = schedule.preset or DEFAULT_FILL_PRESET
+    notes: set[str] = set()
+    plans = {expert: _plan_for_expert(schedule, expert, trained_kinds, fill, notes) for expert in experts}
+    return plans, sorted(notes)
 
 
 def _plan_for_expert(

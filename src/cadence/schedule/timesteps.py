@@ -8,6 +8,12 @@ and without wasted draws by inverse-CDF sampling: u ~ U(F(t_low), F(t_high)), t 
 Kinds (names follow the seed trainer's `timestep_type`):
 - ``uniform`` / ``linear``: t ~ U(0, 1). (ai-toolkit's "linear" picks uniformly from an evenly spaced
   table of 1000 timesteps, i.e. the same distribution up to discretization.)
+- ``weighted``: ai-toolkit's "weighted" (its UI default for Wan 2.1 I2V and TI2V-5B): t drawn as ``linear``,
+  and each sample's loss multiplied by ai-toolkit's 1000-entry weight table (`loss_weights`; the table,
+  measured by ai-toolkit on Flex.1, lives in aitoolkit_timestep_weights.json). The weights peak near t = 0.88
+  (1.52) and fall to 0.45 at low noise; they average 1 over the table. (The relaxis fork's code replaces this
+  table with its bell-shaped "linear_timesteps" weights through an `if` that should read `elif`; Cadence
+  follows ostris/ai-toolkit.)
 - ``sigmoid``: t = sigmoid(z), z ~ N(0, 1). This is what ai-toolkit's flow-match scheduler builds for
   "sigmoid" (a table of 1 - sigmoid(randn), the same law because N(0, 1) is symmetric, from which the
   training step picks entries); it concentrates training around t = 0.5.
@@ -18,17 +24,42 @@ Kinds (names follow the seed trainer's `timestep_type`):
 
 All CDF maths runs in float64 so that the range edges are exact; results are float32 clamped to
 [t_low, t_high) as float32 numbers (so `ExpertSpec.contains(float(t))` holds for every sample).
+
+`train.min_denoising_steps` / `max_denoising_steps` are ai-toolkit's indices into its table of 1000 training
+timesteps, sorted from pure noise (index 0) down; it picks an index uniformly, so a range of indices is a
+range of *quantiles* of the distribution: index i covers quantiles (1 - (i+1)/1000, 1 - i/1000]. The sampler
+turns the range into a t range once (`denoising_range`) and draws from the distribution truncated to its
+intersection with each expert's range, so the shape is kept in both cuts. (ai-toolkit ignores the two keys on
+Wan 2.2 A14B, where the expert boundary replaces them; Cadence applies both.)
 """
 
 from __future__ import annotations
 
+import json
 import math
-from typing import Literal
+from functools import cache
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import torch
 
-TimestepKind = Literal["uniform", "linear", "sigmoid", "shift", "logit_normal"]
-KINDS: tuple[str, ...] = ("uniform", "linear", "sigmoid", "shift", "logit_normal")
+if TYPE_CHECKING:
+    from cadence.config.schema import TrainConfig
+
+TimestepKind = Literal["uniform", "linear", "sigmoid", "shift", "logit_normal", "weighted"]
+KINDS: tuple[str, ...] = ("uniform", "linear", "sigmoid", "shift", "logit_normal", "weighted")
+UNIFORM_KINDS = ("uniform", "linear", "weighted")
+TABLE_SIZE = 1000  # ai-toolkit's training timestep table: index 0 = t 1.0 (pure noise), index 999 = t 0.001
+WEIGHTS_FILE = Path(__file__).with_name("aitoolkit_timestep_weights.json")
+
+
+@cache
+def aitoolkit_weights() -> torch.Tensor:
+    """ai-toolkit's loss weight per entry of its 1000-step timestep table (float64)."""
+    weights = json.loads(WEIGHTS_FILE.read_text(encoding="utf-8"))["weights"]
+    if len(weights) != TABLE_SIZE:
+        raise ValueError(f"{WEIGHTS_FILE} holds {len(weights)} weights, expected {TABLE_SIZE}")
+    return torch.tensor(weights, dtype=torch.float64)
 
 
 def _check_kind(kind: str) -> None:
@@ -50,6 +81,7 @@ class TimestepSampler:
         flow_shift: float = 3.0,
         logit_mean: float = 0.0,
         logit_std: float = 1.0,
+        t_range: tuple[float, float] = (0.0, 1.0),
     ) -> None:
         _check_kind(kind)
         if flow_shift <= 0:
@@ -60,12 +92,15 @@ class TimestepSampler:
         self.flow_shift = float(flow_shift)
         self.logit_mean = float(logit_mean) if kind == "logit_normal" else 0.0
         self.logit_std = float(logit_std) if kind == "logit_normal" else 1.0
+        if not 0.0 <= t_range[0] < t_range[1] <= 1.0:
+            raise ValueError(f"timestep range must satisfy 0 <= low < high <= 1, got {t_range}")
+        self.t_range = (float(t_range[0]), float(t_range[1]))
 
     # ----------------------------------------------------------------------------------- distribution
     def cdf(self, t: torch.Tensor) -> torch.Tensor:
         """F(t) of the untruncated distribution, float64."""
         t = torch.as_tensor(t, dtype=torch.float64).clamp(0.0, 1.0)
-        if self.kind in ("uniform", "linear"):
+        if self.kind in UNIFORM_KINDS:
             return t
         if self.kind == "shift":
             s = self.flow_shift
@@ -75,7 +110,7 @@ class TimestepSampler:
     def icdf(self, u: torch.Tensor) -> torch.Tensor:
         """F^-1(u), float64."""
         u = torch.as_tensor(u, dtype=torch.float64).clamp(0.0, 1.0)
-        if self.kind in ("uniform", "linear"):
+        if self.kind in UNIFORM_KINDS:
             return u
         if self.kind == "shift":
             s = self.flow_shift
@@ -85,7 +120,7 @@ class TimestepSampler:
     def density(self, t: torch.Tensor) -> torch.Tensor:
         """Probability density of the untruncated distribution at t in (0, 1), float64."""
         t = torch.as_tensor(t, dtype=torch.float64)
-        if self.kind in ("uniform", "linear"):
+        if self.kind in UNIFORM_KINDS:
             return torch.ones_like(t)
         if self.kind == "shift":
             s = self.flow_shift
@@ -94,11 +129,32 @@ class TimestepSampler:
         normal_pdf = torch.exp(-0.5 * z * z) / math.sqrt(2.0 * math.pi)
         return normal_pdf / (self.logit_std * t * (1.0 - t))
 
+    # ----------------------------------------------------------------------------------------- ranges
+    def expert_range(self, t_low: float, t_high: float) -> tuple[float, float]:
+        """An expert's range [t_low, t_high) cut to the configured `t_range` (min/max_denoising_steps)."""
+        low, high = max(t_low, self.t_range[0]), min(t_high, self.t_range[1])
+        if not low < high:
+            raise ValueError(
+                f"train.min_denoising_steps / max_denoising_steps keep noise levels t in "
+                f"[{self.t_range[0]:.4g}, {self.t_range[1]:.4g}], which leaves nothing of the expert range "
+                f"[{t_low:.4g}, {t_high:.4g}); widen them or stop training that expert"
+            )
+        return low, high
+
+    def loss_weights(self, t: torch.Tensor) -> torch.Tensor | None:
+        """Per-sample loss weights of the kind (`weighted`: ai-toolkit's table at the nearest table entry,
+        index round(1000 * (1 - t))), or None for the kinds that weight every sample alike."""
+        if self.kind != "weighted":
+            return None
+        index = torch.round(TABLE_SIZE * (1.0 - t.double().cpu())).clamp(0, TABLE_SIZE - 1).long()
+        return aitoolkit_weights()[index].to(torch.float32)
+
     # ----------------------------------------------------------------------------------------- sample
     def sample(self, n: int, t_low: float, t_high: float, generator: torch.Generator) -> torch.Tensor:
-        """n float32 noise levels from the distribution conditioned on [t_low, t_high)."""
+        """n float32 noise levels from the distribution conditioned on [t_low, t_high) (cut to `t_range`)."""
         if not 0.0 <= t_low < t_high <= 1.0:
             raise ValueError(f"timestep range must satisfy 0 <= t_low < t_high <= 1, got [{t_low}, {t_high})")
+        t_low, t_high = self.expert_range(t_low, t_high)
         edges = self.cdf(torch.tensor([t_low, t_high], dtype=torch.float64))
         f_low, f_high = float(edges[0]), float(edges[1])
         if not f_high > f_low:
@@ -110,6 +166,43 @@ class TimestepSampler:
         t = self.icdf(f_low + (f_high - f_low) * r).to(torch.float32)
         low32, high32 = float32_range(t_low, t_high)
         return t.clamp_(low32, high32)
+
+
+def denoising_range(sampler: TimestepSampler, min_steps: int, max_steps: int) -> tuple[float, float]:
+    """The t range that ai-toolkit's min/max_denoising_steps (indices into its 1000-entry table, 0 = pure
+    noise, both kept; `max_steps` above 999 counts as 999 as ai-toolkit clamps it) keep for `sampler`'s
+    distribution: the quantiles [1 - (max_steps + 1)/1000, 1 - min_steps/1000] mapped through its F^-1."""
+    max_steps = min(max_steps, TABLE_SIZE - 1)
+    if not 0 <= min_steps <= max_steps:
+        raise ValueError(
+            f"train.min_denoising_steps {min_steps} is above max_denoising_steps {max_steps}; "
+            "min_denoising_steps <= max_denoising_steps <= 999"
+        )
+    if min_steps == 0 and max_steps == TABLE_SIZE - 1:
+        return 0.0, 1.0
+    q = torch.tensor([1.0 - (max_steps + 1) / TABLE_SIZE, 1.0 - min_steps / TABLE_SIZE], dtype=torch.float64)
+    low, high = (float(v) for v in sampler.icdf(q))
+    return (0.0 if max_steps == TABLE_SIZE - 1 else low), (1.0 if min_steps == 0 else high)
+
+
+def sampler_for(train: TrainConfig) -> TimestepSampler:
+    """The training timestep sampler a config describes (distribution + min/max_denoising_steps range)."""
+    kind = train.timestep_type
+    base = TimestepSampler(kind, train.flow_shift, train.logit_mean, train.logit_std)
+    t_range = denoising_range(base, train.min_denoising_steps, train.max_denoising_steps)
+    return TimestepSampler(kind, train.flow_shift, train.logit_mean, train.logit_std, t_range=t_range)
+
+
+def range_problems(sampler: TimestepSampler, ranges: dict[str, tuple[float, float]]) -> list[tuple[str, str]]:
+    """(key, message) for each trained expert {name: (t_low, t_high)} that min/max_denoising_steps leave
+    without any noise level, found before caching instead of at the expert's first step."""
+    problems = []
+    for name, (t_low, t_high) in ranges.items():
+        try:
+            sampler.expert_range(t_low, t_high)
+        except ValueError as exc:
+            problems.append(("train.min_denoising_steps", f"{name}: {exc}"))
+    return problems
 
 
 def float32_range(t_low: float, t_high: float) -> tuple[float, float]:

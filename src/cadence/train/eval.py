@@ -22,8 +22,9 @@ DEFAULT_QUANTILES = (0.1, 0.3, 0.5, 0.7, 0.9)
 
 
 def quantile_timesteps(sampler: TimestepSampler, spec: ExpertSpec, quantiles: Sequence[float]) -> list[float]:
-    """t at each quantile of the sampling distribution conditioned on the expert's range."""
-    edges = sampler.cdf(torch.tensor([spec.t_low, spec.t_high], dtype=torch.float64))
+    """t at each quantile of the sampling distribution conditioned on the expert's range (cut, as in
+    training, to train.min/max_denoising_steps)."""
+    edges = sampler.cdf(torch.tensor(sampler.expert_range(spec.t_low, spec.t_high), dtype=torch.float64))
     u = edges[0] + (edges[1] - edges[0]) * torch.tensor(list(quantiles), dtype=torch.float64)
     return [float(t) for t in sampler.icdf(u)]
 

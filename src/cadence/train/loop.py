@@ -90,7 +90,8 @@ class Trainer:
         t_dev = t.to(device=s.device, dtype=torch.float32)
         noisy, target = model_input_and_target(batch.latents, noise.to(s.device), t_dev, s.dtype)
         prediction = s.adapter.predict(expert, noisy, t_dev, batch.text, batch.cond)
-        loss = flow_matching_loss(prediction, target, s.adapter.loss_mask(batch.cond))
+        weights = s.timesteps.loss_weights(t)  # timestep_type weighted: ai-toolkit's per-timestep loss weight
+        loss = flow_matching_loss(prediction, target, s.adapter.loss_mask(batch.cond), weights)
         return loss, t
 
     def _next_batch(self) -> Batch:

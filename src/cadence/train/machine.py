@@ -9,12 +9,19 @@ package can break between the two); these only move the report earlier.
 from __future__ import annotations
 
 import importlib
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
 from cadence.config.compat import Parts
 from cadence.config.schema import JobConfig
-from cadence.perf.attention import AttentionBackendError, check_backend_device, check_backend_package
+from cadence.perf.attention import (
+    BACKENDS,
+    AttentionBackendError,
+    check_backend_device,
+    check_backend_package,
+)
 from cadence.train.precision import resolve_device
 
 Issue = tuple[Parts, str]
@@ -43,16 +50,66 @@ def _importable(module: str) -> str | None:
     return None
 
 
-def machine_issues(cfg: JobConfig) -> list[Issue]:
+@dataclass(frozen=True)
+class MachineNeeds:
+    """The settings a machine must serve: where the run goes and which packages it imports."""
+
+    device: str = "auto"
+    attention_backend: str = "native"
+    optimizer: str = "adamw"
+    quantize: bool = False
+    qtype: str = "qfloat8"
+    quantize_te: bool = False
+    qtype_te: str = "qfloat8"
+
+    @classmethod
+    def of(cls, cfg: JobConfig) -> MachineNeeds:
+        m, t = cfg.model, cfg.train
+        return cls(
+            cfg.device, t.attention_backend, t.optimizer, m.quantize, m.qtype, m.quantize_te, m.qtype_te
+        )
+
+    @classmethod
+    def from_raw(cls, body: dict[str, Any]) -> MachineNeeds:
+        """From a process body that did not validate: each setting that reads as its type is kept, the rest
+        take their defaults (their own errors are in the config report), so the machine is still checked."""
+        train = body.get("train") if isinstance(body.get("train"), dict) else {}
+        model = body.get("model") if isinstance(body.get("model"), dict) else {}
+        wanted = {
+            "device": body.get("device"),
+            "attention_backend": train.get("attention_backend"),
+            "optimizer": train.get("optimizer"),
+            "quantize": model.get("quantize"),
+            "qtype": model.get("qtype"),
+            "quantize_te": model.get("quantize_te"),
+            "qtype_te": model.get("qtype_te"),
+        }
+        defaults = cls()
+        kept = {
+            key: value.strip().lower() if isinstance(value, str) and key != "qtype" else value
+            for key, value in wanted.items()
+            if isinstance(value, type(getattr(defaults, key)))
+        }
+        if kept.get("optimizer") == "adamw8":  # ai-toolkit's alias (compat.VALUE_ALIASES)
+            kept["optimizer"] = "adamw8bit"
+        return cls(**kept)
+
+
+def machine_issues(cfg: JobConfig | MachineNeeds) -> list[Issue]:
     """Every problem this machine has with the config, each at the key that asks for it."""
+    needs = cfg if isinstance(cfg, MachineNeeds) else MachineNeeds.of(cfg)
     issues: list[Issue] = []
     try:
-        device: torch.device | None = resolve_device(cfg.device)
+        device: torch.device | None = resolve_device(needs.device)
     except ValueError as exc:
         issues.append((("device",), str(exc).removeprefix("device: ")))
         device = None
-    issues += _attention_issues(cfg.train.attention_backend, device)
-    optimizer = cfg.train.optimizer
+    except RuntimeError:  # torch cannot parse it (a config that did not validate)
+        issues.append((("device",), f"got {needs.device!r}; use auto, cpu, cuda, cuda:N or mps"))
+        device = None
+    if needs.attention_backend in BACKENDS:  # another value is a config error, reported there
+        issues += _attention_issues(needs.attention_backend, device)
+    optimizer = needs.optimizer
     if optimizer in OPTIMIZER_PACKAGES:
         module, advice = OPTIMIZER_PACKAGES[optimizer]
         if (why := _importable(module)) is not None:
@@ -70,9 +127,9 @@ def machine_issues(cfg: JobConfig) -> list[Issue]:
                 )
             )
     for switch, key in (("quantize", "qtype"), ("quantize_te", "qtype_te")):
-        qtype = str(getattr(cfg.model, key)).partition("|")[0].strip().lower()
+        qtype = str(getattr(needs, key)).partition("|")[0].strip().lower()
         module = QTYPE_PACKAGES.get(qtype)
-        if getattr(cfg.model, switch) and module and (why := _importable(module)) is not None:
+        if getattr(needs, switch) and module and (why := _importable(module)) is not None:
             issues.append(
                 (
                     ("model", key),

@@ -34,11 +34,17 @@ def model_input_and_target(
 
 
 def flow_matching_loss(
-    prediction: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
+    prediction: torch.Tensor,
+    target: torch.Tensor,
+    mask: torch.Tensor | None = None,
+    sample_weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """MSE in fp32; with a mask (broadcastable weights, e.g. TI2V-5B's clean first frame = 0) the mean runs
-    over the weighted elements only."""
+    over the weighted elements only. `sample_weights` ([B], e.g. timestep_type weighted) multiply each
+    sample's error without renormalising, as ai-toolkit multiplies its loss."""
     error = (prediction.float() - target.float()) ** 2
+    if sample_weights is not None:
+        error = error * _expand(sample_weights.to(error.device), error)
     if mask is None:
         return error.mean()
     weights = mask.to(error.dtype).expand_as(error)

@@ -32,12 +32,13 @@ from cadence.perf import apply_memory_options, apply_quantization
 from cadence.sampling import TrainingSampler, validate_samples
 from cadence.sampling.state import sampling_state
 from cadence.schedule.experts import ExpertRouter
-from cadence.schedule.timesteps import TimestepSampler
+from cadence.schedule.timesteps import TimestepSampler, range_problems, sampler_for
 from cadence.tools.health import HealthMonitor
 from cadence.train.batches import BatchAssembler
 from cadence.train.checkpoint import CheckpointManager, RunPaths
 from cadence.train.checks import PeriodicChecks, evaluation_weights, live_magnitudes
 from cadence.train.eval import FixedEval
+from cadence.train.fixed_prompt import fixed_prompt, needs_text_encoder_freed, use_fixed_prompt
 from cadence.train.machine import machine_issues
 from cadence.train.metrics_hub import MetricsHub
 from cadence.train.precision import resolve_device, resolve_dtype
@@ -182,9 +183,16 @@ def build_training(cfg: JobConfig) -> TrainingSetup:
     )  # before caching and before LoRA: quantizers may swap Linear classes
     for expert in _trained_experts(cfg, adapter):  # target filters that match nothing: before caching
         select_targets(adapter.transformer(expert), cfg.network, warn=False)
+    timesteps = sampler_for(cfg.train)  # min/max_denoising_steps that leave an expert nothing: before caching
+    ranges = {s.name: (s.t_low, s.t_high) for s in adapter.experts if s.name in _trained_experts(cfg, adapter)}
+    if problems := range_problems(timesteps, ranges):
+        raise ConfigError(problems)
     index = build_dataset_index(
         cfg, adapter.spatial_multiple, adapter.temporal_multiple, adapter.native_fps, cfg.train.seed
     )
+    prompt = fixed_prompt(cfg)  # train.unload_text_encoder: one prompt for every item, as ai-toolkit
+    if prompt is not None:
+        use_fixed_prompt(index, prompt)
     latent_cache, text_cache = _prepare_caches(cfg, adapter, index)
 
     experts = _trained_experts(cfg, adapter)
@@ -216,13 +224,7 @@ def build_training(cfg: JobConfig) -> TrainingSetup:
         latent_cache,
         text_cache,
         adapter.pad_text,
-        [ds.caption_dropout_rate for ds in cfg.datasets],
-    )
-    timesteps = TimestepSampler(
-        cfg.train.timestep_type,
-        flow_shift=cfg.train.flow_shift,
-        logit_mean=cfg.train.logit_mean,
-        logit_std=cfg.train.logit_std,
+        [0.0 if prompt is not None else ds.caption_dropout_rate for ds in cfg.datasets],
     )
     # every expert's file name, trained this run or not: pruning a step removes all its LoRA files
     labels = [spec.name for spec in adapter.experts] if len(adapter.experts) > 1 else [None]
@@ -303,7 +305,7 @@ def _prepare_caches(
         )
     if not index.train_items:
         raise ValueError("no usable training items are left after caching; see the warnings above")
-    if cfg.train.cache_text_embeddings:
+    if needs_text_encoder_freed(cfg):  # cache_text_embeddings / unload_text_encoder: every text is cached
         adapter.unload_text_encoder()
     log.info("caches ready: %d latent entries (%d encoded now)", len(index.items), latent_report.encoded)
     log.info(index.summary())

@@ -196,3 +196,78 @@ def test_the_docs_embed_both_refusal_tables() -> None:
 
     docs = (Path(__file__).parents[2] / "docs" / "config.md").read_text(encoding="utf-8")
     assert registry_markdown(OTHER) in docs
+
+
+def test_every_refusal_points_at_keys_that_exist() -> None:
+    """A refusal that says "use X" must name a key Cadence has; "only used with X" an ai-toolkit key of the
+    same section that is itself answered (messages went stale before: model.compile once said 'later')."""
+    import re
+
+    from cadence.config.compat import _schema_patterns
+
+    cadence = set(_schema_patterns()) | set(SYNONYMS)
+    answered = {entry.key for entry in all_entries()}
+    names = {split_pattern(p)[1] for p in cadence}
+    dotted = re.compile(
+        r"\b((?:train|model|network|datasets\[\]|sample|save|logging)\.[a-z_][a-z_0-9.\[\]]*[a-z_0-9])"
+    )
+    told = re.compile(r"\b(?:use|set)\s+(?:the\s+)?([a-z]+_[a-z_0-9]+)\b")
+    only = re.compile(r"only used with (?:the |an? )?([a-z][a-z_0-9]*)")
+    wrong = []
+    for entry in all_entries():
+        section = split_pattern(entry.key)[0]
+        for key in dotted.findall(entry.reason):
+            if key not in cadence and key not in answered:
+                wrong.append(f"{entry.key}: names {key}")
+        for key in told.findall(entry.reason):
+            if key not in names:
+                wrong.append(f"{entry.key}: says to use {key}")
+        for key in only.findall(entry.reason):
+            known = {f"{section}.{key}".lstrip("."), key} & (answered | cadence)
+            if not known and key not in names and key not in ("a", "an", "the"):
+                wrong.append(f"{entry.key}: only used with {key}?")
+    assert not wrong, "\n".join(wrong)
+    reasons = {entry.key: entry.reason for entry in all_entries()}
+    assert "train.compile" in reasons["model.compile"]
+    assert "model.blocks_to_swap" in reasons["model.layer_offloading"]
+    assert (
+        "train.attention_backend" in reasons["train.sdp"]
+        and "train.attention_backend" in reasons["train.xformers"]
+    )
+
+
+# the job ai-toolkit's web UI writes for each Wan model (ui/src/app/jobs/new/options.tsx, 27a03a91): the arch
+# name, timestep type, sample length and rate, dataset rate and I2V switch it sets over its default job
+UI_WAN_JOBS = {
+    "wan21:1b": {"sample.num_frames": 41, "sample.fps": 16, "datasets.fps": 16},
+    "wan21_i2v:14b480p": {"train.timestep_type": "weighted", "sample.num_frames": 41, "sample.fps": 16},
+    "wan21_i2v:14b": {"train.timestep_type": "weighted", "sample.num_frames": 41, "sample.fps": 16},
+    "wan21:14b": {"sample.num_frames": 41, "sample.fps": 16, "datasets.fps": 16},
+    "wan22_14b:t2v": {"train.timestep_type": "linear", "sample.num_frames": 41},
+    "wan22_14b_i2v": {"train.timestep_type": "linear", "sample.num_frames": 41},
+    "wan22_5b": {
+        "train.timestep_type": "weighted",
+        "sample.num_frames": 121,
+        "sample.fps": 24,
+        "datasets.do_i2v": True,
+    },
+}
+
+
+@pytest.mark.parametrize("arch", sorted(UI_WAN_JOBS))
+def test_the_jobs_ai_toolkits_ui_writes_for_each_wan_model_load(arch: str) -> None:
+    data = yaml.safe_load(
+        (Path(__file__).parent / "data" / "aitk_ui_wan22_i2v.yaml").read_text(encoding="utf-8")
+    )
+    process = data["config"]["process"][0]
+    process["model"]["arch"] = arch
+    process["train"]["bypass_guidance_embedding"] = True  # the UI's default job sets it (a no-op on Wan)
+    for dataset in process["datasets"]:
+        dataset.pop("do_i2v", None)
+    for key, value in UI_WAN_JOBS[arch].items():
+        section, name = key.split(".")
+        target = process["datasets"][0] if section == "datasets" else process[section]
+        target[name] = value
+    cfg = load_config_dict(data)
+    assert cfg.train.timestep_type == UI_WAN_JOBS[arch].get("train.timestep_type", "linear")
+    assert cfg.sample.num_frames == UI_WAN_JOBS[arch]["sample.num_frames"]

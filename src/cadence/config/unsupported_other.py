@@ -101,7 +101,7 @@ OTHER: list[Unsupported] = [
     U("train.embedding_lr", _only_with("embedding (textual inversion, refused)"), accepts=_ANY),
     U(
         "train.adapter_lr",
-        _only_with("the process-level adapter section (refused); LoRA lr: train.lr"),
+        _only_with("adapter (the process-level section, refused); the LoRA trains at train.lr"),
         accepts=_ANY,
     ),
     U("train.train_refiner", _only_with("an SDXL refiner"), accepts=_ANY),

@@ -257,3 +257,34 @@ def test_fork_i2v_alpha_example_trains_with_automagic_and_its_phases(localized, 
     for expert in ("high_noise", "low_noise"):
         lora = load_lora_file(run / f"video_lora_training_000000004_{expert}.safetensors")
         assert {t.alpha for t in lora.modules.values()} == {8.0}
+
+
+@pytest.mark.slow
+def test_weighted_timesteps_train_with_ai_toolkits_loss_weights(tiny_models, clips, tmp_path) -> None:
+    """timestep_type weighted (the ai-toolkit UI's default for Wan 2.1 I2V): the same timesteps as linear
+    from the same seed, each step's loss multiplied by the table weight at its t (batch of one: exactly)."""
+    from cadence.schedule.timesteps import TimestepSampler
+    from cadence.train.runner import run_training
+
+    def run(kind: str) -> list[dict[str, Any]]:
+        job = {
+            "name": kind,
+            "training_folder": str(tmp_path / "out"),
+            "device": "cpu",
+            "network": {"linear": 4, "linear_alpha": 4},
+            "save": {"save_every": 100},
+            "datasets": [{"folder_path": str(clips), "resolution": [32]}],
+            "train": {"steps": 3, "lr": 1e-3, "timestep_type": kind, "disable_sampling": True, "seed": 3},
+            "model": {"name_or_path": str(tiny_models("wan21")), "arch": "wan21"},
+            "logging": {"tensorboard": False},
+        }
+        assert run_training(_write(job, tmp_path / f"{kind}.yaml")) == 0
+        return read_metrics(tmp_path / "out" / kind / f"metrics_{kind}.jsonl")
+
+    linear, weighted = run("linear"), run("weighted")
+    assert [r["t"] for r in weighted] == [r["t"] for r in linear]
+    weights = TimestepSampler("weighted").loss_weights(torch.tensor([r["t"] for r in weighted]))
+    first = (
+        weighted[0]["loss"] / linear[0]["loss"]
+    )  # step 1: same weights, same batch, only the factor differs
+    assert first == pytest.approx(float(weights[0]), rel=1e-4)

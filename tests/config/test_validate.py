@@ -6,9 +6,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
 
-from cadence.config import load_config, load_config_dict
+from cadence.config import ConfigError, load_config, load_config_dict
 from cadence.config.compat import SYNONYMS
 from cadence.config.schema import JobConfig
 from cadence.config.unsupported import REGISTRY
@@ -132,3 +133,22 @@ def test_cli_validate_checks_samples_like_train(tmp_path, make_flat, make_seed):
     path.write_text(yaml.safe_dump(make_seed(data)))
     result = run_validate(path)
     assert result.returncode == 2 and "config.process[0].sample.width: got 50" in result.stderr
+
+
+def test_validate_names_an_expert_that_min_denoising_steps_leave_empty(tmp_path, make_flat):
+    from cadence.config.validate import check_config_file
+
+    (tmp_path / "clips").mkdir()
+    data = make_flat(
+        datasets=[{"folder_path": "clips"}],
+        train={"disable_sampling": True, "timestep_type": "linear", "min_denoising_steps": 200},  # t <= 0.8
+    )
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(data))
+    with pytest.raises(ConfigError) as err:  # Wan 2.2 I2V's high-noise expert owns t >= 0.9
+        check_config_file(path, machine=False)
+    issues = dict(err.value.issues)
+    assert "high_noise" in issues["train.min_denoising_steps"] and len(issues) == 1
+    data["model"]["model_kwargs"] = {"train_high_noise": False}
+    path.write_text(yaml.safe_dump(data))
+    assert check_config_file(path, machine=False).train.min_denoising_steps == 200

@@ -101,6 +101,26 @@ def _raw_folder_issues(body: dict[str, Any], base: Path, prefix: str) -> list[tu
     return issues
 
 
+def _timestep_range_issues(cfg: JobConfig, prefix: str) -> list[tuple[str, str]]:
+    """min/max_denoising_steps that leave a trained expert no noise level (the expert boundary comes from the
+    model folder when it is local, else the arch's published value), found here rather than at train start."""
+    from cadence.models.base import ModelLoadError, experts_for
+    from cadence.models.registry import TWO_EXPERT, read_model_index, resolve_boundary
+    from cadence.networks.preflight import trained_components
+    from cadence.schedule.timesteps import range_problems, sampler_for
+
+    folder = Path(cfg.model.name_or_path).expanduser()
+    try:
+        index = read_model_index(folder) if folder.is_dir() else {}
+    except ModelLoadError:
+        return []  # the model check reports it
+    boundary = resolve_boundary(cfg.model.arch, index, cfg.model.model_kwargs.boundary_ratio)
+    trained = trained_components(cfg)
+    specs = [s for s in experts_for(cfg.model.arch in TWO_EXPERT, boundary) if s.name in trained]
+    problems = range_problems(sampler_for(cfg.train), {s.name: (s.t_low, s.t_high) for s in specs})
+    return [(_prefixed(key, prefix), message) for key, message in problems]
+
+
 def check_config_file(
     path: str | Path, machine: bool = True, dataset_config: str | Path | None = None
 ) -> JobConfig:
@@ -128,6 +148,7 @@ def check_config_file(
         needs = MachineNeeds.of(cfg) if cfg is not None else MachineNeeds.from_raw(body)
         issues += [(format_path(where, prefix), message) for where, message in machine_issues(needs)]
     if cfg is not None:
+        issues += _timestep_range_issues(cfg, prefix)
         from cadence.sampling.validation import validate_samples  # sizes, control images, sage on this host
 
         issues += [

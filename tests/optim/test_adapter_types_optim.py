@@ -91,3 +91,46 @@ def test_lora_plus_puts_dora_magnitudes_in_the_up_group(base_roots) -> None:
     assert [(g["name"], g["lr"]) for g in groups] == [("high_noise", 1e-4), ("high_noise_up", 1.6e-3)]
     up = {id(p) for p in groups[1]["params"]}
     assert all(id(m.dora_scale) in up and id(m.up) in up for m in nets["high_noise"].modules_by_name.values())
+
+
+@pytest.mark.parametrize(
+    ("network", "extra", "path", "words"),
+    [
+        (
+            {"type": "dora"},
+            {"train": {"adapter_dtype": "bf16", "optimizer": "automagic"}},
+            "train.adapter_dtype",
+            "row norm",
+        ),
+        ({"type": "dora", "dropout": 0.1}, {}, "network.dropout", "DoRA rebuilds"),
+        (
+            {"type": "lora", "network_kwargs": {"dora_wd": True, "rank_dropout": 0.1}},
+            {},
+            "network.network_kwargs.rank_dropout",
+            "DoRA",
+        ),
+        ({"type": "dora"}, {"model": {"quantize": True}}, "network.type", "quantized base"),
+        ({"type": "lokr"}, {"save": {"format": "diffusers"}}, "save.format", "no diffusers layout"),
+        ({"type": "dora"}, {"save": {"format": "diffusers"}}, "save.format", "wd_on_output: true"),
+        (
+            {"type": "lokr", "alpha_schedule": {"enabled": True, "preset": "video"}},
+            {},
+            "network.alpha_schedule",
+            "lokr_full_rank",
+        ),
+    ],
+)
+def test_unsupported_combinations_are_config_errors_at_the_key(network, extra, path, words) -> None:
+    job = {
+        "name": "j",
+        "training_folder": "/tmp/x",
+        "datasets": [{"folder_path": "/tmp/x"}],
+        "model": {"name_or_path": "m", "arch": "wan22_14b_i2v", **extra.get("model", {})},
+        "network": network,
+        "train": extra.get("train", {}),
+        "save": extra.get("save", {}),
+    }
+    with pytest.raises(ConfigError) as err:
+        load_config_dict(job)
+    issues = dict(err.value.issues)
+    assert path in issues and words in issues[path], issues

@@ -74,6 +74,15 @@ def _dora_issues(cfg: JobConfig) -> list[Issue]:
                 "not expose in full precision; set model.quantize: false, or train plain LoRA",
             )
         )
+    if cfg.train.adapter_dtype == "bf16":
+        issues.append(
+            (
+                ("train", "adapter_dtype"),
+                "bf16 cannot hold DoRA's magnitudes: each is a row norm of W, and its bf16 rounding (up to 0.4%) "
+                "would rescale whole rows of the base weight, more than the adapter ever learns (the first step "
+                "would already differ from the base model); keep adapter_dtype fp32 with DoRA",
+            )
+        )
     for key, value in (("dropout", net.dropout), ("rank_dropout", kw.rank_dropout)):
         if value:
             path = ("network", key) if key == "dropout" else (*_KW, key)

@@ -25,6 +25,7 @@ TYPES = {
     "loha": NetworkConfig(type="loha", linear=3, linear_alpha=1.5),
     "dora": NetworkConfig(type="dora", linear=4, linear_alpha=2.0),
     "dora_out": NetworkConfig(type="dora", linear=4, network_kwargs=NetworkKwargs(wd_on_output=True)),
+    "dora_conv": NetworkConfig(type="dora", linear=4, conv=2, network_kwargs=CONV),
     "dokr": NetworkConfig(
         type="lokr", lokr_full_rank=False, linear=2, network_kwargs=NetworkKwargs(dora_wd=True)
     ),

@@ -83,34 +83,6 @@ def _localized(name: str, tiny_models, clips: Path, tmp: Path) -> dict[str, Any]
     return data
 
 
-def _ema_is_implemented() -> bool:
-    """In-training EMA (`train.ema_config`, issue 14 item 1) is another engineer's work in progress: these
-    tests assert what Cadence does today. Once it has landed this is always true; the lead then drops the
-    `else` branches below (see the report)."""
-    from cadence.config import ConfigError, load_config_dict
-
-    try:
-        load_config_dict(
-            {
-                "name": "x",
-                "model": {"name_or_path": "m", "arch": "wan21"},
-                "train": {"ema_config": {"use_ema": True}, "disable_sampling": True},
-            }
-        )
-    except ConfigError:
-        return False
-    return True
-
-
-EMA = _ema_is_implemented()
-
-
-def _without_ema(data: dict[str, Any]) -> dict[str, Any]:
-    data = copy.deepcopy(data)
-    data["config"]["process"][0]["train"].pop("ema_config", None)
-    return data
-
-
 def _write(data: dict[str, Any], path: Path) -> Path:
     path.write_text(yaml.safe_dump(data, sort_keys=False), encoding="utf-8")
     return path
@@ -141,15 +113,6 @@ def test_every_upstream_wan_example_validates_with_its_paths_changed(name, local
     path = _write(data, folder / name)
     code = validate_command(argparse.Namespace(config=str(path), config_only=True, dataset_config=None))
     out, err = capsys.readouterr()
-    has_ema = "ema_config" in data["config"]["process"][0]["train"]
-    if has_ema and not EMA:  # today: the one problem is the refused EMA, with its reason
-        assert code == 2 and "1 problem in the config" in err, err
-        assert (
-            "train.ema_config: 'ema_config' is a valid ai-toolkit key but not supported yet by Cadence" in err
-        )
-        path = _write(_without_ema(data), folder / name)
-        code = validate_command(argparse.Namespace(config=str(path), config_only=True, dataset_config=None))
-        out, err = capsys.readouterr()
     assert code == 0, f"{name}:\n{err}"
     resolved = yaml.safe_load(out)
     upstream = data["config"]["process"][0]
@@ -160,7 +123,7 @@ def test_every_upstream_wan_example_validates_with_its_paths_changed(name, local
     if name.startswith("train_lora_wan21"):
         # 40 sample frames: rounded to 41 as diffusers' Wan pipelines round, with a warning
         assert resolved["sample"]["num_frames"] == 41 and "40 frames is not of the form 4k+1" in caplog.text
-        assert not EMA or resolved["train"]["ema_config"]["use_ema"] is True  # in-training EMA (item 1)
+        assert resolved["train"]["ema_config"]["use_ema"] is True  # in-training EMA (item 1)
     if name == "train_lora_wan21_14b_24gb.yaml":
         assert resolved["train"]["unload_text_encoder"] is True
         assert "every item trains on the trigger word 'p3r5on'" in caplog.text
@@ -172,14 +135,13 @@ def test_every_upstream_wan_example_validates_with_its_paths_changed(name, local
         # the fork's conv phases, printed before training: they drive the Linear adapters on Wan
         assert "applied to the trained Linear adapters instead (replacing the fixed linear_alpha 16)" in out
         assert "# alpha phases [high_noise]: Linear adapters foundation 8 -> balance 14 -> emphasis 20" in out
-        assert not EMA or resolved["train"]["ema_config"]["use_ema"] is True
+        assert resolved["train"]["ema_config"]["use_ema"] is True
 
 
 @pytest.mark.slow
 def test_full_validate_names_what_this_machine_lacks_in_one_report(localized) -> None:
     configs, folder = localized
     data = copy.deepcopy(configs["i2v_lora_alpha_scheduling.yaml"])
-    data = data if EMA else _without_ema(data)
     data["config"]["process"][0]["train"]["optimizer_params"]["lr_bumb"] = 1e-6  # and a config error beside
     from cadence.config.errors import ConfigError
     from cadence.config.validate import check_config_file
@@ -219,7 +181,6 @@ def test_wan21_trigger_word_example_trains_on_the_trigger_word_with_ema(localize
     from cadence.train.runner import run_training
 
     data = copy.deepcopy(localized[0]["train_lora_wan21_14b_24gb.yaml"])
-    data = data if EMA else _without_ema(data)
     process = data["config"]["process"][0]
     process["training_folder"] = str(tmp_path / "out")
     _shrink(process, 4)
@@ -233,7 +194,11 @@ def test_wan21_trigger_word_example_trains_on_the_trigger_word_with_ema(localize
     texts = list((run / "text_cache").glob("*.safetensors"))
     assert len(texts) <= 3, texts
     assert "every item trains on the trigger word 'p3r5on'" in (run / "log.txt").read_text()
-    assert not EMA or load_config(path).train.ema_config.use_ema
+    assert load_config(path).train.ema_config.use_ema
+    from safetensors import safe_open
+
+    with safe_open(str(run / "my_first_wan21_14b_lora_v1_000000004.safetensors"), "pt") as handle:
+        assert handle.metadata()["weights"] == "ema"  # the saved file holds the average, as in ai-toolkit
 
 
 @pytest.mark.slow
@@ -242,7 +207,6 @@ def test_fork_i2v_alpha_example_trains_with_automagic_and_its_phases(localized, 
     from cadence.train.runner import run_training
 
     data = copy.deepcopy(localized[0]["i2v_lora_alpha_scheduling.yaml"])
-    data = data if EMA else _without_ema(data)
     process = data["config"]["process"][0]
     process["training_folder"] = str(tmp_path / "out")
     _shrink(process, 4)

@@ -10,9 +10,17 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Annotated, Any, Literal, get_args
 
-from pydantic import AliasChoices, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    AfterValidator,
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
 
 from cadence.config.health import HealthConfig
 
@@ -72,6 +80,22 @@ def _none_is_unset(data: Any, keys: tuple[str, ...]) -> Any:
     return {k: v for k, v in data.items() if not (k in keys and v is None)}
 
 
+def _existing_lora_files(value: Any) -> Any:
+    """Every file a LoRA path key names must exist (a mapping names one file per expert)."""
+    if value is None:
+        return value
+    paths = value.values() if isinstance(value, dict) else [value]
+    for path in paths:
+        if not Path(str(path)).is_file():
+            raise ValueError(f"LoRA file {path} does not exist; fix the path (relative to the config file)")
+    return value
+
+
+LoraFiles = Annotated[
+    str | dict[Literal["high_noise", "low_noise", "main"], str] | None, AfterValidator(_existing_lora_files)
+]
+
+
 # --------------------------------------------------------------------------------------------- network
 class ExitCriteria(Strict):
     """All criteria must hold to leave a phase (the seed's rule). None disables a criterion."""
@@ -113,7 +137,9 @@ class NetworkKwargs(Strict):
     @model_validator(mode="before")
     @classmethod
     def _aitoolkit_none(cls, data: Any) -> Any:
-        return _none_is_unset(data, ("only_if_contains", "ignore_if_contains", "rank_dropout", "module_dropout"))
+        return _none_is_unset(
+            data, ("only_if_contains", "ignore_if_contains", "rank_dropout", "module_dropout")
+        )
 
     only_if_contains: list[str] = Field(default_factory=list)
     ignore_if_contains: list[str] = Field(default_factory=list)
@@ -154,15 +180,23 @@ class NetworkConfig(Strict):
     @classmethod
     def _aitoolkit_none(cls, data: Any) -> Any:
         return _none_is_unset(data, ("dropout",))
+
     network_kwargs: NetworkKwargs = Field(default_factory=NetworkKwargs)
     alpha_schedule: AlphaSchedule | None = None
+    pretrained_lora_path: LoraFiles = Field(
+        None,
+        description="start the adapters from this LoRA (a fresh run only; a resume uses its checkpoint): an "
+        "expert's file (…_high_noise.safetensors finds its _low_noise sibling) or {high_noise: F, low_noise: F}",
+    )
     lokr_full_rank: bool = Field(
         True,
         description="LoKr: both Kronecker factors full matrices (no rank, scale 1; ai-toolkit's default); "
         "false: the larger factor is rank-`linear` low-rank and alpha/rank scales it",
     )
     lokr_factor: int = Field(
-        -1, ge=-1, description="LoKr: size of the smaller Kronecker factor (-1: automatic, near the square root)"
+        -1,
+        ge=-1,
+        description="LoKr: size of the smaller Kronecker factor (-1: automatic, near the square root)",
     )
 
     @field_validator("lokr_factor")
@@ -213,7 +247,9 @@ class SaveConfig(Strict):
         "(background, retried, never fatal; docs/tracking.md)",
     )
     hf_repo_id: str | None = Field(None, description="the Hub repo to publish to, `user/name`")
-    hf_private: bool = Field(False, description="create the Hub repo as private (an existing repo keeps its own)")
+    hf_private: bool = Field(
+        False, description="create the Hub repo as private (an existing repo keeps its own)"
+    )
 
     @field_validator("hf_repo_id")
     @classmethod
@@ -231,7 +267,9 @@ class SaveConfig(Strict):
     @model_validator(mode="after")
     def _push_needs_repo(self) -> SaveConfig:
         if self.push_to_hub and not self.hf_repo_id:
-            raise ValueError("push_to_hub: true needs save.hf_repo_id (the repo to publish to, e.g. user/my_lora)")
+            raise ValueError(
+                "push_to_hub: true needs save.hf_repo_id (the repo to publish to, e.g. user/my_lora)"
+            )
         return self
 
 
@@ -246,12 +284,16 @@ class DatasetConfig(Strict):
     caption_dropout_rate: float = Field(0.0, ge=0, le=1)
     resolution: list[int] = Field(default_factory=lambda: [512])
     max_pixels_per_frame: int | None = Field(None, ge=64 * 64)
-    bucket_upscale: bool = Field(False, description="sources smaller than the pixel budget are scaled up to it")
+    bucket_upscale: bool = Field(
+        False, description="sources smaller than the pixel budget are scaled up to it"
+    )
     fixed_size: list[int] | None = Field(
         None, description="[width, height]: every file cover-resized and center-cropped to exactly this size"
     )
     media: Literal["all", "images", "videos"] = Field("all", description="which files of the folder are used")
-    num_frames: int | list[int] = Field(1, description="frames per window: 1 (images) or 4k+1; a list of lengths")
+    num_frames: int | list[int] = Field(
+        1, description="frames per window: 1 (images) or 4k+1; a list of lengths"
+    )
     shrink_video_to_frames: bool = True
     frame_extraction: FrameExtraction | None = Field(
         None, description="how windows are cut from a clip; unset: from shrink_video_to_frames"
@@ -262,9 +304,12 @@ class DatasetConfig(Strict):
     frame_stride: int = Field(1, ge=1, description="frame_extraction slide: frames between window starts")
     frame_sample: int = Field(1, ge=1, description="frame_extraction uniform: windows per length")
     max_frames: int = Field(129, ge=1, description="frame_extraction full: frames at most (4k+1)")
-    control_path: Path | None = Field(None, description="folder of I2V first-frame images named like the media")
+    control_path: Path | None = Field(
+        None, description="folder of I2V first-frame images named like the media"
+    )
     control_transparent_color: list[int] = Field(
-        default_factory=lambda: [0, 0, 0], description="RGB under transparent control-image pixels (seed: black)"
+        default_factory=lambda: [0, 0, 0],
+        description="RGB under transparent control-image pixels (seed: black)",
     )
     do_i2v: bool | None = Field(
         None,
@@ -301,7 +346,9 @@ class DatasetConfig(Strict):
                 raise ValueError(f"num_frames {count!r} is not a frame count; give 1 or 4k+1 (e.g. 33)")
             if count != 1 and (count - 1) % 4 != 0:
                 lower, upper = ((count - 1) // 4) * 4 + 1, ((count - 1) // 4 + 1) * 4 + 1
-                raise ValueError(f"num_frames must be 1 or of the form 4k+1 (Wan's VAE); try {lower} or {upper}")
+                raise ValueError(
+                    f"num_frames must be 1 or of the form 4k+1 (Wan's VAE); try {lower} or {upper}"
+                )
         return sorted(set(value)) if isinstance(value, list) else value
 
     @field_validator("fps")
@@ -365,7 +412,9 @@ class DatasetConfig(Strict):
                 f"caption_ext {value!r} contains a path separator or '..'; give a plain extension such as txt"
             )
         if not ext:
-            raise ValueError("caption_ext is empty; use txt (captions are read from NAME.txt beside NAME.mp4)")
+            raise ValueError(
+                "caption_ext is empty; use txt (captions are read from NAME.txt beside NAME.mp4)"
+            )
         if f".{ext.lower()}" in IMAGE_EXTENSIONS | VIDEO_EXTENSIONS:
             raise ValueError(
                 f"caption_ext {value!r} is a media extension: captions would be read from (and the UI editor "
@@ -375,6 +424,37 @@ class DatasetConfig(Strict):
 
 
 # ----------------------------------------------------------------------------------------------- train
+class EMAConfig(Strict):
+    """In-training EMA of each expert's adapter (ai-toolkit's `train.ema_config`); see train/ema.py."""
+
+    use_ema: bool = False
+    ema_decay: float = Field(0.999, gt=0, lt=1, description="shadow = decay * shadow + (1 - decay) * weights")
+    use_feedback: bool = Field(
+        False, description="ai-toolkit's experimental feedback into the weights: refused"
+    )
+    param_multiplier: float = Field(1.0, description="ai-toolkit's per-update weight multiplier: refused")
+
+    @field_validator("use_feedback")
+    @classmethod
+    def _no_feedback(cls, value: bool) -> bool:
+        if value:
+            raise ValueError(
+                "use_feedback (ai-toolkit pushes 10x the EMA difference back into the weights) is not "
+                "implemented: it changes the training trajectory, not only what is saved; set it to false"
+            )
+        return value
+
+    @field_validator("param_multiplier")
+    @classmethod
+    def _no_multiplier(cls, value: float) -> float:
+        if value != 1.0:
+            raise ValueError(
+                "param_multiplier (ai-toolkit scales the weights at every update) is not implemented; it acts "
+                "like a weight decay: use train.optimizer_params.weight_decay instead, and leave it at 1.0"
+            )
+        return value
+
+
 class TrainConfig(Strict):
     steps: int = Field(1000, ge=1, le=100_000_000)
     batch_size: int = Field(1, ge=1)
@@ -418,10 +498,14 @@ class TrainConfig(Strict):
     adapter_dtype: Literal["fp32", "bf16"] = Field("fp32", description="dtype of the LoRA master weights")
     noise_scheduler: Literal["flowmatch"] = "flowmatch"
     timestep_type: Literal["uniform", "linear", "sigmoid", "shift", "logit_normal", "weighted"] = Field(
-        "sigmoid", description="timestep distribution; weighted: linear + ai-toolkit's per-timestep loss weights"
+        "sigmoid",
+        description="timestep distribution; weighted: linear + ai-toolkit's per-timestep loss weights",
     )
     min_denoising_steps: int = Field(
-        0, ge=0, le=999, description="ai-toolkit's index range of its 1000 training timesteps (0 = pure noise)"
+        0,
+        ge=0,
+        le=999,
+        description="ai-toolkit's index range of its 1000 training timesteps (0 = pure noise)",
     )
     max_denoising_steps: int = Field(
         999, ge=0, le=1000, description="last index kept (1000 counts as 999, as ai-toolkit clamps it)"
@@ -435,6 +519,10 @@ class TrainConfig(Strict):
         False,
         description="deterministic kernels only (torch.use_deterministic_algorithms, cuDNN deterministic): "
         "bit-exact resume on CUDA, at some speed cost; an op without a deterministic kernel stops the run",
+    )
+    ema_config: EMAConfig = Field(
+        default_factory=EMAConfig,
+        description="EMA of each expert's adapter at its own steps; saved files, samples, eval and |dW| use it",
     )
     cache_text_embeddings: bool = False
     unload_text_encoder: bool = Field(
@@ -493,6 +581,12 @@ class TrainConfig(Strict):
                 "train.gradient_checkpointing_keep_attention works with PyTorch's SDPA kernels (attention_backend "
                 f"native or cudnn), not with flash-attn's ({self.attention_backend!r})"
             )
+        if self.ema_config.use_ema and self.optimizer == "adamw_schedulefree":
+            raise ValueError(
+                "train.ema_config.use_ema with optimizer adamw_schedulefree: schedule-free already keeps an "
+                "average of its weights (what Cadence saves and samples); an EMA on top would average twice. "
+                "Turn one of them off"
+            )
         if self.deterministic and self.attention_backend != "native":
             raise ValueError(
                 f"train.deterministic cannot use attention_backend {self.attention_backend!r}: PyTorch has no "
@@ -522,6 +616,11 @@ class ModelConfig(Strict):
         0, ge=0, description="transformer blocks whose weights live in host memory and stream in when used"
     )
     model_kwargs: ModelKwargs = Field(default_factory=ModelKwargs)
+    lora_path: LoraFiles = Field(
+        None,
+        description="a LoRA merged into the frozen base before training (and sampling); per expert as "
+        "network.pretrained_lora_path",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -654,7 +753,9 @@ class SampleConfig(Strict):
     width: int = Field(512, ge=16)
     height: int = Field(512, ge=16)
     num_frames: int = Field(
-        1, ge=1, description="frames per sample: 4k+1 (another count is rounded as diffusers does, with a warning)"
+        1,
+        ge=1,
+        description="frames per sample: 4k+1 (another count is rounded as diffusers does, with a warning)",
     )
     fps: int | None = Field(None, ge=1, description="video frame rate; unset = the model's native rate")
     sample_steps: int = Field(20, ge=1)
@@ -701,7 +802,14 @@ def ctrl_img_problem(path: Path | None) -> str | None:
 
 # --------------------------------------------------------------------------------------------- logging
 WEBHOOK_EVENTS = (
-    "start", "checkpoint", "sample", "alpha_phase", "health_warning", "finish", "failure", "publish"
+    "start",
+    "checkpoint",
+    "sample",
+    "alpha_phase",
+    "health_warning",
+    "finish",
+    "failure",
+    "publish",
 )
 DISCORD_WEBHOOK_PREFIXES = ("https://discord.com/api/webhooks/", "https://discordapp.com/api/webhooks/")
 
@@ -801,6 +909,10 @@ class JobConfig(Strict):
     def _resolve_do_i2v(self) -> JobConfig:
         """Unset do_i2v follows the arch (a value the arch cannot honour is refused in cross_checks)."""
         for ds in self.datasets:
+# 255 (NAME_MAX) minus the 47 bytes the longest run file adds around the name (see JobConfig._safe_name)
+MAX_NAME_BYTES = 208
+
+
             if ds.do_i2v is None:
                 ds.do_i2v = self.model.arch in I2V_ONLY_ARCHS
         return self
@@ -823,8 +935,30 @@ class JobConfig(Strict):
                 continue
             loc = ("sample", "samples", i, "ctrl_img") if i < n else ("sample", "prompts", i - n)
             if i >= n:
+        if value.startswith("."):
+            raise ValueError(
+                f"name {value!r} starts with '.': the run folder and its files would be hidden (and the UI, "
+                "file browsers and shell globs skip them); e.g. my_motion_lora"
+            )
+        if len(value.encode("utf-8")) > MAX_NAME_BYTES:
+            raise ValueError(
+                f"name is {len(value.encode('utf-8'))} bytes long; at most {MAX_NAME_BYTES} fit, because the "
+                "longest file a run writes ('.{name}_000001000_high_noise.safetensors.XXXXXXXX.tmp' while saving) "
+                "must stay within the filesystem's 255-byte name limit"
+            )
                 problem = (
                     "a plain prompt has no ctrl_img, but image-to-video models need one per sample; "
+    @model_validator(mode="after")
+    def _run_folder_usable(self) -> JobConfig:
+        """A training_folder (or run folder) that exists as a file would fail at the first write."""
+        for where, path in (("training_folder", self.training_folder), ("name", self.run_dir)):
+            if path.exists() and not path.is_dir():
+                raise ValueError(
+                    f"{where}: {path} is a file, not a folder; the run folder {self.run_dir} is created there. "
+                    "Point training_folder at a folder (or remove the file)"
+                )
+        return self
+
                     "write it as samples: [{prompt: ..., ctrl_img: FILE}]"
                 )
             errors.append(

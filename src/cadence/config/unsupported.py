@@ -71,10 +71,6 @@ class Accepts:
         return self.test(value)
 
 
-def _ema_off(value: Any) -> bool:
-    return value is None or (isinstance(value, dict) and not value.get("use_ema", False))
-
-
 def _not_in(*values: str) -> Accepts:
     refused = set(values)
     return Accepts(
@@ -89,7 +85,6 @@ def _one_of(*values: Any) -> Accepts:
 _ANY = Accepts(lambda v: True, "any")
 _BOOL = Accepts(lambda v: isinstance(v, bool), "`true` or `false`")
 _FALSE = Accepts(lambda v: not v, "`false`")
-_EMA_OFF = Accepts(_ema_off, "`null`, or a mapping with `use_ema: false`")
 
 
 U = Unsupported
@@ -130,15 +125,9 @@ REGISTRY: list[Unsupported] = [
         "unfinished in ai-toolkit ('doesn't work yet'); for memory use model.blocks_to_swap",
         False,
     ),
-    U("network.pretrained_lora_path", "starting from an existing LoRA is not implemented", None),
     U("network.all_layers", "only Linear/Conv layers get adapters", False),
     U("network.normalize", "weight normalization of adapters is not implemented", False),
     # ---------------------------------------------------------------- train
-    U(
-        "train.ema_config",
-        "in-training EMA is not implemented; use `cadence ema-merge` on saved checkpoints",
-        accepts=_EMA_OFF,
-    ),
     U("train.noise_offset", "noise offset is not implemented (and rarely helps flow matching)", 0.0),
     U("train.dynamic_noise_offset", "noise offset is not implemented", False),
     U("train.min_snr_gamma", "Wan uses flow matching; min-SNR weighting is for DDPM", None),
@@ -252,7 +241,6 @@ REGISTRY: list[Unsupported] = [
     U("train.force_consistent_noise", "fixed per-item noise is not implemented", False),
     # ---------------------------------------------------------------- model
     U("model.assistant_lora_path", "assistant LoRAs are not implemented", None),
-    U("model.lora_path", "loading a LoRA into the base model is not implemented", None),
     U("model.inference_lora_path", "inference LoRAs are not implemented", None),
     U(
         "model.compile",

@@ -9,7 +9,6 @@ not a traceback after minutes of loading.
 
 from __future__ import annotations
 
-import json
 import math
 from functools import reduce
 from pathlib import Path
@@ -28,7 +27,9 @@ def meta_transformer(folder: Path, component: str) -> nn.Module:
     """`folder/component` built from its config.json on the meta device (diffusers class of `_class_name`)."""
     import diffusers
 
-    config = json.loads((folder / component / "config.json").read_text(encoding="utf-8"))
+    from cadence.models.registry import read_json
+
+    config = read_json(folder / component / "config.json")  # a broken file names itself
     cls = getattr(diffusers, str(config.get("_class_name")), None)
     if cls is None:
         raise ValueError(

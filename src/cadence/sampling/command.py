@@ -170,6 +170,7 @@ def generate_from_files(
 ) -> list[Path]:
     """Load the model, attach `loras` (expert -> file) and write every sample of `cfg` to `out_dir`."""
     from cadence.models.registry import load_model_adapter
+    from cadence.networks.existing import merge_base_lora
     from cadence.sampling.generate import SampleEngine
     from cadence.sampling.loras import attach_lora_file, lora_step
     from cadence.sampling.prompts import resolve_samples
@@ -178,6 +179,7 @@ def generate_from_files(
 
     files = _read_lora_files(loras, cfg.model.arch)  # before minutes of model loading: fail fast
     adapter = load_model_adapter(cfg.model, resolve_device(cfg.device), resolve_dtype(cfg.train.dtype))
+    merge_base_lora(cfg.model.lora_path, adapter)  # the base the LoRA was trained on, as in training
     experts = [spec.name for spec in adapter.experts]
     unknown = sorted(set(loras) - set(experts))
     if unknown:

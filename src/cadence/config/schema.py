@@ -882,6 +882,10 @@ class LoggingConfig(Strict):
 
 
 # ----------------------------------------------------------------------------------------------- job
+# 255 (NAME_MAX) minus the 47 bytes the longest run file adds around the name (see JobConfig._safe_name)
+MAX_NAME_BYTES = 208
+
+
 class JobConfig(Strict):
     """One training process, resolved from either the seed layout or the flat layout."""
 
@@ -903,16 +907,34 @@ class JobConfig(Strict):
     def _safe_name(cls, value: str) -> str:
         if not value or any(c in value for c in "/\\\0") or value in {".", ".."}:
             raise ValueError("name must be a plain file name (no slashes), e.g. my_motion_lora")
+        if value.startswith("."):
+            raise ValueError(
+                f"name {value!r} starts with '.': the run folder and its files would be hidden (and the UI, "
+                "file browsers and shell globs skip them); e.g. my_motion_lora"
+            )
+        if len(value.encode("utf-8")) > MAX_NAME_BYTES:
+            raise ValueError(
+                f"name is {len(value.encode('utf-8'))} bytes long; at most {MAX_NAME_BYTES} fit, because the "
+                "longest file a run writes ('.{name}_000001000_high_noise.safetensors.XXXXXXXX.tmp' while saving) "
+                "must stay within the filesystem's 255-byte name limit"
+            )
         return value
+
+    @model_validator(mode="after")
+    def _run_folder_usable(self) -> JobConfig:
+        """A training_folder (or run folder) that exists as a file would fail at the first write."""
+        for where, path in (("training_folder", self.training_folder), ("name", self.run_dir)):
+            if path.exists() and not path.is_dir():
+                raise ValueError(
+                    f"{where}: {path} is a file, not a folder; the run folder {self.run_dir} is created there. "
+                    "Point training_folder at a folder (or remove the file)"
+                )
+        return self
 
     @model_validator(mode="after")
     def _resolve_do_i2v(self) -> JobConfig:
         """Unset do_i2v follows the arch (a value the arch cannot honour is refused in cross_checks)."""
         for ds in self.datasets:
-# 255 (NAME_MAX) minus the 47 bytes the longest run file adds around the name (see JobConfig._safe_name)
-MAX_NAME_BYTES = 208
-
-
             if ds.do_i2v is None:
                 ds.do_i2v = self.model.arch in I2V_ONLY_ARCHS
         return self
@@ -935,30 +957,8 @@ MAX_NAME_BYTES = 208
                 continue
             loc = ("sample", "samples", i, "ctrl_img") if i < n else ("sample", "prompts", i - n)
             if i >= n:
-        if value.startswith("."):
-            raise ValueError(
-                f"name {value!r} starts with '.': the run folder and its files would be hidden (and the UI, "
-                "file browsers and shell globs skip them); e.g. my_motion_lora"
-            )
-        if len(value.encode("utf-8")) > MAX_NAME_BYTES:
-            raise ValueError(
-                f"name is {len(value.encode('utf-8'))} bytes long; at most {MAX_NAME_BYTES} fit, because the "
-                "longest file a run writes ('.{name}_000001000_high_noise.safetensors.XXXXXXXX.tmp' while saving) "
-                "must stay within the filesystem's 255-byte name limit"
-            )
                 problem = (
                     "a plain prompt has no ctrl_img, but image-to-video models need one per sample; "
-    @model_validator(mode="after")
-    def _run_folder_usable(self) -> JobConfig:
-        """A training_folder (or run folder) that exists as a file would fail at the first write."""
-        for where, path in (("training_folder", self.training_folder), ("name", self.run_dir)):
-            if path.exists() and not path.is_dir():
-                raise ValueError(
-                    f"{where}: {path} is a file, not a folder; the run folder {self.run_dir} is created there. "
-                    "Point training_folder at a folder (or remove the file)"
-                )
-        return self
-
                     "write it as samples: [{prompt: ..., ctrl_img: FILE}]"
                 )
             errors.append(

@@ -1,6 +1,6 @@
-"""Periodic checks during training: fixed-timestep eval loss and live health rules.
+"""Periodic checks during training: fixed-timestep eval loss, sample motion and live health rules.
 
-Both run on the current adapters between optimizer steps and add fields to that step's metrics line.
+They run on the current adapters between optimizer steps and add fields to that step's metrics line.
 A health rule listed in `train.health.stop_on` ends the run; the checkpoint the recommender prefers is
 protected from pruning so the best one is kept, and the reason is logged.
 """
@@ -11,14 +11,17 @@ import contextlib
 import dataclasses
 import logging
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import torch
 
+from cadence.data.motion_reference import MotionReference, read_motion_reference
 from cadence.metrics.jsonl import read_metrics
 from cadence.networks.magnitude import MagnitudeSummary, summarize
 from cadence.optim.factory import needs_train_eval_mode
 from cadence.tools.health import HealthMonitor
+from cadence.tools.sample_motion import SampleMotionReader, motion_fields
 from cadence.tracking.sink import EventEmitter, no_events
 from cadence.train.checkpoint import CheckpointManager
 from cadence.train.eval import FixedEval
@@ -68,6 +71,13 @@ class PeriodicChecks:
         self.metrics_path = metrics_path
         self.checkpoints = checkpoints
         self.stop_reason: str | None = None
+        # sample motion: the sampler stores it in each sample's sidecar (written after this step's line), so
+        # the first line after a sampled step carries it, and the health rules on motion judge it then
+        run_dir = Path(checkpoints.paths.run_dir)
+        self.sample_motion = SampleMotionReader(run_dir / "samples", verify=False)
+        self.motion_reported = -1  # the latest sampled step whose motion a metrics line carries
+        self._reference_dir = run_dir
+        self._reference: MotionReference | None | bool = False  # False: not read yet
         self.emit: EventEmitter = no_events  # the recorder's event(): health warnings reach the sinks
 
     def state_dict(self) -> dict[str, Any]:
@@ -79,11 +89,20 @@ class PeriodicChecks:
                 step: {e: dataclasses.asdict(m) for e, m in per.items()}
                 for step, per in self.health.magnitudes.items()
             }
-        return {"health_magnitudes": history, "protected": sorted(self.checkpoints.protected)}
+        reported = (self.health.reported or set()) if self.health is not None else set()
+        return {
+            "health_magnitudes": history,
+            "protected": sorted(self.checkpoints.protected),
+            "motion_reported": self.motion_reported,
+            "health_reported": [list(k) for k in sorted(reported, key=lambda k: (k[0], k[1], k[2] or ""))],
+        }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.checkpoints.protected = set(state.get("protected", []))
+        self.motion_reported = int(state.get("motion_reported", -1))
         if self.health is not None:
+            reported = state.get("health_reported")
+            self.health.reported = None if reported is None else {(r, int(s), e) for r, s, e in reported}
             self.health.magnitudes = {
                 int(step): {e: MagnitudeSummary(**m) for e, m in per.items()}
                 for step, per in state.get("health_magnitudes", {}).items()
@@ -104,20 +123,43 @@ class PeriodicChecks:
         return step % self.eval_every == 0 if self.eval_every else saving
 
     def run(self, step: int, saving: bool, row: dict[str, Any], stopping: bool = False) -> dict[str, Any]:
-        """Eval and health fields for this step's metrics line (eval is skipped when the user asked to stop,
-        so a stop never waits for it)."""
+        """Eval, sample-motion and health fields for this step's metrics line (eval is skipped when the user
+        asked to stop, so a stop never waits for it). Sample motion that arrived since the last line is
+        judged at once (`HealthMonitor.review`) when no check is due."""
         fields: dict[str, Any] = {}
         if self.eval_due(step, saving) and not stopping:
             assert self.evaluator is not None
             fields.update(self.run_eval(self.evaluator))
+        # steps after this one can only be a former run's leftovers in a reused folder
+        motion = {s: m for s, m in self.sample_motion.read().items() if s <= step}
+        new = [s for s in motion if s > self.motion_reported]
+        if new:
+            self.motion_reported = new[-1]
+            fields.update(motion_fields(motion, new[-1], self.reference()))
         if self.health is not None and self.health.due(step, saving):
-            fields.update(self._health(step, {**row, **fields}, saving))
+            fields.update(self._health(step, {**row, **fields}, saving, motion))
+        elif self.health is not None and new:
+            fields.update(self._health(step, {**row, **fields}, saving, motion, review=True))
         return fields
 
-    def _health(self, step: int, row: dict[str, Any], saving: bool) -> dict[str, Any]:
+    def reference(self) -> Any:
+        """The training clips' motion (MotionStats) written at caching time, or None."""
+        if self._reference is False:
+            self._reference = read_motion_reference(self._reference_dir)
+        return self._reference.stats if isinstance(self._reference, MotionReference) else None
+
+    def _health(
+        self, step: int, row: dict[str, Any], saving: bool, motion: dict, review: bool = False
+    ) -> dict[str, Any]:
         assert self.health is not None
         rows = [r for r in read_metrics(self.metrics_path) if r.get("step", 0) < step] + [row]
-        result = self.health.check(step, self.magnitudes(), rows)
+        if review:
+            reviewed = self.health.review(step, rows, motion, self.reference())
+            if reviewed is None:
+                return {}
+            result = reviewed
+        else:
+            result = self.health.check(step, self.magnitudes(), rows, motion, self.reference())
         for warning in result.warnings:
             log.warning("health: %s", warning.message)
             self.emit(

@@ -102,3 +102,24 @@ def test_measure_frames_checks_its_input() -> None:
     both = mean_stats([a, b])
     assert both is not None and both.clips == 2 and both.coarse == pytest.approx(a.coarse)
     assert mean_stats([]) is None
+
+
+def test_tensorboard_keeps_sample_motion_when_thinning(tmp_path: Path) -> None:
+    """logging.log_every thins TensorBoard rows; sample motion comes on one line per sampled step (the one after
+    the samples), which the thinning would almost always drop."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    from cadence.metrics.tensorboard import TensorBoardLog
+
+    board = TensorBoardLog(tmp_path / "tb", every=10)
+    board.open(None, None)
+    for step in range(1, 31):
+        row = {"step": step, "loss": 0.1}
+        if step == 11:
+            row.update(sample_motion_step=10, sample_motion_coarse=0.05)
+        board.write(row)
+    board.close()
+    events = EventAccumulator(str(tmp_path / "tb"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("loss")] == [10, 20, 30]
+    assert [e.step for e in events.Scalars("sample_motion_coarse")] == [11]

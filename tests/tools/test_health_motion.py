@@ -75,6 +75,8 @@ def test_slower_renders_trigger_motion_tame_and_the_checkpoint_before(tmp_path: 
         "39%",
     }
 
+    measured = json.loads((run_dir / "analysis_motion.json").read_text())["samples"]
+    assert sorted(measured) == ["000000500_00.mp4", "000000600_00.mp4"]  # kept: the next analysis reuses them
     data = json.loads((run_dir / "analysis.json").read_text())
     tame = next(w for w in data["warnings"] if w["rule"] == "motion_tame")
     assert tame["step"] == 600 and tame["from_step"] == 400 and tame["value"] < 0.7
@@ -166,6 +168,11 @@ def test_live_checks_judge_a_checkpoints_samples_once_they_exist() -> None:
     # reported once: the next check does not raise it again
     again = monitor.check(700, _mags(0.011, 0.0045), ROWS, _motion(seen))
     assert "motion_tame" not in [w.rule for w in again.warnings]
+    # a resume from a state that did not record what was raised does not raise the old warnings again
+    resumed = HealthMonitor(cfg)
+    resumed.magnitudes, resumed.reported = dict(monitor.magnitudes), None
+    late = resumed.review(701, ROWS, _motion(seen), None)
+    assert late is not None and late.warnings == [] and late.stop_reason is None
 
 
 def test_live_outgrowing_waits_for_the_checkpoints_samples() -> None:

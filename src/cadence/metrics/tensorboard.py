@@ -30,9 +30,12 @@ class TensorBoardLog:
 
     def write(self, row: dict[str, Any]) -> None:
         step = int(row["step"])
-        if self._writer is None or step % self.every:
+        if self._writer is None:
             return
+        thinned = step % self.every != 0  # sample motion comes once per sampled step: never thinned away
         for key, value in row.items():
+            if thinned and not key.startswith("sample_motion_"):
+                continue
             if key == "step" or isinstance(value, bool) or not isinstance(value, int | float):
                 continue
             if math.isfinite(float(value)):

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cadence.atomic import atomic_write_text
 from cadence.metrics.motion import MOTION_FORMAT, MotionStats, file_digest, mean_stats, measure_video
 
 log = logging.getLogger(__name__)
@@ -73,11 +74,19 @@ def group_by_step(per_sample: dict[tuple[int, int], MotionStats]) -> dict[int, S
 
 
 class SampleMotionReader:
-    """Per-step motion of a samples folder; `read()` again picks up what was written since."""
+    """Per-step motion of a samples folder; `read()` again picks up what was written since. With `verify`,
+    `measured` maps mp4 name -> (sha256, stats) for files whose sidecar did not describe them (a cache a
+    caller may keep and pass back in, so an old run's samples are measured once, not at every analysis)."""
 
-    def __init__(self, folder: Path | str, verify: bool) -> None:
+    def __init__(
+        self,
+        folder: Path | str,
+        verify: bool,
+        measured: dict[str, tuple[str, MotionStats]] | None = None,
+    ) -> None:
         self.folder = Path(folder)
         self.verify = verify
+        self.measured = dict(measured or {})
         self.remeasured: list[str] = []  # samples whose stored statistics did not describe the mp4
         self._folder_stamp: int | None = None
         self._files: dict[str, tuple[tuple[int, int], MotionStats | None]] = {}  # stem -> (stamp, stats)
@@ -119,11 +128,17 @@ class SampleMotionReader:
         """The mp4's statistics: the sidecar's while its digest matches, else measured now."""
         sidecar = _read_json(mp4.with_suffix(".json"))
         try:
-            stats = _stored(sidecar, file_digest(mp4))
+            digest = file_digest(mp4)
+            stats = _stored(sidecar, digest)
             if stats is not None:
                 return stats
-            fps = sidecar.get("fps")
-            stats = measure_video(mp4, float(fps) if isinstance(fps, int | float) and fps > 0 else None)
+            cached = self.measured.get(mp4.name)
+            if cached is not None and cached[0] == digest:
+                stats = cached[1]
+            else:
+                fps = sidecar.get("fps")
+                stats = measure_video(mp4, float(fps) if isinstance(fps, int | float) and fps > 0 else None)
+                self.measured[mp4.name] = (digest, stats)
         except Exception as exc:  # noqa: BLE001 - an unreadable sample is left out, never the whole analysis
             log.warning("sample %s left out of the motion statistics (%s: %s)", mp4, type(exc).__name__, exc)
             return None
@@ -132,10 +147,34 @@ class SampleMotionReader:
         return stats
 
 
+MEASURED_CACHE = "analysis_motion.json"  # in the run folder, beside analysis.json
+
+
 def read_sample_motion(run_dir: Path | str) -> tuple[dict[int, StepMotion], list[str]]:
-    """Verified per-step motion of a run folder's samples, and the samples that had to be re-measured."""
-    reader = SampleMotionReader(Path(run_dir) / "samples", verify=True)
-    return reader.read(), reader.remeasured
+    """Verified per-step motion of a run folder's samples, and the samples whose sidecar described another
+    file. Samples measured here (no or stale sidecar numbers) are kept in `analysis_motion.json`, keyed by
+    their sha256, so the next analysis reuses them."""
+    run_dir = Path(run_dir)
+    cache = run_dir / MEASURED_CACHE
+    known: dict[str, tuple[str, MotionStats]] = {}
+    data = _read_json(cache)
+    if data.get("format") == MOTION_FORMAT and isinstance(data.get("samples"), dict):
+        for name, entry in data["samples"].items():
+            try:
+                known[name] = (str(entry["sha256"]), MotionStats.from_dict(entry["stats"]))
+            except (KeyError, TypeError, ValueError):
+                continue
+    reader = SampleMotionReader(run_dir / "samples", verify=True, measured=known)
+    steps = reader.read()
+    if reader.measured != known:
+        samples = {n: {"sha256": d, "stats": st.to_dict()} for n, (d, st) in sorted(reader.measured.items())}
+        try:
+            atomic_write_text(
+                cache, json.dumps({"format": MOTION_FORMAT, "samples": samples}, indent=1) + "\n"
+            )
+        except OSError as exc:  # a read-only run folder still gets its analysis
+            log.warning("could not keep the measured sample motion in %s (%s)", cache, exc)
+    return steps, reader.remeasured
 
 
 def running_peaks(steps: Mapping[int, StepMotion]) -> dict[int, float]:

@@ -128,7 +128,7 @@ def test_unsupported_keys_refused(make_flat, section, key, value, reason):
     assert reason in message
 
 
-@pytest.mark.parametrize("key", ["flip_x", "flip_y", "shuffle_tokens", "control_path_1"])
+@pytest.mark.parametrize("key", ["random_crop", "random_scale", "square_crop", "control_path_1"])
 def test_unsupported_dataset_keys_refused(make_flat, key):
     value = "/ctrl" if key == "control_path_1" else True
     issues = issues_of(make_flat(datasets=[{"folder_path": "/x"}, {"folder_path": "/y", key: value}]))
@@ -136,9 +136,9 @@ def test_unsupported_dataset_keys_refused(make_flat, key):
     assert "not supported yet by Cadence" in issues[f"datasets[1].{key}"]
 
 
-def test_token_dropout_refused_in_seed_layout(make_flat, make_seed):
-    issues = issues_of(make_seed(make_flat(datasets=[{"folder_path": "/x", "token_dropout_rate": 0.1}])))
-    assert "config.process[0].datasets[0].token_dropout_rate" in issues
+def test_prior_reg_refused_in_seed_layout(make_flat, make_seed):
+    issues = issues_of(make_seed(make_flat(datasets=[{"folder_path": "/x", "prior_reg": True}])))
+    assert "config.process[0].datasets[0].prior_reg" in issues
 
 
 @pytest.mark.parametrize("kind", ["lokr", "loha", "locon", "LoKr", "dora"])

@@ -244,9 +244,11 @@ def config_warnings(cfg: JobConfig) -> list[Issue]:
     """Settings that load but may not do what the user meant; logged, not refused (ai-toolkit configs switch
     quantization off with `quantize: false` and keep their qtype, and those configs must keep running)."""
     from cadence.config.network_checks import network_type_warnings
+    from cadence.data.option_checks import data_option_warnings
 
     return (
-        _quantize_warnings(cfg)
+        data_option_warnings(cfg)
+        + _quantize_warnings(cfg)
         + network_type_warnings(cfg)
         + _text_encoder_warnings(cfg)
         + _schedule_warnings(cfg)
@@ -363,4 +365,12 @@ def _arch_issues(cfg: JobConfig) -> list[Issue]:
 
 def config_issues(cfg: JobConfig) -> list[Issue]:
     """Every cross-key problem of a validated config, each at the key the user wrote."""
-    return _train_issues(cfg.train) + _network_issues(cfg) + _job_issues(cfg) + _arch_issues(cfg)
+    from cadence.data.option_checks import data_option_issues
+
+    return (
+        _train_issues(cfg.train)
+        + _network_issues(cfg)
+        + _job_issues(cfg)
+        + _arch_issues(cfg)
+        + data_option_issues(cfg)
+    )

@@ -320,6 +320,25 @@ class DatasetConfig(Strict):
     cache_directory: Path | None = Field(None, description="shared latent cache folder for this dataset")
     num_repeats: int = Field(1, ge=1)
     is_eval: bool = False
+    # augmentation and regularisation as ai-toolkit means them (data/augment, caption_tokens, regularization)
+    flip_x: bool = Field(False, description="add a left-right mirrored copy of every item (its own cache entry)")
+    flip_y: bool = Field(False, description="add an upside-down copy of every item (of the mirrored ones too)")
+    temporal_jitter: int = Field(
+        0, ge=0, description="the relaxis fork's per-frame jitter: each frame index moves up to ±N source frames"
+    )
+    temporal_jitter_variants: int = Field(
+        4, ge=1, le=64, description="jittered frame plans per window, each cached once; a batch draws one"
+    )
+    shuffle_tokens: bool = Field(False, description="shuffle the caption's comma-separated tokens at batch time")
+    token_dropout_rate: float = Field(
+        0.0, ge=0, le=1, description="drop each caption token (past keep_tokens) with this probability"
+    )
+    keep_tokens: int = Field(0, ge=0, description="first caption tokens that token_dropout_rate never drops")
+    is_reg: bool = Field(
+        False, description="a regularisation set: every other step of each expert trains on these (no trigger)"
+    )
+    loss_multiplier: float = Field(1.0, ge=0, description="this dataset's items' loss is multiplied by this")
+    network_weight: float = Field(1.0, description="LoRA multiplier while training on this dataset's items")
 
     @model_validator(mode="before")
     @classmethod
@@ -380,9 +399,10 @@ class DatasetConfig(Strict):
     @model_validator(mode="after")
     def _keys_that_act(self) -> DatasetConfig:
         """A key whose value cannot act in this dataset is refused rather than ignored."""
+        from cadence.data.augment import augment_key_problems
         from cadence.data.windows import dataset_key_problems
 
-        problems = dataset_key_problems(self)
+        problems = dataset_key_problems(self) + augment_key_problems(self)
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -530,6 +550,9 @@ class TrainConfig(Strict):
         description="encode the trigger word (or a blank prompt) and the sample prompts once, then free the text "
         "encoder; every item trains on that one embedding and captions are not read (with cache_text_embeddings: "
         "the cached captions are used)",
+    )
+    reg_weight: float = Field(
+        1.0, ge=0, description="loss multiplier of the regularisation sets' items (datasets[].is_reg)"
     )
     disable_sampling: bool = False
     max_nan_steps: int = Field(20, ge=1, description="consecutive non-finite losses before the run stops")

@@ -127,11 +127,6 @@ OTHER: list[Unsupported] = [
     U("train.negative_prompt", "negative training prompts are not implemented", None),
     U("train.max_negative_prompts", _only_with("negative_prompt"), accepts=_ANY),
     U(
-        "train.reg_weight",
-        "regularization datasets are not implemented (datasets[].is_reg); use datasets[].loss_multiplier",
-        1.0,
-    ),
-    U(
         "train.num_train_timesteps",
         "Cadence samples continuous noise levels on the model's 1000-step timestep scale",
         1000,

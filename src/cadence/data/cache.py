@@ -22,6 +22,7 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from cadence.atomic import atomic_write_with, remove_stale_temporaries
+from cadence.data.augment import flip_pixels
 from cadence.data.controls import control_pixels
 from cadence.data.media import CACHE_DIR_NAME, MediaError, MediaItem, SkippedFile
 from cadence.data.shared_decode import decode_group, decode_groups
@@ -143,6 +144,8 @@ class LatentCache:
         """Stable name per (model, file, bucket, frame plan): jobs on other models sharing the dataset folder
         keep their own entries; inputs that change in place overwrite the entry."""
         name = f"{self.model_id}|{item.path.name}|{item.bucket_name}|{item.frames_hash}"
+        if item.flip:  # flip_x / flip_y copies; unflipped names are as before
+            name += f"|flip_{item.flip}"
         key = hashlib.sha256(name.encode()).hexdigest()
         return self.folder(item) / f"{item.path.stem}_{item.bucket_name}_{key[:12]}.safetensors"
 
@@ -166,6 +169,7 @@ class LatentCache:
             "mtime_ns": str(item.mtime_ns),
             "condition": "1" if self.wants_condition(item) else "0",
             **control,
+            **({"flip": item.flip} if item.flip else {}),  # absent unflipped: older entries match
         }
 
     def is_valid(self, item: MediaItem) -> bool:
@@ -245,10 +249,11 @@ class LatentCache:
     def encode(self, item: MediaItem, pixels: torch.Tensor, adapter: object) -> dict[str, torch.Tensor]:
         """Run the VAE (and the I2V conditioning of the window's first frame, or of its control image)."""
         # float32 pixels: the adapter casts to its VAE's dtype (bf16 pixels would lose precision first)
-        batch = pixels[None].to(device=_adapter_device(adapter), dtype=torch.float32)
+        batch = flip_pixels(pixels, item.flip)[None].to(device=_adapter_device(adapter), dtype=torch.float32)
         tensors = {LATENTS_KEY: adapter.encode_video(batch)[0]}  # type: ignore[attr-defined]
-        if self.wants_condition(item):
-            first = batch[:, :, 0] if item.control is None else control_pixels(item)[None].to(batch)
+        if self.wants_condition(item):  # a flipped copy's condition is flipped with it
+            control = None if item.control is None else flip_pixels(control_pixels(item), item.flip)
+            first = batch[:, :, 0] if control is None else control[None].to(batch)
             cond = adapter.encode_condition(first, item.num_frames)  # type: ignore[attr-defined]
             for name, value in cond.items():
                 if name == LATENTS_KEY:

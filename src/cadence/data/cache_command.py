@@ -18,6 +18,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from cadence.config.schema import JobConfig
+from cadence.data.augment import cache_units
 from cadence.data.cache import CacheReport, LatentCache, TextCache
 from cadence.data.dataset import DatasetIndex, build_dataset_index
 from cadence.data.media import DatasetError
@@ -63,8 +64,9 @@ def run_caches(
 ) -> FilledCaches:
     """Fill both caches for `index` exactly as training reads them."""
     latents = LatentCache.for_job(cfg, adapter, Path(cfg.run_dir))
-    with tqdm(total=len(index.items), desc="latents", unit="item", disable=not show_progress) as bar:
-        latent_report = latents.ensure(index.items, adapter, progress=lambda _s: bar.update(1))
+    units = cache_units(index.items)  # each temporal_jitter plan of a window is an entry of its own
+    with tqdm(total=len(units), desc="latents", unit="item", disable=not show_progress) as bar:
+        latent_report = latents.ensure(units, adapter, progress=lambda _s: bar.update(1))
     # the training clips' own motion, which the samples are compared with (measured once, kept with the cache)
     ensure_motion_reference(Path(cfg.run_dir), index.items, latents, adapter.native_fps)  # type: ignore[attr-defined]
     captions = captions_to_cache(cfg, index)

@@ -36,13 +36,14 @@ def caption_path(media: Path, caption_ext: str) -> Path:
 NAME_TOKEN = "[name]"
 
 
-def apply_trigger(text: str, trigger_word: str | None) -> str:
+def apply_trigger(text: str, trigger_word: str | None, add: bool = True) -> str:
     """The seed trainer's rule: `[trigger]` (and `[name]`) become the trigger word, and a caption that still
-    lacks the trigger word gets it prepended ("sks a red ball"). Without a trigger word the tokens are
-    removed. A caption dropped by caption dropout stays empty (unconditional), unlike the seed."""
+    lacks the trigger word gets it prepended ("sks a red ball"; not with `add` False: regularisation sets).
+    Without a trigger word the tokens are removed. A caption dropped by caption dropout stays empty
+    (unconditional), unlike the seed."""
     trigger = trigger_word or ""
     out = text.replace(TRIGGER_TOKEN, trigger).replace(NAME_TOKEN, trigger)
-    if trigger.strip() and trigger not in out:
+    if add and trigger.strip() and trigger not in out:
         out = f"{trigger} {out}"
     return out.strip()
 
@@ -78,9 +79,24 @@ def _unreadable_reason(exc: OSError) -> str:
 
 
 def read_caption(
+    media: Path,
+    caption_ext: str,
+    default_caption: str | None,
+    trigger_word: str | None,
+    stats: CaptionStats,
+    add_trigger: bool = True,
+) -> str:
+    """The caption for `media`: its same-stem file (stripped) or the default caption (or ""), trigger word in."""
+    return apply_trigger(
+        read_caption_text(media, caption_ext, default_caption, trigger_word, stats), trigger_word, add_trigger
+    )
+
+
+def read_caption_text(
     media: Path, caption_ext: str, default_caption: str | None, trigger_word: str | None, stats: CaptionStats
 ) -> str:
-    """The caption for `media`: its same-stem file (stripped) or the default caption (or "")."""
+    """The caption text for `media` as read, before the trigger word is put in (token augmentation varies
+    this text at batch time, then puts the trigger word in)."""
     path = caption_path(media, caption_ext)
     try:
         text = decode_caption(_read_regular(path), path, stats).strip()
@@ -94,7 +110,7 @@ def read_caption(
         text = default_caption or ""
     if trigger_word is None and TRIGGER_TOKEN in text:
         stats.untriggered += 1
-    return apply_trigger(text, trigger_word)
+    return text
 
 
 # ------------------------------------------------------------------------------------ captions.jsonl

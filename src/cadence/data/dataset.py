@@ -18,8 +18,10 @@ import numpy as np
 import torch
 
 from cadence.config.schema import DatasetConfig, JobConfig
+from cadence.data.augment import flipped_copies, jittered_plans
 from cadence.data.buckets import bucket_size, fixed_bucket, over_budget, pixel_budgets
-from cadence.data.captions import JSONL_NAME, CaptionStats, caption_path, read_caption
+from cadence.data.caption_tokens import CaptionVariation
+from cadence.data.captions import JSONL_NAME, CaptionStats, apply_trigger, caption_path, read_caption_text
 from cadence.data.controls import control_images, control_stamp
 from cadence.data.frames import TooShortError, fps_mismatch
 from cadence.data.images import load_image, probe_image
@@ -87,7 +89,15 @@ def build_dataset_index(
         raise DatasetError("the config has no datasets; add one under `datasets:` with a folder_path")
     for i, ds in enumerate(cfg.datasets):
         items = _index_one(
-            i, ds, cfg.trigger_word, spatial_multiple, temporal_multiple, native_fps, seed, index
+            i,
+            ds,
+            cfg.trigger_word,
+            spatial_multiple,
+            temporal_multiple,
+            native_fps,
+            seed,
+            index,
+            cfg.train.reg_weight,
         )
         (index.eval_items if ds.is_eval else index.train_items).extend(items)
     for line in index.warnings:
@@ -134,11 +144,14 @@ def _index_one(
     native_fps: float,
     seed: int,
     index: DatasetIndex,
+    reg_weight: float = 1.0,
 ) -> list[MediaItem]:
     notes = IndexNotes()
     files = _list_media(i, ds, notes)
     controls = control_images(i, Path(ds.control_path)) if ds.control_path is not None else None
-    ctx = _Context(i, ds, trigger, multiple, temporal, native_fps, seed, CaptionStats(), notes, controls)
+    ctx = _Context(
+        i, ds, trigger, multiple, temporal, native_fps, seed, CaptionStats(), notes, controls, reg_weight
+    )
     items: list[MediaItem] = []
     skipped_before = len(index.skipped)
     for path in files:
@@ -157,7 +170,7 @@ def _index_one(
             f"datasets[{i}].folder_path: {ds.folder_path} has no usable media ({len(files)} media files{detail}). "
             "Add .jpg/.jpeg/.png/.webp images or .mp4/.mov/.webm/.mkv videos at the top level of the folder."
         )
-    return items
+    return flipped_copies(items, ds.flip_x, ds.flip_y)
 
 
 @dataclass
@@ -174,13 +187,14 @@ class _Context:
     stats: CaptionStats
     notes: IndexNotes
     controls: dict[str, Path] | None  # stem -> control image, when control_path is set
+    reg_weight: float = 1.0  # train.reg_weight: the loss weight of regularisation items
 
 
-def _windows(path: Path, ctx: _Context) -> tuple[int, int, float, list[Window], str]:
-    """(width, height, fps, windows, extraction mode) of one media file."""
+def _windows(path: Path, ctx: _Context) -> tuple[int, int, float, list[Window], str, int]:
+    """(width, height, fps, windows, extraction mode, source frames) of one media file."""
     if media_kind(path) == "image":
         width, height = probe_image(path)
-        return width, height, 0.0, [Window((0,), 0.0)], "image"
+        return width, height, 0.0, [Window((0,), 0.0)], "image", 1
     info = probe_video(path)
     try:
         plan = plan_windows(
@@ -206,7 +220,14 @@ def _windows(path: Path, ctx: _Context) -> tuple[int, int, float, list[Window], 
     rates = [w.effective_fps for w in plan.windows if fps_mismatch(w.effective_fps, ctx.native_fps)]
     if rates:
         notes.fps.append(f"{path.name} ({rates[0]:.1f} fps)")
-    return info.width, info.height, info.fps, plan.windows, ctx.ds.frame_extraction or "shrink"
+    return (
+        info.width,
+        info.height,
+        info.fps,
+        plan.windows,
+        ctx.ds.frame_extraction or "shrink",
+        info.num_frames,
+    )
 
 
 def _sizes(path: Path, width: int, height: int, ctx: _Context) -> list[tuple[int, int, int]]:
@@ -245,10 +266,20 @@ def _items_for(path: Path, ctx: _Context) -> list[MediaItem]:
             "restore the file (or the link target) or remove it",
         ) from exc
     kind = media_kind(path)
-    width, height, fps, windows, extraction = _windows(path, ctx)
+    width, height, fps, windows, extraction, total = _windows(path, ctx)
     control, stamp = _control_for(path, ctx)
     ds = ctx.ds
-    caption = read_caption(path, ds.caption_ext, ds.default_caption, ctx.trigger, ctx.stats)
+    text = read_caption_text(path, ds.caption_ext, ds.default_caption, ctx.trigger, ctx.stats)
+    caption = apply_trigger(text, ctx.trigger, add=not ds.is_reg)  # ai-toolkit adds no trigger to reg sets
+
+    def jitter(window: Window) -> tuple[tuple[int, ...], ...]:
+        if kind != "video" or not ds.temporal_jitter:
+            return ()
+        key = f"{path.name}|{','.join(map(str, window.indices))}"
+        return jittered_plans(
+            window.indices, total, ds.temporal_jitter, ds.temporal_jitter_variants, ctx.seed, key
+        )
+
     return [
         MediaItem(
             path=path,
@@ -272,6 +303,12 @@ def _items_for(path: Path, ctx: _Context) -> list[MediaItem]:
             control=control,
             control_stamp=stamp,
             control_background=tuple(ds.control_transparent_color),
+            jitter=jitter(window),
+            caption_source=text,
+            variation=CaptionVariation.of(ds, ctx.trigger),
+            is_reg=ds.is_reg,
+            loss_weight=ds.loss_multiplier * (ctx.reg_weight if ds.is_reg else 1.0),
+            network_weight=ds.network_weight,
         )
         for bw, bh, budget in _sizes(path, width, height, ctx)
         for window in windows

@@ -6,11 +6,15 @@ so the caches and the trainer never look at the dataset folder again after index
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import stat
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
+
+if TYPE_CHECKING:
+    from cadence.data.caption_tokens import CaptionVariation
 
 IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".webp"})
 VIDEO_EXTENSIONS = frozenset({".mp4", ".mov", ".webm", ".mkv"})
@@ -49,7 +53,7 @@ class MediaItem:
     dataset_index: int
     width: int  # bucket size in pixels
     height: int
-    frames: tuple[int, ...]  # source frame indices to decode, ascending ((0,) for images)
+    frames: tuple[int, ...]  # source frame indices to decode, ascending ((0,) for images; jittered: any order)
     source_fps: float  # 0.0 for images
     file_size: int
     mtime_ns: int
@@ -64,6 +68,13 @@ class MediaItem:
     control: Path | None = None  # I2V first-frame image from datasets[].control_path (None: the first frame)
     control_stamp: str = ""  # "size:mtime_ns" of the control image, for the cache fingerprint
     control_background: tuple[int, int, int] = (0, 0, 0)  # RGB under its transparent pixels
+    flip: str = ""  # flip_x / flip_y copies: "x", "y" or "xy" (mirrored before encoding; its own cache entry)
+    jitter: tuple[tuple[int, ...], ...] = ()  # temporal_jitter: the window's jittered frame plans (see variants)
+    caption_source: str = ""  # the caption as read, before the trigger word (token augmentation varies it)
+    variation: CaptionVariation | None = None  # shuffle_tokens / token_dropout_rate, applied at batch time
+    is_reg: bool = False  # a regularisation item (datasets[].is_reg)
+    loss_weight: float = 1.0  # datasets[].loss_multiplier (x train.reg_weight for regularisation items)
+    network_weight: float = 1.0  # the LoRA multiplier while training on it (datasets[].network_weight)
 
     @property
     def num_frames(self) -> int:
@@ -76,6 +87,12 @@ class MediaItem:
     @property
     def bucket_name(self) -> str:
         return f"{self.width}x{self.height}x{len(self.frames)}"
+
+    def variants(self) -> list[MediaItem]:
+        """The items that have latent cache entries: this one, or one per jittered frame plan."""
+        if not self.jitter:
+            return [self]
+        return [dataclasses.replace(self, frames=plan, jitter=()) for plan in self.jitter]
 
     @property
     def frames_hash(self) -> str:

@@ -32,6 +32,21 @@ def _key(name: str) -> str:
     return name.replace(".", "-")
 
 
+def _per_sample(multiplier: float | torch.Tensor, x: torch.Tensor) -> float | torch.Tensor:
+    """A [B] multiplier shaped to scale each sample's delta (the output has x's leading dim and rank). A
+    leading dim of B*k holds each sample's k rows together (Wan's per-token timesteps, flattened)."""
+    if not isinstance(multiplier, torch.Tensor):
+        return multiplier
+    rows, samples = x.shape[0], multiplier.shape[0]
+    if multiplier.dim() != 1 or rows % samples:
+        raise ValueError(
+            f"per-sample multipliers of shape {tuple(multiplier.shape)} for an input of {rows} rows"
+        )
+    if rows != samples:
+        multiplier = multiplier.repeat_interleave(rows // samples)
+    return multiplier.to(device=x.device, dtype=x.dtype).view(-1, *([1] * (x.dim() - 1)))
+
+
 class LoRANetwork(nn.Module):
     """All adapter modules of one expert's transformer (`root`), keyed by diffusers module name.
 
@@ -53,7 +68,7 @@ class LoRANetwork(nn.Module):
         from a file's tensors (their algorithm, shapes and alphas; `cfg` may then be None: no dropout)."""
         super().__init__()
         self.name = name
-        self.multiplier = 1.0
+        self.multiplier: float | torch.Tensor = 1.0  # a [B] tensor: per sample (datasets[].network_weight)
         self.enabled = True
         self.dropout = float(cfg.dropout) if cfg else 0.0
         self.rank_dropout = float(cfg.network_kwargs.rank_dropout) if cfg else 0.0
@@ -108,7 +123,7 @@ class LoRANetwork(nn.Module):
 
     def _hook(self, adapter: AdapterModule):
         def hook(_module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor | None:
-            if not self.enabled or self.multiplier == 0:
+            if not self.enabled or (not isinstance(self.multiplier, torch.Tensor) and self.multiplier == 0):
                 return None
             delta = self._delta(adapter, args[0])
             return None if delta is None else output + delta.to(output.dtype)
@@ -117,11 +132,12 @@ class LoRANetwork(nn.Module):
 
     def _delta(self, adapter: AdapterModule, x: torch.Tensor) -> torch.Tensor | None:
         """The adapter's output delta at this network's multiplier, or None when module dropout skips it."""
+        multiplier = _per_sample(self.multiplier, x)
         if not self.training:
-            return adapter.delta(x, self.multiplier)
+            return adapter.delta(x, multiplier)
         if self.module_dropout > 0 and torch.rand(()) < self.module_dropout:
             return None
-        return adapter.delta(x, self.multiplier, self.dropout, self.rank_dropout)
+        return adapter.delta(x, multiplier, self.dropout, self.rank_dropout)
 
     # ------------------------------------------------------------------------------------------ alpha
     def _of_kind(self, conv: bool) -> Iterator[AdapterModule]:

@@ -1,7 +1,10 @@
 """Turn sampler indices into model-ready tensors from the caches.
 
 Caption dropout happens here, at batch time, by swapping in the cached empty-caption embedding; its
-random draws come from the trainer's own caption stream so resume stays exact.
+random draws come from the trainer's own caption stream so resume stays exact. That one draw per item also
+seeds the item's token augmentation (`data/caption_tokens.py`) and its temporal_jitter plan
+(`data/augment.py`). Per-item loss weights (loss_multiplier, reg_weight) and LoRA multipliers
+(network_weight) travel with the batch.
 """
 
 from __future__ import annotations
@@ -11,6 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import torch
+
+from cadence.data.augment import variant_for
+from cadence.data.caption_tokens import variation_rng, vary_caption
 
 
 class LatentSource(Protocol):
@@ -27,6 +33,16 @@ class Batch:
     text: torch.Tensor  # [B, text_len, D]
     cond: dict[str, torch.Tensor] = field(default_factory=dict)
     captions: list[str] = field(default_factory=list)
+    loss_weights: torch.Tensor | None = None  # [B] datasets[].loss_multiplier (x reg_weight); None: all 1
+    network_weights: torch.Tensor | None = None  # [B] datasets[].network_weight; None: all 1
+
+    @property
+    def network_multiplier(self) -> float | torch.Tensor:
+        """The LoRA multiplier for this batch: one number, or [B] when its items' network_weight differ."""
+        weights = self.network_weights
+        if weights is None:
+            return 1.0
+        return float(weights[0]) if bool((weights == weights[0]).all()) else weights
 
     def to(self, device: torch.device, dtype: torch.dtype) -> Batch:
         """Text and conditioning in the model's dtype; latents stay fp32 (noised in fp32, then cast)."""
@@ -35,6 +51,8 @@ class Batch:
             text=self.text.to(device=device, dtype=dtype),
             cond={k: v.to(device=device, dtype=dtype) for k, v in self.cond.items()},
             captions=self.captions,
+            loss_weights=None if self.loss_weights is None else self.loss_weights.to(device),
+            network_weights=None if self.network_weights is None else self.network_weights.to(device),
         )
 
 
@@ -53,21 +71,43 @@ class BatchAssembler:
         self.pad_text = pad_text
         self.dropout_rates = dropout_rates  # per dataset index
 
-    def caption_for(self, item: Any, rng: random.Random) -> str:
+    def caption_for(self, item: Any, draw: float | None) -> str:
+        """The item's caption for this batch: dropped (""), varied (token augmentation), or as read. `draw` is
+        the item's number from the caption stream (None: evaluation, the caption as read)."""
         caption = item.caption or ""
-        rate = self.dropout_rates[item.dataset_index]
-        # Always draw, so the stream position does not depend on the caption text.
-        dropped = rng.random() < rate
-        return "" if dropped else caption
+        if draw is None:
+            return caption
+        if draw < self.dropout_rates[item.dataset_index]:
+            return ""
+        variation = getattr(item, "variation", None)
+        if variation is None:
+            return caption
+        return vary_caption(item.caption_source, variation, variation_rng(draw, 0))
 
     def assemble(self, indices: list[int], rng: random.Random | None) -> Batch:
         items = [self.items[i] for i in indices]
-        captions = [
-            self.caption_for(item, rng) if rng is not None else (item.caption or "") for item in items
+        # Always one draw per item, so the stream position does not depend on the captions or the rates.
+        draws = [rng.random() if rng is not None else None for _ in items]
+        captions = [self.caption_for(item, draw) for item, draw in zip(items, draws, strict=True)]
+        entries = [
+            self.latents.load(variant_for(item, draw)) for item, draw in zip(items, draws, strict=True)
         ]
-        entries = [self.latents.load(item) for item in items]
         latents = torch.stack([entry["latents"] for entry in entries])
         cond_keys = sorted(k for k in entries[0] if k != "latents")
         cond = {k: torch.stack([entry[k] for entry in entries]) for k in cond_keys}
         text = self.pad_text([self.texts.load(c) for c in captions])
-        return Batch(latents=latents, text=text, cond=cond, captions=captions)
+        return Batch(
+            latents=latents,
+            text=text,
+            cond=cond,
+            captions=captions,
+            loss_weights=_weights([getattr(item, "loss_weight", 1.0) for item in items]),
+            network_weights=_weights([getattr(item, "network_weight", 1.0) for item in items]),
+        )
+
+
+def _weights(values: list[float]) -> torch.Tensor | None:
+    """[B] float32, or None when every value is 1 (the batch then trains exactly as without the keys)."""
+    if all(value == 1.0 for value in values):
+        return None
+    return torch.tensor(values, dtype=torch.float32)

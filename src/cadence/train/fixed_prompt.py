@@ -30,8 +30,11 @@ def use_fixed_prompt(index: DatasetIndex, prompt: str) -> None:
     """Give every item of `index` the caption `prompt` (and no caption dropout), saying what is not read."""
     own = sum(1 for item in index.items if item.caption and item.caption != prompt)
 
-    def fixed(items: list) -> list:
-        return [dataclasses.replace(item, caption=prompt, caption_dropout_rate=0.0) for item in items]
+    def fixed(items: list) -> list:  # regularisation items train on the blank prompt, as in ai-toolkit
+        return [
+            dataclasses.replace(item, caption="" if item.is_reg else prompt, caption_dropout_rate=0.0)
+            for item in items
+        ]
 
     index.train_items, index.eval_items = fixed(index.train_items), fixed(index.eval_items)
     shown = f"the trigger word {prompt!r}" if prompt else "a blank prompt (no trigger_word is set)"

@@ -20,7 +20,7 @@ import torch
 from cadence.data.cache import CacheMissError
 from cadence.train.batches import Batch
 from cadence.train.checks import evaluation_weights
-from cadence.train.objective import flow_matching_loss, model_input_and_target
+from cadence.train.objective import combined_weights, flow_matching_loss, model_input_and_target
 from cadence.train.setup import TrainingSetup
 from cadence.train.stops import TrainingStopped
 
@@ -89,8 +89,10 @@ class Trainer:
         t = s.timesteps.sample(batch.latents.shape[0], spec.t_low, spec.t_high, s.randomness.timesteps)
         t_dev = t.to(device=s.device, dtype=torch.float32)
         noisy, target = model_input_and_target(batch.latents, noise.to(s.device), t_dev, s.dtype)
+        s.networks[expert].multiplier = batch.network_multiplier  # network_weight; kept through backward
         prediction = s.adapter.predict(expert, noisy, t_dev, batch.text, batch.cond)
-        weights = s.timesteps.loss_weights(t)  # timestep_type weighted: ai-toolkit's per-timestep loss weight
+        # timestep_type weighted: ai-toolkit's per-timestep weight; datasets[].loss_multiplier (x reg_weight)
+        weights = combined_weights(s.timesteps.loss_weights(t), batch.loss_weights)
         loss = flow_matching_loss(prediction, target, s.adapter.loss_mask(batch.cond), weights)
         return loss, t
 
@@ -129,6 +131,7 @@ class Trainer:
                 break
             (loss / accum).backward()
             losses.append(float(loss.detach()))
+        network.multiplier = 1.0  # datasets[].network_weight acts on training batches only
         t_mean = float(torch.cat(t_values).mean())
         grad_norm = s.clip_grad_norm(params, s.cfg.train.max_grad_norm) if finite else None
         if grad_norm is None or not math.isfinite(grad_norm):

@@ -49,3 +49,15 @@ def flow_matching_loss(
         return error.mean()
     weights = mask.to(error.dtype).expand_as(error)
     return (error * weights).sum() / weights.sum().clamp_min(1e-12)
+
+
+def combined_weights(*weights: torch.Tensor | None) -> torch.Tensor | None:
+    """The product of per-sample loss weights ([B] each; None = all 1), e.g. timestep_type weighted's table
+    weights and the batch's datasets[].loss_multiplier; None when none is given."""
+    given = [w for w in weights if w is not None]
+    if not given:
+        return None
+    product = given[0].float()
+    for w in given[1:]:
+        product = product.to(w.device) * w.float()
+    return product

@@ -19,7 +19,9 @@ from cadence.config.schema import JobConfig
 from cadence.config.validate import config_hash, dump_resolved
 from cadence.data.cache import LatentCache, TextCache
 from cadence.data.cache_command import run_caches
+from cadence.data.caption_tokens import with_caption_variants
 from cadence.data.dataset import DatasetIndex, build_dataset_index
+from cadence.data.regularization import with_regularization
 from cadence.data.sampler import BucketBatchSampler
 from cadence.models.base import ExpertSpec, ModelAdapter
 from cadence.models.registry import load_model_adapter
@@ -281,6 +283,10 @@ def build_training(cfg: JobConfig) -> TrainingSetup:
         checks=checks,
         extras={"perf": perf},
     )
+    # datasets[].is_reg: every other step of each expert; shuffle_tokens / token_dropout_rate: varied captions
+    accumulation = cfg.train.gradient_accumulation
+    setup.sampler = with_regularization(setup.sampler, index.train_items, setup.router.current, accumulation)
+    batches.texts = with_caption_variants(batches.texts, index.items, adapter.encode_prompts)
     setup.start_step = _resume(setup)
     if not cfg.train.disable_sampling:
         setup.samples = TrainingSampler(cfg, adapter, networks, paths.samples)

@@ -154,3 +154,15 @@ def test_a_per_sample_multiplier_scales_each_sample_like_its_own_scalar() -> Non
     net.multiplier = torch.tensor([1.0, 2.0])
     with pytest.raises(ValueError, match="per-sample multipliers"):
         linear(x)
+
+
+def test_with_unload_text_encoder_regularisation_items_train_on_the_blank_prompt(clips, reg_images, tmp_path):
+    """ai-toolkit conditions regularisation batches on its cached blank prompt, the others on the trigger."""
+    from cadence.data.dataset import build_dataset_index
+    from cadence.train.fixed_prompt import fixed_prompt, use_fixed_prompt
+
+    job = _job(Path("/unused"), clips, tmp_path / "run", reg_images, unload_text_encoder=True)
+    cfg = load_config_dict(job, tmp_path / "job.yaml")
+    index = build_dataset_index(cfg, 16, 4, 16)
+    use_fixed_prompt(index, fixed_prompt(cfg))
+    assert {(it.is_reg, it.caption) for it in index.train_items} == {(False, "sks"), (True, "")}

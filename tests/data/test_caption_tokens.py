@@ -137,3 +137,17 @@ def test_token_keys_are_refused_where_the_text_encoder_is_freed() -> None:
             load_config_dict(body)
         issues = dict(err.value.issues)
         assert key in issues["datasets[0].shuffle_tokens"]
+
+
+def test_low_vram_says_that_varied_captions_are_encoded_on_the_cpu(caplog) -> None:
+    from cadence.config import load_config_dict
+
+    body = {
+        "name": "t",
+        "model": {"name_or_path": "Wan-AI/Wan2.2-I2V-A14B-Diffusers", "arch": ARCH, "low_vram": True},
+        "datasets": [{"folder_path": "/x", "token_dropout_rate": 0.1}],
+        "train": {"disable_sampling": True},
+    }
+    with caplog.at_level("WARNING"):
+        load_config_dict(body)
+    assert any("datasets[0].token_dropout_rate" in r.message and "CPU" in r.message for r in caplog.records)

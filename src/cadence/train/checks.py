@@ -24,19 +24,25 @@ from cadence.tools.health import HealthMonitor
 from cadence.tools.sample_motion import SampleMotionReader, motion_fields
 from cadence.tracking.sink import EventEmitter, no_events
 from cadence.train.checkpoint import CheckpointManager
+from cadence.train.ema import AdapterEMA
 from cadence.train.eval import FixedEval
 
 log = logging.getLogger(__name__)
 
 
 @contextlib.contextmanager
-def evaluation_weights(optimizer: torch.optim.Optimizer) -> Iterator[None]:
-    """Schedule-free optimizers hold training-point weights; the averaged ones are what users get.
+def evaluation_weights(optimizer: torch.optim.Optimizer, ema: AdapterEMA | None = None) -> Iterator[None]:
+    """The weights users get, in the adapters for the duration: the EMA's with `train.ema_config`,
+    schedule-free's averaged ones with that optimizer, else the trained weights themselves.
 
     Switching to the averaged weights and back is not exact in floating point, so the training-point
     weights are copied before and restored bit for bit afterwards: saving, evaluating or sampling never
     changes the training trajectory (exact resume holds).
     """
+    if ema is not None:
+        with ema.swapped_in():
+            yield
+        return
     if not needs_train_eval_mode(optimizer):
         yield
         return
@@ -182,12 +188,12 @@ class PeriodicChecks:
 
 
 def live_magnitudes(
-    networks: dict[str, Any], optimizer: torch.optim.Optimizer
+    networks: dict[str, Any], optimizer: torch.optim.Optimizer, ema: AdapterEMA | None = None
 ) -> Callable[[], dict[str, Any]]:
-    """|ΔW| summaries of the weights users get (schedule-free: the averaged ones)."""
+    """|ΔW| summaries of the weights users get (the EMA's, or schedule-free's averaged ones)."""
 
     def measure() -> dict[str, Any]:
-        with torch.no_grad(), evaluation_weights(optimizer):
+        with torch.no_grad(), evaluation_weights(optimizer, ema):
             tensors = {expert: net.to_lora_tensors() for expert, net in networks.items()}
         return {expert: summarize(t) for expert, t in tensors.items()}
 

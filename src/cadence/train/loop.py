@@ -143,6 +143,8 @@ class Trainer:
             return StepResult(None, expert, t_mean, grad_norm, time.perf_counter() - started, lrs)
         s.hub.stability.before_step(expert, params)
         s.optimizer.step()
+        if s.ema is not None:
+            s.ema.update(expert)  # this expert's own step only: an idle expert's EMA does not decay
         lrs = s.lr_fields()  # after the step (automagic's mask as applied), before the scheduler moves on
         s.lr_scheduler.step()
         s.optimizer.zero_grad(set_to_none=True)  # free gradients before eval, sampling and saving

@@ -42,6 +42,7 @@ class MetricsHub:
         self.transitions: list[dict[str, Any]] = []
         # context in which weights read for metrics are the user-facing ones (schedule-free: averaged)
         self.weights_view: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext
+        self.weights_measured = "trained"  # what weights_view shows: "trained", "ema", "schedule_free_average"
         self.nan_streak = 0  # consecutive skipped (non-finite) steps
         self.nan_total = 0
         self.emit: EventEmitter = no_events  # the recorder's event(): phase changes reach the sinks
@@ -120,6 +121,7 @@ class MetricsHub:
         high, low = fields.get("weight_magnitude_high_noise"), fields.get("weight_magnitude_low_noise")
         if high is not None and low:
             fields["weight_ratio"] = high / low
+        fields["weights_measured"] = self.weights_measured
         return fields
 
     # --------------------------------------------------------------------------------------- state

@@ -99,6 +99,7 @@ class RunRecorder:
             "config_hash": config_hash(self.cfg),
             "job_name": self.cfg.name,
             "trainer": "cadence",
+            "weights": setup.hub.weights_measured,  # trained, ema or schedule_free_average
         }
 
     def last_checkpoint_note(self) -> str:
@@ -133,7 +134,7 @@ class RunRecorder:
     def save(self, setup: TrainingSetup, step: int) -> None:
         outputs: dict[Path, Any] = {}
         save_dtype = resolve_dtype(self.cfg.save.dtype)
-        with evaluation_weights(setup.optimizer):
+        with evaluation_weights(setup.optimizer, setup.ema):
             self.check_finite(setup, step, save_dtype)
             for expert, net in setup.networks.items():
                 label = setup.hub.label(expert)

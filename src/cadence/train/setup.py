@@ -25,9 +25,15 @@ from cadence.data.regularization import with_regularization
 from cadence.data.sampler import BucketBatchSampler
 from cadence.models.base import ExpertSpec, ModelAdapter
 from cadence.models.registry import load_model_adapter
+from cadence.networks.existing import expert_files, load_pretrained, merge_base_lora
 from cadence.networks.lora import LoRANetwork
 from cadence.networks.targeting import select_targets
-from cadence.optim.factory import build_optimizer, clip_grad_norm, configured_optimizer_keys
+from cadence.optim.factory import (
+    build_optimizer,
+    clip_grad_norm,
+    configured_optimizer_keys,
+    needs_train_eval_mode,
+)
 from cadence.optim.param_groups import build_param_groups
 from cadence.optim.schedulers import build_lr_scheduler, keep_configured_settings
 from cadence.perf import apply_memory_options, apply_quantization
@@ -37,8 +43,9 @@ from cadence.schedule.experts import ExpertRouter
 from cadence.schedule.timesteps import TimestepSampler, range_problems, sampler_for
 from cadence.tools.health import HealthMonitor
 from cadence.train.batches import BatchAssembler
-from cadence.train.checkpoint import CheckpointManager, RunPaths
+from cadence.train.checkpoint import CheckpointManager, RunPaths, UnreadableCheckpoint
 from cadence.train.checks import PeriodicChecks, evaluation_weights, live_magnitudes
+from cadence.train.ema import AdapterEMA
 from cadence.train.eval import FixedEval
 from cadence.train.fixed_prompt import fixed_prompt, needs_text_encoder_freed, use_fixed_prompt
 from cadence.train.machine import machine_issues
@@ -47,6 +54,7 @@ from cadence.train.precision import resolve_device, resolve_dtype
 from cadence.train.recorder import RunRecorder
 from cadence.train.resume_check import check_resumable, group_names
 from cadence.train.rng import TrainingRandomness, seed_everything
+from cadence.train.run_history import NO_STATE, refuse_fresh_start, unreadable_states
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +83,7 @@ class TrainingSetup:
     recorder: RunRecorder
     checks: PeriodicChecks
     samples: TrainingSampler | None = None
+    ema: AdapterEMA | None = None  # train.ema_config: what files, samples, eval and |ΔW| use
     start_step: int = 0
     extras: dict[str, Any] = field(default_factory=dict)
 
@@ -118,6 +127,7 @@ class TrainingSetup:
             "checks": self.checks.state_dict(),
             "tracking": self.recorder.tracking_state(),  # the W&B run id: a resume continues that run
             "alphas": {e: {"linear": n.linear_alpha, "conv": n.conv_alpha} for e, n in self.networks.items()},
+            "ema": self.ema.state_dict() if self.ema is not None else None,
         }
 
     def adapter_tensors(self) -> dict[str, torch.Tensor]:
@@ -180,6 +190,7 @@ def build_training(cfg: JobConfig) -> TrainingSetup:
     seed_everything(cfg.train.seed)
 
     adapter = load_model_adapter(cfg.model, device, dtype)
+    merge_base_lora(cfg.model.lora_path, adapter)  # into the full-precision weights, before quantizing
     apply_quantization(
         adapter, cfg.model
     )  # before caching and before LoRA: quantizers may swap Linear classes
@@ -217,7 +228,11 @@ def build_training(cfg: JobConfig) -> TrainingSetup:
     alpha = _alpha_scheduler(cfg, networks, experts)
     window = cfg.network.alpha_schedule.window if cfg.network.alpha_schedule else 200
     hub = MetricsHub(networks, labelled, window, alpha, MAGNITUDE_EVERY)
-    hub.weights_view = lambda: evaluation_weights(optimizer)
+    ema = AdapterEMA(networks, cfg.train.ema_config.ema_decay) if cfg.train.ema_config.use_ema else None
+    hub.weights_view = lambda: evaluation_weights(optimizer, ema)
+    hub.weights_measured = (
+        "ema" if ema is not None else "schedule_free_average" if needs_train_eval_mode(optimizer) else "trained"
+    )
     hub.apply_alphas()
 
     eval_items = _split_eval(cfg, index)
@@ -249,7 +264,7 @@ def build_training(cfg: JobConfig) -> TrainingSetup:
 
     def run_eval(ev: FixedEval) -> dict[str, float]:
         # no grad, adapters in eval mode (no LoRA dropout), global RNG restored, low_vram placement per expert
-        with evaluation_weights(optimizer), sampling_state(adapter, networks):
+        with evaluation_weights(optimizer, ema), sampling_state(adapter, networks):
             return ev.evaluate(adapter, device, dtype, label=hub.label)
 
     checks = PeriodicChecks(
@@ -257,7 +272,7 @@ def build_training(cfg: JobConfig) -> TrainingSetup:
         cfg.train.eval_every,
         health,
         run_eval,
-        live_magnitudes(networks, optimizer),
+        live_magnitudes(networks, optimizer, ema),
         paths.metrics,
         recorder.checkpoints,
     )
@@ -281,6 +296,7 @@ def build_training(cfg: JobConfig) -> TrainingSetup:
         hub=hub,
         recorder=recorder,
         checks=checks,
+        ema=ema,
         extras={"perf": perf},
     )
     # datasets[].is_reg: every other step of each expert; shuffle_tokens / token_dropout_rate: varied captions
@@ -319,17 +335,26 @@ def _prepare_caches(
 
 
 def _split_eval(cfg: JobConfig, index: DatasetIndex) -> list:
-    """The eval set: datasets marked is_eval, else a seeded `train.eval_split` share of the train items."""
+    """The eval set: datasets marked is_eval, else a seeded `train.eval_split` share of the train *files*.
+
+    Whole files are held out, with every window and repeat of them: a clip whose windows sat on both sides
+    would measure the eval loss on frames the adapter trained on."""
     if index.eval_items or cfg.train.eval_split <= 0:
         return list(index.eval_items)
-    count = max(1, round(cfg.train.eval_split * len(index.train_items)))
-    if count >= len(index.train_items):
-        raise ValueError(f"train.eval_split={cfg.train.eval_split} leaves no training items; lower it")
-    chosen = set(random.Random(cfg.train.seed).sample(range(len(index.train_items)), count))
-    eval_items = [item for i, item in enumerate(index.train_items) if i in chosen]
-    index.train_items = [item for i, item in enumerate(index.train_items) if i not in chosen]
+    files = sorted({str(item.path) for item in index.train_items})
+    count = max(1, round(cfg.train.eval_split * len(files)))
+    if count >= len(files):
+        raise ValueError(
+            f"train.eval_split={cfg.train.eval_split} holds out all {len(files)} training files; lower it"
+        )
+    chosen = set(random.Random(cfg.train.seed).sample(files, count))
+    eval_items = [item for item in index.train_items if str(item.path) in chosen]
+    index.train_items = [item for item in index.train_items if str(item.path) not in chosen]
     log.info(
-        "held out %d of %d items for the eval loss (train.eval_split)", count, count + len(index.train_items)
+        "held out %d of %d files (%d items) for the eval loss (train.eval_split)",
+        count,
+        len(files),
+        len(eval_items),
     )
     return eval_items
 
@@ -351,11 +376,19 @@ def _resume(setup: TrainingSetup) -> int:
     manager = setup.recorder.checkpoints
     if (manager.paths.run_dir / "training_state").is_dir():
         manager.clean_leftovers()  # temp files and folders of a save that a kill -9 interrupted
-    step = manager.latest_step()
-    if step is None:
+    newest = _newest_readable(manager)
+    if newest is None:
+        set_aside = unreadable_states(manager.paths)
+        why = (
+            f"its training state is unreadable ({', '.join(p.name for p in set_aside)} set aside)"
+            if set_aside
+            else NO_STATE
+        )
+        refuse_fresh_start(manager.paths, manager.labels, why)
+        _start_from_pretrained(setup)
         setup.recorder.open(resume_step=None)
         return 0
-    adapters, state = manager.load(step)
+    step, adapters, state = newest
     check_resumable(
         manager.paths.run_dir,
         step,
@@ -386,6 +419,7 @@ def _resume(setup: TrainingSetup) -> int:
     setup.randomness.load_state_dict(state["randomness"])
     setup.hub.load_state_dict(state["hub"])
     setup.checks.load_state_dict(state.get("checks", {}))
+    _restore_ema(setup, state.get("ema"), step)
     for expert, alphas in state["alphas"].items():
         setup.networks[expert].set_alpha(linear=alphas["linear"], conv=alphas["conv"])
     _warn_changed_alpha(setup.cfg, state["alphas"])
@@ -397,6 +431,61 @@ def _resume(setup: TrainingSetup) -> int:
     setup.recorder.open(resume_step=step, tracking_state=state.get("tracking"))
     log.info("resumed from step %d (%s)", step, manager.paths.state_dir(step))
     return step
+
+
+def _start_from_pretrained(setup: TrainingSetup) -> None:
+    """`network.pretrained_lora_path` on a fresh run: the adapters (and the EMA) start from that file."""
+    spec = setup.cfg.network.pretrained_lora_path
+    if not spec:
+        return
+    experts = [s.name for s in setup.adapter.experts]
+    load_pretrained(setup.networks, expert_files(spec, experts, "network.pretrained_lora_path"), "network.pretrained_lora_path")
+    if setup.ema is not None:
+        setup.ema.reset()
+
+
+def _restore_ema(setup: TrainingSetup, saved: dict[str, Any] | None, step: int) -> None:
+    """The EMA continues exactly from the checkpoint; switching it on or off across a resume is said."""
+    ema = setup.ema
+    if ema is None:
+        if saved is not None:
+            log.warning(
+                "resume: the checkpoint kept an EMA (train.ema_config.use_ema) that this config turns off; "
+                "files saved from now on hold the trained weights, not the average"
+            )
+        return
+    if saved is None:
+        ema.reset()
+        log.warning(
+            "resume: train.ema_config.use_ema is on but step %d was trained without it; the EMA starts from "
+            "the weights of step %d",
+            step,
+            step,
+        )
+        return
+    ema.load_state_dict(saved)
+    if float(saved.get("decay", ema.decay)) != ema.decay:
+        log.warning("resume: ema_decay changed from %g to %g; the new decay is used", saved["decay"], ema.decay)
+
+
+def _newest_readable(manager: CheckpointManager) -> tuple[int, dict[str, torch.Tensor], dict[str, Any]] | None:
+    """The newest checkpoint whose state reads back; an unreadable one is set aside with a warning naming
+    it, and the one before it is tried (its LoRA files stay: the resumed run writes that step again)."""
+    for step in reversed(manager.complete_steps()):
+        try:
+            adapters, state = manager.load(step)
+        except UnreadableCheckpoint as bad:
+            moved = manager.set_aside(step)
+            log.warning(
+                "the checkpoint of step %d cannot be read (%s); it is set aside as %s and the run resumes from "
+                "the newest earlier checkpoint, if there is one",
+                step,
+                bad.problem,
+                moved,
+            )
+            continue
+        return step, adapters, state
+    return None
 
 
 def _warn_changed_alpha(cfg: JobConfig, saved: dict[str, dict[str, float | None]]) -> None:

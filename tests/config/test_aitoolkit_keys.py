@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from cadence.config import ConfigError, load_config_dict
-from cadence.config.compat import SYNONYMS, section_model, split_pattern
+from cadence.config.compat import FAMILY_FLAGS, SYNONYMS, section_model, split_pattern
 from cadence.config.cross_checks import AUTOMAGIC_KEYS
 from cadence.config.unsupported import all_entries
 
@@ -71,6 +71,7 @@ def _implemented(pattern: str) -> bool:
         (model is not None and key in model.model_fields)
         or pattern in SYNONYMS
         or key == "accuracy_recovery_adapter"
+        or (section == "model" and key in FAMILY_FLAGS)  # is_flux: true names the arch
     )
 
 

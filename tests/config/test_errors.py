@@ -50,7 +50,7 @@ def test_wrong_types_and_ranges_report_value_and_allowed(make_flat):
     data = make_flat(
         train={"lr": "fast", "steps": 0, "batch_size": 1.5, "disable_sampling": True, "optimizer": "sgd"},
         datasets=[{"folder_path": "/x", "num_frames": 32, "caption_dropout_rate": 2, "resolution": "big"}],
-        model={"name_or_path": "m", "arch": "flux"},
+        model={"name_or_path": "m", "arch": "sdxl"},
         network={"linear": 16, "linear_alpha": 0},
     )
     issues = issues_of(data)
@@ -60,7 +60,7 @@ def test_wrong_types_and_ranges_report_value_and_allowed(make_flat):
     assert "got 'sgd'; allowed values: 'adamw'" in issues["train.optimizer"]
     assert "try 29 or 33" in issues["datasets[0].num_frames"]
     assert issues["datasets[0].caption_dropout_rate"] == "got 2; must be <= 1"
-    assert "got 'flux'; allowed values: 'wan21'" in issues["model.arch"]
+    assert "arch 'sdxl' is not a model Cadence trains; use one of wan21" in issues["model.arch"]
     assert issues["network.linear_alpha"] == "got 0; must be > 0"
     assert "datasets[0].resolution" in issues
     assert len(issues) == 9  # every problem at once
@@ -116,7 +116,7 @@ def test_optimizer_names_case_insensitive(make_flat):
         ("train", "do_cfg", True, "CFG training"),
         ("train", "train_text_encoder", True, "only the transformer"),
         ("train", "content_or_style", "style", "timestep biasing"),
-        ("model", "assistant_lora_path", "ostris/adapter", "assistant LoRAs"),
+        ("model", "inference_lora_path", "ostris/adapter", "inference LoRAs"),
     ],
 )
 def test_unsupported_keys_refused(make_flat, section, key, value, reason):

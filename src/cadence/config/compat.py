@@ -45,16 +45,9 @@ VALUE_ALIASES: dict[str, dict[str, str]] = {
     "train.lr_scheduler": {},
     "train.noise_scheduler": {},
     "network.type": {},
-    # the ai-toolkit UI writes "arch:variant"
-    "model.arch": {
-        "wan21:1b": "wan21",
-        "wan21:14b": "wan21",
-        "wan21_i2v:14b": "wan21_i2v",
-        "wan21_i2v:14b480p": "wan21_i2v",  # the 480P I2V checkpoint: same architecture
-        "wan22_14b:t2v": "wan22_14b",
-        "wan22_14b_i2v:i2v": "wan22_14b_i2v",
-        "wan22_5b:ti2v": "wan22_5b",
-    },
+    # lower-cased here; ai-toolkit's other spellings ("arch:variant" UI tags, ...) are each family's aliases
+    # (cadence.models.family.ModelFamily.aliases), resolved when ModelConfig checks the arch
+    "model.arch": {},
 }
 
 Parts = tuple[str | int, ...]
@@ -171,7 +164,48 @@ def apply_synonyms(body: dict[str, Any]) -> tuple[list[tuple[Parts, str]], dict[
             dst_parts = parts + (dst_key,) if dst_section == src_section else tuple(dst.split("."))
             renamed[dst_parts] = user_parts
     _normalize_values(body)
+    issues += _family_flags(body)
     return issues, renamed
+
+
+# ai-toolkit's older way to name a model family: a boolean beside (or instead of) model.arch
+FAMILY_FLAGS = {"is_flux": "flux"}
+
+
+def _family_flags(body: dict[str, Any]) -> list[tuple[Parts, str]]:
+    """`model.is_flux: true` means `arch: flux` (ai-toolkit sets the arch from it when none is given); false is
+    ai-toolkit's default and says nothing. Either way the flag is consumed here."""
+    model = body.get("model")
+    if not isinstance(model, dict):
+        return []
+    issues: list[tuple[Parts, str]] = []
+    for flag, arch in FAMILY_FLAGS.items():
+        if flag not in model:
+            continue
+        value = model.pop(flag)
+        if value is False or value is None:
+            continue
+        if value is not True:
+            issues.append((("model", flag), f"expected true or false, got {value!r}"))
+            continue
+        current = model.get("arch")
+        if current is None:
+            model["arch"] = arch
+        elif not _same_family(str(current), arch):
+            issues.append(
+                (
+                    ("model", flag),
+                    f"{flag}: true says the model is {arch}, but model.arch is {current!r}; remove one of them",
+                )
+            )
+    return issues
+
+
+def _same_family(value: str, arch: str) -> bool:
+    from cadence.models.registry import arch_names, canonical_arch, family_of
+
+    found = canonical_arch(value.strip().lower())
+    return found is not None and arch in arch_names() and family_of(found) is family_of(arch)
 
 
 def _normalize_values(body: dict[str, Any]) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 from cadence.config.compat import Parts
 from cadence.config.errors import closest
 from cadence.config.schedule_checks import schedule_issues
-from cadence.config.schema import I2V_ONLY_ARCHS, SINGLE_EXPERT_ARCHS, T2V_ONLY_ARCHS, JobConfig, TrainConfig
+from cadence.config.schema import SINGLE_EXPERT_ARCHS, JobConfig, TrainConfig
 
 EXPERT_LR_KEYS = ("high_noise_lr", "low_noise_lr")
 # Keys of train.optimizer_params each optimizer accepts (besides the per-expert lrs).
@@ -325,42 +325,10 @@ def _quantize_warnings(cfg: JobConfig) -> list[Issue]:
 
 
 def _arch_issues(cfg: JobConfig) -> list[Issue]:
-    """Settings the chosen arch cannot honour (the seed ignored them silently)."""
-    issues: list[Issue] = []
-    arch, kw = cfg.model.arch, cfg.model.model_kwargs
-    if arch in SINGLE_EXPERT_ARCHS:
-        off = [k for k in ("train_high_noise", "train_low_noise") if not getattr(kw, k)]
-        for key in off + ["boundary_ratio"] * (kw.boundary_ratio is not None):
-            issues.append(
-                (
-                    ("model", "model_kwargs", key),
-                    f"only applies to the two-expert Wan 2.2 A14B archs; {arch} has a single transformer. Remove it",
-                )
-            )
-    elif not (kw.train_high_noise or kw.train_low_noise):
-        issues.append(
-            (
-                ("model", "model_kwargs"),
-                "train_high_noise and train_low_noise are both false; nothing to train",
-            )
-        )
-    for i, ds in enumerate(cfg.datasets):
-        if ds.do_i2v and arch in T2V_ONLY_ARCHS:
-            issues.append(
-                (
-                    ("datasets", i, "do_i2v"),
-                    f"is true but model.arch {arch!r} is text-to-video only; use an I2V arch (wan21_i2v, "
-                    "wan22_14b_i2v, wan22_5b) or set do_i2v: false",
-                )
-            )
-        elif not ds.do_i2v and arch in I2V_ONLY_ARCHS:
-            issues.append(
-                (
-                    ("datasets", i, "do_i2v"),
-                    f"is false but model.arch {arch!r} is image-to-video only; remove do_i2v or set it to true",
-                )
-            )
-    return issues
+    """Settings the chosen arch cannot honour (the seed ignored them silently): config/family_checks.py."""
+    from cadence.config.family_checks import family_issues
+
+    return family_issues(cfg)
 
 
 def config_issues(cfg: JobConfig) -> list[Issue]:

@@ -25,10 +25,13 @@ from pydantic import (
 from cadence.config.health import HealthConfig
 
 ExpertName = Literal["high_noise", "low_noise"]
-Arch = Literal["wan21", "wan21_i2v", "wan22_14b", "wan22_14b_i2v", "wan22_5b"]
-SINGLE_EXPERT_ARCHS = frozenset({"wan21", "wan21_i2v", "wan22_5b"})
-I2V_ONLY_ARCHS = frozenset({"wan21_i2v", "wan22_14b_i2v"})
-T2V_ONLY_ARCHS = frozenset({"wan21", "wan22_14b"})
+# model.arch: any arch of a registered model family (cadence.models.registry), checked in ModelConfig. The
+# arch sets below are computed from the registry when first imported (module __getattr__ at the end).
+_ARCH_SETS = {
+    "SINGLE_EXPERT_ARCHS": lambda spec: not spec.two_experts,
+    "I2V_ONLY_ARCHS": lambda spec: spec.i2v == "always",
+    "T2V_ONLY_ARCHS": lambda spec: spec.i2v == "never",
+}
 DType = Literal["fp32", "float32", "fp16", "float16", "bf16", "bfloat16"]
 QTYPES = ("fp8", "uint4", "int8", "qfloat8", "qint8", "qint4")  # model.qtype / qtype_te values implemented
 TORCHAO_QTYPES = (
@@ -628,7 +631,7 @@ class ModelKwargs(Strict):
 
 class ModelConfig(Strict):
     name_or_path: str
-    arch: Arch
+    arch: str = Field(description="the model family and variant (cadence.models.registry; ai-toolkit's names)")
     revision: str | None = None
     quantize: bool = False
     qtype: str = "qfloat8"
@@ -644,6 +647,25 @@ class ModelConfig(Strict):
         description="a LoRA merged into the frozen base before training (and sampling); per expert as "
         "network.pretrained_lora_path",
     )
+    assistant_lora_path: str | None = Field(
+        None,
+        description="a frozen training adapter on the base during training only, not when sampling (ai-toolkit's "
+        "FLUX.1-schnell / Z-Image-Turbo training adapters): a file, a folder holding "
+        "pytorch_lora_weights.safetensors, or a hub repo id",
+    )
+
+    @field_validator("arch")
+    @classmethod
+    def _registered_arch(cls, value: str) -> str:
+        """An arch of a registered family; ai-toolkit's spellings (`arch:variant` UI tags) map onto it."""
+        from cadence.models.registry import arch_names, canonical_arch
+
+        arch = canonical_arch(value.strip().lower())
+        if arch is None:
+            raise ValueError(
+                f"arch {value!r} is not a model Cadence trains; use one of {', '.join(arch_names())}"
+            )
+        return arch
 
     @model_validator(mode="before")
     @classmethod
@@ -959,7 +981,7 @@ class JobConfig(Strict):
         """Unset do_i2v follows the arch (a value the arch cannot honour is refused in cross_checks)."""
         for ds in self.datasets:
             if ds.do_i2v is None:
-                ds.do_i2v = self.model.arch in I2V_ONLY_ARCHS
+                ds.do_i2v = _arch_spec(self.model.arch).i2v == "always"
         return self
 
     @model_validator(mode="after")
@@ -970,7 +992,7 @@ class JobConfig(Strict):
         from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
 
         errors: list[InitErrorDetails] = []
-        required = self.model.arch in I2V_ONLY_ARCHS
+        required = _arch_spec(self.model.arch).i2v == "always"
         n = len(self.sample.samples)
         for i, item in enumerate(self.sample.items):
             if item.ctrl_img is None and not required:
@@ -999,3 +1021,18 @@ class JobConfig(Strict):
     @property
     def run_dir(self) -> Path:
         return self.training_folder / self.name
+
+
+def _arch_spec(arch: str):
+    from cadence.models.registry import arch_spec
+
+    return arch_spec(arch)
+
+
+def __getattr__(name: str) -> frozenset[str]:
+    """SINGLE_EXPERT_ARCHS / I2V_ONLY_ARCHS / T2V_ONLY_ARCHS, from the registered families' arch specs."""
+    if name not in _ARCH_SETS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from cadence.models.registry import arch_names, arch_spec
+
+    return frozenset(a for a in arch_names() if _ARCH_SETS[name](arch_spec(a)))

@@ -240,7 +240,6 @@ REGISTRY: list[Unsupported] = [
     U("train.optimal_noise_pairing_samples", "noise pairing is not implemented", 1),
     U("train.force_consistent_noise", "fixed per-item noise is not implemented", False),
     # ---------------------------------------------------------------- model
-    U("model.assistant_lora_path", "assistant LoRAs are not implemented", None),
     U("model.inference_lora_path", "inference LoRAs are not implemented", None),
     U(
         "model.compile",
@@ -270,7 +269,12 @@ REGISTRY: list[Unsupported] = [
     U("model.te_name_or_path", "the text encoder is loaded from name_or_path", None),
     U("model.extras_name_or_path", "all components are loaded from name_or_path", None),
     U("model.model_paths", "all components are loaded from name_or_path", None),
-    U("model.attn_masking", "attention masking is Flux-only in the seed", False),
+    U(
+        "model.attn_masking",
+        "masking FLUX's padded T5 tokens in attention is not implemented (FluxPipeline passes no mask either, so a "
+        "LoRA trained with it would sample differently)",
+        False,
+    ),
     # ---------------------------------------------------------------- save
     U(
         "save.save_format",

@@ -16,6 +16,7 @@ import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from safetensors import SafetensorError, safe_open
@@ -27,12 +28,15 @@ from cadence.data.controls import control_pixels
 from cadence.data.media import CACHE_DIR_NAME, MediaError, MediaItem, SkippedFile
 from cadence.data.shared_decode import decode_group, decode_groups
 
+if TYPE_CHECKING:
+    from cadence.models.base import ModelAdapter, TextEmbedding
+
 log = logging.getLogger(__name__)
 
 # 2: decoding changed (transparency flattened onto white, variable-rate Matroska timing, edit lists)
 CACHE_FORMAT = "cadence-cache-2"
 LATENTS_KEY = "latents"
-TEXT_KEY = "embeds"
+TEXT_KEY = "embeds"  # a text embedding that is one tensor; a dict of tensors is stored as "embeds.<name>"
 # temp files of a killed writer are removed when a cache is filled; younger ones may be a live writer's
 # (caches can be shared between jobs), and no entry takes minutes to write
 STALE_TEMP_S = 600.0
@@ -111,17 +115,19 @@ class LatentCache:
         self.encode_calls = 0  # number of items actually run through the VAE by this object
 
     @classmethod
-    def for_adapter(cls, adapter: object) -> LatentCache:
-        return cls(adapter.model_id, adapter.arch, bool(adapter.is_i2v))  # type: ignore[attr-defined]
+    def for_adapter(cls, adapter: ModelAdapter) -> LatentCache:
+        ident = adapter.cache_identity()
+        return cls(ident.model_id, ident.namespace, ident.conditions)
 
     @classmethod
-    def for_job(cls, cfg: object, adapter: object, run_folder: Path) -> LatentCache:
+    def for_job(cls, cfg: object, adapter: ModelAdapter, run_folder: Path) -> LatentCache:
         """The training cache: dataset flags cache_latents_to_disk / cache_latents decide where entries live."""
         datasets = cfg.datasets  # type: ignore[attr-defined]
+        ident = adapter.cache_identity()
         return cls(
-            adapter.model_id,  # type: ignore[attr-defined]
-            adapter.arch,  # type: ignore[attr-defined]
-            bool(adapter.is_i2v),  # type: ignore[attr-defined]
+            ident.model_id,
+            ident.namespace,
+            ident.conditions,
             run_folder=run_folder,
             shared_datasets=frozenset(i for i, ds in enumerate(datasets) if ds.cache_latents_to_disk),
             memory_datasets=frozenset(i for i, ds in enumerate(datasets) if ds.cache_latents),
@@ -203,8 +209,9 @@ class LatentCache:
     ) -> CacheReport:
         """Encode every item without a valid entry; reuse the rest; skip (and report) undecodable files.
         Valid entries are checked first, so a resumed fill decodes only the windows still missing."""
-        if adapter.model_id != self.model_id or adapter.arch != self.arch:  # type: ignore[attr-defined]
-            raise ValueError(f"this cache is for {self.model_id} ({self.arch}), not {adapter.model_id}")  # type: ignore[attr-defined]
+        ident = adapter.cache_identity()  # type: ignore[attr-defined]
+        if ident.model_id != self.model_id or ident.namespace != self.arch:
+            raise ValueError(f"this cache is for {self.model_id} ({self.arch}), not {ident.model_id}")
         report = CacheReport()
         failed: set[Path] = set()  # files that failed in this pass; their other items are not decoded again
         for folder in {self.folder(item) for item in items}:
@@ -264,8 +271,22 @@ class LatentCache:
 
 
 # ------------------------------------------------------------------------------------------------- text
+def _text_tensors(embed: TextEmbedding) -> dict[str, torch.Tensor]:
+    if isinstance(embed, dict):
+        return {f"{TEXT_KEY}.{name}": value for name, value in embed.items()}
+    return {TEXT_KEY: embed}
+
+
+def _text_embedding(tensors: dict[str, torch.Tensor]) -> TextEmbedding:
+    if TEXT_KEY in tensors:
+        return tensors[TEXT_KEY]
+    prefix = f"{TEXT_KEY}."
+    return {name[len(prefix) :]: value for name, value in tensors.items() if name.startswith(prefix)}
+
+
 class TextCache:
-    """Text-encoder outputs [L, D] (unpadded) per (model id, caption) under {run_dir}/text_cache/."""
+    """Text-encoder outputs per (model id, caption) under {run_dir}/text_cache/: what the adapter's
+    `encode_prompts` gives (Wan: T5 states [L, D], unpadded; a family with several tensors: a dict of them)."""
 
     def __init__(self, folder: Path | str, model_id: str, batch_size: int = 8, encoder: str = "") -> None:
         self.folder = Path(folder)
@@ -291,7 +312,7 @@ class TextCache:
     def is_valid(self, caption: str) -> bool:
         return read_fingerprint(self.path(caption)) == self.fingerprint(caption)
 
-    def load(self, caption: str) -> torch.Tensor:
+    def load(self, caption: str) -> TextEmbedding:
         """Embeddings are small and read every step: after the first read they are served from memory."""
         if caption in self._memory:
             return self._memory[caption]
@@ -301,7 +322,7 @@ class TextCache:
                 f"no text embedding cached for caption {caption[:60]!r} at {path}; "
                 "run `cadence cache CONFIG` or enable train.cache_text_embeddings"
             )
-        embeds = load_file(str(path))[TEXT_KEY]
+        embeds = _text_embedding(load_file(str(path)))
         self._memory[caption] = embeds
         return embeds
 
@@ -325,7 +346,7 @@ class TextCache:
                 embeds = adapter.encode_prompts(chunk)  # type: ignore[attr-defined]
             self.encode_calls += len(chunk)
             for caption, embed in zip(chunk, embeds, strict=True):
-                _save(self.path(caption), {TEXT_KEY: embed}, self.fingerprint(caption))
+                _save(self.path(caption), _text_tensors(embed), self.fingerprint(caption))
                 self._memory.pop(caption, None)
                 report.encoded += 1
                 if progress is not None:

@@ -1,5 +1,6 @@
 """How a LoRA trained on each arch is used in ComfyUI and diffusers: the model-specific words of a model
-card (`cadence.tools.model_card` writes the rest without knowing the model family).
+card (`cadence.tools.model_card` writes the rest without knowing the model family). The table here is Wan's;
+other families give theirs through `ModelFamily.usage`.
 
 Expert names match `ModelAdapter.experts`: "high_noise"/"low_noise" on the two-expert Wan 2.2 A14B models
 (diffusers' `transformer` runs the high-noise steps, `transformer_2` the low-noise ones), "main" elsewhere.
@@ -74,6 +75,11 @@ USAGE: dict[str, ArchUsage] = {
 
 
 def arch_usage(arch: str) -> ArchUsage:
-    if arch not in USAGE:
-        raise ValueError(f"no model-card usage for arch {arch!r}; known: {', '.join(USAGE)}")
-    return USAGE[arch]
+    """The model-card words of `arch`: Wan's table above, other families' own (`ModelFamily.usage`)."""
+    if arch in USAGE:
+        return USAGE[arch]
+    from cadence.models.registry import arch_names, family_of
+
+    if arch not in arch_names():
+        raise ValueError(f"no model-card usage for arch {arch!r}; known: {', '.join(arch_names())}")
+    return family_of(arch).usage(arch)

@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from cadence.models.registry import ARCHS, DEFAULT_BOUNDARY
 from cadence.models.tokenizer import build_tokenizer, vocab_size
+from cadence.models.wan_family import ARCHS as WAN_ARCHS
 
 log = logging.getLogger(__name__)
 
@@ -27,8 +27,10 @@ HEADS = 2
 HEAD_DIM = 12  # rotary splits head_dim into t/h/w parts; 12 -> 4/4/4
 CLIP_HIDDEN = 16
 CLIP_IMAGE = 32
+ARCHS = tuple(WAN_ARCHS)  # the Wan archs (other families' tiny folders: tiny_flux.py, tiny_qwen_image.py, ...)
 SHIFT = {"wan21": 3.0, "wan21_i2v": 3.0, "wan22_14b": 12.0, "wan22_14b_i2v": 5.0, "wan22_5b": 5.0}
-BOUNDARY = DEFAULT_BOUNDARY  # written into model_index.json as real A14B folders do
+# written into model_index.json as real A14B folders do
+BOUNDARY = {a: s.default_boundary for a, s in WAN_ARCHS.items() if s.two_experts}
 
 
 def _text_encoder():
@@ -159,8 +161,12 @@ def build_tiny_pipeline(arch: str, seed: int = 0):
 
 
 def write_tiny_model(path: Path, arch: str, seed: int = 0) -> Path:
-    """Write a complete Diffusers Wan folder for `arch` at `path` (created if needed) and return it."""
+    """Write a complete Diffusers folder for `arch` (any registered family) at `path` and return it."""
     path = Path(path)
+    if arch not in ARCHS:
+        from cadence.models.registry import family_of
+
+        return family_of(arch).write_tiny(path, arch, seed)
     pipe = build_tiny_pipeline(arch, seed)
     path.mkdir(parents=True, exist_ok=True)
     pipe.save_pretrained(str(path), safe_serialization=True)
@@ -169,12 +175,14 @@ def write_tiny_model(path: Path, arch: str, seed: int = 0) -> Path:
 
 
 def tiny_model_command(args: argparse.Namespace) -> int:
-    """CLI: `cadence tiny-model DIR --arch ARCH [--seed N]`; prints the folder path. The captioning VLM
-    archs (qwen2_5_vl, qwen3_vl) write a transformers folder for `cadence caption` (tiny_vlm.py)."""
+    """CLI: `cadence tiny-model DIR --arch ARCH [--seed N]`; prints the folder path. Every registered arch
+    writes a Diffusers folder; the captioning VLM archs (qwen2_5_vl, qwen3_vl) write a transformers folder
+    for `cadence caption` (tiny_vlm.py)."""
+    from cadence.models.registry import ARCHS as ALL_ARCHS
     from cadence.models.tiny_vlm import VLM_ARCHS, write_tiny_vlm
 
-    if args.arch not in ARCHS and args.arch not in VLM_ARCHS:
-        sys.stderr.write(f"error: --arch {args.arch!r} is not one of {', '.join((*ARCHS, *VLM_ARCHS))}\n")
+    if args.arch not in ALL_ARCHS and args.arch not in VLM_ARCHS:
+        sys.stderr.write(f"error: --arch {args.arch!r} is not one of {', '.join((*ALL_ARCHS, *VLM_ARCHS))}\n")
         return 2
     writer = write_tiny_vlm if args.arch in VLM_ARCHS else write_tiny_model
     out = writer(Path(args.dir), args.arch, seed=int(args.seed))

@@ -15,30 +15,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cadence.models.base import ExpertSpec, ModelAdapter, ModelLoadError, experts_for
+from cadence.models.base import ExpertSpec, ModelAdapter, experts_for
+from cadence.models.components import frozen, load_component, scheduler_class
 
 log = logging.getLogger(__name__)
 
 TEXT_LEN = 512  # the pipelines' max_sequence_length; the transformer's I2V attention assumes it too
 NON_EXPAND_I2V = ("wan21_i2v", "wan22_14b_i2v")
-
-
-def _load(kind: str, folder: Path, name: str, **kwargs):
-    """from_pretrained of one component, turning library errors into a message naming the folder."""
-    import diffusers
-    import transformers
-
-    cls = getattr(diffusers, kind, None) or getattr(transformers, kind)
-    path = folder / name
-    try:
-        return cls.from_pretrained(str(path), local_files_only=True, **kwargs)
-    except Exception as exc:  # noqa: BLE001 - any loader failure becomes one user-facing message
-        raise ModelLoadError(f"could not load {name} from {path} with {kind}: {exc}") from exc
-
-
-def _frozen(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:
-    module.requires_grad_(False)
-    return module.eval().to(device)
 
 
 class WanAdapter(ModelAdapter):
@@ -65,6 +48,7 @@ class WanAdapter(ModelAdapter):
         self.dtype = dtype
         self.low_vram = low_vram
         self.recovery_adapters = {}
+        self.training_adapters = {}
         self.model_id = model_id
         self.boundary = boundary
         self.experts = experts_for("transformer_2" in components, boundary)
@@ -95,27 +79,28 @@ class WanAdapter(ModelAdapter):
         trained_experts: tuple[str, ...] = (),
     ) -> WanAdapter:
         """Load every component training and sampling need from a checked Diffusers folder, frozen."""
-        from cadence.models.registry import read_model_index, required_components
+        from cadence.models.folders import read_model_index
+        from cadence.models.wan_family import FAMILY
 
-        names = required_components(arch)
+        names = FAMILY.required_components(arch)
         expert_device = torch.device("cpu") if low_vram else device
         parts: dict = {
-            "tokenizer": _load("AutoTokenizer", folder, "tokenizer"),
-            "scheduler": _load(_scheduler_class(folder), folder, "scheduler"),
-            "text_encoder": _frozen(
-                _load("UMT5EncoderModel", folder, "text_encoder", dtype=dtype), expert_device
+            "tokenizer": load_component("AutoTokenizer", folder, "tokenizer"),
+            "scheduler": load_component(scheduler_class(folder, "UniPCMultistepScheduler"), folder, "scheduler"),
+            "text_encoder": frozen(
+                load_component("UMT5EncoderModel", folder, "text_encoder", dtype=dtype), expert_device
             ),
             # fp32 VAE: encoding in bf16 visibly shifts latents, and the VAE is small (~0.5 GB).
-            "vae": _frozen(_load("AutoencoderKLWan", folder, "vae", torch_dtype=torch.float32), device),
+            "vae": frozen(load_component("AutoencoderKLWan", folder, "vae", torch_dtype=torch.float32), device),
         }
         for name in ("transformer", "transformer_2"):
             if name in names:
-                module = _load("WanTransformer3DModel", folder, name, torch_dtype=dtype)
-                parts[name] = _frozen(module, expert_device)
+                module = load_component("WanTransformer3DModel", folder, name, torch_dtype=dtype)
+                parts[name] = frozen(module, expert_device)
         if "image_encoder" in names:
-            parts["image_processor"] = _load("CLIPImageProcessor", folder, "image_processor")
-            parts["image_encoder"] = _frozen(
-                _load("CLIPVisionModel", folder, "image_encoder", dtype=torch.float32), device
+            parts["image_processor"] = load_component("CLIPImageProcessor", folder, "image_processor")
+            parts["image_encoder"] = frozen(
+                load_component("CLIPVisionModel", folder, "image_encoder", dtype=torch.float32), device
             )
         log.info("loaded %s (%s) from %s", arch, ", ".join(sorted(parts)), folder)
         return cls(
@@ -133,29 +118,6 @@ class WanAdapter(ModelAdapter):
     # ------------------------------------------------------------------------------------------ experts
     def transformer(self, expert: str) -> torch.nn.Module:
         return self.components[self.expert(expert).component]
-
-    def enable_gradient_checkpointing(self, expert: str) -> None:
-        """Recompute block activations in backward (diffusers' own switch on WanTransformer3DModel)."""
-        self.transformer(expert).enable_gradient_checkpointing()
-
-    def unload_text_encoder(self) -> None:
-        """Free the T5 encoder once every caption is cached; encode_prompts then raises."""
-        self.components["text_encoder"] = None
-        if self.device.type == "cuda":
-            torch.cuda.empty_cache()
-
-    def offload(self, expert: str) -> None:
-        for module in self._expert_modules(expert):
-            module.to("cpu")
-
-    def onload(self, expert: str) -> None:
-        for module in self._expert_modules(expert):
-            module.to(self.device)
-
-    def _expert_modules(self, expert: str) -> list[torch.nn.Module]:
-        """The expert's transformer and its frozen accuracy-recovery adapter (they move together)."""
-        recovery = self.recovery_adapters.get(expert)
-        return [self.transformer(expert)] + ([recovery] if recovery is not None else [])
 
     # --------------------------------------------------------------------------------------------- text
     @torch.no_grad()
@@ -355,6 +317,25 @@ class WanAdapter(ModelAdapter):
             kwargs["image_processor"] = self.components.get("image_processor")
         return cls(**kwargs, boundary_ratio=self.boundary, expand_timesteps=self.expand_timesteps)
 
+    def pipeline_call(self, spec, prompt, negative, image, generator: torch.Generator) -> dict:
+        """WanPipeline / WanImageToVideoPipeline arguments: T5 embeddings passed in, frames as np."""
+        kwargs: dict = dict(
+            prompt_embeds=prompt,
+            negative_prompt_embeds=negative,
+            height=spec.height,
+            width=spec.width,
+            num_frames=spec.num_frames,
+            num_inference_steps=spec.sample_steps,
+            guidance_scale=spec.guidance_scale,
+            generator=generator,
+            output_type="np",
+        )
+        if self.boundary is not None:
+            kwargs["guidance_scale_2"] = spec.guidance_scale_2
+        if image is not None:
+            kwargs["image"] = image
+        return kwargs
+
     def describe(self) -> dict[str, object]:
         """Small summary for logs and run metadata."""
         return {
@@ -364,13 +345,6 @@ class WanAdapter(ModelAdapter):
             "boundary": self.boundary,
             "trained_experts": list(self.trained_experts),
         }
-
-
-def _scheduler_class(folder: Path) -> str:
-    import json
-
-    cfg = json.loads((folder / "scheduler" / "scheduler_config.json").read_text(encoding="utf-8"))
-    return str(cfg.get("_class_name", "UniPCMultistepScheduler"))
 
 
 __all__ = ["WanAdapter", "ExpertSpec"]

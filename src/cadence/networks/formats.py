@@ -1,4 +1,7 @@
-"""Adapter safetensors files (LoRA, LoCon, LoKr, LoHa, DoRA) in the ComfyUI/original-Wan and diffusers layouts.
+"""Adapter safetensors files (LoRA, LoCon, LoKr, LoHa, DoRA) in the ComfyUI/original and diffusers layouts.
+
+Original module names are the model family's (`cadence.networks.keymap` finds its `KeyMap`: Wan's
+`blocks.0.self_attn.q`, FLUX's fused `double_blocks.0.img_attn.qkv`, ...); the Wan names below are examples.
 
 * `comfyui` (default): `diffusion_model.{original Wan name}.{key}` with the LyCORIS/ComfyUI keys of the
   module's algorithm (`lora_down.weight` / `lora_up.weight`, `lokr_w1` / `lokr_w2[_a|_b]`, `hada_w1_a` ...,
@@ -87,13 +90,12 @@ def _stored(key: str, value: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
 
 
 def _prefixed_tensors(
-    modules: dict[str, AdapterTensors], dtype: torch.dtype, kohya: bool
+    modules: dict[str, AdapterTensors], dtype: torch.dtype, kohya: bool, names: keymap.KeyMap
 ) -> dict[str, torch.Tensor]:
     """The LyCORIS keys under `diffusion_model.<original name>` (ComfyUI) or `lora_unet_<original_name>`
-    (kohya / musubi-tuner: the original name with '.' -> '_')."""
+    (kohya / musubi-tuner: the original name with '.' -> '_'); `names` is the family's key map."""
     out: dict[str, torch.Tensor] = {}
-    for name, t in modules.items():
-        original = keymap.to_original(name)
+    for original, t in names.export(modules).items():
         key = KOHYA_PREFIX + original.replace(".", "_") if kohya else COMFY_PREFIX + original
         for suffix, value in t.tensors.items():
             out[f"{key}.{suffix}"] = _stored(suffix, value, dtype)
@@ -102,10 +104,13 @@ def _prefixed_tensors(
     return out
 
 
-def layout_problems(modules: dict[str, AdapterTensors], layout: str) -> list[str]:
-    """Why `modules` cannot be written in `layout` (empty when they can), each with what to do instead."""
+def layout_problems(
+    modules: dict[str, AdapterTensors], layout: str, names: keymap.KeyMap | None = None
+) -> list[str]:
+    """Why `modules` cannot be written in `layout` (empty when they can), each with what to do instead;
+    `names`: the family's key map (found from the module names when not given)."""
     if layout != "diffusers":
-        return []
+        return (names or keymap.for_names(modules)).export_problems(modules)
     problems = []
     others = sorted({t.algo for t in modules.values()} - {"lora"})
     if others:
@@ -178,14 +183,17 @@ def save_lora_file(
     metadata: dict[str, str],
     layout: str,
     dtype: torch.dtype,
+    names: keymap.KeyMap | None = None,
 ) -> None:
     """Write `modules` to `path` atomically in `layout` with weights cast to `dtype` (alpha and DoRA
-    magnitudes stay fp32)."""
+    magnitudes stay fp32). `names`: the model family's key map; by default the one of `metadata["arch"]`,
+    else the family whose map knows every module name."""
     if layout not in LAYOUTS:
         raise ValueError(f"unknown LoRA layout {layout!r}; expected one of {', '.join(LAYOUTS)}")
     if not modules:
         raise ValueError(f"refusing to write {path}: no LoRA modules")
-    problems = layout_problems(modules, layout)
+    names = names or keymap.for_arch(metadata.get("arch")) or keymap.for_names(modules)
+    problems = layout_problems(modules, layout, names)
     if problems:
         raise ValueError(f"cannot write {path} in the {layout} layout: " + "; ".join(problems))
     meta = {
@@ -197,7 +205,7 @@ def save_lora_file(
         cadence_format_version=FORMAT_VERSION, layout=layout, **summary_metadata(modules), format="pt"
     )
     if layout in ("comfyui", "kohya"):
-        tensors = _prefixed_tensors(modules, dtype, kohya=layout == "kohya")
+        tensors = _prefixed_tensors(modules, dtype, layout == "kohya", names)
     else:
         tensors = _diffusers_tensors(modules, dtype)
         config = {f"{DIFFUSERS_PREFIX}{k}": v for k, v in adapter_config(modules).items()}
@@ -216,7 +224,7 @@ def detect_layout(keys: list[str], path: str | Path = "<dict>") -> str:
         return "kohya"
     first = keys[0] if keys else "<no tensors>"
     raise ValueError(
-        f"{path}: not a Wan LoRA file Cadence can read (first key {first!r}); expected keys starting with "
+        f"{path}: not a LoRA file Cadence can read (first key {first!r}); expected keys starting with "
         f"'{COMFY_PREFIX}' (ComfyUI), '{DIFFUSERS_PREFIX}...lora_A' (diffusers) or '{KOHYA_PREFIX}' (kohya)"
     )
 
@@ -303,6 +311,25 @@ def _to_modules(
     return modules
 
 
+def _restored(
+    originals: dict[str, AdapterTensors], layout: str, path: Path, names: keymap.KeyMap | None
+) -> dict[str, AdapterTensors]:
+    """A ComfyUI/kohya file's modules under diffusers names, through the family's key map (tried in registry
+    order when the file does not say its arch); an unknown name is an error naming the file."""
+    from cadence.models.registry import families
+
+    candidates = [names] if names is not None else [f.keymap for f in families()]
+    error: KeyError | None = None
+    for names in candidates:
+        try:
+            if layout == "kohya":
+                return names.restore({names.kohya_to_original(s): t for s, t in originals.items()})
+            return names.restore(originals)
+        except KeyError as exc:
+            error = error or exc
+    raise ValueError(f"{path}: {error.args[0] if error and error.args else error}")
+
+
 def _diffusers_alphas(meta: dict[str, str], path: Path):
     """alpha(name, rank) as PEFT resolves it from the file's adapter config, as a plain alpha over rank.
 
@@ -360,21 +387,24 @@ def read_safetensors(path: str | Path) -> tuple[dict[str, torch.Tensor], dict[st
         ) from exc
 
 
-def parse_lora_tensors(tensors: dict[str, torch.Tensor], meta: dict[str, str], path: Path) -> LoraFile:
-    """The modules of LoRA tensors in any supported layout (`path` only names the source in errors)."""
+def parse_lora_tensors(
+    tensors: dict[str, torch.Tensor], meta: dict[str, str], path: Path, names: keymap.KeyMap | None = None
+) -> LoraFile:
+    """The modules of LoRA tensors in any supported layout (`path` only names the source in errors).
+    `names`: the model family's key map for original names; by default the one of the file's `arch`
+    metadata, else the first family that reads every name."""
     meta = dict(meta)
     layout = detect_layout(list(tensors), path)
-    if layout == "comfyui":
-        groups = _group(tensors, path, COMFY_PREFIX)
-        modules = _to_modules(groups, path, keymap.to_diffusers, lambda _n, r: float(r))
-    elif layout == "diffusers":
+    names = names or keymap.for_arch(meta.get("arch"))
+    if layout == "diffusers":
         groups = _group(tensors, path, DIFFUSERS_PREFIX)
         modules = _to_modules(groups, path, lambda s: s, _diffusers_alphas(meta, path))
         _check_peft_dora(meta, modules, path)
     else:
-        groups = _group(tensors, path, KOHYA_PREFIX)
-        rename = lambda s: keymap.to_diffusers(keymap.kohya_to_original(s))  # noqa: E731
-        modules = _to_modules(groups, path, rename, lambda _n, r: float(r))
+        prefix = COMFY_PREFIX if layout == "comfyui" else KOHYA_PREFIX
+        groups = _group(tensors, path, prefix)
+        originals = _to_modules(groups, path, lambda s: s, lambda _n, r: float(r))
+        modules = _restored(originals, layout, path, names)
     for key in ("format", ADAPTER_METADATA_KEY):
         meta.pop(key, None)
     return LoraFile(modules=modules, metadata=meta, layout=layout)

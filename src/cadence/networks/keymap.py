@@ -1,91 +1,45 @@
-"""Module names: diffusers `WanTransformer3DModel` <-> original Wan / ComfyUI (`diffusion_model.` keys).
+"""Module names in LoRA files, per model family.
 
-Cadence keys every LoRA module by its diffusers name (`blocks.0.attn1.to_q`); ComfyUI and the original Wan
-code name the same layer `blocks.0.self_attn.q`. The table follows diffusers' own converters
-(`scripts/convert_wan_to_diffusers.py` and `_convert_non_diffusers_wan_lora_to_diffusers` in
-`diffusers/loaders/lora_conversion_utils.py`, checked against diffusers 0.42):
-
-    attn1 -> self_attn, attn2 -> cross_attn, to_q/k/v -> q/k/v, to_out.0 -> o,
-    add_k_proj/add_v_proj -> k_img/v_img, ffn.net.0.proj -> ffn.0, ffn.net.2 -> ffn.2,
-    condition_embedder.text_embedder.linear_1/2 -> text_embedding.0/2,
-    condition_embedder.time_embedder.linear_1/2 -> time_embedding.0/2,
-    condition_embedder.time_proj -> time_projection.1, proj_out -> head.head,
-    condition_embedder.image_embedder.ff.net.0.proj/ff.net.2 -> img_emb.proj.1/3, patch_embedding stays.
-
-Kohya/musubi files flatten the original name with underscores (`lora_unet_blocks_0_self_attn_q`); that
-form is ambiguous on its own, so it is parsed against the known original names.
+Cadence keys every LoRA module by its diffusers name; the ComfyUI (`diffusion_model.`) and kohya
+(`lora_unet_`) layouts use the original checkpoint's names, which each family's `KeyMap`
+(`cadence.models.family`) translates. This module finds the right key map: by arch (a file's `arch`
+metadata, a config's `model.arch`), by transformer (its class), or by the names themselves (the family whose
+map knows them all, Wan first). `to_original` / `to_diffusers` / `kohya_to_original` are Wan's
+(`cadence.models.wan_keys`), kept for callers that name Wan modules.
 """
 
 from __future__ import annotations
 
-import re
+from collections.abc import Iterable
 
-_BLOCK_PARTS: tuple[tuple[str, str], ...] = (
-    ("attn1.to_q", "self_attn.q"),
-    ("attn1.to_k", "self_attn.k"),
-    ("attn1.to_v", "self_attn.v"),
-    ("attn1.to_out.0", "self_attn.o"),
-    ("attn1.norm_q", "self_attn.norm_q"),
-    ("attn1.norm_k", "self_attn.norm_k"),
-    ("attn2.to_q", "cross_attn.q"),
-    ("attn2.to_k", "cross_attn.k"),
-    ("attn2.to_v", "cross_attn.v"),
-    ("attn2.to_out.0", "cross_attn.o"),
-    ("attn2.add_k_proj", "cross_attn.k_img"),
-    ("attn2.add_v_proj", "cross_attn.v_img"),
-    ("attn2.norm_q", "cross_attn.norm_q"),
-    ("attn2.norm_k", "cross_attn.norm_k"),
-    ("attn2.norm_added_k", "cross_attn.norm_k_img"),
-    ("ffn.net.0.proj", "ffn.0"),
-    ("ffn.net.2", "ffn.2"),
-)
+from cadence.models.family import KeyMap
+from cadence.models.wan_keys import WAN_KEYS, kohya_to_original, to_diffusers, to_original
 
-_GLOBAL_PARTS: tuple[tuple[str, str], ...] = (
-    ("patch_embedding", "patch_embedding"),
-    ("condition_embedder.text_embedder.linear_1", "text_embedding.0"),
-    ("condition_embedder.text_embedder.linear_2", "text_embedding.2"),
-    ("condition_embedder.time_embedder.linear_1", "time_embedding.0"),
-    ("condition_embedder.time_embedder.linear_2", "time_embedding.2"),
-    ("condition_embedder.time_proj", "time_projection.1"),
-    ("condition_embedder.image_embedder.ff.net.0.proj", "img_emb.proj.1"),
-    ("condition_embedder.image_embedder.ff.net.2", "img_emb.proj.3"),
-    ("proj_out", "head.head"),
-)
-
-_BLOCK_TO_ORIG = dict(_BLOCK_PARTS)
-_BLOCK_TO_DIFF = {o: d for d, o in _BLOCK_PARTS}
-_GLOBAL_TO_ORIG = dict(_GLOBAL_PARTS)
-_GLOBAL_TO_DIFF = {o: d for d, o in _GLOBAL_PARTS}
-_BLOCK_RE = re.compile(r"^blocks\.(\d+)\.(.+)$")
-_KOHYA_BLOCK_RE = re.compile(r"^blocks_(\d+)_(.+)$")
-_KOHYA_BLOCK = {o.replace(".", "_"): o for o in _BLOCK_TO_DIFF}
-_KOHYA_GLOBAL = {o.replace(".", "_"): o for o in _GLOBAL_TO_DIFF}
+__all__ = ["KeyMap", "for_arch", "for_names", "for_root", "kohya_to_original", "to_diffusers", "to_original"]
 
 
-def _translate(name: str, block_map: dict[str, str], global_map: dict[str, str], what: str) -> str:
-    match = _BLOCK_RE.match(name)
-    if match and match.group(2) in block_map:
-        return f"blocks.{match.group(1)}.{block_map[match.group(2)]}"
-    if name in global_map:
-        return global_map[name]
-    raise KeyError(f"no {what} name is known for module {name!r} (Wan transformer layout expected)")
+def for_arch(arch: str | None) -> KeyMap | None:
+    """The key map of a registered arch, or None for an unknown one (or None)."""
+    from cadence.models.registry import arch_names, family_of
+
+    return family_of(arch).keymap if arch in arch_names() else None
 
 
-def to_original(diffusers_name: str) -> str:
-    """`blocks.0.attn1.to_q` -> `blocks.0.self_attn.q` (the name after `diffusion_model.`)."""
-    return _translate(diffusers_name, _BLOCK_TO_ORIG, _GLOBAL_TO_ORIG, "original-Wan")
+def for_names(names: Iterable[str]) -> KeyMap:
+    """The key map of the first family that knows every diffusers name (Wan when none does: its errors
+    then name the first unknown module)."""
+    from cadence.models.registry import families
+
+    names = list(names)
+    for family in families():
+        if family.keymap.knows(names):
+            return family.keymap
+    return WAN_KEYS
 
 
-def to_diffusers(original_name: str) -> str:
-    """`blocks.0.self_attn.q` -> `blocks.0.attn1.to_q`."""
-    return _translate(original_name, _BLOCK_TO_DIFF, _GLOBAL_TO_DIFF, "diffusers")
+def for_root(root) -> KeyMap:
+    """The key map of a transformer's family (by class), Wan's for a module of no registered family."""
+    from cadence.models.registry import family_for_transformer
 
-
-def kohya_to_original(flat: str) -> str:
-    """`blocks_0_self_attn_q` (after `lora_unet_`) -> `blocks.0.self_attn.q`."""
-    match = _KOHYA_BLOCK_RE.match(flat)
-    if match and match.group(2) in _KOHYA_BLOCK:
-        return f"blocks.{match.group(1)}.{_KOHYA_BLOCK[match.group(2)]}"
-    if flat in _KOHYA_GLOBAL:
-        return _KOHYA_GLOBAL[flat]
-    raise KeyError(f"no original-Wan name is known for kohya module {flat!r}")
+    family = family_for_transformer(root)
+    return family.keymap if family is not None else WAN_KEYS

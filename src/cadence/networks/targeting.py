@@ -7,8 +7,9 @@ naming of musubi-tuner and ComfyUI), so patterns written for those tools select 
 `_matchers` for a negative pattern written for one naming):
 
 * Candidates: every `nn.Linear`; `nn.Conv1d/2d/3d` only when `network.conv` is set (or type is locon).
-* Default selection: every Linear inside the transformer blocks (name starts with `blocks.`) - attention
-  q/k/v/o, cross-attention (incl. the image k/v of Wan 2.1 I2V) and the FFN.
+* Default selection: every Linear inside the transformer blocks (the model family's block lists: Wan's
+  `blocks.`, FLUX's `transformer_blocks.` and `single_transformer_blocks.`, ...) - attention q/k/v/o,
+  cross-attention (incl. the image k/v of Wan 2.1 I2V) and the FFN.
 * `only_if_contains` (substrings) *restricts* the selection to names containing any of them.
 * `ignore_if_contains` (substrings) removes modules, always.
 * `exclude_patterns` (regex, `re.search`) removes modules, except those `include_patterns` names:
@@ -45,8 +46,9 @@ def select_targets(root: nn.Module, cfg: NetworkConfig, warn: bool = True) -> di
     """Return {diffusers module name: module} of the modules to adapt, in `named_modules` order.
     `warn=False` for a dry run (the real selection says the same things once)."""
     kw = cfg.network_kwargs
+    names_map, default = keymap.for_root(root), _default_selection(root)
     candidates = [
-        (name, module, NAME_PREFIX + name, _original_name(name))
+        (name, module, NAME_PREFIX + name, _original_name(name, names_map))
         for name, module in root.named_modules()
         if name and (isinstance(module, nn.Linear) or is_conv(module))
     ]
@@ -61,7 +63,7 @@ def select_targets(root: nn.Module, cfg: NetworkConfig, warn: bool = True) -> di
             if named and warn:
                 log.warning("%s matches include_patterns but network.conv is not set; not targeted", full)
             continue
-        chosen = (isinstance(module, nn.Linear) and name.startswith("blocks.")) or named
+        chosen = (isinstance(module, nn.Linear) and default(name)) or named
         if chosen and kw.only_if_contains:
             chosen = any(s in full for s in kw.only_if_contains)
         if chosen and any(s in full for s in kw.ignore_if_contains):
@@ -83,10 +85,19 @@ def select_targets(root: nn.Module, cfg: NetworkConfig, warn: bool = True) -> di
     return selected
 
 
-def _original_name(name: str) -> str | None:
-    """The original-Wan spelling of a diffusers module name, when the key map knows it."""
+def _default_selection(root: nn.Module):
+    """name -> whether a Linear is adapted by default: the model family's rule (every Linear inside its
+    repeated blocks), Wan's `blocks.` for a module of no registered family."""
+    from cadence.models.registry import family_for_transformer
+
+    family = family_for_transformer(root)
+    return family.default_target if family is not None else (lambda name: name.startswith("blocks."))
+
+
+def _original_name(name: str, names: keymap.KeyMap) -> str | None:
+    """The original spelling of a diffusers module name (the family's key map), when it knows one."""
     try:
-        return keymap.to_original(name)
+        return names.to_original(name)
     except (KeyError, ValueError):
         return None
 

@@ -1,7 +1,7 @@
 """Speed and memory options: attention backend, checkpointing, quantization, block swap, compile.
 
 Generic over models: everything model-specific (which module list holds the blocks, which layers stay in
-high precision) comes from `cadence.models.wan_memory`. See docs/performance.md.
+high precision) comes from the model's family (`cadence.models.family.ModelFamily`). See docs/performance.md.
 """
 
 from cadence.perf.attention import AttentionBackendError, apply_attention_backend

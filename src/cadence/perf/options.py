@@ -38,18 +38,19 @@ class PerfState:
     compiled: list[str] = field(default_factory=list)
 
 
-def _helpers():
-    """Model-specific knowledge (which blocks, which layers stay high precision) lives with the model."""
-    from cadence.models import wan_memory
+def _helpers(adapter):
+    """Model-specific knowledge (which blocks, which layers stay high precision) lives with the model's
+    family (`cadence.models.family.ModelFamily`)."""
+    from cadence.models.registry import family_of
 
-    return wan_memory
+    return family_of(adapter.arch)
 
 
 def apply_quantization(adapter, model_cfg, transformers: bool = True) -> None:
     """`model.quantize` (every expert's block Linears, or with `uint4|FILE` the layers the accuracy-recovery
-    adapter names, which then hooks in frozen) and `model.quantize_te` (the text encoder).
+    adapter names, which then hooks in frozen) and `model.quantize_te` (the text encoders).
     `transformers=False` (`cadence cache`): only the text encoder, whose quantization the text cache keys."""
-    helpers = _helpers()
+    helpers = _helpers(adapter)
     if model_cfg.quantize and transformers:
         recovery = _recovery_modules(adapter, model_cfg)
         for spec in adapter.experts:
@@ -62,9 +63,9 @@ def apply_quantization(adapter, model_cfg, transformers: bool = True) -> None:
                 adapter.recovery_adapters[spec.name] = attach_recovery_adapter(
                     transformer, recovery[spec.name], spec.name, adapter.device, adapter.dtype
                 )
-    encoder = adapter.components.get("text_encoder")
-    if model_cfg.quantize_te and encoder is not None:
-        quantize_text_encoder(encoder, model_cfg.qtype_te)
+    if model_cfg.quantize_te:
+        for encoder in adapter.text_encoders():
+            quantize_text_encoder(encoder, model_cfg.qtype_te)
 
 
 def _recovery_modules(adapter, model_cfg) -> dict[str, dict] | None:
@@ -101,7 +102,7 @@ def apply_memory_options(
     adapter, cfg, trained_experts: list[str], networks: dict[str, nn.Module]
 ) -> PerfState:
     """Checkpointing, attention backend, block swap, compile and adapter dtype for the trained experts."""
-    helpers, train, state = _helpers(), cfg.train, PerfState()
+    helpers, train, state = _helpers(adapter), cfg.train, PerfState()
     apply_attention_backend(
         [adapter.transformer(s.name) for s in adapter.experts], train.attention_backend, adapter.device
     )

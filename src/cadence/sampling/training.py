@@ -18,7 +18,7 @@ from cadence.networks.lora import LoRANetwork
 from cadence.sampling.generate import SampleEngine
 from cadence.sampling.prompts import SampleSpec, resolve_samples
 from cadence.sampling.validation import validate_samples
-from cadence.sampling.writers import EXTENSIONS, sample_stem, write_sample
+from cadence.sampling.writers import extensions, sample_stem, write_sample
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,13 @@ def run_specs(
         for spec in specs:
             frames = engine.generate(spec)
             written += write_sample(
-                out_dir, step, spec.index, frames, spec.fps, sidecar(spec, step, engine, extra)
+                out_dir,
+                step,
+                spec.index,
+                frames,
+                spec.fps,
+                sidecar(spec, step, engine, extra),
+                engine.adapter.output_kind,
             )
     return written
 
@@ -98,7 +104,8 @@ class TrainingSampler:
     def written(self, step: int) -> bool:
         """Every file of every sample of `step` exists (a kill while sampling leaves some missing)."""
         stems = [self.out_dir / sample_stem(step, spec.index) for spec in self.specs]
-        return all(stem.with_suffix(ext).is_file() for stem in stems for ext in EXTENSIONS)
+        kinds = extensions(self.engine.adapter.output_kind)
+        return all(stem.with_suffix(ext).is_file() for stem in stems for ext in kinds)
 
     def run(self, step: int) -> list[Path]:
         """Write every sample for `step`; on OOM log it and return what was written before it."""
@@ -118,5 +125,6 @@ class TrainingSampler:
                 step,
             )
             return written
-        log.info("step %d: wrote %d sample(s) to %s", step, len(written) // 4, self.out_dir)
+        per_sample = len(extensions(self.engine.adapter.output_kind))
+        log.info("step %d: wrote %d sample(s) to %s", step, len(written) // per_sample, self.out_dir)
         return written

@@ -11,8 +11,8 @@ import importlib.util
 
 import torch
 
-from cadence.config.schema import I2V_ONLY_ARCHS, JobConfig, ctrl_img_problem
-from cadence.models.registry import arch_geometry
+from cadence.config.schema import JobConfig, ctrl_img_problem
+from cadence.models.registry import arch_spec
 
 
 def attention_unavailable(backend: str) -> str | None:
@@ -51,12 +51,13 @@ def validate_samples(
     problem = attention_unavailable(sample.attention_backend) if machine else None
     if problem and sample.items:
         issues.append(("sample.attention_backend", problem))
-    multiple = arch_geometry(cfg.model.arch)[0]
+    spec = arch_spec(cfg.model.arch)
+    multiple = spec.spatial_multiple
     for key in ("width", "height"):
         value = getattr(sample, key)
         if value % multiple:
             issues.append((f"sample.{key}", _size_message(value, multiple, cfg.model.arch)))
-    required = cfg.model.arch in I2V_ONLY_ARCHS
+    required = spec.i2v == "always"
     for i, item in enumerate(sample.items):
         for key in ("width", "height"):
             value = getattr(item, key)

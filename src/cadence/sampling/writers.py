@@ -1,4 +1,5 @@
-"""Write one generated sample: H.264 mp4, animated WebP, first-frame PNG and a JSON sidecar.
+"""Write one generated sample: H.264 mp4, animated WebP, first-frame PNG and a JSON sidecar (a video model's);
+an image model's sample is its PNG and the sidecar (`output_kind` "image").
 
 Names are `{step:09d}_{index:02d}.{ext}` so a plain sort orders them by step. The mp4 carries the model's
 frame rate (16 fps for 14B Wan, 24 for TI2V-5B): at a wrong rate motion looks too fast or too slow, which
@@ -21,6 +22,12 @@ from cadence.atomic import atomic_path, atomic_write_text
 log = logging.getLogger(__name__)
 
 EXTENSIONS = (".mp4", ".webp", ".png", ".json")
+IMAGE_EXTENSIONS = (".png", ".json")
+
+
+def extensions(kind: str = "video") -> tuple[str, ...]:
+    """The files one sample is written as, for a model whose `output_kind` is `kind`."""
+    return IMAGE_EXTENSIONS if kind == "image" else EXTENSIONS
 
 
 def sample_stem(step: int, index: int) -> str:
@@ -85,11 +92,22 @@ def sample_motion(mp4: Path, fps: int) -> dict[str, object] | None:
 
 
 def write_sample(
-    out_dir: Path, step: int, index: int, frames: np.ndarray, fps: int, sidecar: dict[str, object]
+    out_dir: Path,
+    step: int,
+    index: int,
+    frames: np.ndarray,
+    fps: int,
+    sidecar: dict[str, object],
+    kind: str = "video",
 ) -> list[Path]:
-    """Write the four files of one sample; returns their paths (mp4, webp, png, json). The JSON sidecar
-    gets the mp4's motion statistics (`motion`, see cadence.metrics.motion)."""
+    """Write the files of one sample; returns their paths (mp4, webp, png, json; an image: png, json). The
+    JSON sidecar gets the mp4's motion statistics (`motion`, see cadence.metrics.motion; None for images)."""
     stem = out_dir / sample_stem(step, index)
+    if kind == "image":
+        png, meta = (stem.with_suffix(ext) for ext in IMAGE_EXTENSIONS)
+        write_png(png, frames[0])
+        atomic_write_text(meta, json.dumps({**sidecar, "motion": None}, indent=2, sort_keys=True) + "\n")
+        return [png, meta]
     paths = [stem.with_suffix(ext) for ext in EXTENSIONS]
     write_mp4(paths[0], frames, fps)
     write_webp(paths[1], frames, fps)

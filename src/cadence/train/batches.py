@@ -15,6 +15,8 @@ from typing import Any, Protocol
 
 import torch
 
+from cadence.models.base import move_text
+
 from cadence.data.augment import variant_for
 from cadence.data.caption_tokens import variation_rng, vary_caption
 
@@ -24,13 +26,13 @@ class LatentSource(Protocol):
 
 
 class TextSource(Protocol):
-    def load(self, caption: str) -> torch.Tensor: ...
+    def load(self, caption: str) -> Any: ...  # a text embedding (cadence.models.base.TextEmbedding)
 
 
 @dataclass
 class Batch:
-    latents: torch.Tensor  # [B, C, F', h, w]
-    text: torch.Tensor  # [B, text_len, D]
+    latents: torch.Tensor  # [B, C, F', h, w] (image models: their own latent layout)
+    text: Any  # what the adapter's pad_text returns (Wan: [B, text_len, D]; a dict for some families)
     cond: dict[str, torch.Tensor] = field(default_factory=dict)
     captions: list[str] = field(default_factory=list)
     loss_weights: torch.Tensor | None = None  # [B] datasets[].loss_multiplier (x reg_weight); None: all 1
@@ -48,7 +50,7 @@ class Batch:
         """Text and conditioning in the model's dtype; latents stay fp32 (noised in fp32, then cast)."""
         return Batch(
             latents=self.latents.to(device=device, dtype=torch.float32),
-            text=self.text.to(device=device, dtype=dtype),
+            text=move_text(self.text, device, dtype),
             cond={k: v.to(device=device, dtype=dtype) for k, v in self.cond.items()},
             captions=self.captions,
             loss_weights=None if self.loss_weights is None else self.loss_weights.to(device),

@@ -9,6 +9,8 @@ import sys
 import textwrap
 from collections.abc import Callable
 
+from cadence.sample_flags import add_sample_arguments
+
 # subcommand -> "module:function"; each function takes the parsed argparse.Namespace and returns an exit code.
 HANDLERS: dict[str, str] = {
     "train": "cadence.train.runner:train_command",
@@ -216,42 +218,7 @@ def build_parser() -> argparse.ArgumentParser:
         "Generate samples with LoRA files on the base model, through the code training samples with. TARGET is "
         "a job config (its model and sample sections give the settings) or a Diffusers Wan model folder.",
     )
-    p.add_argument(
-        "target", help="a job config (its model and sample sections) or a Diffusers Wan model folder"
-    )
-    p.add_argument("--lora-high", dest="lora_high", default=None, help="LoRA file of the high-noise expert")
-    p.add_argument("--lora-low", dest="lora_low", default=None, help="LoRA file of the low-noise expert")
-    p.add_argument("--lora", default=None, help="LoRA file of a single-expert model (Wan 2.1, TI2V-5B)")
-    p.add_argument(
-        "--prompt", action="append", default=None, help="prompt (repeatable); replaces the config's samples"
-    )
-    p.add_argument(
-        "--image",
-        action="append",
-        default=None,
-        help="first frame for I2V (repeatable: one for all, or one per prompt)",
-    )
-    p.add_argument(
-        "--seed", type=int, default=None, help="base seed (default: sample.seed; walk_seed adds the index)"
-    )
-    p.add_argument("--steps", type=int, default=None, help="denoising steps (default: sample.sample_steps)")
-    p.add_argument("--width", type=int, default=None, help="width in pixels (default: sample.width)")
-    p.add_argument("--height", type=int, default=None, help="height in pixels (default: sample.height)")
-    p.add_argument(
-        "--num-frames",
-        dest="num_frames",
-        type=int,
-        default=None,
-        help="frames, 4k+1 (default: sample.num_frames)",
-    )
-    p.add_argument(
-        "--multiplier", type=float, default=None, help="LoRA strength of every sample (default: 1)"
-    )
-    p.add_argument("--out", default="samples", help="output folder (default: samples)")
-    p.add_argument("--device", default=None, help="cuda, cuda:0 or cpu (default: the config's, else auto)")
-    p.add_argument(
-        "--dtype", default=None, help="model dtype for a model folder (default: bf16 on CUDA, else fp32)"
-    )
+    add_sample_arguments(p)
     p = _command(
         sub,
         "publish",

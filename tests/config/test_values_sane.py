@@ -97,3 +97,14 @@ def test_longest_run_file_of_a_maximal_name_can_be_written(tmp_path):
     longest.write_bytes(b"")
     with pytest.raises(OSError):
         (tmp_path / f".{name}x_000001000_high_noise.safetensors.abcdefgh.tmp").write_bytes(b"")
+
+
+def test_unset_lokr_full_rank_is_named_because_the_trainers_disagree(make_flat, caplog):
+    cfg = load_config_dict(make_flat(network={"type": "lokr", "linear": 8}, train={"disable_sampling": True}))
+    assert cfg.network.lokr_full_rank is False  # the seed fork's default
+    assert "network.lokr_full_rank: is not set, and the trainers disagree" in caplog.text
+    caplog.clear()
+    load_config_dict(
+        make_flat(network={"type": "lokr", "lokr_full_rank": False}, train={"disable_sampling": True})
+    )
+    assert "lokr_full_rank" not in caplog.text

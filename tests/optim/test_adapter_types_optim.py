@@ -113,7 +113,7 @@ def test_lora_plus_puts_dora_magnitudes_in_the_up_group(base_roots) -> None:
         ({"type": "lokr"}, {"save": {"format": "diffusers"}}, "save.format", "no diffusers layout"),
         ({"type": "dora"}, {"save": {"format": "diffusers"}}, "save.format", "wd_on_output: true"),
         (
-            {"type": "lokr", "alpha_schedule": {"enabled": True, "preset": "video"}},
+            {"type": "lokr", "lokr_full_rank": True, "alpha_schedule": {"enabled": True, "preset": "video"}},
             {},
             "network.alpha_schedule",
             "lokr_full_rank",

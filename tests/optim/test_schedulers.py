@@ -269,3 +269,16 @@ def test_schedule_parameters_are_checked(kind: str, params: dict, warmup: int, p
         build_lr_scheduler(_opt(), kind, 30, warmup, params)
     issues = dict(err.value.issues)
     assert path in issues and text in issues[path], issues
+
+
+def test_cosine_takes_newer_ai_toolkit_warmup_and_decay_steps() -> None:
+    """num_warmup_steps ramps up, cosine_decay_steps ends the decay early and holds the floor."""
+    from cadence.config.schedule_checks import resolved_warmup
+    from cadence.optim.schedulers import decay_factor
+
+    params = {"num_warmup_steps": 10, "cosine_decay_steps": 20, "eta_min": 0.1}
+    assert resolved_warmup("cosine", 0, params) == 10
+    factor = decay_factor("cosine", 100, 10, params, base_lr=1.0)
+    assert factor(10) == 1.0
+    assert abs(factor(20) - (0.1 + 0.9 * 0.5)) < 1e-9  # halfway through the 20 decay steps
+    assert abs(factor(30) - 0.1) < 1e-9 and abs(factor(90) - 0.1) < 1e-9  # held at the floor

@@ -241,3 +241,13 @@ def test_lokr_and_dora_files_average_every_stored_tensor(tmp_path) -> None:
     )
     with pytest.raises(ValueError, match="adapter type differs"):
         ema_merge([read_checkpoint(files[0]), read_checkpoint(other)])
+
+
+def test_beta2_with_two_files_is_refused_not_ignored() -> None:
+    import pytest as _pytest
+
+    from cadence.tools.ema_merge import ema_betas
+
+    with _pytest.raises(ValueError, match="merge 3 or more checkpoints"):
+        ema_betas([100, 200], beta=0.5, beta2=0.9)
+    assert ema_betas([100, 200, 300], beta=0.5, beta2=0.9) == [0.5, 0.9]

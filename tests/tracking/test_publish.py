@@ -42,8 +42,13 @@ def test_dry_run_writes_the_exact_folder_with_a_card_that_says_how_to_load_each_
         "samples/000000004_00.png",
         "samples/000000004_00.webp",
     ]
-    for name in files[2:]:
+    for name in files[3:]:
         assert (folder / name).read_bytes() == (runs.run_dir / name).read_bytes()
+    public = yaml.safe_load((folder / "config.yaml").read_text())
+    local = yaml.safe_load((runs.run_dir / "config.yaml").read_text())
+    assert public["name"] == local["name"] and public["train"] == local["train"]
+    assert str(runs.run_dir.parent) not in (folder / "config.yaml").read_text()  # no machine paths on the Hub
+    assert public["datasets"][0]["folder_path"] == Path(local["datasets"][0]["folder_path"]).name
     card = (folder / "README.md").read_text()
     meta = _front_matter(card)
     assert meta["pipeline_tag"] == "image-to-video" and meta["instance_prompt"] == "sks"

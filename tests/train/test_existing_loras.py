@@ -57,7 +57,7 @@ def test_pretrained_lora_of_another_rank_is_refused_naming_key_and_file(
     config = _config(
         tiny_i2v, clips, tmp_path, network={"pretrained_lora_path": str(high), "linear": 8, "linear_alpha": 8}
     )
-    with pytest.raises(ValueError) as err:
+    with pytest.raises(ConfigError) as err:  # before the model is loaded: the preflight reads the file
         build_training(load_config(config))
     assert "network.pretrained_lora_path" in str(err.value) and str(high) in str(err.value)
 
@@ -68,7 +68,7 @@ def test_missing_or_unlabelled_files_are_config_errors(trained, tiny_i2v, clips,
     assert "does not exist" in str(err.value)
     plain = tmp_path / "plain.safetensors"
     plain.write_bytes((trained / "job_000000004_high_noise.safetensors").read_bytes())
-    with pytest.raises(ValueError) as err2:
+    with pytest.raises(ConfigError) as err2:
         build_training(load_config(_config(tiny_i2v, clips, tmp_path, model={"lora_path": str(plain)})))
     assert "does not say which expert" in str(err2.value)
 
@@ -94,3 +94,30 @@ def test_base_lora_is_merged_into_the_frozen_weights(trained, tiny_i2v, clips, t
     finally:
         plain_setup.close()
         merged_setup.close()
+
+
+def test_validate_names_a_file_that_does_not_fit_before_any_weights_load(trained, tiny_i2v, clips, tmp_path):
+    from cadence.config.validate import check_config_file
+
+    high = trained / "job_000000004_high_noise.safetensors"
+    config = _config(
+        tiny_i2v, clips, tmp_path, network={"pretrained_lora_path": str(high), "linear": 8, "linear_alpha": 8}
+    )
+    with pytest.raises(ConfigError) as err:
+        check_config_file(config, machine=False)
+    issues = dict(err.value.issues)
+    assert "its rank is 4, the config trains rank 8" in issues["network.pretrained_lora_path"]
+    lokr = _config(
+        tiny_i2v,
+        clips,
+        tmp_path / "k",
+        network={"type": "lokr", "lokr_full_rank": True, "pretrained_lora_path": str(high)},
+    )
+    with pytest.raises(ConfigError) as err:
+        check_config_file(lokr, machine=False)
+    assert (
+        "it holds lora adapters, the config trains lokr"
+        in dict(err.value.issues)["network.pretrained_lora_path"]
+    )
+    fine = _config(tiny_i2v, clips, tmp_path / "ok", model={"lora_path": str(high)})
+    assert check_config_file(fine, machine=False).model.lora_path == str(high)

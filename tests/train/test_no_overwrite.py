@@ -84,3 +84,27 @@ def test_restart_moves_the_previous_run_aside(trained) -> None:
     assert _sums(previous[0]) == before  # every old file kept, byte for byte
     assert (run / "training_state" / "step_000000004").is_dir()
     assert [row["step"] for row in read_metrics(run / "metrics_job.jsonl")] == [1, 2, 3, 4]
+
+
+def test_an_io_error_while_reading_sets_nothing_aside(trained, caplog, monkeypatch) -> None:
+    """EIO on a network mount (simulated: root ignores file modes) is the machine, not the checkpoint: the run
+    stops saying so, every state folder stays where it is, and the next run resumes normally."""
+    import errno
+
+    import torch
+
+    from cadence.train import checkpoint
+
+    config, run = trained
+    real_load = torch.load
+
+    def flaky(*args, **kwargs):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(checkpoint.torch, "load", flaky)
+    assert run_training(config(6)) == 2
+    assert "nothing was changed" in caplog.text and "run again" in caplog.text
+    assert sorted(p.name for p in (run / "training_state").iterdir()) == ["step_000000002", "step_000000004"]
+    monkeypatch.setattr(checkpoint.torch, "load", real_load)
+    assert run_training(config(6)) == 0
+    assert (run / "training_state" / "step_000000006").is_dir()

@@ -129,3 +129,11 @@ def test_non_loopback_bind_needs_auth(monkeypatch: pytest.MonkeyPatch, capsys: p
     monkeypatch.delenv("CADENCE_AUTH", raising=False)
     code = ui_command(argparse.Namespace(host="0.0.0.0", port=0, home=None))
     assert code == 2 and "refusing to serve on 0.0.0.0" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("bad", ["week", "0", "-2", "nan", "inf"])
+def test_bad_session_days_is_a_message_not_a_traceback(bad, monkeypatch, capsys) -> None:
+    monkeypatch.setenv("CADENCE_UI_SESSION_DAYS", bad)
+    monkeypatch.setenv("CADENCE_AUTH", TOKEN)
+    code = ui_command(argparse.Namespace(host="127.0.0.1", port=0, home=None))
+    assert code == 2 and "CADENCE_UI_SESSION_DAYS must be a positive number of days" in capsys.readouterr().err

@@ -75,6 +75,18 @@ FOREIGN_KEYS: dict[str, str] = {
     "discrete_flow_shift": "train.flow_shift",
     "fp8_base": "model.quantize: true with model.qtype: fp8",
     "resume_from_checkpoint": "nothing: a run resumes from its newest checkpoint by itself",
+    # LyCORIS / kohya `network_args` of seed 004's LoHa/LoKr recipes (they land in network.network_kwargs)
+    "algo": "network.type (lora, locon, lokr, loha, dora)",
+    "conv_dim": "network.conv (the Conv rank)",
+    "use_tucker": "none: Tucker-decomposed Conv factors are not implemented (LoCon trains plain Conv factors)",
+    "decompose_both": "none: LoKr with both Kronecker halves low-rank is not implemented (lokr_full_rank: false "
+    "makes the larger one low-rank)",
+    "use_scalar": "none: LyCORIS' trainable scalar is not implemented",
+    "rank_dropout_scale": "none: rank dropout always rescales by 1/(1-p) here (network_kwargs.rank_dropout)",
+    "train_norm": "none: norm layers are not trained (adapters on Linear/Conv only)",
+    "bypass_mode": "none: Cadence's adapters always run beside the frozen layer (its hooks are LyCORIS' bypass)",
+    "unbalanced_factorization": "none: LoKr's split is LyCORIS' default (network.lokr_factor sets it)",
+    "full_matrix": "network.lokr_full_rank (LoKr) - LoHa has no full-matrix form here",
     "webhook_config": "logging.webhooks (the same entries: webhook_type, webhook_url/callback_url, ...)",
     "hub_model_id": "save.hf_repo_id (with save.push_to_hub: true)",
     "report_to": "logging.use_wandb: true / logging.tensorboard",

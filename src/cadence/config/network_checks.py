@@ -34,7 +34,7 @@ def network_type_issues(cfg: JobConfig) -> list[Issue]:
         issues.append(
             (
                 ("network", "alpha_schedule"),
-                "alpha phases would change nothing: a LoKr with lokr_full_rank: true (the default) has two full "
+                "alpha phases would change nothing: a LoKr with lokr_full_rank: true has two full "
                 "factors, no rank and scale 1 (LyCORIS and ComfyUI ignore its alpha); set lokr_full_rank: false "
                 "and network.linear to a rank, or disable the schedule",
             )
@@ -107,12 +107,21 @@ def network_type_warnings(cfg: JobConfig) -> list[Issue]:
                 warnings.append(
                     (("network", key), f"applies to type lokr only; type is {net.type!r}, so it does nothing")
                 )
+    elif "lokr_full_rank" not in net.model_fields_set:
+        warnings.append(
+            (
+                ("network", "lokr_full_rank"),
+                "is not set, and the trainers disagree on its default: the seed fork (and Cadence) use false "
+                f"(the larger Kronecker factor has rank network.linear = {net.linear}, scaled by alpha/rank), "
+                "ostris' ai-toolkit now uses true (both factors full, rank and alpha unused); set it explicitly",
+            )
+        )
     elif net.lokr_full_rank and ("linear" in net.model_fields_set or "linear_alpha" in net.model_fields_set):
         warnings.append(
             (
                 ("network", "lokr_full_rank"),
-                "is true (ai-toolkit's default for type lokr): both Kronecker factors are full matrices, so "
-                "network.linear and linear_alpha are not used; set lokr_full_rank: false to train that rank",
+                "is true: both Kronecker factors are full matrices, so network.linear and linear_alpha are not "
+                "used; set lokr_full_rank: false to train that rank",
             )
         )
     if kw.wd_on_output and not net.uses_dora:

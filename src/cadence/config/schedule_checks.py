@@ -19,7 +19,9 @@ Issue = tuple[Parts, str]
 SCHEDULER_KEYS: dict[str, tuple[str, ...]] = {
     "constant": (),
     "constant_with_warmup": ("num_warmup_steps",),
-    "cosine": ("min_lr_ratio", "eta_min"),
+    # num_warmup_steps / cosine_decay_steps: newer ai-toolkit's cosine (warmup, then decay over that many
+    # steps and hold the floor)
+    "cosine": ("min_lr_ratio", "eta_min", "num_warmup_steps", "cosine_decay_steps"),
     "linear": ("min_lr_ratio", "eta_min", "start_factor", "end_factor"),
     "cosine_with_restarts": ("T_0", "T_mult", "eta_min", "min_lr_ratio"),
     "polynomial": ("num_warmup_steps", "num_training_steps", "lr_end", "power"),
@@ -77,6 +79,7 @@ def _range_issues(
     whole("step_size", 1)
     whole("num_training_steps", 1)
     whole("num_warmup_steps", 0)
+    whole("cosine_decay_steps", 1)
     for key, low, high in (("min_lr_ratio", 0.0, 1.0), ("start_factor", 0.0, 1.0), ("end_factor", 0.0, 1.0)):
         value = _number(params, key)
         if key in params and (

@@ -192,9 +192,10 @@ class NetworkConfig(Strict):
         "expert's file (…_high_noise.safetensors finds its _low_noise sibling) or {high_noise: F, low_noise: F}",
     )
     lokr_full_rank: bool = Field(
-        True,
-        description="LoKr: both Kronecker factors full matrices (no rank, scale 1; ai-toolkit's default); "
-        "false: the larger factor is rank-`linear` low-rank and alpha/rank scales it",
+        False,
+        description="LoKr: true: both Kronecker factors full matrices (no rank, scale 1); false (the seed fork's "
+        "default; ostris' ai-toolkit now defaults to true, so an unset key is warned about): the larger factor is "
+        "rank-`linear` low-rank and alpha/rank scales it",
     )
     lokr_factor: int = Field(
         -1,

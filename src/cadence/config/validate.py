@@ -168,9 +168,15 @@ def alpha_report(cfg: JobConfig) -> list[str]:
     schedule = cfg.network.alpha_schedule
     tail = " (the model is not a local folder: Conv adapters assumed from network.conv and include_patterns)"
     if schedule is None or not schedule.enabled:
-        line = f"alphas: Linear adapters at linear_alpha {linear:g} (rank {cfg.network.linear})"
+        net = cfg.network
+        if net.algo == "lokr" and net.lokr_full_rank:
+            line = "alphas: LoKr with full factors has no rank and no alpha: scale 1 (linear_alpha is not used)"
+        else:
+            line = f"alphas: Linear adapters at linear_alpha {linear:g} (rank {net.linear})"
         if "conv" in kinds:
             line += f", Conv adapters at conv_alpha {conv:g}"
+        if net.pretrained_lora_path:
+            line += "; a fresh run keeps the alphas stored in network.pretrained_lora_path's files instead"
         return [line + (tail if assumed else "")]
     from cadence.config.errors import ConfigError as PhaseError
     from cadence.networks.preflight import trained_components

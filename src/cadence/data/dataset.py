@@ -26,7 +26,7 @@ from cadence.data.controls import control_images, control_stamp
 from cadence.data.frames import TooShortError, fps_mismatch
 from cadence.data.images import load_image, probe_image
 from cadence.data.index_notes import IndexNotes, dataset_warnings
-from cadence.data.media import CACHE_DIR_NAME, DatasetError, MediaError, MediaItem, SkippedFile, media_kind
+from cadence.data.media import DatasetError, MediaError, MediaItem, SkippedFile, dataset_entry, media_kind
 from cadence.data.video import decode_video_frames, probe_video
 from cadence.data.windows import Window, WindowSpec, plan_windows
 
@@ -116,7 +116,7 @@ def _list_media(i: int, ds: DatasetConfig, notes: IndexNotes) -> list[Path]:
     media: list[Path] = []
     captions: list[str] = []
     for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or path.name == CACHE_DIR_NAME or path.is_dir():
+        if not dataset_entry(path):
             continue  # a dangling link is kept: it is reported as unreadable below
         kind = media_kind(path)
         if kind is not None and ds.media not in ("all", f"{kind}s"):

@@ -132,6 +132,18 @@ def require_regular_file(path: Path) -> int:
     return info.st_size
 
 
+def dataset_entry(path: Path) -> bool:
+    """Whether a dataset folder's entry is looked at at all: training reads the top level only, and skips
+    hidden files and Cadence's own cache folder (one rule for the loader, `cadence caption` and the UI)."""
+    return not (path.name.startswith(".") or path.name == CACHE_DIR_NAME or path.is_dir())
+
+
+def dataset_media(folder: Path) -> list[Path]:
+    """The media files of a dataset folder as training finds them, sorted by name (a dangling link is kept:
+    the loader reports it as unreadable)."""
+    return [p for p in sorted(folder.iterdir()) if dataset_entry(p) and media_kind(p) is not None]
+
+
 def media_kind(path: Path) -> Literal["image", "video"] | None:
     suffix = path.suffix.lower()
     if suffix in IMAGE_EXTENSIONS:

@@ -102,6 +102,7 @@ def ensure_motion_reference(
 
     seen: set[tuple[Path, str]] = set()
     measured, speedups, skipped = [], [], 0
+    clips: set[Path] = set()
     for item in items:
         if (
             item.kind != "video"
@@ -114,6 +115,7 @@ def ensure_motion_reference(
         entry = latents.path(item).with_suffix(".motion.json")
         try:
             measured.append(clip_motion(item, entry, fps))
+            clips.add(item.path)
         except Exception as exc:  # noqa: BLE001 - a reference is never worth failing the caches for
             skipped += 1
             if not isinstance(exc, MediaError):  # undecodable files were reported by the latent cache
@@ -133,8 +135,10 @@ def ensure_motion_reference(
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic_write_text(path, json.dumps(reference.to_dict(), indent=2) + "\n")
     log.info(
-        "motion reference: %d training clip(s), coarse motion %.4f diag/s at %g fps%s",
+        "motion reference: the mean of %d training window(s) of %d clip(s) (each window as often as it trains), "
+        "coarse motion %.4f diag/s at %g fps%s",
         reference.clips,
+        len(clips),
         stats.coarse,
         fps,
         f" ({skipped} left out)" if skipped else "",

@@ -126,3 +126,86 @@ def merge_base_lora(lora_path: str | Mapping[str, str] | None, adapter: object) 
     experts = [spec.name for spec in adapter.experts]  # type: ignore[attr-defined]
     files = expert_files(lora_path, experts, "model.lora_path")
     merge_into_base({e: adapter.transformer(e) for e in files}, files, "model.lora_path")  # type: ignore[attr-defined]
+
+
+def file_issues(
+    pretrained: str | Mapping[str, str] | None,
+    base_lora: str | Mapping[str, str] | None,
+    roots: Mapping[str, nn.Module],
+    trained: Mapping[str, object],
+) -> list[tuple[tuple[str, ...], str]]:
+    """Before any weights are loaded: do the named files fit? `roots` are every expert's transformers built
+    empty (meta), `trained` the adapter config's targets per trained expert ({expert: {module: layer}}).
+    Pretrained files must hold the trained type, rank and modules; base LoRAs must name layers that exist,
+    with their shapes."""
+    issues: list[tuple[tuple[str, ...], str]] = []
+    experts = list(roots)
+    for key, value, check in (
+        (("network", "pretrained_lora_path"), pretrained, "pretrained"),
+        (("model", "lora_path"), base_lora, "base"),
+    ):
+        if not value:
+            continue
+        try:
+            files = expert_files(value, experts, ".".join(key))
+            for expert, path in files.items():
+                tensors = _read(path, ".".join(key))
+                if check == "pretrained" and expert in trained:
+                    issues += _fits_training(key, path, tensors, trained[expert])
+                elif check == "base":
+                    issues += _fits_base(key, path, tensors, roots[expert], expert)
+        except ExistingLoraError as exc:
+            issues.append((key, str(exc).partition(": ")[2] or str(exc)))
+    return issues
+
+
+def _fits_training(key, path: Path, tensors: Mapping[str, AdapterTensors], spec: object) -> list:
+    """spec: (algo, rank or None, {module: layer}) of what the config trains on this expert."""
+    algo, rank, targets = spec
+    problems = []
+    algos = {t.algo for t in tensors.values()}
+    if algos != {algo}:
+        problems.append(
+            f"it holds {'/'.join(sorted(algos))} adapters, the config trains {algo} (network.type)"
+        )
+    ranks = {t.rank for t in tensors.values() if not t.is_conv} - {None}  # Conv adapters have network.conv
+    if rank is not None and ranks and ranks != {rank}:
+        problems.append(
+            f"its rank is {'/'.join(map(str, sorted(ranks)))}, the config trains rank {rank} (network.linear)"
+        )
+    missing, extra = sorted(set(targets) - set(tensors)), sorted(set(tensors) - set(targets))
+    if missing or extra:
+        problems.append(
+            f"its modules differ from the targeted ones ({len(missing)} targeted not in the file, e.g. "
+            f"{(missing or ['-'])[0]}; {len(extra)} in the file not targeted, e.g. {(extra or ['-'])[0]}): "
+            "match network_kwargs' filters to the file's"
+        )
+    if not problems:
+        return []
+    return [(key, f"{path} does not fit the adapter this config trains: " + "; ".join(problems))]
+
+
+def _fits_base(key, path: Path, tensors: Mapping[str, AdapterTensors], root: nn.Module, expert: str) -> list:
+    layers = dict(root.named_modules())
+    unknown = sorted(name for name in tensors if not hasattr(layers.get(name), "weight"))
+    if unknown:
+        return [
+            (
+                key,
+                f"{path} adapts {len(unknown)} layer(s) the {expert} transformer does not have (e.g. {unknown[0]}); is it a LoRA for this model?",
+            )
+        ]
+    wrong = [
+        name
+        for name, t in tensors.items()
+        if t.algo == "lora"
+        and tuple(t.up.shape[:1]) + tuple(t.down.shape[1:2]) != tuple(layers[name].weight.shape[:2])
+    ]
+    if wrong:
+        return [
+            (
+                key,
+                f"{path} module {wrong[0]} does not match that layer's shape {list(layers[wrong[0]].weight.shape)}; is it a LoRA for this model?",
+            )
+        ]
+    return []

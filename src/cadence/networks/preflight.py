@@ -99,15 +99,36 @@ def adapter_problems(root: nn.Module, cfg: NetworkConfig) -> list[tuple[tuple[st
 
 
 def network_issues(cfg: JobConfig, folder: Path, prefix: str = "") -> list[Issue]:
-    """Config issues of the adapter network on the model in local `folder` (one report for all experts)."""
+    """Config issues of the adapter network on the model in local `folder` (one report for all experts),
+    and whether the LoRA files the config starts from fit it (`networks/existing.py`)."""
+    from cadence.networks.existing import file_issues
+
     seen: dict[tuple[tuple[str, ...], str], None] = {}
-    for _expert, component in trained_components(cfg).items():
+    trained: dict[str, object] = {}
+    roots: dict[str, nn.Module] = {}
+    for expert, component in all_components(cfg).items():
         if not (folder / component / "config.json").is_file():
             continue  # the model check reports the missing component
-        root = meta_transformer(folder, component)
-        for key, message in adapter_problems(root, cfg.network):
+        root = roots[expert] = meta_transformer(folder, component)
+        if expert not in trained_components(cfg):
+            continue
+        problems = adapter_problems(root, cfg.network)
+        for key, message in problems:
             seen.setdefault((key, message), None)
+        if not problems:
+            rank = cfg.network.linear if cfg.network.algo != "lokr" or not cfg.network.lokr_full_rank else None
+            trained[expert] = (cfg.network.algo, rank, select_targets(root, cfg.network, warn=False))
+    for key, message in file_issues(cfg.network.pretrained_lora_path, cfg.model.lora_path, roots, trained):
+        seen.setdefault((key, message), None)
     return [(format_path(key, prefix), message) for key, message in seen]
+
+
+def all_components(cfg: JobConfig) -> dict[str, str]:
+    """{expert: pipeline component} of every expert of the model, trained or not."""
+    from cadence.models.base import experts_for
+    from cadence.models.registry import TWO_EXPERT
+
+    return {s.name: s.component for s in experts_for(cfg.model.arch in TWO_EXPERT, 0.5)}
 
 
 def loader_notes(cfg: JobConfig) -> list[str]:

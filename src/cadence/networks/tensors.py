@@ -91,6 +91,12 @@ class AdapterTensors:
         return scale.dim() < 2 or (scale.shape[1] == 1 and scale.shape[0] == self.out_features != 1)
 
     @property
+    def dora_axis(self) -> str | None:
+        """"output", "input" or None (no DoRA): what an adapter module built from these tensors takes."""
+        axis = self.wd_on_output
+        return None if axis is None else "output" if axis else "input"
+
+    @property
     def out_features(self) -> int:
         t = self.tensors
         if self.algo == "lora":

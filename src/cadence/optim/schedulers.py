@@ -13,7 +13,8 @@ Factor after s finished optimizer steps (w = warmup steps, T = total steps, p = 
   `num_warmup_steps` (constant_with_warmup, polynomial; diffusers' name). constant_with_warmup without
   either warms up over 1000 steps, ai-toolkit's default;
 - constant / constant_with_warmup: 1 (torch ConstantLR at factor 1; diffusers' constant schedule with warmup);
-- cosine: m + (1 - m) * (1 + cos(pi * p)) / 2 (torch CosineAnnealingLR over the run, eta_min = m * lr);
+- cosine: m + (1 - m) * (1 + cos(pi * p)) / 2 (torch CosineAnnealingLR over the run, eta_min = m * lr;
+  `cosine_decay_steps` ends the decay after that many steps past the warmup and holds m);
 - linear: m + (1 - m) * (1 - p), lr reaching m at s = T (diffusers' linear); with torch LinearLR's
   `start_factor` / `end_factor` (ai-toolkit passes them to LinearLR): start + (end - start) * p;
 - cosine_with_restarts: torch CosineAnnealingWarmRestarts: cycles of `T_0` steps (default: the whole run,
@@ -79,7 +80,8 @@ def decay_factor(
         return lambda s: 1.0
     if kind == "cosine":
         m = _floor(params, base_lr, "eta_min")
-        return lambda s: m + (1.0 - m) * 0.5 * (1.0 + math.cos(math.pi * progress(s)))
+        length = int(params.get("cosine_decay_steps") or span)  # decay over that many steps, then the floor
+        return lambda s: m + (1.0 - m) * 0.5 * (1.0 + math.cos(math.pi * progress(s, length)))
     if kind == "linear":
         if "start_factor" in params or "end_factor" in params:
             start, end = float(params.get("start_factor", 1.0 / 3.0)), float(params.get("end_factor", 1.0))

@@ -21,6 +21,7 @@ from cadence.config.errors import ConfigError, format_path
 from cadence.config.prompt_flags import item_from_flags
 from cadence.config.schema import JobConfig, ModelConfig, SampleConfig, SamplePrompt, TrainConfig
 from cadence.networks.formats import LoraFile, load_lora_file
+from cadence.sample_flags import add_sample_arguments  # noqa: F401 - the command's flags live there
 
 log = logging.getLogger(__name__)
 
@@ -229,29 +230,3 @@ def sample_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_sample_arguments(parser: argparse.ArgumentParser) -> None:
-    """The `cadence sample` flags (cli.py adds a subparser and calls this)."""
-    parser.add_argument("target", help="job config file, or a Diffusers Wan model folder")
-    parser.add_argument(
-        "--lora-high", dest="lora_high", default=None, help="LoRA file of the high-noise expert"
-    )
-    parser.add_argument("--lora-low", dest="lora_low", default=None, help="LoRA file of the low-noise expert")
-    parser.add_argument("--lora", default=None, help="LoRA file of a single-expert model (Wan 2.1, TI2V-5B)")
-    parser.add_argument(
-        "--prompt", action="append", default=None, help="prompt (repeatable); replaces the config's samples"
-    )
-    parser.add_argument(
-        "--image",
-        action="append",
-        default=None,
-        help="first frame for I2V (repeatable: one for all prompts, or one per prompt)",
-    )
-    parser.add_argument("--seed", type=int, default=None, help="base seed (walk_seed still adds the index)")
-    parser.add_argument("--out", default="samples", help="output folder (default: ./samples)")
-    parser.add_argument("--steps", type=int, default=None, help="denoising steps (sample.sample_steps)")
-    parser.add_argument("--width", type=int, default=None)
-    parser.add_argument("--height", type=int, default=None)
-    parser.add_argument("--num-frames", dest="num_frames", type=int, default=None, help="4k+1")
-    parser.add_argument("--multiplier", type=float, default=None, help="LoRA strength for every sample")
-    parser.add_argument("--device", default=None, help="cuda, cuda:0, cpu (default: the config's, else auto)")
-    parser.add_argument("--dtype", default=None, help="model dtype for a model folder (default bf16 on CUDA)")

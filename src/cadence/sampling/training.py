@@ -65,6 +65,7 @@ def run_specs(
                 spec.fps,
                 sidecar(spec, step, engine, extra),
                 engine.adapter.output_kind,
+                motion_fps=engine.adapter.native_fps,
             )
     return written
 

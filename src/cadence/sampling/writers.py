@@ -99,9 +99,13 @@ def write_sample(
     fps: int,
     sidecar: dict[str, object],
     kind: str = "video",
+    motion_fps: int | None = None,
 ) -> list[Path]:
     """Write the files of one sample; returns their paths (mp4, webp, png, json; an image: png, json). The
-    JSON sidecar gets the mp4's motion statistics (`motion`, see cadence.metrics.motion; None for images)."""
+    JSON sidecar gets the mp4's motion statistics (`motion`, see cadence.metrics.motion; None for images),
+    measured at `motion_fps`: the model's native rate, the rate the training clips' reference is measured at,
+    so a playback `fps` chosen for the samples never reads as more or less motion (`motion_fps` in the
+    sidecar; `fps` stays the file's playback rate)."""
     stem = out_dir / sample_stem(step, index)
     if kind == "image":
         png, meta = (stem.with_suffix(ext) for ext in IMAGE_EXTENSIONS)
@@ -112,7 +116,8 @@ def write_sample(
     write_mp4(paths[0], frames, fps)
     write_webp(paths[1], frames, fps)
     write_png(paths[2], frames[0])
-    motion = sample_motion(paths[0], fps) if len(frames) > 1 else None
-    sidecar = {**sidecar, "motion": motion}
+    rate = motion_fps or fps
+    motion = sample_motion(paths[0], rate) if len(frames) > 1 else None
+    sidecar = {**sidecar, "motion": motion, "motion_fps": rate}
     atomic_write_text(paths[3], json.dumps(sidecar, indent=2, sort_keys=True) + "\n")
     return paths

@@ -18,7 +18,7 @@ from PIL import Image
 
 from cadence.data.frames import TooShortError, plan_frames
 from cadence.data.images import load_image, probe_image
-from cadence.data.media import CACHE_DIR_NAME, MediaError, media_kind
+from cadence.data.media import MediaError, dataset_media, media_kind
 from cadence.data.video import decode_video_frames, probe_video
 from cadence.models.caption_vlm import Visual
 
@@ -31,14 +31,8 @@ class FrameOptions:
 
 
 def list_media(folder: Path) -> list[Path]:
-    """The media files the dataset loader would read from `folder`, sorted by name."""
-    out = []
-    for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or path.name == CACHE_DIR_NAME:
-            continue
-        if media_kind(path) is not None and not path.is_dir():
-            out.append(path)
-    return out
+    """The media files the dataset loader would read from `folder`, sorted by name (its own rule)."""
+    return dataset_media(folder)
 
 
 def fitted_size(width: int, height: int, max_size: int) -> tuple[int, int]:

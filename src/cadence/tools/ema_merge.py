@@ -109,7 +109,12 @@ def ema_betas(
         if value is not None and not 0.0 <= value <= 1.0:
             raise ValueError(f"{name} must be in [0, 1], got {value}")
     updates = len(steps) - 1
-    if beta2 is None or updates <= 1:
+    if beta2 is not None and updates <= 1:
+        raise ValueError(
+            f"--beta2 sets the last of a linear beta schedule over the updates, and {len(steps)} files give "
+            f"{updates} update(s): give --beta alone, or merge 3 or more checkpoints"
+        )
+    if beta2 is None:
         return [beta] * updates
     return [beta + (beta2 - beta) * i / (updates - 1) for i in range(updates)]
 

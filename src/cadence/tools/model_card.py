@@ -21,6 +21,7 @@ class CardFile:
     path: str  # path in the repo
     layout: str  # comfyui | diffusers
     metadata: dict[str, str] = field(default_factory=dict)
+    diffusers_loads: bool = True  # diffusers' load_lora_weights loads it (not LoKr/LoHa, ...: networks/loaders)
 
 
 @dataclass
@@ -59,7 +60,8 @@ def _front_matter(c: CardInputs, usage: ArchUsage) -> str:
     if c.hub_base_model:
         meta["base_model"] = c.hub_base_model
         meta["base_model_relation"] = "adapter"
-    meta["library_name"] = "diffusers"
+    if c.files and all(f.diffusers_loads for f in c.files):  # the Hub shows "diffusers" usage for it
+        meta["library_name"] = "diffusers"
     meta["pipeline_tag"] = usage.pipeline_tag
     meta["tags"] = list(dict.fromkeys(["lora", network, "cadence", *usage.tags, usage.pipeline_tag]))
     if c.config.get("trigger_word"):

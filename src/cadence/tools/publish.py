@@ -45,6 +45,35 @@ class PublishPlan:
     step: int
     files: dict[str, Path]  # path in the repo -> local source file
     card: str
+    config_text: str = ""  # config.yaml as uploaded: the resolved config with local paths cut to names
+
+
+# keys whose values are paths on this machine: the uploaded config.yaml keeps only their last part
+_LOCAL_PATH_KEYS = frozenset(
+    {"training_folder", "folder_path", "control_path", "cache_directory", "ctrl_img", "lora_path",
+     "pretrained_lora_path", "name_or_path"}
+)  # fmt: skip
+
+
+def _public(value: Any, is_path: bool = False) -> Any:
+    """A config value with machine paths (home folders, user names) reduced to their last part; a hub id
+    (`owner/name`) stays as it is. `is_path`: the value sits under one of the path keys."""
+    if isinstance(value, dict):
+        return {k: _public(v, is_path or str(k) in _LOCAL_PATH_KEYS) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_public(v, is_path) for v in value]
+    if is_path and isinstance(value, str) and (value.startswith(("/", "~", ".")) or "\\" in value):
+        return Path(value).name or value
+    return value
+
+
+def public_config_text(config_path: Path) -> str:
+    """config.yaml for the Hub: already without secrets; local paths are cut to their names."""
+    import yaml
+
+    data = yaml.safe_load(config_path.read_text(encoding="utf-8")) or {}
+    note = "# resolved by cadence; local paths are shortened to their last part for publishing\n"
+    return note + yaml.safe_dump(_public(data), sort_keys=False, allow_unicode=True)
 
 
 # ------------------------------------------------------------------------------------------ planning
@@ -81,13 +110,17 @@ def choose_step(run: RunData, checkpoint: str | int | None, report: Any | None) 
 
 
 def _card_file(expert: str, path: Path) -> CardFile:
+    from cadence.networks.formats import load_lora_file
+    from cadence.networks.loaders import diffusers, shape_of
+
     with safe_open(str(path), framework="pt") as handle:
         metadata = dict(handle.metadata() or {})
         layout = detect_layout(list(handle.keys()), path)
     keep = {
         k: metadata[k] for k in ("rank", "alpha", "conv_alpha", "step", "expert", "arch") if k in metadata
     }
-    return CardFile(expert=expert, path=path.name, layout=layout, metadata=keep)
+    loads = diffusers(shape_of(load_lora_file(path).modules, layout)).loads
+    return CardFile(expert=expert, path=path.name, layout=layout, metadata=keep, diffusers_loads=loads)
 
 
 def _samples(run_dir: Path, step: int) -> tuple[list[CardSample], dict[str, Path]]:
@@ -150,7 +183,6 @@ def plan_publish(
     alpha_json = run_dir / f"{run.name}_{step:09d}_alpha_scheduler.json"
     if alpha_json.is_file():
         files[alpha_json.name] = alpha_json
-    files["config.yaml"] = config_path
     samples, sample_files = _samples(run_dir, step)
     files.update(sample_files)
     model = run.config.get("model") or {}
@@ -173,7 +205,14 @@ def plan_publish(
         card = render_card(inputs)
     except ValueError as exc:
         raise PublishError(f"{config_path}: {exc}") from None
-    return PublishPlan(run_dir=run_dir, name=run.name, step=step, files=files, card=card)
+    return PublishPlan(
+        run_dir=run_dir,
+        name=run.name,
+        step=step,
+        files=files,
+        card=card,
+        config_text=public_config_text(config_path),
+    )
 
 
 # --------------------------------------------------------------------------------------------- folder
@@ -197,6 +236,7 @@ def write_folder(plan: PublishPlan, folder: Path | None = None) -> Path:
     for repo_path, source in plan.files.items():
         _place(source, folder / repo_path)
     (folder / "README.md").write_text(plan.card, encoding="utf-8")
+    (folder / "config.yaml").write_text(plan.config_text, encoding="utf-8")
     (folder / MARKER).write_text(f"step {plan.step}\n", encoding="utf-8")
     return folder
 

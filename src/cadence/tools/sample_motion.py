@@ -136,7 +136,7 @@ class SampleMotionReader:
             if cached is not None and cached[0] == digest:
                 stats = cached[1]
             else:
-                fps = sidecar.get("fps")
+                fps = sidecar.get("motion_fps", sidecar.get("fps"))  # the rate the reference is measured at
                 stats = measure_video(mp4, float(fps) if isinstance(fps, int | float) and fps > 0 else None)
                 self.measured[mp4.name] = (digest, stats)
         except Exception as exc:  # noqa: BLE001 - an unreadable sample is left out, never the whole analysis

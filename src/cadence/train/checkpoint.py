@@ -109,6 +109,10 @@ class RunPaths:
 REQUIRED_STATE_KEYS = frozenset({"step", "optimizer", "lr_scheduler", "router", "sampler", "randomness"})
 
 
+class CheckpointReadError(ValueError):
+    """A checkpoint could not be read for a reason outside the file (I/O, memory): retry, never set aside."""
+
+
 class UnreadableCheckpoint(Exception):
     """A state folder whose files cannot be read back."""
 
@@ -180,6 +184,13 @@ class CheckpointManager:
         try:
             adapters = load_file(folder / "adapters.safetensors")
             state = torch.load(folder / "state.pt", map_location="cpu", weights_only=False)
+        except (OSError, MemoryError) as exc:
+            # the machine, not the file (an I/O error, a network mount away, no memory): setting the folder
+            # aside would hide a good checkpoint for good; stop and let the user retry
+            raise CheckpointReadError(
+                f"cannot read the checkpoint {folder} ({type(exc).__name__}: {exc}); nothing was changed. "
+                "Check the disk or mount (or free memory) and run again: training resumes from it"
+            ) from exc
         except Exception as exc:  # unpickling garbage can raise nearly anything; each means "unusable"
             raise UnreadableCheckpoint(folder, f"{type(exc).__name__}: {exc}") from exc
         missing = sorted(REQUIRED_STATE_KEYS - set(state)) if isinstance(state, dict) else ["(not a mapping)"]
@@ -191,8 +202,10 @@ class CheckpointManager:
         """Move an unreadable state folder out of the resume path (kept for inspection, never pruned)."""
         folder = self.paths.state_dir(step)
         target = folder.with_name(f"unreadable_{folder.name}")
-        if target.exists():
-            shutil.rmtree(target)
+        suffix = 1
+        while target.exists():  # an earlier one set aside for the same step is kept too
+            suffix += 1
+            target = folder.with_name(f"unreadable_{folder.name}_{suffix}")
         folder.rename(target)
         fsync_dir(folder.parent)
         return target

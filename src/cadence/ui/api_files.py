@@ -18,7 +18,7 @@ from pydantic import BaseModel, Field
 
 from cadence.atomic import atomic_path, atomic_write_text
 from cadence.data.captions import JSONL_NAME, read_jsonl_captions
-from cadence.data.media import media_kind
+from cadence.data.media import dataset_media, media_kind
 from cadence.tools.caption_args import DEFAULT_MODEL
 from cadence.ui.api_jobs import CAPTION_STATUS, job_summary
 from cadence.ui.context import MAX_UPLOAD_BYTES, Ctx, UIContext
@@ -138,8 +138,8 @@ def list_dataset_files(c: Ctx, root: str) -> dict:
     ext = _caption_ext(base, c)
     listed = _jsonl_captions(base, c)
     items = []
-    for f in sorted(base.iterdir()):  # training reads the top level of a dataset folder only
-        if f.name.startswith(".") or not f.is_file() or media_kind(f) is None:
+    for f in dataset_media(base):  # what training reads (its own rule); a dangling link cannot be shown
+        if not f.is_file():
             continue
         caption = f.with_suffix("." + ext)
         real = str(f.resolve())

@@ -34,15 +34,25 @@ def check_token(candidate: str, token: str) -> bool:
     return hmac.compare_digest(candidate.encode(), token.encode())
 
 
+def session_days() -> float:
+    """`CADENCE_UI_SESSION_DAYS` (default 7): a positive number of days, else a ValueError saying so."""
+    raw = os.environ.get("CADENCE_UI_SESSION_DAYS", "7")
+    try:
+        days = float(raw)
+    except ValueError:
+        days = float("nan")
+    if not (days > 0 and days != float("inf")):
+        raise ValueError(f"CADENCE_UI_SESSION_DAYS must be a positive number of days (e.g. 7), got {raw!r}")
+    return days
+
+
 class Sessions:
     """Login cookies that expire and that log out revokes (by rotating the server-side secret)."""
 
     def __init__(self, home: Path, token: str, days: float | None = None) -> None:
         self.secret_file = Path(home) / "session_secret"
         self.token = token
-        self.lifetime = 86400.0 * (
-            days if days is not None else float(os.environ.get("CADENCE_UI_SESSION_DAYS", "7"))
-        )
+        self.lifetime = 86400.0 * (days if days is not None else session_days())
 
     def _secret(self) -> bytes:
         """Read on every check (a rotation by another UI process on this home counts at once)."""

@@ -35,11 +35,17 @@ def ui_command(args: argparse.Namespace) -> int:
     import uvicorn
 
     from cadence.ui.app import create_app
+    from cadence.ui.auth import session_days
 
     token = os.environ.get("CADENCE_AUTH") or None
     reason = refuse_reason(args.host, token)
     if reason:
         sys.stderr.write(reason + "\n")
+        return 2
+    try:
+        session_days()  # a bad CADENCE_UI_SESSION_DAYS is said here, not as a traceback at the first login
+    except ValueError as exc:
+        sys.stderr.write(f"{exc}\n")
         return 2
     home = Path(args.home).expanduser() if args.home else default_home()
     app = create_app(home, token=token)

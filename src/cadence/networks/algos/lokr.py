@@ -2,8 +2,8 @@
 
 A Linear of size out × in is split as out = a·b, in = c·d by LyCORIS's `factorization(dim, factor)`
 (`lokr_factor`: -1 picks the split nearest the square root; a positive factor must divide both sizes).
-`w1` [a, c] is always a full matrix. `w2` [b, d] is a full matrix with `lokr_full_rank` (ai-toolkit's
-default) or when the rank is at least half of max(b, d) (LyCORIS's rule), else `w2_a @ w2_b` of rank
+`w1` [a, c] is always a full matrix. `w2` [b, d] is a full matrix with `lokr_full_rank: true` (ostris'
+ai-toolkit's default; the seed fork's and Cadence's is false) or when the rank is at least half of max(b, d) (LyCORIS's rule), else `w2_a @ w2_b` of rank
 `linear`. Scale = alpha / rank for a low-rank `w2`, 1 when both halves are full (LyCORIS forces alpha to
 the rank there, and ComfyUI ignores alpha: a full-matrix LoKr has no alpha to schedule). Initialisation as
 LyCORIS: w1, w2_a kaiming-uniform, w2 / w2_b zero. Linear layers only (Conv LoKr is refused at config: ComfyUI
@@ -99,10 +99,9 @@ class LoKrModule(AdapterModule):
         else:
             b, d = t.tensors["lokr_w2_a"].shape[0], t.tensors["lokr_w2_b"].shape[1]
             rank, full = int(t.tensors["lokr_w2_b"].shape[0]), False
-        dora = None if t.wd_on_output is None else "output" if t.wd_on_output else "input"
         split = (int(w1.shape[0]), int(b), int(w1.shape[1]), int(d))
         alpha = t.alpha if t.alpha is not None else float(rank)
-        return cls(base, rank, alpha, _no_rng(), dora, full_rank=full, split=split)
+        return cls(base, rank, alpha, _no_rng(), t.dora_axis, full_rank=full, split=split)
 
     @property
     def rank(self) -> int | None:

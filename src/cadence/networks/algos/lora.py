@@ -42,8 +42,7 @@ class LoRAModule(AdapterModule):
 
     @classmethod
     def from_tensors(cls, base: nn.Module, t: AdapterTensors) -> LoRAModule:
-        dora = None if t.wd_on_output is None else "output" if t.wd_on_output else "input"
-        return cls(base, t.rank, t.alpha if t.alpha is not None else float(t.rank), _no_rng(), dora)
+        return cls(base, t.rank, t.alpha if t.alpha is not None else float(t.rank), _no_rng(), t.dora_axis)
 
     @property
     def rank(self) -> int:

@@ -927,6 +927,33 @@ class LoggingConfig(Strict):
         return out
 
 
+# ------------------------------------------------------------------------------------------ parallel
+def _value_at(section: Any, where: tuple[str | int, ...]) -> Any:
+    """The configured value at a dotted location (for an error that shows what it got)."""
+    for part in where:
+        section = getattr(section, str(part), None)
+    return section
+
+
+class ParallelConfig(Strict):
+    """How a run launched with several processes (torchrun, accelerate launch) splits its work
+    (docs/distributed.md). In one process nothing here changes the run (a world of one)."""
+
+    shard_base: bool = Field(
+        False, description="FSDP2: shard each frozen transformer block over the ranks (adapters replicated)"
+    )
+    expert_parallel: bool = Field(
+        False,
+        description="Wan 2.2 A14B, both experts: half the ranks train high_noise, half low_noise, at once",
+    )
+    backend: Literal["auto", "nccl", "gloo"] = Field(
+        "auto", description="torch.distributed backend; auto: nccl on CUDA GPUs, gloo on the CPU"
+    )
+    timeout_s: int = Field(
+        1800, ge=30, description="seconds a training collective waits for a lost peer before the job fails"
+    )
+
+
 # ----------------------------------------------------------------------------------------------- job
 # 255 (NAME_MAX) minus the 47 bytes the longest run file adds around the name (see JobConfig._safe_name)
 MAX_NAME_BYTES = 208
@@ -947,6 +974,7 @@ class JobConfig(Strict):
     model: ModelConfig
     sample: SampleConfig = Field(default_factory=SampleConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    parallel: ParallelConfig = Field(default_factory=ParallelConfig)
 
     @field_validator("name")
     @classmethod
@@ -975,6 +1003,25 @@ class JobConfig(Strict):
                     f"{where}: {path} is a file, not a folder; the run folder {self.run_dir} is created there. "
                     "Point training_folder at a folder (or remove the file)"
                 )
+        return self
+
+    @model_validator(mode="after")
+    def _parallel_combinations(self) -> JobConfig:
+        """Settings `parallel` rules out, each refused at its own key (cadence.parallel.config_checks)."""
+        from pydantic_core import InitErrorDetails, PydanticCustomError, ValidationError
+
+        from cadence.parallel.config_checks import parallel_conflicts
+
+        errors = [
+            InitErrorDetails(
+                type=PydanticCustomError("parallel_conflict", "{problem}", {"problem": problem}),
+                loc=where,
+                input=_value_at(self, where),
+            )
+            for where, problem in parallel_conflicts(self)
+        ]
+        if errors:
+            raise ValidationError.from_exception_data("JobConfig", errors)
         return self
 
     @model_validator(mode="after")

@@ -263,7 +263,12 @@ REGISTRY: list[Unsupported] = [
         accepts=_ANY,
     ),
     U("model.auto_memory", "deprecated in ai-toolkit for layer_offloading: use model.blocks_to_swap", False),
-    U("model.split_model_over_gpus", "multi-GPU model splitting is not implemented", False),
+    U(
+        "model.split_model_over_gpus",
+        "placing layers on different GPUs is not implemented; under torchrun use parallel.shard_base (every "
+        "block sharded over the GPUs, docs/distributed.md)",
+        False,
+    ),
     U("model.dtype", "the base model is loaded in train.dtype"),
     U("model.vae_path", "the VAE is loaded from name_or_path", None),
     U("model.te_name_or_path", "the text encoder is loaded from name_or_path", None),

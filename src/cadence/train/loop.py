@@ -3,6 +3,11 @@
 Per optimizer step: the router names the expert, its adapter trains on `gradient_accumulation`
 micro-batches with timesteps drawn inside that expert's range, the update is clipped and applied, and one
 metrics line is written. Nothing here knows which model family it trains.
+
+Several processes (`setup.parallel`, docs/distributed.md): each rank trains its rows of the global batch
+and the gradients are averaged before clipping; with expert parallel a round trains one step of each expert
+at once (steps 2i+1 and 2i+2 on two rank groups) and every rank then takes both lines through the same
+bookkeeping. Stops, saves and samples are agreed between the ranks at the end of a round.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import logging
 import math
 import signal
 import time
+import warnings
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -18,6 +24,7 @@ from typing import Any
 import torch
 
 from cadence.data.cache import CacheMissError
+from cadence.parallel.context import skip_draws
 from cadence.train.batches import Batch
 from cadence.train.checks import evaluation_weights
 from cadence.train.objective import combined_weights, flow_matching_loss, model_input_and_target
@@ -82,11 +89,15 @@ class Trainer:
     def _micro_batch_loss(self, expert: str) -> tuple[torch.Tensor, torch.Tensor]:
         s = self.s
         spec = s.expert_specs[expert]
+        streams = s.randomness.of(expert)
         loading = time.perf_counter()
-        batch = self._next_batch().to(s.device, s.dtype)
+        batch = self._next_batch(streams.captions).to(s.device, s.dtype)
         self.data_seconds += time.perf_counter() - loading
-        noise = torch.randn(batch.latents.shape, generator=s.randomness.noise, dtype=torch.float32)
-        t = s.timesteps.sample(batch.latents.shape[0], spec.t_low, spec.t_high, s.randomness.timesteps)
+        # drawn for the whole global batch, this rank's rows kept: N ranks draw what one process would
+        rows = s.parallel.rows(batch.latents.shape[0])
+        shape = (rows.total, *batch.latents.shape[1:])
+        noise = torch.randn(shape, generator=streams.noise, dtype=torch.float32)[rows.start : rows.stop]
+        t = s.timesteps.sample(rows.total, spec.t_low, spec.t_high, streams.timesteps)[rows.start : rows.stop]
         t_dev = t.to(device=s.device, dtype=torch.float32)
         noisy, target = model_input_and_target(batch.latents, noise.to(s.device), t_dev, s.dtype)
         s.networks[expert].multiplier = batch.network_multiplier  # network_weight; kept through backward
@@ -96,16 +107,23 @@ class Trainer:
         loss = flow_matching_loss(prediction, target, s.adapter.loss_mask(batch.cond), weights)
         return loss, t
 
-    def _next_batch(self) -> Batch:
+    def _next_batch(self, captions: Any) -> Batch:
         """The sampler's next batch; one whose cache entry vanished mid-run (another job rewrote or removed
-        it) is skipped with a counted warning, and the next one is used: a long run does not die for it."""
+        it) is skipped with a counted warning, and the next one is used: a long run does not die for it.
+        Caption dropout draws for the other ranks' rows too (one draw per item), so the stream stays the
+        one a single process would read."""
         s = self.s
         for _ in range(MAX_MISSING_BATCHES):
+            indices = s.sampler.next_batch()
+            rows = s.parallel.rows(len(indices))
+            skip_draws(captions, rows.start)
             try:
-                return s.batches.assemble(s.sampler.next_batch(), s.randomness.captions)
+                return s.batches.assemble(indices, captions)
             except CacheMissError as miss:
                 self.missing_batches += 1
                 log.warning("skipping a batch (%d so far): %s", self.missing_batches, miss)
+            finally:
+                skip_draws(captions, rows.after)
         raise TrainingStopped(
             f"{MAX_MISSING_BATCHES} batches in a row had no cache entry; run `cadence cache CONFIG` again and "
             "resume (the run continues from its last checkpoint)"
@@ -132,10 +150,12 @@ class Trainer:
             (loss / accum).backward()
             losses.append(float(loss.detach()))
         network.multiplier = 1.0  # datasets[].network_weight acts on training batches only
+        finite = s.parallel.reduce_gradients(params, finite)  # mean over the ranks; one rank's NaN skips all
         t_mean = float(torch.cat(t_values).mean())
         grad_norm = s.clip_grad_norm(params, s.cfg.train.max_grad_norm) if finite else None
         if grad_norm is None or not math.isfinite(grad_norm):
             # skipped: no update, but the step counts (schedule, router) so the run stays aligned with steps
+            [t_mean] = s.parallel.mean([t_mean])
             lrs = s.lr_fields()
             s.optimizer.zero_grad(set_to_none=True)
             s.lr_scheduler.step()
@@ -148,10 +168,38 @@ class Trainer:
         lrs = s.lr_fields()  # after the step (automagic's mask as applied), before the scheduler moves on
         s.lr_scheduler.step()
         s.optimizer.zero_grad(set_to_none=True)  # free gradients before eval, sampling and saving
-        s.hub.stability.after_step(expert, params)
         s.router.advance()
-        loss = sum(losses) / len(losses)
+        loss, t_mean = s.parallel.mean([sum(losses) / len(losses), t_mean])  # the line's loss: all ranks' mean
         return StepResult(loss, expert, t_mean, grad_norm, time.perf_counter() - started, lrs)
+
+    def idle_step(self) -> None:
+        """Expert parallel: another rank group trains this step's expert. The data order, the schedule and
+        the rotation move on here as they do there, so every rank's state stays the alternating run's."""
+        s = self.s
+        s.sampler.skip(s.cfg.train.gradient_accumulation)
+        with warnings.catch_warnings():  # torch warns about a scheduler step without optimizer.step()
+            warnings.filterwarnings("ignore", message="Detected call of", category=UserWarning)
+            s.lr_scheduler.step()
+        s.router.advance()
+
+    def _train_round(self, plan: list[tuple[int, str]]) -> dict[int, StepResult]:
+        """The steps of one round (one step, or one per expert group with expert parallel)."""
+        s = self.s
+        results: dict[int, StepResult] = {}
+        for step, expert in plan:
+            s.hub.apply_alphas([expert])  # a pending phase change reaches this expert now
+            if s.parallel.trains(expert):
+                self._place_experts()
+                results[step] = self.train_step()
+            else:
+                self.idle_step()
+        return s.parallel.share_round(s, plan, results)
+
+    def _after_update(self, result: StepResult) -> None:
+        """Gradient stability compares this update with the expert's previous one (skipped steps: none)."""
+        if result.loss is not None:
+            network = self.s.networks[result.expert]
+            self.s.hub.stability.after_step(result.expert, [p for p in network.parameters() if p.requires_grad])
 
     # --------------------------------------------------------------------------------------- metrics
     def metrics_row(self, step: int, result: StepResult) -> dict[str, Any]:
@@ -167,6 +215,7 @@ class Trainer:
             "data_time_s": self.data_seconds,
             "samples_per_s": s.cfg.train.batch_size
             * s.cfg.train.gradient_accumulation
+            * s.parallel.group_size
             / max(result.seconds, 1e-9),
             "epoch": s.sampler.state_dict()["epoch"],
         }
@@ -198,52 +247,56 @@ class Trainer:
         try:
             if start_step == 0:
                 self._sample(0)
-            elif s.samples is not None and not s.samples.written(start_step):
+            elif s.samples is not None and s.parallel.resample_needed(not s.samples.written(start_step)):
                 self._sample(start_step)  # killed while sampling that checkpoint step: re-sampled
-            for step in range(start_step + 1, total + 1):
-                if self.stop.requested and step == start_step + 1:
-                    log.info(
-                        "stopped by %s before the first step; nothing new to save", self.stop.signal_name
-                    )
-                    ending = _finish("stopped", step - 1, total, f"stopped by {self.stop.signal_name}")
+            while step < total:
+                if step == start_step and s.parallel.any(self.stop.requested)[0]:
+                    log.info("stopped by %s before the first step; nothing new to save", self._stop_name())
+                    ending = _finish("stopped", step, total, f"stopped by {self._stop_name()}")
                     return 0
-                s.hub.apply_alphas([s.router.current()])  # a pending phase change reaches this expert now
-                self._place_experts()
-                result = self.train_step()
-                self._count_nan(result)
-                row = self.metrics_row(step, result)
-                saving = (
-                    step % s.cfg.save.save_every == 0
-                    or step == total
-                    or self.stop.requested
-                    or s.checks.forces_save(step)
-                )
-                row.update(s.checks.run(step, saving, row, stopping=self.stop.requested))
-                s.recorder.write(row)
-                self._stop_on_nan_streak(step)
-                progress.update(1)
-                progress.set_postfix(
-                    loss=f"{result.loss:.4f}" if result.loss is not None else "nan",
-                    expert=result.expert,
-                    refresh=False,
-                )
-                self._summary(step, row)
+                plan = s.parallel.round_steps(step + 1, total, s.router)
+                step = plan[0][0]  # what a failure while training names
+                results = self._train_round(plan)
+                saving = stopping = False
+                for step, _ in plan:
+                    result = results[step]
+                    self._after_update(result)
+                    self._count_nan(result)
+                    row = self.metrics_row(step, result)
+                    if step == plan[-1][0]:  # saves, samples and stops come between rounds, agreed by all ranks
+                        wanted = (
+                            step % s.cfg.save.save_every == 0 or step == total or s.checks.forces_save(step)
+                        )
+                        saving, stopping = s.parallel.any(wanted or self.stop.requested, self.stop.requested)
+                    row.update(s.checks.run(step, saving, row, stopping=stopping))
+                    s.recorder.write(row)
+                    self._stop_on_nan_streak(step)
+                    progress.update(1)
+                    progress.set_postfix(
+                        loss=f"{result.loss:.4f}" if result.loss is not None else "nan",
+                        expert=result.expert,
+                        refresh=False,
+                    )
+                    self._summary(step, row)
                 if saving:
                     s.recorder.save(s, step)
-                if not self.stop.requested:
+                if not s.parallel.any(self.stop.requested)[0]:
                     self._sample(step)
-                if self.stop.requested:  # also a signal that arrived during checks, the write or sampling
+                # also a signal that arrived during checks, the write or sampling (on any rank)
+                stop_now, health_stop = s.parallel.any(self.stop.requested, s.checks.stop_reason is not None)
+                if stop_now:
                     if not saving:
                         s.recorder.save(s, step)
-                    log.info("stopped by %s at step %d; checkpoint saved", self.stop.signal_name, step)
-                    said = f"stopped by {self.stop.signal_name}, checkpoint saved"
+                    log.info("stopped by %s at step %d; checkpoint saved", self._stop_name(), step)
+                    said = f"stopped by {self._stop_name()}, checkpoint saved"
                     ending = _finish("stopped", step, total, said)
                     return 0
-                if s.checks.stop_reason:
-                    log.warning("health stop at step %d: %s", step, s.checks.stop_reason)
+                if health_stop:
+                    reason = s.parallel.main_value(s.checks.stop_reason)  # the main rank runs the checks
+                    log.warning("health stop at step %d: %s", step, reason)
                     if not saving:
                         s.recorder.save(s, step)
-                    ending = _finish("health_stop", step, total, f"health stop: {s.checks.stop_reason}")
+                    ending = _finish("health_stop", step, total, f"health stop: {reason}")
                     return 0
             ending = _finish("completed", step, total, f"finished {step} steps")
         except TrainingStopped as stop:
@@ -269,6 +322,7 @@ class Trainer:
         if samples is not None and samples.due(step):
             with evaluation_weights(self.s.optimizer):
                 written = samples.run(step)
+            self.s.parallel.barrier()  # every rank's share is written before training goes on
             if written:
                 message = f"{len({p.stem for p in written})} sample(s) at step {step}"
                 files = [str(p) for p in written]
@@ -279,7 +333,7 @@ class Trainer:
         s = self.s
         if not s.cfg.model.low_vram:
             return
-        active = s.router.current()
+        active = s.parallel.resident(s.router.current())  # expert parallel: this rank's own expert
         for spec in s.expert_specs.values():
             if spec.name == active:
                 s.adapter.onload(spec.name)
@@ -313,6 +367,10 @@ class Trainer:
         if row.get("phase") is not None:
             parts.append(f"phase={row['phase']}")
         log.info("summary: %s", " ".join(parts))
+
+    def _stop_name(self) -> str:
+        """The signal that stopped the run (another rank's, when this one saw none: "a signal")."""
+        return self.stop.signal_name or "a signal on another rank"
 
     def _count_nan(self, result: StepResult) -> None:
         hub = self.s.hub

@@ -61,12 +61,26 @@ class MachineNeeds:
     qtype: str = "qfloat8"
     quantize_te: bool = False
     qtype_te: str = "qfloat8"
+    parallel_backend: str = "auto"  # the world under torchrun: parallel.backend, expert groups
+    expert_parallel: bool = False
+    trained_experts: int = 1
 
     @classmethod
     def of(cls, cfg: JobConfig) -> MachineNeeds:
-        m, t = cfg.model, cfg.train
+        from cadence.parallel.launch import trained_experts
+
+        m, t, kw = cfg.model, cfg.train, cfg.model.model_kwargs
         return cls(
-            cfg.device, t.attention_backend, t.optimizer, m.quantize, m.qtype, m.quantize_te, m.qtype_te
+            cfg.device,
+            t.attention_backend,
+            t.optimizer,
+            m.quantize,
+            m.qtype,
+            m.quantize_te,
+            m.qtype_te,
+            cfg.parallel.backend,
+            cfg.parallel.expert_parallel,
+            len(trained_experts(m.arch, kw.train_high_noise, kw.train_low_noise)),
         )
 
     @classmethod
@@ -75,6 +89,7 @@ class MachineNeeds:
         take their defaults (their own errors are in the config report), so the machine is still checked."""
         train = body.get("train") if isinstance(body.get("train"), dict) else {}
         model = body.get("model") if isinstance(body.get("model"), dict) else {}
+        parallel = body.get("parallel") if isinstance(body.get("parallel"), dict) else {}
         wanted = {
             "device": body.get("device"),
             "attention_backend": train.get("attention_backend"),
@@ -83,6 +98,8 @@ class MachineNeeds:
             "qtype": model.get("qtype"),
             "quantize_te": model.get("quantize_te"),
             "qtype_te": model.get("qtype_te"),
+            "parallel_backend": parallel.get("backend"),
+            "expert_parallel": parallel.get("expert_parallel"),
         }
         defaults = cls()
         kept = {
@@ -136,6 +153,9 @@ def machine_issues(cfg: JobConfig | MachineNeeds) -> list[Issue]:
                     f"{qtype!r} needs {module.split('.')[0]}, which cannot be imported ({why}); install it or use fp8",
                 )
             )
+    from cadence.parallel.launch import world_issues  # the torchrun world: variables, GPUs, backend
+
+    issues += world_issues(needs.device, needs.parallel_backend, needs.expert_parallel, needs.trained_experts)
     return issues
 
 

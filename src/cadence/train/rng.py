@@ -88,18 +88,20 @@ def deterministic_algorithms(enabled: bool) -> Iterator[None]:
 
 
 @dataclass
-class TrainingRandomness:
-    """The trainer's own random streams, each derived from the job seed."""
+class ExpertStreams:
+    """One expert's draws: noise, timesteps and caption dropout."""
 
-    seed: int
-    noise: torch.Generator = field(init=False)
-    timesteps: torch.Generator = field(init=False)
-    captions: random.Random = field(init=False)
+    noise: torch.Generator
+    timesteps: torch.Generator
+    captions: random.Random
 
-    def __post_init__(self) -> None:
-        self.noise = torch.Generator().manual_seed(self.seed * 3 + 1)
-        self.timesteps = torch.Generator().manual_seed(self.seed * 3 + 2)
-        self.captions = random.Random(self.seed * 3 + 3)
+    @classmethod
+    def seeded(cls, seed: int) -> ExpertStreams:
+        return cls(
+            torch.Generator().manual_seed(seed * 3 + 1),
+            torch.Generator().manual_seed(seed * 3 + 2),
+            random.Random(seed * 3 + 3),
+        )
 
     def state_dict(self) -> dict[str, Any]:
         return {
@@ -112,3 +114,51 @@ class TrainingRandomness:
         self.noise.set_state(state["noise"])
         self.timesteps.set_state(state["timesteps"])
         self.captions.setstate(state["captions"])
+
+
+# seed distance between the experts' streams (the first expert keeps the job seed's own streams)
+EXPERT_SEED_STRIDE = 1_000_003
+
+
+@dataclass
+class TrainingRandomness:
+    """The trainer's own random streams, one set per expert, each derived from the job seed and the
+    expert's place in the model (`experts`: the model's expert names in order).
+
+    Per expert, so that an expert's k-th step draws the same noise, timesteps and caption dropout whether the
+    experts alternate on one device or train at the same time on two rank groups (expert parallel), and
+    whether the other expert trains at all.
+    """
+
+    seed: int
+    experts: tuple[str, ...] = ("main",)
+    streams: dict[str, ExpertStreams] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.experts = tuple(self.experts)
+        self.streams = {
+            name: ExpertStreams.seeded(self.seed + EXPERT_SEED_STRIDE * i)
+            for i, name in enumerate(self.experts)
+        }
+
+    def of(self, expert: str) -> ExpertStreams:
+        return self.streams[expert]
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"streams": {name: s.state_dict() for name, s in self.streams.items()}}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = state.get("streams")
+        if saved is None:  # a checkpoint from before the per-expert streams: one shared set
+            first = self.experts[0]
+            self.streams[first].load_state_dict(state)
+            if len(self.experts) > 1:
+                log.warning(
+                    "resume: the checkpoint holds one shared noise/timestep stream (an older Cadence); it "
+                    "continues for %s, the other experts' streams start from the seed",
+                    first,
+                )
+            return
+        for name, stream_state in saved.items():
+            if name in self.streams:
+                self.streams[name].load_state_dict(stream_state)

@@ -1,4 +1,9 @@
-"""`cadence train CONFIG`: resolve the config, build the run, resume if possible, train, report."""
+"""`cadence train CONFIG`: resolve the config, build the run, resume if possible, train, report.
+
+Under torchrun / accelerate launch every process runs this: it joins the process group first
+(`cadence.parallel.launch.start_parallel`), the main rank alone takes the run-folder lock and writes
+log.txt, and the others follow its decisions (docs/distributed.md).
+"""
 
 from __future__ import annotations
 
@@ -50,6 +55,7 @@ def run_training(
     from cadence.config.loader import load_config
     from cadence.data.media import DatasetError
     from cadence.models.base import ModelLoadError
+    from cadence.parallel.launch import start_parallel
     from cadence.train.checkpoint import CheckpointManager, RunPaths
     from cadence.train.loop import StopFlag, Trainer
     from cadence.train.rng import deterministic_algorithms
@@ -68,19 +74,29 @@ def run_training(
     except ConfigError as error:
         sys.stderr.write(f"{error}\n")
         return 2
-    lock = ExitStack()  # the run-folder lock, held until training ends
     try:
+        parallel = start_parallel(cfg)  # a world of one without torchrun's variables
+    except ValueError as error:  # malformed launch variables (the message names the variable)
+        log.error("%s", error)
+        return 2
+    lock = ExitStack()  # the run-folder lock, held until training ends (by the main rank: one job, one lock)
+
+    def claim_folder() -> None:
         lock.enter_context(run_folder_lock(cfg.run_dir))
         if restart:
             move_previous_run(RunPaths(cfg.run_dir, cfg.name))
         elif not CheckpointManager(RunPaths(cfg.run_dir, cfg.name), 1, ANY_LABEL).complete_steps():
             # before minutes of model loading: a folder of LoRA files without any state cannot resume
             refuse_fresh_start(RunPaths(cfg.run_dir, cfg.name), ANY_LABEL, NO_STATE)
-    except (RunLockedError, RunFolderNotResumable, OSError) as error:
+
+    try:
+        parallel.on_main(claim_folder)
+    except (RunLockedError, RunFolderNotResumable, ValueError, OSError) as error:
         lock.close()
+        parallel.close()
         log.error("%s", error)  # before log.txt is attached: the run folder is not this run's to write
         return 2
-    handler = attach_log_file(cfg.run_dir / "log.txt")
+    detach_logs = parallel.logs(lambda: attach_log_file(cfg.run_dir / "log.txt"))
     own_logger = logging.getLogger("cadence")
     own_level = own_logger.level
     if cfg.logging.verbose:  # Cadence's own debug lines; third-party libraries stay at INFO
@@ -90,7 +106,7 @@ def run_training(
         # before build_training: the switch must precede the first CUDA (cuBLAS) call
         with deterministic_algorithms(cfg.train.deterministic):
             try:
-                setup = build_training(cfg)
+                setup = build_training(cfg, parallel)
             except KeyboardInterrupt:
                 # cache entries are written atomically one by one: the next run reuses what was finished
                 log.warning("interrupted during setup/caching; finished cache entries are kept")
@@ -116,8 +132,8 @@ def run_training(
         lock.close()
         stop.uninstall(keep_ignoring=exiting)
         own_logger.setLevel(own_level)
-        logging.getLogger().removeHandler(handler)
-        handler.close()
+        detach_logs()
+        parallel.close()
 
 
 def train_command(args: argparse.Namespace) -> int:

@@ -36,6 +36,7 @@ from cadence.optim.factory import (
 )
 from cadence.optim.param_groups import build_param_groups
 from cadence.optim.schedulers import build_lr_scheduler, keep_configured_settings
+from cadence.parallel.context import ParallelContext
 from cadence.perf import apply_memory_options, apply_quantization
 from cadence.sampling import TrainingSampler, validate_samples
 from cadence.sampling.state import sampling_state
@@ -86,6 +87,7 @@ class TrainingSetup:
     ema: AdapterEMA | None = None  # train.ema_config: what files, samples, eval and |ΔW| use
     start_step: int = 0
     extras: dict[str, Any] = field(default_factory=dict)
+    parallel: ParallelContext = field(default_factory=ParallelContext)  # the other ranks (none in one process)
 
     clip_grad_norm = staticmethod(clip_grad_norm)
 
@@ -113,7 +115,7 @@ class TrainingSetup:
     def state_dict(self, step: int) -> dict[str, Any]:
         from cadence.train.rng import capture_global_rng
 
-        return {
+        state = {
             "step": step,
             "config_hash": config_hash(self.cfg),
             "optimizer_name": self.cfg.train.optimizer,
@@ -129,12 +131,20 @@ class TrainingSetup:
             "alphas": {e: {"linear": n.linear_alpha, "conv": n.conv_alpha} for e, n in self.networks.items()},
             "ema": self.ema.state_dict() if self.ema is not None else None,
         }
+        return self.parallel.complete_state(state, self)  # every rank's random and sampler state
 
     def adapter_tensors(self) -> dict[str, torch.Tensor]:
         return {f"{e}::{k}": v for e, net in self.networks.items() for k, v in net.state_dict().items()}
 
     def progress(self, start: int, total: int) -> tqdm:
-        return tqdm(total=total, initial=start, desc=self.cfg.name, unit="step", dynamic_ncols=True)
+        return tqdm(
+            total=total,
+            initial=start,
+            desc=self.cfg.name,
+            unit="step",
+            dynamic_ncols=True,
+            disable=not self.parallel.is_main,
+        )
 
     def close(self) -> None:
         self.recorder.close()
@@ -176,7 +186,11 @@ def _build_networks(
     return networks
 
 
-def build_training(cfg: JobConfig) -> TrainingSetup:
+def build_training(cfg: JobConfig, parallel: ParallelContext | None = None) -> TrainingSetup:
+    """Every part of the run; `parallel` (from `cadence.parallel.launch.start_parallel`) is wired in here
+    and nowhere else: device and seeds per rank, caches filled by the main rank first, replicated adapters,
+    the sharded base, sampler shards, samples per rank, and the main rank's recorder and health checks."""
+    parallel = parallel or ParallelContext()
     paths = RunPaths(cfg.run_dir, cfg.name)
     # this machine's problems (GPU, packages) before minutes of model loading and caching
     problems = [(format_path(where), message) for where, message in machine_issues(cfg)]
@@ -185,9 +199,9 @@ def build_training(cfg: JobConfig) -> TrainingSetup:
     if problems:
         raise ConfigError(problems)
     paths.run_dir.mkdir(parents=True, exist_ok=True)
-    device = resolve_device(cfg.device)
+    device = parallel.device(resolve_device(cfg.device))
     dtype = resolve_dtype(cfg.train.dtype)
-    seed_everything(cfg.train.seed)
+    seed_everything(parallel.seed(cfg.train.seed))
 
     adapter = load_model_adapter(cfg.model, device, dtype)
     merge_base_lora(cfg.model.lora_path, adapter)  # into the full-precision weights, before quantizing
@@ -206,14 +220,16 @@ def build_training(cfg: JobConfig) -> TrainingSetup:
     prompt = fixed_prompt(cfg)  # train.unload_text_encoder: one prompt for every item, as ai-toolkit
     if prompt is not None:
         use_fixed_prompt(index, prompt)
-    latent_cache, text_cache = _prepare_caches(cfg, adapter, index)
+    latent_cache, text_cache = parallel.main_first(lambda: _prepare_caches(cfg, adapter, index))
 
     experts = _trained_experts(cfg, adapter)
     networks = _build_networks(cfg, adapter, experts, device)
+    parallel.replicate(networks)
     for expert in experts:
         adapter.transformer(expert).train()
     # attention backend, checkpointing, block swap, adapter dtype, regional compile (after LoRA hooks exist)
     perf = apply_memory_options(adapter, cfg, experts, networks)
+    parallel.shard_frozen(adapter)  # parallel.shard_base: FSDP2 over the frozen blocks (after hooks and checkpointing)
     groups = build_param_groups(networks, cfg.train, cfg.network.network_kwargs.loraplus_lr_ratio)
     optimizer = build_optimizer(cfg.train, groups)
     lr_scheduler = build_lr_scheduler(
@@ -245,7 +261,7 @@ def build_training(cfg: JobConfig) -> TrainingSetup:
     )
     # every expert's file name, trained this run or not: pruning a step removes all its LoRA files
     labels = [spec.name for spec in adapter.experts] if len(adapter.experts) > 1 else [None]
-    recorder = RunRecorder(cfg, paths, CheckpointManager(paths, cfg.save.max_step_saves_to_keep, labels))
+    recorder = parallel.recorder(cfg, paths, CheckpointManager(paths, cfg.save.max_step_saves_to_keep, labels))
     evaluator = None
     if eval_items:
         eval_batches = BatchAssembler(
@@ -260,7 +276,7 @@ def build_training(cfg: JobConfig) -> TrainingSetup:
             "train.eval_every is set but there is no eval set: mark a dataset with datasets[].is_eval: true "
             "or set train.eval_split (e.g. 0.1)"
         )
-    health = HealthMonitor(cfg.train.health) if cfg.train.health else None
+    health = parallel.main_only(HealthMonitor(cfg.train.health)) if cfg.train.health else None
 
     def run_eval(ev: FixedEval) -> dict[str, float]:
         # no grad, adapters in eval mode (no LoRA dropout), global RNG restored, low_vram placement per expert
@@ -290,14 +306,21 @@ def build_training(cfg: JobConfig) -> TrainingSetup:
         lr_scheduler=lr_scheduler,
         router=ExpertRouter(experts, cfg.train.switch_boundary_every),
         timesteps=timesteps,
-        sampler=BucketBatchSampler(index.train_items, cfg.train.batch_size, cfg.train.seed),
+        sampler=BucketBatchSampler(
+            index.train_items,
+            cfg.train.batch_size,
+            cfg.train.seed,
+            shards=parallel.group_size,
+            shard=parallel.group_rank,
+        ),
         batches=batches,
-        randomness=TrainingRandomness(cfg.train.seed),
+        randomness=TrainingRandomness(cfg.train.seed, tuple(spec.name for spec in adapter.experts)),
         hub=hub,
         recorder=recorder,
         checks=checks,
         ema=ema,
         extras={"perf": perf},
+        parallel=parallel,
     )
     # datasets[].is_reg: every other step of each expert; shuffle_tokens / token_dropout_rate: varied captions
     accumulation = cfg.train.gradient_accumulation
@@ -306,7 +329,8 @@ def build_training(cfg: JobConfig) -> TrainingSetup:
     setup.start_step = _resume(setup)
     if not cfg.train.disable_sampling:
         setup.samples = TrainingSampler(cfg, adapter, networks, paths.samples)
-    _write_resolved_config(cfg, paths.config)
+        parallel.share_samples(setup.samples)
+    parallel.on_main(lambda: _write_resolved_config(cfg, paths.config))
     return setup
 
 
@@ -374,21 +398,31 @@ def _alpha_scheduler(cfg: JobConfig, networks: dict[str, LoRANetwork], experts: 
 def _resume(setup: TrainingSetup) -> int:
     """Restore the newest complete checkpoint, if any; returns the step to continue from."""
     manager = setup.recorder.checkpoints
-    if (manager.paths.run_dir / "training_state").is_dir():
-        manager.clean_leftovers()  # temp files and folders of a save that a kill -9 interrupted
-    newest = _newest_readable(manager)
-    if newest is None:
-        set_aside = unreadable_states(manager.paths)
-        why = (
-            f"its training state is unreadable ({', '.join(p.name for p in set_aside)} set aside)"
-            if set_aside
-            else NO_STATE
-        )
-        refuse_fresh_start(manager.paths, manager.labels, why)
+    chosen: dict[str, Any] = {}
+
+    def choose() -> int | None:
+        """The main rank cleans the folder and picks the checkpoint; every rank then loads that one."""
+        if (manager.paths.run_dir / "training_state").is_dir():
+            manager.clean_leftovers()  # temp files and folders of a save that a kill -9 interrupted
+        newest = _newest_readable(manager)
+        if newest is None:
+            set_aside = unreadable_states(manager.paths)
+            why = (
+                f"its training state is unreadable ({', '.join(p.name for p in set_aside)} set aside)"
+                if set_aside
+                else NO_STATE
+            )
+            refuse_fresh_start(manager.paths, manager.labels, why)
+            return None
+        chosen["newest"] = newest
+        return newest[0]
+
+    picked = setup.parallel.on_main(choose)
+    if picked is None:
         _start_from_pretrained(setup)
         setup.recorder.open(resume_step=None)
         return 0
-    step, adapters, state = newest
+    step, adapters, state = chosen.get("newest") or (picked, *manager.load(picked))
     check_resumable(
         manager.paths.run_dir,
         step,
@@ -426,6 +460,7 @@ def _resume(setup: TrainingSetup) -> int:
     from cadence.train.rng import restore_global_rng
 
     restore_global_rng(state["global_rng"])
+    setup.parallel.restore_state(state, setup, step)  # this rank's own streams (or fresh ones, another world)
     if state.get("config_hash") != config_hash(setup.cfg):
         log.warning("the config changed since step %d was saved; resuming with the new config", step)
     setup.recorder.open(resume_step=step, tracking_state=state.get("tracking"))

@@ -127,8 +127,8 @@ def unsafe_roots(cfg, home: Path) -> tuple[str, str] | None:
 def create_job(c: Ctx, body: CreateJob):
     if (body.form is None) == (body.yaml is None):
         raise HTTPException(400, "send either `form` (field values) or `yaml` (the config text), not both")
-    if body.device not in c.runner.devices():
-        raise HTTPException(422, f"device {body.device!r} is not one of {c.runner.devices()}")
+    if problem := c.runner.device_problem(body.device):  # "0,1": several GPUs, launched through torchrun
+        raise HTTPException(422, problem)
     job_id = c.store.new_id()
     job_dir = c.runner.job_dir(job_id)
     try:

@@ -8,6 +8,11 @@ so a reused pid after a reboot is not mistaken for our job. `reconcile()` runs a
 poll: a job whose process is gone becomes finished/stopped/failed from the `exit_code` file the wrapper
 wrote, or failed/stopped when there is none (the wrapper itself was killed). Stop = SIGINT to the group
 (the trainer checkpoints and exits 0), SIGTERM after `stop_timeout`, SIGKILL after twice that.
+
+A train job given several GPUs (`device` "0,1": a comma list) runs as `python -m torch.distributed.run
+--nproc_per_node N -m cadence train CONFIG` on those GPUs (docs/distributed.md) and holds a slot on each of
+them. Its workers run in sessions of their own: SIGINT and SIGTERM go to them directly (they stop at one
+agreed step and exit 0, and so does torchrun), and the SIGKILL stage kills them with the group.
 """
 
 from __future__ import annotations
@@ -84,10 +89,23 @@ class JobRunner:
     def devices(self) -> list[str]:
         return ["cpu", *self.gpus]
 
+    def device_problem(self, device: str) -> str | None:
+        """Why `device` is no slot of this machine: "cpu", one GPU, or several ("0,1") for torchrun."""
+        if device in self.devices():
+            return None
+        wanted = [d.strip() for d in device.split(",")]
+        if len(wanted) > 1 and len(set(wanted)) == len(wanted) and all(d in self.gpus for d in wanted):
+            return None
+        return f"device {device!r} is not one of {self.devices()} (or a list of distinct GPUs such as 0,1)"
+
     def command(self, job: Job) -> list[str]:
         """What the wrapper runs for `job`: its kind's command and the job's config (or argument) file."""
         if job.kind == "caption":
             return [*self.caption_cmd, "@" + job.config_path]
+        if len(_slots(job)) > 1:  # several GPUs: one torchrun worker per GPU
+            from cadence.parallel.launch import torchrun_command
+
+            return torchrun_command(_slots(job), ["train", job.config_path])
         return [*self.train_cmd, job.config_path]
 
     # -------------------------------------------------------------------------------------- lifecycle
@@ -99,7 +117,8 @@ class JobRunner:
         env = dict(os.environ)
         env["CUDA_VISIBLE_DEVICES"] = "" if job.device == "cpu" else job.device
         # the slot decides the device: inside the job the chosen GPU is cuda:0 whatever the config says
-        env["CADENCE_DEVICE"] = "cpu" if job.device == "cpu" else "cuda:0"
+        # (several GPUs: each torchrun worker takes the one of its local rank)
+        env["CADENCE_DEVICE"] = "cpu" if job.device == "cpu" else "cuda:0" if len(_slots(job)) == 1 else "cuda"
         env["PYTHONUNBUFFERED"] = "1"
         cmd = [
             sys.executable,
@@ -183,12 +202,28 @@ class JobRunner:
     def _signal(self, job: Job, stage: int) -> None:
         sig = _STOP_SIGNALS[stage]
         if job.pid is not None and self.is_alive(job):
+            if len(_slots(job)) > 1 and sig != signal.SIGKILL:
+                # torchrun's workers run in sessions of their own; signalled directly, they stop cleanly
+                # and torchrun exits 0 (torchrun itself answers a SIGINT with exit status 1)
+                self._signal_workers(job, sig)
+                self.store.update(job.id, stop_stage=stage)
+                return
+            if sig == signal.SIGKILL:
+                _signal_descendants(job.pid, sig)  # collected before the group dies (workers get reparented)
             try:
                 os.killpg(job.pid, sig)
                 log.info("job %s: sent %s to process group %d", job.id, sig.name, job.pid)
             except ProcessLookupError:
                 pass
         self.store.update(job.id, stop_stage=stage)
+
+    def _signal_workers(self, job: Job, sig: signal.Signals) -> None:
+        try:
+            torchrun = int(self.job_dir(job.id).joinpath("child_pid").read_text().strip())
+        except (OSError, ValueError):
+            return
+        _signal_descendants(torchrun, sig, depth=1)
+        log.info("job %s: sent %s to the workers of torchrun %d", job.id, sig.name, torchrun)
 
     # ----------------------------------------------------------------------------------------- state
     def is_alive(self, job: Job) -> bool:
@@ -278,10 +313,11 @@ class JobRunner:
         with self._lock:
             busy: dict[str, int] = {}
             for job in self.store.list(ACTIVE):
-                busy[job.device] = busy.get(job.device, 0) + 1
+                for slot in _slots(job):
+                    busy[slot] = busy.get(slot, 0) + 1
             for job in self.store.list(("queued",)):
                 limit = self.cpu_slots if job.device == "cpu" else 1
-                if busy.get(job.device, 0) >= limit:
+                if any(busy.get(slot, 0) >= limit for slot in _slots(job)):
                     continue
                 try:
                     self.start(job)
@@ -290,7 +326,8 @@ class JobRunner:
                         job.id, status="failed", error=f"could not start: {exc}", finished_at=time.time()
                     )
                     continue
-                busy[job.device] = busy.get(job.device, 0) + 1
+                for slot in _slots(job):
+                    busy[slot] = busy.get(slot, 0) + 1
 
     def spawn_helper(self, cmd: list[str], log_path: Path) -> None:
         """Run a short helper command (e.g. `cadence analyze`) detached, appending to `log_path`."""
@@ -307,6 +344,24 @@ class JobRunner:
             self._side = [p for p in self._side if p.poll() is None]
         self.reconcile()
         self.schedule()
+
+
+def _slots(job: Job) -> list[str]:
+    """The device slots a job holds: "cpu", or each of its GPUs."""
+    return [d.strip() for d in job.device.split(",")]
+
+
+def _signal_descendants(pid: int, sig: signal.Signals, depth: int | None = None) -> None:
+    """Send `sig` to the processes below `pid` (its children only with depth=1)."""
+    try:
+        children = psutil.Process(pid).children(recursive=depth != 1)
+    except psutil.Error:
+        return
+    for child in children:
+        try:
+            child.send_signal(sig)
+        except psutil.Error:
+            pass
 
 
 class Scheduler(threading.Thread):

@@ -61,6 +61,8 @@ function showIssues(issues) {
 
 async function create() {
   const body = { device: document.getElementById("device").value, queue: document.getElementById("queue-now").checked };
+  const gpus = document.getElementById("gpus").value.replace(/\s+/g, "");
+  if (gpus) body.device = gpus;  // several GPUs ("0,1"): the job runs through torchrun, one process per GPU
   if (mode === "form") body.form = formValues(); else body.yaml = document.getElementById("yaml-text").value;
   try {
     const job = await api("/api/jobs", { method: "POST", json: body });

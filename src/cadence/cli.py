@@ -39,9 +39,13 @@ def _dataset_config_option(p: argparse.ArgumentParser) -> None:
     )
 
 
-# --arch values of `cadence tiny-model`: the Wan archs (models/registry.py ARCHS) and the captioning VLMs
-# (models/tiny_vlm.py VLM_ARCHS); listed here so `--help` needs no model code (a test keeps them equal)
-TINY_ARCHS = ("wan21", "wan21_i2v", "wan22_14b", "wan22_14b_i2v", "wan22_5b", "qwen2_5_vl", "qwen3_vl")
+# --arch values of `cadence tiny-model`: every registered arch (models/registry.py ARCHS) and the captioning
+# VLMs (models/tiny_vlm.py VLM_ARCHS); listed here so `--help` needs no model code (a test keeps them equal)
+TINY_ARCHS = (
+    *("wan21", "wan21_i2v", "wan22_14b", "wan22_14b_i2v", "wan22_5b"),
+    *("flux", "flux_schnell"),
+    *("qwen2_5_vl", "qwen3_vl"),
+)
 ANALYZE_PRESETS = ("motion", "character", "none")  # config/health.py Preset, plus "none"
 DESCRIPTION = (
     "Train LoRA/LyCORIS adapters for Wan video models (2.1, 2.2 A14B, TI2V-5B) from a job config "
@@ -121,10 +125,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = _command(
         sub,
         "tiny-model",
-        "write a tiny random-weight model folder (a Wan pipeline, or a captioning VLM)",
-        "Write a complete model folder with tiny random weights: a Diffusers Wan pipeline that "
-        "WanPipeline / WanImageToVideoPipeline.from_pretrained loads, or (qwen2_5_vl, qwen3_vl) a transformers "
-        "vision-language model for `cadence caption`. For trying configs and tools without a real model.",
+        "write a tiny random-weight model folder (a Diffusers pipeline of any arch, or a captioning VLM)",
+        "Write a complete model folder with tiny random weights: a Diffusers pipeline that its own class loads "
+        "unchanged (WanPipeline / WanImageToVideoPipeline, FluxPipeline, QwenImagePipeline, ZImagePipeline "
+        ".from_pretrained), or (qwen2_5_vl, qwen3_vl) a transformers vision-language model for `cadence caption`. "
+        "For trying configs and tools without a real model.",
     )
     p.add_argument("dir", help="folder to write (created; prints its path)")
     p.add_argument(

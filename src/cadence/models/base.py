@@ -212,11 +212,18 @@ class ModelAdapter(ABC):
         """The keyword arguments of the pipeline call for one sample (`SampleSpec` fields; `prompt` /
         `negative` padded by `pad_text`; `image` a PIL first frame or None); output_type "np"."""
 
-    def frames_of(self, output: Any) -> Any:
-        """[F, H, W, 3] floats in [0, 1] from the pipeline's output (one image is one frame)."""
+    def frames_of(self, output: Any, spec: Any) -> Any:
+        """[F, H, W, 3] floats in [0, 1] from the pipeline's output for `spec` (one image is one frame)."""
         if self.output_kind == "image":
             return output.images[0][None]
         return output.frames[0]
+
+    def attach_training_adapters(self) -> None:
+        """Hook the frozen training adapters noted at load (`assistant_lora_path`); called by
+        `cadence.perf.apply_quantization` once the base is quantized (quantizers may swap the hooked Linears)."""
+        from cadence.models.training_adapter import attach_pending
+
+        attach_pending(self)
 
     def describe(self) -> dict[str, object]:
         """Small summary for logs and run metadata."""

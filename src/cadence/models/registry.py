@@ -30,7 +30,10 @@ from cadence.models.folders import (  # noqa: F401 - re-exported: older callers 
 log = logging.getLogger(__name__)
 
 # The families Cadence trains, in the order detection tries them (the first one whose `detect` answers).
-FAMILY_MODULES = ("cadence.models.wan_family",)
+FAMILY_MODULES = (
+    "cadence.models.wan_family",
+    "cadence.models.flux",
+)
 
 
 @cache

@@ -55,3 +55,44 @@ def save_tokenizer(path: Path) -> Path:
     """Write the tokenizer folder (tokenizer.json + tokenizer_config.json) and return it."""
     build_tokenizer().save_pretrained(str(path))
     return path
+
+
+# --------------------------------------------------------------------------------------------- CLIP
+CLIP_SPECIAL = ("<|startoftext|>", "<|endoftext|>")
+
+
+def build_clip_tokenizer(model_max_length: int = 77) -> PreTrainedTokenizerFast:
+    """A tiny CLIP-style tokenizer (byte-level BPE with `</w>` word ends, lower-cased, `<|startoftext|> ...
+    <|endoftext|>` around every text, padded with `<|endoftext|>` to 77) for FLUX's CLIP text encoder. Merges
+    are learnt from the words above, so any ASCII caption tokenizes."""
+    from tokenizers import trainers
+
+    core = Tokenizer(models.BPE(end_of_word_suffix="</w>"))
+    core.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Lowercase()])
+    core.pre_tokenizer = pre_tokenizers.Sequence(
+        [pre_tokenizers.WhitespaceSplit(), pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+    )
+    core.decoder = decoders.Sequence([decoders.ByteLevel(), decoders.BPEDecoder(suffix="</w>")])
+    alphabet = [chr(code) for code in range(33, 127)]
+    trainer = trainers.BpeTrainer(
+        vocab_size=400,
+        special_tokens=list(CLIP_SPECIAL),
+        initial_alphabet=alphabet,
+        limit_alphabet=len(alphabet),
+        end_of_word_suffix="</w>",
+        show_progress=False,
+    )
+    core.train_from_iterator([" ".join(WORDS)] * 4, trainer)
+    core.post_processor = processors.TemplateProcessing(
+        single="<|startoftext|> $A <|endoftext|>",
+        special_tokens=[(t, core.token_to_id(t)) for t in CLIP_SPECIAL],
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        bos_token="<|startoftext|>",
+        eos_token="<|endoftext|>",
+        unk_token="<|endoftext|>",
+        pad_token="<|endoftext|>",
+        model_max_length=model_max_length,
+        padding_side="right",
+    )

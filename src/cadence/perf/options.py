@@ -66,6 +66,8 @@ def apply_quantization(adapter, model_cfg, transformers: bool = True) -> None:
     if model_cfg.quantize_te:
         for encoder in adapter.text_encoders():
             quantize_text_encoder(encoder, model_cfg.qtype_te)
+    if transformers:  # frozen training adapters (assistant_lora_path) hook the Linears as quantized
+        adapter.attach_training_adapters()
 
 
 def _recovery_modules(adapter, model_cfg) -> dict[str, dict] | None:

@@ -52,7 +52,20 @@ def quantize_linears(
     weights = getattr(quanto, QUANTO[qtype])
     quanto.quantize(root, weights=weights, include=list(linears))
     quanto.freeze(root)
+    modules = dict(root.named_modules())
+    for name in linears:
+        modules[name].register_forward_hook(_contiguous_grad)
     log.info("%s: %d Linear layers quantized with optimum-quanto", qtype, len(linears))
+
+
+def _contiguous_grad(_module: nn.Module, _inputs, output):
+    """quanto's integer-weight backward (`QBytesTensor` linear, optimum-quanto 0.2.7) `.view`s the output
+    gradient, which fails when it is not contiguous: FLUX's and Qwen-Image's blocks split their joint output
+    into text and image parts, so the gradient reaching a quantized Linear there is a strided view. The hook
+    hands quanto a contiguous copy (the same values)."""
+    if isinstance(output, torch.Tensor) and output.requires_grad:
+        output.register_hook(lambda grad: grad.contiguous())
+    return output
 
 
 def quantize_linears_torchao_int8(root: nn.Module, linears: dict[str, nn.Linear], key: str) -> None:

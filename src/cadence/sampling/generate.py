@@ -141,7 +141,7 @@ class SampleEngine:
         )
         for net in self.networks.values():
             net.multiplier = spec.multiplier
-        frames = self.adapter.frames_of(self._pipeline(i2v)(**kwargs))
+        frames = self.adapter.frames_of(self._pipeline(i2v)(**kwargs), spec)
         return to_uint8(np.asarray(frames))
 
     @contextmanager

@@ -1,5 +1,6 @@
 """Two real torchrun worker processes on gloo (CPU): data parallel, the sharded base and expert parallel
-against one process, exact resume, resume at another world size, Ctrl-C and kill -9 of one rank.
+against one process, samples, a health stop, exact resume, resume at another world size, Ctrl-C and
+kill -9 of one rank.
 
 Measured (tiny model, fp32, 6 steps, lr 1e-3, LoRA weights of size ~1e-3): 2 ranks x batch 1 vs 1 process x
 batch 2 differ in the LoRA weights by 1.9e-5 to 3.4e-5 with adamw (Adam divides by sqrt(v), which magnifies
@@ -61,6 +62,19 @@ def _sampling_job(model: Path, data: Path, out: Path, parallel: dict | None) -> 
     return body
 
 
+def _health_stop_job(model: Path, data: Path, out: Path) -> dict:
+    """A high_noise expert at 3x the low_noise lr outgrows it: the character preset's weight_ratio_high
+    (at 2.0x) fires at the first checkpoint where both had their turns (step 20, measured 3.1x)."""
+    body = job(model, data, out, steps=60, switch_boundary_every=10)
+    body["train"]["optimizer_params"] = {"high_noise_lr": 3e-3, "low_noise_lr": 1e-3}
+    body["train"]["health"] = {
+        "preset": "character",
+        "stop_on": ["weight_ratio_high"],
+        "thresholds": {"weight_ratio_high": 2.0, "lr_ratio_high": None},
+    }
+    return body
+
+
 def _dropout_job(model: Path, data: Path, out: Path, steps: int) -> dict:
     """LoRA dropout draws from each rank's own global stream: a resume must restore every rank's."""
     body = job(model, data, out, steps=steps, gradient_accumulation=2)
@@ -93,13 +107,14 @@ def references(tiny_i2v: Path, square_clips: Path, tmp_path_factory: pytest.Temp
         "expert_parallel": job(tiny_i2v, square_clips, root / "expert_parallel", {"expert_parallel": True}),
         "dropout_straight": _dropout_job(tiny_i2v, square_clips, root / "dropout_straight", 6),
         "dropout_half": _dropout_job(tiny_i2v, square_clips, root / "dropout_half", 3),
+        "health_stop": _health_stop_job(tiny_i2v, square_clips, root / "health_stop"),
         "samples_split": _sampling_job(tiny_i2v, square_clips, root / "samples_split", None),
         "samples_sharded": _sampling_job(
             tiny_i2v, square_clips, root / "samples_sharded", {"shard_base": True}
         ),
     }
     for name, body in launched.items():
-        body["save"]["save_every"] = 2 if name == "expert_parallel" else 3
+        body["save"]["save_every"] = {"expert_parallel": 2, "health_stop": 20}.get(name, 3)
         out[name] = root / name / "job"
     configs = [write(root / name / "job.yaml", body) for name, body in launched.items()]
     assert run_torchrun(configs, root / "two_ranks.log") == [0] * len(configs)
@@ -122,6 +137,15 @@ def test_sharded_base_equals_the_unsharded_run(references: dict) -> None:
     _close_rows(rows(one), rows(sharded), LOSS_BOUND)
     assert _max_diff(_lora(one, 6), _lora(sharded, 6)) <= WEIGHT_BOUND["adamw"]
     assert "parallel.shard_base: high_noise keeps" in (sharded / "log.txt").read_text()
+
+
+@pytest.mark.slow
+def test_a_health_stop_on_the_main_rank_stops_every_rank_at_that_step(references: dict) -> None:
+    run = references["health_stop"]
+    assert rows(run)[-1]["step"] == 20 and "health_stop" in rows(run)[-1]
+    assert "health stop at step 20" in (run / "log.txt").read_text()
+    state = CheckpointManager(RunPaths(run, "job"), 10).load(20)[1]
+    assert [r["sampler"]["position"] for r in state["ranks"]] == [state["sampler"]["position"]] * 2
 
 
 @pytest.mark.slow

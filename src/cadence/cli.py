@@ -43,7 +43,7 @@ def _dataset_config_option(p: argparse.ArgumentParser) -> None:
 # VLMs (models/tiny_vlm.py VLM_ARCHS); listed here so `--help` needs no model code (a test keeps them equal)
 TINY_ARCHS = (
     *("wan21", "wan21_i2v", "wan22_14b", "wan22_14b_i2v", "wan22_5b"),
-    *("flux", "flux_schnell"),
+    *("flux", "flux_schnell", "qwen_image", "zimage"),
     *("qwen2_5_vl", "qwen3_vl"),
 )
 ANALYZE_PRESETS = ("motion", "character", "none")  # config/health.py Preset, plus "none"

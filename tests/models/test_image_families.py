@@ -15,7 +15,7 @@ from cadence.models import detect_arch, load_model_adapter
 from cadence.models.registry import arch_names, arch_spec, canonical_arch, family_of, read_model_index
 
 CPU = torch.device("cpu")
-IMAGE_ARCHS = ("flux", "flux_schnell")
+IMAGE_ARCHS = ("flux", "flux_schnell", "qwen_image", "zimage")
 PROMPT = "a red car turns on a wet street at night"
 
 
@@ -26,7 +26,12 @@ def _adapter(folder, arch):
 def test_every_arch_is_registered_once_with_aitoolkit_spellings():
     names = arch_names()
     assert len(names) == len(set(names)) and set(IMAGE_ARCHS) <= set(names)
-    assert {canonical_arch(v) for v in ("flux:dev", "flux:schnell")} == {"flux", "flux_schnell"}
+    assert {canonical_arch(v) for v in ("flux:dev", "flux:schnell", "qwen_image:2512", "zimage:turbo")} == {
+        "flux",
+        "flux_schnell",
+        "qwen_image",
+        "zimage",
+    }
     assert canonical_arch("sdxl") is None
     for arch in IMAGE_ARCHS:
         spec = arch_spec(arch)
@@ -46,11 +51,17 @@ def test_tiny_folder_loads_in_its_diffusers_pipeline(tiny_dirs, arch):
 def _call_kwargs(arch: str, adapter, prompt):
     """Pipeline arguments with embeddings passed in and no guidance tricks (CFG off, FLUX dev's guidance
     embedding at Cadence's training value 1.0)."""
-    common = dict(height=32, width=48, num_inference_steps=2, output_type="latent")  # the first call is hooked
+    common = dict(
+        height=32, width=48, num_inference_steps=2, output_type="latent"
+    )  # the first call is hooked
     if arch.startswith("flux"):
-        return dict(common, prompt_embeds=prompt["embeds"], pooled_prompt_embeds=prompt["pooled"], guidance_scale=1.0)
+        return dict(
+            common, prompt_embeds=prompt["embeds"], pooled_prompt_embeds=prompt["pooled"], guidance_scale=1.0
+        )
     if arch == "qwen_image":
-        return dict(common, prompt_embeds=prompt["embeds"], prompt_embeds_mask=prompt["mask"], true_cfg_scale=1.0)
+        return dict(
+            common, prompt_embeds=prompt["embeds"], prompt_embeds_mask=prompt["mask"], true_cfg_scale=1.0
+        )
     states = [prompt["embeds"][0, : int(prompt["lengths"][0])]]
     return dict(common, prompt_embeds=states, guidance_scale=0.0)
 
@@ -99,7 +110,9 @@ def test_text_embeddings_equal_the_pipelines_encode_prompt(tiny_dirs, arch):
     pipe = adapter.build_pipeline()
     with torch.no_grad():
         if arch.startswith("flux"):
-            embeds, pooled, _ids = pipe.encode_prompt(PROMPT, prompt_2=None, device=CPU, max_sequence_length=512)
+            embeds, pooled, _ids = pipe.encode_prompt(
+                PROMPT, prompt_2=None, device=CPU, max_sequence_length=512
+            )
             torch.testing.assert_close(ours["embeds"], embeds[0])
             torch.testing.assert_close(ours["pooled"], pooled[0])
         elif arch == "qwen_image":
@@ -150,12 +163,16 @@ def test_assistant_adapter_is_on_in_training_and_off_when_sampling(tiny_dirs, tm
     gen = torch.Generator().manual_seed(5)
     base = _adapter(folder, "flux_schnell")
     modules = {
-        name: LoraTensors(torch.randn(2, m.in_features, generator=gen), torch.randn(m.out_features, 2, generator=gen), 8.0)
+        name: LoraTensors(
+            torch.randn(2, m.in_features, generator=gen), torch.randn(m.out_features, 2, generator=gen), 8.0
+        )
         for name, m in base.transformer("main").named_modules()
         if name.endswith("attn.to_q")
     }
     (tmp_path / "adapter").mkdir()
-    save_lora_file(tmp_path / "adapter" / "pytorch_lora_weights.safetensors", modules, {}, "diffusers", torch.float32)
+    save_lora_file(
+        tmp_path / "adapter" / "pytorch_lora_weights.safetensors", modules, {}, "diffusers", torch.float32
+    )
     cfg = ModelConfig(name_or_path=str(folder), arch="flux", assistant_lora_path=str(tmp_path / "adapter"))
     adapter = load_model_adapter(cfg, CPU, torch.float32)
     apply_quantization(adapter, cfg)

@@ -14,13 +14,15 @@ from cadence.networks.lora import LoRANetwork
 from cadence.perf import BlockSwapper, compile_blocks, enable_checkpointing, quantize_linears
 
 CPU = torch.device("cpu")
-ARCHS = ("flux",)
+ARCHS = ("flux", "qwen_image", "zimage")
 
 
 def _train(adapter, steps: int = 3) -> tuple[list[float], dict[str, torch.Tensor]]:
     """A few LoRA steps on fixed inputs through adapter.predict (what the training loop calls)."""
     torch.manual_seed(0)
-    net = LoRANetwork(adapter.transformer("main"), NetworkConfig(linear=4, linear_alpha=4), name="main", seed=1)
+    net = LoRANetwork(
+        adapter.transformer("main"), NetworkConfig(linear=4, linear_alpha=4), name="main", seed=1
+    )
     net.apply()
     opt = torch.optim.AdamW([p for p in net.parameters() if p.requires_grad], lr=1e-2)
     text = adapter.pad_text(adapter.encode_prompts(["a red car", "a dog"]))
@@ -39,12 +41,14 @@ def _train(adapter, steps: int = 3) -> tuple[list[float], dict[str, torch.Tensor
 
 
 def _load(tiny_dirs, arch: str):
-    adapter = load_model_adapter(ModelConfig(name_or_path=str(tiny_dirs(arch)), arch=arch), CPU, torch.float32)
+    adapter = load_model_adapter(
+        ModelConfig(name_or_path=str(tiny_dirs(arch)), arch=arch), CPU, torch.float32
+    )
     adapter.transformer("main").train()
     return adapter
 
 
-@pytest.mark.parametrize("arch", ("flux",))  # two block lists
+@pytest.mark.parametrize("arch", ("flux", "zimage"))  # two and three block lists
 def test_block_swap_and_checkpointing_over_every_block_list_train_identically(tiny_dirs, arch):
     family = family_of(arch)
     baseline = _train(_load(tiny_dirs, arch))
@@ -56,7 +60,9 @@ def test_block_swap_and_checkpointing_over_every_block_list_train_identically(ti
     swapper = BlockSwapper(blocks, 1, CPU)
     losses, weights = _train(adapter)
     assert losses == baseline[0] and all(torch.equal(weights[k], baseline[1][k]) for k in weights)
-    assert swapper.stats()[len(blocks) - 1]["loads"] == 6  # the last block (a single/main one): fwd + recompute
+    assert (
+        swapper.stats()[len(blocks) - 1]["loads"] == 6
+    )  # the last block (a single/main one): fwd + recompute
 
 
 @pytest.mark.slow
@@ -74,7 +80,7 @@ def test_regional_compile_of_every_block_list_matches(tiny_dirs, arch):
 
 @pytest.mark.parametrize(
     ("arch", "qtype"),
-    [("flux", "fp8"), ("flux", "uint4"), ("flux", "qint8")],
+    [("flux", "fp8"), ("flux", "uint4"), ("flux", "qint8"), ("qwen_image", "qint8"), ("zimage", "uint4")],
 )
 def test_quantized_block_linears_train_close_to_full_precision(tiny_dirs, arch, qtype):
     family = family_of(arch)

@@ -4,7 +4,9 @@ uninterrupted one, samples are PNG images, and the saved LoRA loads in the famil
 (`load_lora_weights`) at the trained strength (fused delta = up @ down * alpha / rank).
 
 data/upstream/ holds ostris/ai-toolkit 27a03a91 config/examples/train_lora_flux_24gb.yaml,
-and train_lora_flux_schnell_24gb.yaml with their keys and values (comments dropped).
+train_lora_flux_schnell_24gb.yaml and train_lora_qwen_image_24gb.yaml with their keys and values (comments
+dropped); data/zimage_aitoolkit_ui.yaml is the Qwen-Image example set to ai-toolkit's UI defaults for `zimage`
+(there is no Z-Image example file upstream).
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ DATA = Path(__file__).parent / "data"
 CASES = {
     "flux": ("upstream/train_lora_flux_24gb.yaml", "FluxPipeline"),
     "flux_schnell": ("upstream/train_lora_flux_schnell_24gb.yaml", "FluxPipeline"),
+    "qwen_image": ("upstream/train_lora_qwen_image_24gb.yaml", "QwenImagePipeline"),
+    "zimage": ("zimage_aitoolkit_ui.yaml", "ZImagePipeline"),
 }
 STEPS = 10
 
@@ -34,7 +38,9 @@ STEPS = 10
 def images(tmp_path_factory):
     from cadence.data.synthetic import write_synthetic_dataset
 
-    return write_synthetic_dataset(tmp_path_factory.mktemp("imgs"), n_videos=0, n_images=3, width=48, height=32)
+    return write_synthetic_dataset(
+        tmp_path_factory.mktemp("imgs"), n_videos=0, n_images=3, width=48, height=32
+    )
 
 
 def _assistant_adapter(model: Path, folder: Path) -> Path:
@@ -42,7 +48,11 @@ def _assistant_adapter(model: Path, folder: Path) -> Path:
     transformer = diffusers.FluxTransformer2DModel.from_pretrained(str(model / "transformer"))
     gen = torch.Generator().manual_seed(3)
     modules = {
-        name: LoraTensors(torch.randn(2, m.in_features, generator=gen) * 0.3, torch.randn(m.out_features, 2, generator=gen) * 0.3, 2.0)
+        name: LoraTensors(
+            torch.randn(2, m.in_features, generator=gen) * 0.3,
+            torch.randn(m.out_features, 2, generator=gen) * 0.3,
+            2.0,
+        )
         for name, m in transformer.named_modules()
         if isinstance(m, torch.nn.Linear) and name.startswith("single_transformer_blocks.0.attn.to_")
     }
@@ -88,7 +98,9 @@ def _lora(run: Path, step: int) -> Path:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", sorted(CASES))
-def test_trains_from_the_aitoolkit_config_resumes_exactly_and_loads_in_diffusers(arch, tiny_models, images, tmp_path):
+def test_trains_from_the_aitoolkit_config_resumes_exactly_and_loads_in_diffusers(
+    arch, tiny_models, images, tmp_path
+):
     run = _run(arch, tiny_models, images, tmp_path / "full", STEPS)
     rows = read_metrics(run / f"metrics_{run.name}.jsonl")
     evals = [r["eval_loss"] for r in rows if r.get("eval_loss") is not None]

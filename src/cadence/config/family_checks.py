@@ -65,7 +65,10 @@ def family_issues(cfg: JobConfig) -> list[Issue]:
         for i, item in enumerate(cfg.sample.samples):
             if item.num_frames not in (None, 1):
                 issues.append(
-                    (("sample", "samples", i, "num_frames"), f"{spec.title} samples images; remove num_frames")
+                    (
+                        ("sample", "samples", i, "num_frames"),
+                        f"{spec.title} samples images; remove num_frames",
+                    )
                 )
     if cfg.model.assistant_lora_path and not family.training_adapter:
         issues.append(

@@ -110,6 +110,40 @@ class KeyMap:
         return True
 
 
+class DiffusersNamesKeyMap(KeyMap):
+    """The key map of a family whose original checkpoint (and ComfyUI model) uses diffusers' own module names
+    (Qwen-Image, Z-Image): names map to themselves, restricted to the known ones; kohya's flat names (`.` -> `_`,
+    ambiguous on their own) are parsed against the known block parts and globals."""
+
+    def __init__(
+        self, family: str, block_lists: tuple[str, ...], parts: tuple[str, ...], globals_: tuple[str, ...]
+    ):
+        self.family = family
+        self.block_lists, self.parts, self.globals = block_lists, parts, globals_
+
+    def to_original(self, name: str) -> str:
+        head, _, rest = name.partition(".")
+        index, _, part = rest.partition(".")
+        if (head in self.block_lists and index.isdigit() and part in self.parts) or name in self.globals:
+            return name
+        raise KeyError(f"no {self.family} name is known for module {name!r}")
+
+    def to_diffusers(self, original: str) -> str:
+        return self.to_original(original)
+
+    def kohya_to_original(self, flat: str) -> str:
+        for known in self.globals:
+            if known.replace(".", "_") == flat:
+                return known
+        for block in self.block_lists:
+            head = block.replace(".", "_") + "_"
+            index, _, part = flat[len(head) :].partition("_") if flat.startswith(head) else ("", "", "")
+            for known in self.parts:
+                if index.isdigit() and known.replace(".", "_") == part:
+                    return f"{block}.{index}.{known}"
+        raise KeyError(f"no {self.family} name is known for kohya module {flat!r}")
+
+
 @dataclass
 class ModelFamily(ABC):
     """One family; subclasses fill the facts and implement loading (see the module docstring)."""
@@ -123,7 +157,9 @@ class ModelFamily(ABC):
     block_lists: tuple[str, ...] = ("blocks",)  # the transformer's repeated-block ModuleLists, in order
     high_precision_parts: tuple[str, ...] = ("norm", "embed")  # name parts never quantized
     encoder_parts: tuple[str, ...] = ("model_index.json", "vae", "text_encoder", "tokenizer")
-    training_adapter: bool = False  # takes model.assistant_lora_path (a frozen adapter on during training only)
+    training_adapter: bool = (
+        False  # takes model.assistant_lora_path (a frozen adapter on during training only)
+    )
 
     # ------------------------------------------------------------------------------------------ folders
     @abstractmethod

@@ -49,14 +49,24 @@ class FluxFamily(ModelFamily):
         return configured == detected or configured == "flux"
 
     def required_components(self, arch: str) -> tuple[str, ...]:
-        return ("tokenizer", "tokenizer_2", "text_encoder", "text_encoder_2", "vae", "scheduler", "transformer")
+        return (
+            "tokenizer",
+            "tokenizer_2",
+            "text_encoder",
+            "text_encoder_2",
+            "vae",
+            "scheduler",
+            "transformer",
+        )
 
     def load(self, folder: Path, arch: str, model_cfg: Any, device: Any, dtype: Any, model_id: str):
         from cadence.models.training_adapter import resolve_training_adapter
 
         adapter = FluxAdapter.load(folder, arch, torch.device(device), dtype, model_id, model_cfg.low_vram)
         if model_cfg.assistant_lora_path:
-            adapter.pending_training_adapters["main"] = resolve_training_adapter(model_cfg.assistant_lora_path)
+            adapter.pending_training_adapters["main"] = resolve_training_adapter(
+                model_cfg.assistant_lora_path
+            )
         elif arch == "flux_schnell":
             log.warning(
                 "training FLUX.1-schnell without model.assistant_lora_path: the step distillation erodes as it "
@@ -93,13 +103,19 @@ class FluxAdapter(ImageAdapter):
         self.guidance = bool(components["transformer"].config.guidance_embeds)
 
     @classmethod
-    def load(cls, folder: Path, arch: str, device, dtype, model_id: str, low_vram: bool = False) -> FluxAdapter:
+    def load(
+        cls, folder: Path, arch: str, device, dtype, model_id: str, low_vram: bool = False
+    ) -> FluxAdapter:
         host = torch.device("cpu") if low_vram else device
         parts: dict = {
             "tokenizer": load_component("AutoTokenizer", folder, "tokenizer"),
             "tokenizer_2": load_component("AutoTokenizer", folder, "tokenizer_2"),
-            "text_encoder": frozen(load_component("CLIPTextModel", folder, "text_encoder", dtype=dtype), host),
-            "text_encoder_2": frozen(load_component("T5EncoderModel", folder, "text_encoder_2", dtype=dtype), host),
+            "text_encoder": frozen(
+                load_component("CLIPTextModel", folder, "text_encoder", dtype=dtype), host
+            ),
+            "text_encoder_2": frozen(
+                load_component("T5EncoderModel", folder, "text_encoder_2", dtype=dtype), host
+            ),
             # fp32 VAE, as for Wan: latents for the cache are encoded without bf16 rounding
             "vae": frozen(load_component("AutoencoderKL", folder, "vae", torch_dtype=torch.float32), device),
             "scheduler": load_component("FlowMatchEulerDiscreteScheduler", folder, "scheduler"),
@@ -124,10 +140,16 @@ class FluxAdapter(ImageAdapter):
         """{"embeds": T5 [512, D] (padded, as the pipeline passes them), "pooled": CLIP [D_clip]} per prompt."""
         clip, t5 = self.components["text_encoder"], self.components["text_encoder_2"]
         if clip is None or t5 is None:
-            raise RuntimeError("the text encoders were unloaded after caching; captions must come from the cache")
+            raise RuntimeError(
+                "the text encoders were unloaded after caching; captions must come from the cache"
+            )
         tok_clip, tok_t5 = self.components["tokenizer"], self.components["tokenizer_2"]
         ids = tok_clip(
-            prompts, padding="max_length", max_length=tok_clip.model_max_length, truncation=True, return_tensors="pt"
+            prompts,
+            padding="max_length",
+            max_length=tok_clip.model_max_length,
+            truncation=True,
+            return_tensors="pt",
         ).input_ids
         pooled = clip(ids.to(next(clip.parameters()).device), output_hidden_states=False).pooler_output
         t5_ids = tok_t5(
@@ -152,7 +174,9 @@ class FluxAdapter(ImageAdapter):
         return self.shifted_latents(pixels)
 
     # ------------------------------------------------------------------------------------------ forward
-    def predict(self, expert: str, noisy: torch.Tensor, t: torch.Tensor, text: dict, cond: dict) -> torch.Tensor:
+    def predict(
+        self, expert: str, noisy: torch.Tensor, t: torch.Tensor, text: dict, cond: dict
+    ) -> torch.Tensor:
         """Velocity of noisy latents [B, 16, h, w] at sigma t ([B]), packed and unpacked as FluxPipeline does."""
         from diffusers import FluxPipeline
 
@@ -180,7 +204,15 @@ class FluxAdapter(ImageAdapter):
     def build_pipeline(self, i2v: bool | None = None):
         from diffusers import FluxPipeline
 
-        names = ("scheduler", "vae", "text_encoder", "tokenizer", "text_encoder_2", "tokenizer_2", "transformer")
+        names = (
+            "scheduler",
+            "vae",
+            "text_encoder",
+            "tokenizer",
+            "text_encoder_2",
+            "tokenizer_2",
+            "transformer",
+        )
         return FluxPipeline(**self.pipeline_components(names))
 
     def pipeline_call(self, spec, prompt, negative, image, generator: torch.Generator) -> dict:

@@ -64,12 +64,15 @@ _GLOBAL = {
     "norm_out.linear": "final_layer.adaLN_modulation.1",
 }
 SWAPPED = "norm_out.linear"  # diffusers' [scale, shift] halves are BFL's [shift, scale]
-_BLOCKS = (("transformer_blocks", "double_blocks", _DOUBLE, _DOUBLE_FUSED), (
-    "single_transformer_blocks",
-    "single_blocks",
-    _SINGLE,
-    _SINGLE_FUSED,
-))
+_BLOCKS = (
+    ("transformer_blocks", "double_blocks", _DOUBLE, _DOUBLE_FUSED),
+    (
+        "single_transformer_blocks",
+        "single_blocks",
+        _SINGLE,
+        _SINGLE_FUSED,
+    ),
+)
 _DIFF_RE = re.compile(r"^(transformer_blocks|single_transformer_blocks)\.(\d+)\.(.+)$")
 _ORIG_RE = re.compile(r"^(double_blocks|single_blocks)\.(\d+)\.(.+)$")
 _KOHYA_RE = re.compile(r"^(double_blocks|single_blocks)_(\d+)_(.+)$")
@@ -97,7 +100,9 @@ class FluxKeyMap(KeyMap):
                         return f"{orig}.{index}.{fused_name}"
         if name in _GLOBAL:
             return _GLOBAL[name]
-        raise KeyError(f"no original FLUX name is known for module {name!r} (FluxTransformer2DModel expected)")
+        raise KeyError(
+            f"no original FLUX name is known for module {name!r} (FluxTransformer2DModel expected)"
+        )
 
     def to_diffusers(self, original: str) -> str:
         match = _ORIG_RE.match(original)
@@ -109,7 +114,9 @@ class FluxKeyMap(KeyMap):
                     if part in back:
                         return f"{diff}.{index}.{back[part]}"
                     if part in fused:
-                        raise KeyError(f"{original!r} is a fused FLUX layer of {len(fused[part])} diffusers layers")
+                        raise KeyError(
+                            f"{original!r} is a fused FLUX layer of {len(fused[part])} diffusers layers"
+                        )
         back = {o: d for d, o in _GLOBAL.items()}
         if original in back:
             return back[original]
@@ -167,7 +174,9 @@ class FluxKeyMap(KeyMap):
                     f"{' + DoRA' if tensors[0].dora_scale is not None else ''} given); save in the diffusers layout"
                 )
             elif len({t.rank for t in tensors}) != 1 or len({float(t.alpha) for t in tensors}) != 1:
-                problems.append(f"{original}: its fused members have different ranks or alphas; use the diffusers layout")
+                problems.append(
+                    f"{original}: its fused members have different ranks or alphas; use the diffusers layout"
+                )
         return problems
 
     def _groups(self, modules: dict[str, AdapterTensors]) -> dict[str, list[str]]:
@@ -203,7 +212,9 @@ class FluxKeyMap(KeyMap):
                 continue
             prefix, fused_name, members = fused
             if t.algo != "lora" or t.dora_scale is not None:
-                raise KeyError(f"{original} is a fused FLUX layer; Cadence splits only a LoRA there, not {t.algo}")
+                raise KeyError(
+                    f"{original} is a fused FLUX layer; Cadence splits only a LoRA there, not {t.algo}"
+                )
             for member, part in zip(members, _split(t, fused_name, len(members)), strict=True):
                 out[prefix + member] = part
         return out
@@ -236,7 +247,9 @@ def _fuse(parts: list[AdapterTensors]) -> AdapterTensors:
         up[row : row + u.shape[0], i * rank : (i + 1) * rank] = u
         row += u.shape[0]
     down = torch.cat(downs, dim=0)
-    return _tensors("lora", {"lora_down.weight": down, "lora_up.weight": up}, float(parts[0].alpha) * len(parts))
+    return _tensors(
+        "lora", {"lora_down.weight": down, "lora_up.weight": up}, float(parts[0].alpha) * len(parts)
+    )
 
 
 def _member_rows(fused_name: str, up: torch.Tensor, down: torch.Tensor, n: int) -> list[int]:
@@ -263,7 +276,10 @@ def _split(t: AdapterTensors, fused_name: str, n: int) -> list[AdapterTensors]:
         return [
             _tensors(
                 "lora",
-                {"lora_down.weight": down[j * r : (j + 1) * r].clone(), "lora_up.weight": block[:, j * r : (j + 1) * r].clone()},
+                {
+                    "lora_down.weight": down[j * r : (j + 1) * r].clone(),
+                    "lora_up.weight": block[:, j * r : (j + 1) * r].clone(),
+                },
                 float(t.alpha) / n,
             )
             for j, block in enumerate(blocks)

@@ -51,7 +51,9 @@ class ImageAdapter(ModelAdapter):
             raise ValueError(f"{self.arch} is an image model; got pixels of shape {tuple(pixels.shape)}")
         height, width = pixels.shape[-2:]
         if height % self.spatial_multiple or width % self.spatial_multiple:
-            raise ValueError(f"image size {width}x{height} is not a multiple of {self.spatial_multiple} ({self.arch})")
+            raise ValueError(
+                f"image size {width}x{height} is not a multiple of {self.spatial_multiple} ({self.arch})"
+            )
         return pixels
 
     @torch.no_grad()

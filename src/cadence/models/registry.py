@@ -33,6 +33,8 @@ log = logging.getLogger(__name__)
 FAMILY_MODULES = (
     "cadence.models.wan_family",
     "cadence.models.flux",
+    "cadence.models.qwen_image",
+    "cadence.models.zimage",
 )
 
 

@@ -22,7 +22,10 @@ log = logging.getLogger(__name__)
 
 TEXT_DIM = 32  # T5 d_model = the transformer's joint_attention_dim
 CLIP_DIM = 32  # CLIP hidden size = the transformer's pooled_projection_dim
-HEADS, HEAD_DIM = 4, 16  # rotary axes (4, 6, 6) split the head dim; inner 64 keeps every block Linear uint4-sized
+HEADS, HEAD_DIM = (
+    4,
+    16,
+)  # rotary axes (4, 6, 6) split the head dim; inner 64 keeps every block Linear uint4-sized
 GUIDANCE = {"flux": True, "flux_schnell": False}
 
 
@@ -109,7 +112,9 @@ def _scheduler(arch: str):
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     if arch == "flux_schnell":  # FLUX.1-schnell's scheduler_config.json
-        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=False)
+        return FlowMatchEulerDiscreteScheduler(
+            num_train_timesteps=1000, shift=1.0, use_dynamic_shifting=False
+        )
     return FlowMatchEulerDiscreteScheduler(  # FLUX.1-dev's
         num_train_timesteps=1000,
         shift=3.0,

@@ -37,7 +37,9 @@ def resolve_training_adapter(spec: str) -> Path:
         return path
     parts = spec.strip("/").split("/")
     if path.is_absolute() or spec.startswith(".") or len(parts) < 2:
-        raise ModelLoadError(f"model.assistant_lora_path: {path} is not a file (or a folder holding {DEFAULT_FILE})")
+        raise ModelLoadError(
+            f"model.assistant_lora_path: {path} is not a file (or a folder holding {DEFAULT_FILE})"
+        )
     repo = "/".join(parts[:2])
     filename = "/".join(parts[2:]) or DEFAULT_FILE
     try:
@@ -66,7 +68,10 @@ def attach_training_adapter(adapter, expert: str, path: Path) -> None:
     net.apply()
     adapter.training_adapters[expert] = net
     log.info(
-        "training adapter %s on %s: %d layers at scale 1, frozen; off while sampling", path.name, expert, len(modules)
+        "training adapter %s on %s: %d layers at scale 1, frozen; off while sampling",
+        path.name,
+        expert,
+        len(modules),
     )
 
 

@@ -80,7 +80,10 @@ class WanFamily(ModelFamily):
         if self.archs[arch].two_experts:
             trained = tuple(
                 name
-                for name, on in (("high_noise", kwargs.train_high_noise), ("low_noise", kwargs.train_low_noise))
+                for name, on in (
+                    ("high_noise", kwargs.train_high_noise),
+                    ("low_noise", kwargs.train_low_noise),
+                )
                 if on
             )
             if not trained:
@@ -128,5 +131,12 @@ FAMILY = WanFamily(
     aliases=ALIASES,
     block_lists=("blocks",),
     high_precision_parts=wan_memory.HIGH_PRECISION_PARTS,
-    encoder_parts=("model_index.json", "vae", "text_encoder", "tokenizer", "image_encoder", "image_processor"),
+    encoder_parts=(
+        "model_index.json",
+        "vae",
+        "text_encoder",
+        "tokenizer",
+        "image_encoder",
+        "image_processor",
+    ),
 )

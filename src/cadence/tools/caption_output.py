@@ -18,19 +18,19 @@ released by the kernel when the process dies.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Protocol
 
 from cadence.atomic import atomic_write_text
 from cadence.data.captions import JSONL_NAME, caption_path, parse_jsonl_captions, parse_jsonl_line
 from cadence.data.media import media_kind
+from cadence.folder_lock import pid_lock
 from cadence.tools.caption_args import FORMATS
 
 log = logging.getLogger(__name__)
@@ -208,28 +208,19 @@ def open_sink(output_format: str, folder: Path, caption_ext: str) -> TextSink | 
 @contextmanager
 def caption_lock(folder: Path) -> Iterator[None]:
     """Exclusive for one `cadence caption` per dataset folder (see the module docstring)."""
-    path = folder / LOCK_NAME
+
+    def busy(holder: str) -> CaptionOutputError:
+        return CaptionOutputError(
+            f"another cadence caption (pid {holder}) is captioning {folder}; wait for it or stop it "
+            "(a UI caption job: its Stop button)"
+        )
+
+    held = ExitStack()
     try:
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        held.enter_context(pid_lock(folder / LOCK_NAME, busy, "run one cadence caption per folder at a time"))
     except OSError as exc:
         raise CaptionOutputError(
             f"cannot write in {folder} ({exc.strerror}); captions are written there"
         ) from None
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise CaptionOutputError(
-                f"another cadence caption (pid {holder}) is captioning {folder}; wait for it or stop it "
-                "(a UI caption job: its Stop button)"
-            ) from None
-        except OSError as exc:
-            log.warning(
-                "cannot lock %s (%s): run one cadence caption per folder at a time", path, exc.strerror
-            )
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    with held:
         yield
-    finally:
-        os.close(fd)

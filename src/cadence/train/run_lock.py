@@ -9,12 +9,12 @@ so a stale lock file never blocks a resume.
 
 from __future__ import annotations
 
-import fcntl
 import logging
-import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+
+from cadence.folder_lock import pid_lock
 
 LOCK_NAME = ".lock"
 log = logging.getLogger(__name__)
@@ -27,31 +27,14 @@ class RunLockedError(ValueError):
 @contextmanager
 def run_folder_lock(run_dir: Path) -> Iterator[None]:
     run_dir.mkdir(parents=True, exist_ok=True)
-    path = run_dir / LOCK_NAME
-    writable = True
-    try:  # 0o666: the umask decides, as for every other file of the run (a shared group folder)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
-    except PermissionError:  # another user's lock file: flock needs no write access
-        fd, writable = os.open(path, os.O_RDONLY), False
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            raise RunLockedError(
-                f"another cadence train (pid {holder}) is training into {run_dir}; wait for it or stop it "
-                "(a UI job: its Stop button), or give this run another name / training_folder"
-            ) from None
-        except OSError as exc:  # a filesystem without flock (some network and FUSE mounts)
-            log.warning(
-                "cannot lock %s (%s): nothing stops a second trainer on this run folder; run one at a time",
-                path,
-                exc.strerror or exc,
-            )
-            writable = False
-        if writable:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+
+    def busy(holder: str) -> RunLockedError:
+        return RunLockedError(
+            f"another cadence train (pid {holder}) is training into {run_dir}; wait for it or stop it "
+            "(a UI job: its Stop button), or give this run another name / training_folder"
+        )
+
+    with pid_lock(
+        run_dir / LOCK_NAME, busy, "nothing stops a second trainer on this run folder; run one at a time"
+    ):
         yield
-    finally:
-        os.close(fd)  # closing the descriptor releases the lock

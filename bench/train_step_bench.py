@@ -1,54 +1,74 @@
-"""Trainer overhead: median full trainer step vs. a bare forward+backward+optimizer step.
+"""Trainer overhead: a full trainer step against a bare forward+backward+clip+AdamW step, in interleaved pairs.
 
-Both run in this process on the same model (a ~1M-parameter Wan 2.2 I2V transformer per expert written as a
-real Diffusers folder), the same 33-frame 256x256 clip, batch size and dtype. The full step is measured from
-consecutive metrics-line timestamps, so it includes data loading from the cache, metrics (trend windows,
-gradient stability), the JSONL write, TensorBoard and the progress bar. Goal: ratio <= 1.05.
+What it compares, on the same Wan 2.2 I2V expert (a real Diffusers folder, tiny dims, `--layers` blocks: 40
+by default, i.e. 400 adapted Linears = 800 LoRA tensors, the Wan 14B count), the same cached clip, batch
+size and dtype:
+- ours: one iteration of `Trainer.run`'s loop, from one metrics line to the next: data from the cache,
+  noise and timesteps from the expert's streams, forward, backward, gradient clipping, the optimizer step,
+  gradient stability, the |ΔW| probe (every 25th step), the metrics line (JSONL + TensorBoard), the
+  progress bar and the live checks;
+- reference: the same training maths done bare, the best way torch allows: the batch already on the
+  device, `torch.randn` noise, the adapter's forward, backward, `clip_grad_norm_` (foreach) and
+  `torch.optim.AdamW` (foreach) on the same parameters, `zero_grad(set_to_none=True)`.
+The bare step runs inside the trainer's loop, right after each metrics line is written, so the two
+alternate step by step (F B F B ...). Each full step's ratio is taken against the mean of the bare steps
+on either side of it; the median of those ratios and its spread are printed, and the ratio of the total
+times too (the periodic |ΔW| probe counts there). Goal: median ratio <= 1.05.
 
-Adapter types (`--types`, default lokr,loha,locon,dora): on the same expert, clip and bare step, each type's
-step time and trainable parameter count against LoRA at equal rank (16), as ratios. Steps are interleaved
-(LoRA, type, LoRA, type, ...), and the median of the per-pair ratios is reported. LoCon adds the Conv3d
-patch embedding to the block Linears; LoKr is low-rank (lokr_full_rank: false) at the same rank.
+Adapter types (`--types`, default lokr,loha,locon,dora): on the same expert and clip, each type's bare step
+time and trainable parameter count against LoRA at equal rank (16), as the median of interleaved pairs
+(LoRA, type, type, LoRA, ...). LoCon adds the Conv3d patch embedding to the block Linears; LoKr is
+low-rank (lokr_full_rank: false) at the same rank. `--types ''` skips them.
 
-    .venv/bin/python bench/train_step_bench.py [--steps 40] [--types lokr,loha,locon,dora] [--type-steps 12]
+    .venv/bin/python bench/train_step_bench.py [--pairs 40] [--layers 40] [--dims tiny|wide]
+        [--size 64] [--frames 17] [--types lokr,loha,locon,dora] [--type-pairs 12] [--threads 1]
 """
 
 from __future__ import annotations
 
 import argparse
-import statistics
+import sys
 import tempfile
 import time
-from datetime import datetime
 from pathlib import Path
 
 import torch
 import yaml
 from diffusers import WanTransformer3DModel
 
-from cadence.config.loader import load_config
-from cadence.data.synthetic import write_synthetic_dataset
-from cadence.metrics.jsonl import read_metrics
-from cadence.models.tiny import write_tiny_model
-from cadence.train.loop import Trainer
-from cadence.train.objective import flow_matching_loss, noisy_latents, velocity_target
-from cadence.train.setup import build_training
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from pairing import Pairs, Spread, run_pairs, seconds  # noqa: E402
+
+from cadence.config.loader import load_config  # noqa: E402
+from cadence.data.synthetic import write_synthetic_dataset  # noqa: E402
+from cadence.models.tiny import write_tiny_model  # noqa: E402
+from cadence.train.loop import Trainer  # noqa: E402
+from cadence.train.objective import flow_matching_loss, noisy_latents, velocity_target  # noqa: E402
+from cadence.train.setup import build_training  # noqa: E402
+
+EXPERT = "high_noise"
+DIMS = {
+    "tiny": {},  # the tiny model's own dims (24 wide, ffn 48)
+    "wide": {"num_attention_heads": 4, "attention_head_dim": 32, "ffn_dim": 512},  # ~1M params at 4 blocks
+}
 
 
-def widen_transformers(model_dir: Path) -> int:
-    """Replace the tiny experts by ~1M-parameter ones (same text/latent interfaces)."""
-    params = 0
+def resize_transformers(model_dir: Path, layers: int, dims: str) -> tuple[int, int]:
+    """Rebuild both experts with `layers` blocks (and the wider dims when asked); (parameters, Linears)."""
+    params = linears = 0
     for name in ("transformer", "transformer_2"):
         config = WanTransformer3DModel.load_config(model_dir / name)
-        config.update(num_attention_heads=4, attention_head_dim=32, ffn_dim=512, num_layers=4)
+        config.update(num_layers=layers, **DIMS[dims])
         torch.manual_seed(0)
         model = WanTransformer3DModel.from_config(config)
         model.save_pretrained(model_dir / name)
         params = sum(p.numel() for p in model.parameters())
-    return params
+        linears = sum(isinstance(m, torch.nn.Linear) for m in model.blocks.modules())
+    return params, linears
 
 
-def job(root: Path, steps: int) -> dict:
+def job(root: Path, steps: int, size: int, frames: int) -> dict:
     return {
         "name": "bench",
         "training_folder": str(root / "out"),
@@ -58,8 +78,8 @@ def job(root: Path, steps: int) -> dict:
         "datasets": [
             {
                 "folder_path": str(root / "clips"),
-                "resolution": [256],
-                "num_frames": 33,
+                "resolution": [size],
+                "num_frames": frames,
                 "cache_latents_to_disk": True,
                 "cache_latents": True,
             }
@@ -81,32 +101,49 @@ def job(root: Path, steps: int) -> dict:
     }
 
 
-def full_step_times(rows: list[dict]) -> list[float]:
-    stamps = [datetime.fromisoformat(row["timestamp"]) for row in rows]
-    return [(b - a).total_seconds() for a, b in zip(stamps, stamps[1:], strict=False)]
-
-
-def bare_step_times(setup, steps: int) -> list[float]:
-    expert = "high_noise"
-    spec = setup.expert_specs[expert]
-    params = [p for p in setup.networks[expert].parameters() if p.requires_grad]
+def bare_step_fn(setup, params: list[torch.Tensor]):
+    """One bare training step on the trainer's own adapter (its weights move; the trainer's do too)."""
+    spec = setup.expert_specs[EXPERT]
     optimizer = torch.optim.AdamW(params, lr=1e-4)
     batch = setup.batches.assemble([0], None).to(setup.device, setup.dtype)
     generator = torch.Generator().manual_seed(0)
-    times = []
-    for _ in range(steps):
-        started = time.perf_counter()
+
+    def step() -> None:
         noise = torch.randn(batch.latents.shape, generator=generator)
         t = torch.rand(1, generator=generator) * (spec.t_high - spec.t_low) + spec.t_low
-        prediction = setup.adapter.predict(
-            expert, noisy_latents(batch.latents, noise, t), t, batch.text, batch.cond
-        )
-        loss = flow_matching_loss(prediction, velocity_target(batch.latents, noise))
-        loss.backward()
+        noisy = noisy_latents(batch.latents, noise, t).to(setup.dtype)
+        prediction = setup.adapter.predict(EXPERT, noisy, t, batch.text, batch.cond)
+        flow_matching_loss(prediction, velocity_target(batch.latents, noise)).backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0, foreach=True)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        times.append(time.perf_counter() - started)
-    return times
+
+    return step
+
+
+class Interleaved:
+    """Runs a bare step after every metrics line the trainer writes and times both sides."""
+
+    def __init__(self, setup, bare) -> None:
+        self.full: list[float] = []
+        self.bare: list[float] = []
+        self._mark: float | None = None
+        write = setup.recorder.write
+
+        def timed_write(row: dict) -> None:  # this bench's own recorder instance, not a library global
+            write(row)
+            if self._mark is not None:
+                self.full.append(time.perf_counter() - self._mark)
+            self.bare.append(seconds(bare))
+            self._mark = time.perf_counter()
+
+        setup.recorder.write = timed_write
+
+    def pairs(self, warm: int) -> Pairs:
+        """Full step k (between bare steps k-1 and k) against the mean of those two bare steps."""
+        full, bare = self.full[warm:], self.bare[warm:]
+        neighbours = [(a + b) / 2 for a, b in zip(bare, bare[1:], strict=False)]
+        return Pairs(full[: len(neighbours)], neighbours)
 
 
 TYPE_NETWORKS = {
@@ -118,79 +155,100 @@ TYPE_NETWORKS = {
 }
 
 
-def adapter_type_ratios(setup, types: list[str], steps: int, warm: int = 2) -> dict[str, tuple[float, float]]:
-    """{type: (median step-time ratio vs LoRA, trainable-parameter ratio vs LoRA)}, interleaved pairs."""
+def adapter_type_ratios(setup, types: list[str], pairs: int) -> dict[str, tuple[Spread, float]]:
+    """{type: (step-time ratio vs LoRA over interleaved pairs, trainable-parameter ratio vs LoRA)}."""
     from cadence.config.schema import NetworkConfig
     from cadence.networks.lora import LoRANetwork
 
-    expert = "high_noise"
-    transformer = setup.adapter.transformer(expert)
-    setup.networks[expert].remove()  # the trainer's own adapter off: each type runs alone
+    transformer = setup.adapter.transformer(EXPERT)
+    setup.networks[EXPERT].remove()  # the trainer's own adapter off: each type runs alone
     nets = {
-        kind: LoRANetwork(transformer, NetworkConfig(**TYPE_NETWORKS[kind]), name=expert, seed=1)
+        kind: LoRANetwork(transformer, NetworkConfig(**TYPE_NETWORKS[kind]), name=EXPERT, seed=1)
         for kind in ["lora", *types]
     }
     params = {kind: sum(p.numel() for p in net.parameters()) for kind, net in nets.items()}
-    spec = setup.expert_specs[expert]
-    batch = setup.batches.assemble([0], None).to(setup.device, setup.dtype)
-    generator = torch.Generator().manual_seed(0)
-    optimizers = {kind: torch.optim.AdamW(net.parameters(), lr=1e-4) for kind, net in nets.items()}
-
-    def one_step(kind: str) -> float:
-        net = nets[kind].apply()
-        started = time.perf_counter()
-        noise = torch.randn(batch.latents.shape, generator=generator)
-        t = torch.rand(1, generator=generator) * (spec.t_high - spec.t_low) + spec.t_low
-        prediction = setup.adapter.predict(
-            expert, noisy_latents(batch.latents, noise, t), t, batch.text, batch.cond
-        )
-        flow_matching_loss(prediction, velocity_target(batch.latents, noise)).backward()
-        optimizers[kind].step()
-        optimizers[kind].zero_grad(set_to_none=True)
-        elapsed = time.perf_counter() - started
+    steps = {}
+    for kind, net in nets.items():
+        net.apply()
+        steps[kind] = bare_step_fn(setup, [p for p in net.parameters() if p.requires_grad])
         net.remove()
-        return elapsed
 
-    ratios: dict[str, list[float]] = {kind: [] for kind in types}
-    for index in range(steps + warm):
-        for kind in types:
-            lora, other = one_step("lora"), one_step(kind)
-            if index >= warm:
-                ratios[kind].append(other / lora)
-    return {kind: (statistics.median(ratios[kind]), params[kind] / params["lora"]) for kind in types}
+    def runner(kind: str):
+        def run() -> None:
+            nets[kind].apply()
+            try:
+                steps[kind]()
+            finally:
+                nets[kind].remove()
+
+        return run
+
+    return {
+        kind: (
+            run_pairs(runner(kind), runner("lora"), pairs, warmup=2).time_ratio(),
+            params[kind] / params["lora"],
+        )
+        for kind in types
+    }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--steps", type=int, default=40)
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--pairs", type=int, default=40, help="full/bare step pairs measured (after --warm)")
+    parser.add_argument("--warm", type=int, default=5, help="steps left out at the start")
+    parser.add_argument(
+        "--layers", type=int, default=40, help="transformer blocks per expert (10 Linears each)"
+    )
+    parser.add_argument("--dims", choices=sorted(DIMS), default="tiny")
+    parser.add_argument("--size", type=int, default=64, help="clip width and height (pixels)")
+    parser.add_argument("--frames", type=int, default=17)
     parser.add_argument("--types", default="lokr,loha,locon,dora", help="adapter types vs LoRA ('' to skip)")
-    parser.add_argument("--type-steps", type=int, default=12, help="interleaved pairs per adapter type")
-    args = parser.parse_args()
+    parser.add_argument("--type-pairs", type=int, default=12, help="interleaved pairs per adapter type")
+    parser.add_argument(
+        "--threads", type=int, default=1, help="torch threads (1: steadier timings on a shared machine)"
+    )
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
     types = [t for t in args.types.split(",") if t]
+    torch.manual_seed(0)
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         write_tiny_model(root / "model", "wan22_14b_i2v")
-        params = widen_transformers(root / "model")
-        write_synthetic_dataset(root / "clips", n_videos=2, n_images=0, width=256, height=256, num_frames=33)
-        config = root / "bench.yaml"
-        config.write_text(yaml.safe_dump(job(root, args.steps)))
-        setup = build_training(load_config(config))
-        Trainer(setup).run()
-        rows = read_metrics(setup.paths.metrics)
-        warm = 5
-        full = statistics.median(full_step_times(rows)[warm:])
-        bare = statistics.median(bare_step_times(setup, args.steps)[warm:])
-        type_ratios = adapter_type_ratios(setup, types, args.type_steps) if types else {}
-    print(f"transformer parameters per expert: {params:,}; clip 33 frames 256x256; batch 1; fp32; CPU")
-    print(f"median full trainer step: {full * 1000:.1f} ms")
-    print(f"median bare fwd+bwd+AdamW step: {bare * 1000:.1f} ms")
-    print(f"ratio full/bare: {full / bare:.3f} (goal <= 1.05)")
-    for kind, (time_ratio, param_ratio) in type_ratios.items():
-        print(
-            f"{kind} vs lora at rank 16: step time x{time_ratio:.3f} (median of {args.type_steps} interleaved "
-            f"pairs), trainable parameters x{param_ratio:.3f}"
+        params, linears = resize_transformers(root / "model", args.layers, args.dims)
+        write_synthetic_dataset(
+            root / "clips", n_videos=2, n_images=0, width=args.size, height=args.size, num_frames=args.frames
         )
+        config = root / "bench.yaml"
+        config.write_text(yaml.safe_dump(job(root, args.warm + args.pairs + 2, args.size, args.frames)))
+        setup = build_training(load_config(config))
+        trainable = [p for p in setup.networks[EXPERT].parameters() if p.requires_grad]
+        timing = Interleaved(setup, bare_step_fn(setup, trainable))
+        Trainer(setup).run()
+        pairs = timing.pairs(args.warm)
+        type_ratios = adapter_type_ratios(setup, types, args.type_pairs) if types else {}
+    full_ms, bare_ms = pairs.median_ms()
+    out = sys.stdout.write
+    out(
+        f"expert: {params:,} parameters, {args.layers} blocks, {linears} adapted Linears = {len(trainable)} "
+        f"LoRA tensors (rank 16); clip {args.frames} frames {args.size}x{args.size}; batch 1; fp32; CPU "
+        f"({torch.get_num_threads()} threads)\n"
+    )
+    out(
+        f"median full trainer step: {full_ms:.2f} ms; median bare fwd+bwd+clip+AdamW step: {bare_ms:.2f} ms\n"
+    )
+    out(f"full / bare per pair: {pairs.time_ratio().text()} (goal median <= 1.05)\n")
+    out(
+        f"full / bare over all pairs (total time, the periodic |ΔW| probe included): "
+        f"{sum(pairs.ours) / sum(pairs.reference):.3f}\n"
+    )
+    for kind, (spread, param_ratio) in type_ratios.items():
+        out(
+            f"{kind} vs lora at rank 16: bare step time x{spread.text()}, trainable parameters x{param_ratio:.3f}\n"
+        )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

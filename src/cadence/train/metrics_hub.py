@@ -1,7 +1,9 @@
 """Everything the trainer measures about itself, in one place with one state dict.
 
 Holds the trend windows (global and per expert), gradient stability, the alpha-phase scheduler and the
-periodic weight-magnitude probe, and turns them into metrics fields. Phase transitions decided here reach
+periodic weight-magnitude probe, and turns them into metrics fields. The probe (`magnitudes`, also what the
+live health checks read) measures only experts whose weights changed since their last probe: an expert that
+has not trained (nor changed alpha) keeps its summary. Phase transitions decided here reach
 an expert's adapter by `apply_alphas` at that expert's next training step, so every checkpoint and sample
 carries the alpha its weights were trained with.
 """
@@ -18,7 +20,7 @@ import torch
 
 from cadence.metrics.stability import GradientStability
 from cadence.metrics.trend import TrendTracker
-from cadence.networks.magnitude import summarize
+from cadence.networks.magnitude import MagnitudeSummary, summarize
 from cadence.tracking.sink import EventEmitter, no_events
 
 log = logging.getLogger(__name__)
@@ -46,6 +48,8 @@ class MetricsHub:
         self.nan_streak = 0  # consecutive skipped (non-finite) steps
         self.nan_total = 0
         self.emit: EventEmitter = no_events  # the recorder's event(): phase changes reach the sinks
+        self.trained_steps: dict[str, int] = dict.fromkeys(networks, 0)  # updates applied, this process
+        self._probed: dict[str, tuple[tuple[Any, ...], MagnitudeSummary]] = {}  # expert -> (weights key, it)
 
     def label(self, expert: str) -> str | None:
         return expert if expert in self.labelled else None
@@ -53,6 +57,8 @@ class MetricsHub:
     # ------------------------------------------------------------------------------------ per step
     def observe(self, step: int, expert: str, loss: float | None, grad_norm: float | None) -> dict[str, Any]:
         label = self.label(expert)
+        if loss is not None:  # an update was applied: the expert's |ΔW| changed
+            self.trained_steps[expert] = self.trained_steps.get(expert, 0) + 1
         self.trend.add_loss(loss, label)
         stability_fields = self.stability.metrics(self.labelled)
         if loss is None:  # a skipped step measured nothing: no stale stability value, nothing fed to the EMAs
@@ -110,13 +116,26 @@ class MetricsHub:
                 net.set_alpha(linear=alphas.get("linear"), conv=alphas.get("conv"))
 
     @torch.no_grad()
+    def magnitudes(self) -> dict[str, MagnitudeSummary]:
+        """|ΔW| summaries of the weights users get (`weights_view`), per expert. An expert whose weights did
+        not change since its last probe (no update applied, same alphas) keeps that probe's summary."""
+        keys = {expert: self._weights_key(expert) for expert in self.networks}
+        stale = [e for e in self.networks if e not in self._probed or self._probed[e][0] != keys[e]]
+        if stale:
+            with self.weights_view():
+                tensors = {expert: self.networks[expert].to_lora_tensors() for expert in stale}
+            for expert in stale:
+                self._probed[expert] = (keys[expert], summarize(tensors[expert]))
+        return {expert: self._probed[expert][1] for expert in self.networks}
+
+    def _weights_key(self, expert: str) -> tuple[Any, ...]:
+        net = self.networks[expert]
+        return (self.trained_steps.get(expert, 0), net.linear_alpha, net.conv_alpha, self.weights_measured)
+
     def magnitude_fields(self) -> dict[str, Any]:
         """Mean |B·A·alpha/rank| per expert and the high/low ratio (seed 003's weight magnitude)."""
         fields: dict[str, Any] = {}
-        with self.weights_view():
-            tensors = {expert: net.to_lora_tensors() for expert, net in self.networks.items()}
-        for expert in self.networks:
-            summary = summarize(tensors[expert])
+        for expert, summary in self.magnitudes().items():
             fields[f"weight_magnitude{'_' + expert if self.label(expert) else ''}"] = summary.mean
         high, low = fields.get("weight_magnitude_high_noise"), fields.get("weight_magnitude_low_noise")
         if high is not None and low:

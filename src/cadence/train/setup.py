@@ -45,7 +45,7 @@ from cadence.schedule.timesteps import TimestepSampler, range_problems, sampler_
 from cadence.tools.health import HealthMonitor
 from cadence.train.batches import BatchAssembler
 from cadence.train.checkpoint import CheckpointManager, RunPaths, UnreadableCheckpoint
-from cadence.train.checks import PeriodicChecks, evaluation_weights, live_magnitudes
+from cadence.train.checks import PeriodicChecks, evaluation_weights
 from cadence.train.ema import AdapterEMA
 from cadence.train.eval import FixedEval
 from cadence.train.fixed_prompt import fixed_prompt, needs_text_encoder_freed, use_fixed_prompt
@@ -288,7 +288,7 @@ def build_training(cfg: JobConfig, parallel: ParallelContext | None = None) -> T
         cfg.train.eval_every,
         health,
         run_eval,
-        live_magnitudes(networks, optimizer, ema),
+        hub.magnitudes,  # |ΔW| of the weights users get; an expert idle since its last probe is not re-read
         paths.metrics,
         recorder.checkpoints,
     )

@@ -8,16 +8,20 @@ sampled checkpoints), and the drop must clear MOTION_DROP_Z noise units. The noi
 the run's own series (the spread of the change from one sampled checkpoint to the next, in log motion),
 never below MOTION_NOISE_FLOOR, since the same prompts and seeds at every checkpoint still give samples
 whose motion wanders as the weights move. The rates this gives on simulated runs are in docs/analyze.md
-(bench/health_false_alarms.py measures them).
+(bench/health_false_alarms.py measures them). Both rules read the sampled checkpoints through the series'
+motion table (`series_index.MotionTable`: peak pair, squared steps and median step so far), so a rule at
+a checkpoint costs the same however many were sampled before it.
 """
 
 from __future__ import annotations
 
+import bisect
 import math
 import statistics
 from collections.abc import Mapping
 
 from cadence.tools.health_series import HealthWarning, RunSeries
+from cadence.tools.series_index import MotionTable
 
 MOTION_DROP_Z = 4.0
 MOTION_NOISE_FLOOR = 0.05  # relative: motion never counts as steadier than +-5% per checkpoint
@@ -25,9 +29,10 @@ MOTION_MIN_POINTS = 4  # sampled checkpoints: the last two plus at least one ear
 _EPS = 1e-6  # diag/s; a frozen sample's motion (0) enters the logs as this
 
 
-def motion_points(s: RunSeries, i: int) -> list[tuple[int, float]]:
-    """(point index, coarse motion) of the checkpoints up to i that have sample motion."""
-    return [(k, p.motion.stats.coarse) for k, p in enumerate(s.points[: i + 1]) if p.motion is not None]
+def motion_points(s: RunSeries, i: int) -> tuple[MotionTable, int]:
+    """The series' motion table and how many of its sampled checkpoints lie at or before point i."""
+    table = s.tables(i).motion
+    return table, bisect.bisect_right(table.points, i)
 
 
 def log_noise(values: list[float]) -> float:
@@ -46,6 +51,17 @@ def log_noise(values: list[float]) -> float:
     return max(rms, robust, MOTION_NOISE_FLOOR)
 
 
+def table_noise(table: MotionTable, m: int) -> float:
+    """`log_noise` of the table's first m values (m >= 2), from its prefix sums and running median."""
+    steps = m - 1
+    calm = steps - 1 if steps >= 2 else 1  # the step into the last pair is left out
+    last = math.log(max(table.values[m - 1], _EPS)) - math.log(max(table.values[m - 2], _EPS))
+    total = (table.sumsq[steps - 2] if steps >= 2 else 0.0) + last * last
+    rms = math.sqrt(total / calm / 2) * (1 + 0.5 / math.sqrt(calm))
+    robust = 1.4826 * table.abs_median[steps - 1] / math.sqrt(2)
+    return max(rms, robust, MOTION_NOISE_FLOOR)
+
+
 def _log_mean(*values: float) -> float:
     return sum(math.log(max(v, _EPS)) for v in values) / len(values)
 
@@ -56,33 +72,33 @@ def motion_tame(s: RunSeries, i: int, th: float, _active: Mapping[str, float]) -
     training clips move (a fall from "crazy" motion to the data's own is the LoRA settling, not taming)."""
     if s.points[i].motion is None:
         return []
-    pts = motion_points(s, i)
-    if len(pts) < MOTION_MIN_POINTS:
+    table, m = motion_points(s, i)
+    if m < MOTION_MIN_POINTS:
         return []
-    (_, a), (_, b) = pts[-2], pts[-1]
-    pairs = [(x + y) / 2 for (_, x), (_, y) in zip(pts[:-3], pts[1:-2], strict=True)]
-    best = max(range(len(pairs)), key=pairs.__getitem__)
-    peak = pairs[best]
+    values = table.values
+    a, b = values[m - 2], values[m - 1]
+    best = table.pair_best[m - 4]  # the earlier pairs: (k, k + 1) for k <= m - 4
+    peak = (values[best] + values[best + 1]) / 2
     limit = peak * (1 - th)
     if peak <= 0 or a >= limit or b >= limit:
         return []
     reference = s.reference.coarse if s.reference is not None and s.reference.coarse > 0 else None
     if reference is not None and (a + b) / 2 >= reference:
         return []
-    z = (_log_mean(pts[best][1], pts[best + 1][1]) - _log_mean(a, b)) / log_noise([v for _, v in pts])
+    z = (_log_mean(values[best], values[best + 1]) - _log_mean(a, b)) / table_noise(table, m)
     if z < MOTION_DROP_Z:
         return []
     fraction = (a + b) / 2 / peak
     of_data = f", {(a + b) / 2 / reference:.0%} of the training clips'" if reference else ""
-    step_a, step_b = s.points[pts[best][0]].step, s.points[pts[best + 1][0]].step
+    step_a, step_b = s.points[table.points[best]].step, s.points[table.points[best + 1]].step
     msg = (
         f"sample coarse motion fell to {a:.4f}, then {b:.4f} diag/s: {fraction:.0%} of its peak "
         f"{peak:.4f} (steps {step_a}-{step_b}){of_data}, more than {th:.0%} below it ({z:.1f} noise units): "
         "the samples became tame (seed 003); keep an earlier checkpoint, and next run give the low-noise "
         "expert a lower LR or stop earlier"
     )
-    before = s.points[pts[-3][0]].step  # the last sampled checkpoint before the two tame ones
-    return [HealthWarning("motion_tame", s.points[i].step, None, msg, fraction, th, from_step=before)]
+    before = s.points[table.points[m - 3]].step  # the last sampled checkpoint before the two tame ones
+    return [HealthWarning("motion_tame", s.points[i].step, None, msg, fraction, th, before)]
 
 
 def motion_excess(s: RunSeries, i: int, th: float, _active: Mapping[str, float]) -> list[HealthWarning]:
@@ -91,17 +107,17 @@ def motion_excess(s: RunSeries, i: int, th: float, _active: Mapping[str, float])
     if s.points[i].motion is None or s.reference is None or s.reference.coarse <= 0:
         return []
     reference = s.reference.coarse
-    pts = motion_points(s, i)
-    if len(pts) < 2 or any(v <= th * reference for _, v in pts[-2:]):
+    table, m = motion_points(s, i)
+    values, limit = table.values, th * reference
+    if m < 2 or any(v <= limit for v in values[m - 2 : m]):
         return []
-    start = len(pts) - 2
-    while start > 0 and pts[start - 1][1] > th * reference:
-        start -= 1
-    a, b = pts[-2][1] / reference, pts[-1][1] / reference
+    start = m - table.runs_above(limit)[m - 1]  # the first of the sampled checkpoints above it in a row
+    a, b = values[m - 2] / reference, values[m - 1] / reference
     msg = (
         f"sample coarse motion is {a:.2f}x, then {b:.2f}x the training clips' ({reference:.4f} diag/s), "
         f"above {th:g}x: motion too fast; keep an earlier checkpoint or lower the LR (check the samples' "
         "frame rate and the training clips' frame plan first)"
     )
-    before = s.points[pts[start - 1][0]].step if start > 0 else -1  # -1: no calmer checkpoint before it
-    return [HealthWarning("motion_excess", s.points[i].step, None, msg, b, th, from_step=before)]
+    before = s.points[table.points[start - 1]].step if start > 0 else -1  # -1: no calmer checkpoint before it
+    return [HealthWarning("motion_excess", s.points[i].step, None, msg, b, th, before)]
+

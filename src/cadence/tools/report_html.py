@@ -2,7 +2,8 @@
 
 It renders the plain dict of `AnalysisReport.to_dict()` so it has no import cycle with analyze.py. Plots use
 matplotlib's object API with the Agg canvas (no pyplot, no global backend switch) and the page loads no
-external assets, so it opens from a copied run folder or an air-gapped machine.
+external assets, so it opens from a copied run folder or an air-gapped machine. Markers and tick labels
+thin out on long runs (thousands of checkpoints), so the page renders in seconds (bench/analysis_bench.py).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+MAX_TICKS = 24  # labelled ticks per heatmap axis
+MAX_MARKERS = 200  # points per line drawn with markers (more: a plain line)
 COLORS = {"high_noise": "#c0392b", "low_noise": "#2471a3", "main": "#1e8449"}
 _CSS = """body{font-family:system-ui,sans-serif;margin:24px;color:#222}table{border-collapse:collapse;
 margin:8px 0 20px}td,th{border:1px solid #ccc;padding:3px 8px;text-align:right;font-size:13px}
@@ -50,7 +53,7 @@ def _per_expert(
         ax = fig.add_subplot()
         for expert in data["experts"]:
             xs, ys = _series(data, expert, key)
-            ax.plot(xs, [y * scale for y in ys], "o-", color=COLORS.get(expert), label=expert)
+            ax.plot(xs, [y * scale for y in ys], _line(len(xs)), color=COLORS.get(expert), label=expert)
         if line is not None:
             ax.axhline(line, color="#888", linestyle="--", label=f"threshold {line:g}")
         _finish(ax, title)
@@ -69,7 +72,7 @@ def _ratios(data: dict[str, Any]) -> Callable[[Figure], None]:
         ):
             pts = [(c["step"], c[key]) for c in data["checkpoints"] if c[key] is not None]
             if pts:
-                ax.plot(*zip(*pts, strict=True), "o-", color=color, label=label)
+                ax.plot(*zip(*pts, strict=True), _line(len(pts)), color=color, label=label)
         for rule, style in (
             ("weight_ratio_low", "--"),
             ("weight_ratio_high", "--"),
@@ -94,12 +97,22 @@ def _losses(data: dict[str, Any]) -> Callable[[Figure], None]:
             ]
             if pts:
                 xs, ys, err = zip(*pts, strict=True)
-                ax.errorbar(
-                    xs, ys, yerr=err, fmt="o-", capsize=3, color=COLORS.get(expert), label=f"{expert} loss"
-                )
+                color = COLORS.get(expert)
+                if len(xs) <= MAX_MARKERS:
+                    ax.errorbar(xs, ys, yerr=err, fmt="o-", capsize=3, color=color, label=f"{expert} loss")
+                else:  # a band instead of thousands of error bars
+                    ax.plot(xs, ys, "-", color=color, label=f"{expert} loss")
+                    low = [y - e for y, e in zip(ys, err, strict=True)]
+                    high = [y + e for y, e in zip(ys, err, strict=True)]
+                    ax.fill_between(xs, low, high, color=color, alpha=0.2, linewidth=0)
         evals = [(c["step"], c["eval_loss"]) for c in data["checkpoints"] if c["eval_loss"] is not None]
         if evals:
-            ax.plot(*zip(*evals, strict=True), "s--", color="#111", label="eval loss")
+            ax.plot(
+                *zip(*evals, strict=True),
+                "s--" if len(evals) <= MAX_MARKERS else "--",
+                color="#111",
+                label="eval loss",
+            )
         _finish(ax, "Loss mean ± std over each interval")
 
     return draw
@@ -116,12 +129,12 @@ def _motion(data: dict[str, Any]) -> Callable[[Figure], None]:
             ax.plot(
                 [m["step"] for m in sampled],
                 [m[key] for m in sampled],
-                "o-",
+                _line(len(sampled)),
                 color=color,
                 label=f"{key} motion",
             )
         if reference is not None:
-            level = reference["stats"]["coarse"]
+            level = reference["coarse"]  # the report dict holds the MotionStats fields themselves
             ax.axhline(level, color="#1e8449", linestyle="--", label=f"training clips (coarse) {level:.4f}")
             if "motion_excess" in th:
                 ax.axhline(level * th["motion_excess"], color="#9a3412", linestyle=":", label="motion_excess")
@@ -140,14 +153,29 @@ def _blocks(data: dict[str, Any], expert: str) -> Callable[[Figure], None]:
         blocks = sorted({int(b) for c in cps for b in c["experts"][expert]["per_block"]})
         grid = [[c["experts"][expert]["per_block"].get(str(b), float("nan")) for c in cps] for b in blocks]
         image = ax.imshow(grid, aspect="auto", origin="lower", cmap="viridis", interpolation="nearest")
-        ax.set_xticks(range(len(cps)), [str(c["step"]) for c in cps], rotation=45, fontsize=7)
-        ax.set_yticks(range(len(blocks)), [str(b) for b in blocks], fontsize=7)
+        # at most ~MAX_TICKS labels per axis: thousands of checkpoints made matplotlib lay out thousands
+        xs, ys = _thinned(len(cps)), _thinned(len(blocks))
+        ax.set_xticks(xs, [str(cps[i]["step"]) for i in xs], rotation=45, fontsize=7)
+        ax.set_yticks(ys, [str(blocks[i]) for i in ys], fontsize=7)
         ax.set_xlabel("step")
         ax.set_ylabel("block")
         ax.set_title(f"{expert}: mean |ΔW| per block")
         fig.colorbar(image, ax=ax)
 
     return draw
+
+
+def _line(points: int) -> str:
+    return "o-" if points <= MAX_MARKERS else "-"
+
+
+def _thinned(count: int) -> list[int]:
+    """Positions 0..count-1, every k-th one so that at most MAX_TICKS remain (the last one included)."""
+    every = max(1, -(-count // MAX_TICKS))
+    ticks = list(range(0, count, every))
+    if count and ticks[-1] != count - 1 and every > 1:
+        ticks[-1] = count - 1
+    return ticks
 
 
 def _finish(ax: Axes, title: str) -> None:

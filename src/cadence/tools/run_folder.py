@@ -164,39 +164,93 @@ def _row_lr(row: dict[str, Any], expert: str, own_row: bool) -> float | None:
     return sum(plain_f) / len(plain_f) if plain_f else None
 
 
+class IntervalAccumulator:
+    """`interval_stats` of one expert, fed one row at a time (rows in step order within the interval), so a
+    run's metrics are read once however many checkpoints split them: the analysis sorts every row into its
+    interval in one pass, and the live checks add each step's row as it is written."""
+
+    def __init__(self, expert: str) -> None:
+        self.expert = expert
+        self.lrs: list[float] = []
+        self.losses: list[float] = []
+        self.stab: list[float] = []  # gradient_stability_{expert} of own rows
+        self.stab_plain: list[float] = []  # gradient_stability of own rows (older lines)
+        self.stab_avg: float | None = None  # latest own gradient_stability_avg
+        self.steps = 0
+        self._key = "eval_loss" if expert == MAIN_EXPERT else f"eval_loss_{expert}"
+        self._last_step: int | None = None  # the highest step seen, and the eval loss of its rows
+        self._last_eval: float | None = None
+
+    def add(self, row: dict[str, Any]) -> None:
+        expert = self.expert
+        own = expert == MAIN_EXPERT or row.get("expert") == expert
+        if (lr := _row_lr(row, expert, own)) is not None:
+            self.lrs.append(lr)
+        if own:
+            self.steps += 1
+            if (loss := _num(row.get("loss"))) is not None:
+                self.losses.append(loss)
+            if (value := _num(row.get(f"gradient_stability_{expert}"))) is not None:
+                self.stab.append(value)
+            if (value := _num(row.get("gradient_stability"))) is not None:
+                self.stab_plain.append(value)
+            if (value := _num(row.get("gradient_stability_avg"))) is not None:
+                self.stab_avg = value
+        step = row["step"]
+        if self._last_step is None or step > self._last_step:
+            self._last_step, self._last_eval = step, None
+        if step == self._last_step and (value := _num(row.get(self._key))) is not None:
+            self._last_eval = value
+
+    def stats(self, hi: int) -> IntervalStats:
+        """The interval's statistics, ending at checkpoint step `hi` (its eval loss: that step's own)."""
+        losses = self.losses
+        std = None
+        if len(losses) > 1:
+            mean = sum(losses) / len(losses)
+            std = math.sqrt(sum((x - mean) ** 2 for x in losses) / (len(losses) - 1))
+        stability = _mean(self.stab if self.stab else self.stab_plain)
+        if stability is None:
+            stability = self.stab_avg
+        return IntervalStats(
+            lr=_mean(self.lrs),
+            loss_mean=_mean(losses),
+            loss_std=std,
+            loss_count=len(losses),
+            grad_stability=stability,
+            eval_loss=self._last_eval if self._last_step == hi else None,
+            steps=self.steps,
+        )
+
+
+class ValueAtStep:
+    """`value_at` fed one row at a time: the finite value of `key` on the rows of the highest step seen."""
+
+    def __init__(self, key: str) -> None:
+        self.key = key
+        self.step: int | None = None
+        self.value: float | None = None
+
+    def add(self, row: dict[str, Any]) -> None:
+        step = row["step"]
+        if self.step is None or step > self.step:
+            self.step, self.value = step, None
+        if step == self.step and (value := _num(row.get(self.key))) is not None:
+            self.value = value
+
+    def at(self, step: int) -> float | None:
+        return self.value if self.step == step else None
+
+
 def interval_stats(rows: list[dict[str, Any]], lo: int, hi: int, expert: str) -> IntervalStats:
     """Mean LR, loss mean/std (sample), gradient stability and own step count of `expert` in (lo, hi],
     and its eval loss at step hi. Only the expert's own rows count: the other expert's rows repeat its
     latest per-expert values, which describe older steps."""
-    window = [r for r in rows if lo < r["step"] <= hi]
-
-    def own(row: dict[str, Any]) -> bool:
-        return expert == MAIN_EXPERT or row.get("expert") == expert
-
-    lrs = [v for r in window if (v := _row_lr(r, expert, own(r))) is not None]
-    losses = [v for r in window if own(r) and (v := _num(r.get("loss"))) is not None]
-    std = None
-    if len(losses) > 1:
-        mean = sum(losses) / len(losses)
-        std = math.sqrt(sum((x - mean) ** 2 for x in losses) / (len(losses) - 1))
-    stab = [v for r in window if own(r) and (v := _num(r.get(f"gradient_stability_{expert}"))) is not None]
-    if not stab:
-        stab = [v for r in window if own(r) and (v := _num(r.get("gradient_stability"))) is not None]
-    stability = _mean(stab)
-    if stability is None:
-        avgs = [v for r in window if own(r) and (v := _num(r.get("gradient_stability_avg"))) is not None]
-        stability = avgs[-1] if avgs else None
-    key = "eval_loss" if expert == MAIN_EXPERT else f"eval_loss_{expert}"
-    evals = [v for r in window if r["step"] == hi and (v := _num(r.get(key))) is not None]
-    return IntervalStats(
-        lr=_mean(lrs),
-        loss_mean=_mean(losses),
-        loss_std=std,
-        loss_count=len(losses),
-        grad_stability=stability,
-        eval_loss=evals[-1] if evals else None,
-        steps=sum(1 for r in window if own(r)),
-    )
+    accumulator = IntervalAccumulator(expert)
+    for row in rows:
+        if lo < row["step"] <= hi:
+            accumulator.add(row)
+    return accumulator.stats(hi)
 
 
 def value_at(rows: list[dict[str, Any]], step: int, key: str) -> float | None:

@@ -5,7 +5,10 @@ sidecar (`motion`, with the mp4's sha256). Two readers:
 - `verify=True` (`cadence analyze`): the mp4 files are the truth. Stored statistics are used only while the
   mp4's digest matches; a replaced, re-encoded or older (unmeasured) sample is measured again;
 - `verify=False` (live checks during training): the sidecars this trainer just wrote are trusted, and only
-  files that changed since the last read are parsed, so a poll per step costs one `stat` of the folder.
+  files that changed since the last read are parsed (a new name, or a new inode: sidecars are replaced by
+  an atomic rename), so a poll per step costs one `stat` of the folder and a change one listing of it.
+  `changed` names the steps whose motion a read changed; the other steps keep their StepMotion objects, so
+  the live checks re-judge only what changed (issue 23).
 
 Every sample of a step shares that step's prompts, seeds and control images with every other step (the
 sampler guarantees it), so the per-step mean compares like with like.
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -76,7 +80,12 @@ def group_by_step(per_sample: dict[tuple[int, int], MotionStats]) -> dict[int, S
 class SampleMotionReader:
     """Per-step motion of a samples folder; `read()` again picks up what was written since. With `verify`,
     `measured` maps mp4 name -> (sha256, stats) for files whose sidecar did not describe them (a cache a
-    caller may keep and pass back in, so an old run's samples are measured once, not at every analysis)."""
+    caller may keep and pass back in, so an old run's samples are measured once, not at every analysis).
+
+    A read lists the folder once and parses only what is new to it: names it has not seen, and (live) the
+    sidecars it has seen without motion yet (the sampler writes a sidecar first, then again with the
+    motion), or (verify) every mp4 whose inode, mtime or size changed. Live, a sidecar whose motion was read
+    is trusted from then on: the trainer writes each sample's motion once."""
 
     def __init__(
         self,
@@ -89,40 +98,92 @@ class SampleMotionReader:
         self.measured = dict(measured or {})
         self.remeasured: list[str] = []  # samples whose stored statistics did not describe the mp4
         self._folder_stamp: int | None = None
-        self._files: dict[str, tuple[tuple[int, int], MotionStats | None]] = {}  # stem -> (stamp, stats)
+        self._files: dict[str, tuple[tuple[int, ...], MotionStats | None]] = {}  # name -> (stamp, stats)
+        self._samples: dict[int, dict[int, MotionStats]] = {}  # step -> sample index -> stats
+        self._listed: set[str] = set()  # the folder's names at the latest listing
+        self._waiting: set[str] = set()  # sidecars read without motion (yet)
         self._steps: dict[int, StepMotion] = {}
+        self.changed: set[int] = set()  # steps whose motion the latest read() changed (new, other, gone)
 
     def read(self) -> dict[int, StepMotion]:
+        self.changed = set()
         try:
             stamp = self.folder.stat().st_mtime_ns
         except OSError:
-            return {}
+            for name in list(self._files):
+                self._forget(name)
+            self._folder_stamp, self._listed = None, set()
+            return self._regroup()
         if stamp == self._folder_stamp and not self.verify:
             return self._steps
         self._folder_stamp = stamp
-        per_sample: dict[tuple[int, int], MotionStats] = {}
-        for path in sorted(self.folder.glob("*.json" if not self.verify else "*.mp4")):
-            match = _SAMPLE_RE.match(path.stem)
-            if not match:
-                continue
-            stats = self._stats(path)
-            if stats is not None:
-                per_sample[(int(match["step"]), int(match["index"]))] = stats
-        self._steps = group_by_step(per_sample)
-        return self._steps
+        suffix = ".mp4" if self.verify else ".json"
+        try:
+            listed = set(os.listdir(self.folder))
+        except OSError:
+            listed = set()
+        for name in self._listed - listed:  # files that went away
+            self._forget(name)
+        if self.verify:
+            candidates = {n for n in listed if n.endswith(suffix)}
+        else:  # set operations only: the folder of a long run holds thousands of files
+            candidates = (listed - self._listed) | self._waiting
+        self._listed = listed
+        for name in sorted(candidates):
+            match = _SAMPLE_RE.match(name[: -len(suffix)]) if name.endswith(suffix) else None
+            if match:
+                self._update(name, int(match["step"]), int(match["index"]))
+        return self._regroup()
 
-    def _stats(self, path: Path) -> MotionStats | None:
+    def _update(self, name: str, step: int, index: int) -> None:
+        path = self.folder / name
         try:
             info = path.stat()
         except OSError:
-            return None
-        stamp = (info.st_mtime_ns, info.st_size)
-        cached = self._files.get(path.stem)
-        if cached is not None and cached[0] == stamp:
-            return cached[1]
+            self._forget(name)
+            return
+        key = (info.st_ino, info.st_mtime_ns, info.st_size)
+        cached = self._files.get(name)
+        if cached is not None and cached[0] == key:
+            return
         stats = self._verified(path) if self.verify else _stored(_read_json(path), None)
-        self._files[path.stem] = (stamp, stats)
-        return stats
+        self._files[name] = (key, stats)
+        if stats is None:
+            self._waiting.add(name)
+        else:
+            self._waiting.discard(name)
+        samples = self._samples.setdefault(step, {})
+        if stats is None:
+            if samples.pop(index, None) is not None:
+                self.changed.add(step)
+        elif samples.get(index) != stats:
+            samples[index] = stats
+            self.changed.add(step)
+
+    def _forget(self, name: str) -> None:
+        self._files.pop(name, None)
+        self._waiting.discard(name)
+        match = _SAMPLE_RE.match(os.path.splitext(name)[0])
+        if match and self._samples.get(int(match["step"]), {}).pop(int(match["index"]), None) is not None:
+            self.changed.add(int(match["step"]))
+
+    def _regroup(self) -> dict[int, StepMotion]:
+        """One StepMotion per step with samples, rebuilt for the steps that changed only (in step order)."""
+        if not self.changed:
+            return self._steps
+        newest = next(reversed(self._steps), -1)
+        steps = self._steps if min(self.changed) > newest else dict(self._steps)
+        for step in sorted(self.changed):
+            samples = dict(sorted(self._samples.get(step, {}).items()))
+            if not samples:
+                steps.pop(step, None)
+                self._samples.pop(step, None)
+                continue
+            mean = mean_stats(samples.values())
+            assert mean is not None
+            steps[step] = StepMotion(step, mean, samples)
+        self._steps = steps if steps is self._steps else dict(sorted(steps.items()))
+        return self._steps
 
     def _verified(self, mp4: Path) -> MotionStats | None:
         """The mp4's statistics: the sidecar's while its digest matches, else measured now."""
@@ -189,11 +250,15 @@ def running_peaks(steps: Mapping[int, StepMotion]) -> dict[int, float]:
 
 
 def motion_fields(
-    steps: Mapping[int, StepMotion], step: int, reference: MotionStats | None
+    steps: Mapping[int, StepMotion],
+    step: int,
+    reference: MotionStats | None,
+    peaks: Mapping[int, float] | None = None,
 ) -> dict[str, Any]:
-    """The metrics-line fields for the samples of `step` (docs/metrics.md, "Sample motion")."""
+    """The metrics-line fields for the samples of `step` (docs/metrics.md, "Sample motion"); `peaks`: the
+    steps' `running_peaks`, when the caller keeps them."""
     stats = steps[step].stats
-    peak = running_peaks(steps).get(step)
+    peak = (running_peaks(steps) if peaks is None else peaks).get(step)
     ref = reference.coarse if reference is not None and reference.coarse > 0 else None
     return {
         "sample_motion_step": step,

@@ -3,12 +3,17 @@
 They run on the current adapters between optimizer steps and add fields to that step's metrics line.
 A health rule listed in `train.health.stop_on` ends the run; the checkpoint the recommender prefers is
 protected from pruning so the best one is kept, and the reason is logged.
+
+The health monitor is fed each step's row as the line is made (the metrics file is read once, at the first
+step after a start or resume), and sample motion as the sidecars appear, so a check costs the same at the
+30th checkpoint and at the 3,000th (issue 23).
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import heapq
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -18,10 +23,10 @@ import torch
 
 from cadence.data.motion_reference import MotionReference, read_motion_reference
 from cadence.metrics.jsonl import read_metrics
-from cadence.networks.magnitude import MagnitudeSummary, summarize
+from cadence.networks.magnitude import MagnitudeSummary
 from cadence.optim.factory import needs_train_eval_mode
 from cadence.tools.health import HealthMonitor
-from cadence.tools.sample_motion import SampleMotionReader, motion_fields
+from cadence.tools.sample_motion import SampleMotionReader, motion_fields, running_peaks
 from cadence.tracking.sink import EventEmitter, no_events
 from cadence.train.checkpoint import CheckpointManager
 from cadence.train.ema import AdapterEMA
@@ -82,6 +87,11 @@ class PeriodicChecks:
         run_dir = Path(checkpoints.paths.run_dir)
         self.sample_motion = SampleMotionReader(run_dir / "samples", verify=False)
         self.motion_reported = -1  # the latest sampled step whose motion a metrics line carries
+        self._motion: dict[int, Any] = {}  # sampled steps up to the current step -> StepMotion
+        self._later: list[int] = []  # heap of sampled steps after it (a former run's leftovers, so far)
+        self._peaks: dict[int, float] = {}  # running_peaks(_motion)
+        self._fed = False  # the metrics file was read into the health monitor
+        self._unjudged: set[int] = set()
         self._reference_dir = run_dir
         self._reference: MotionReference | None | bool = False  # False: not read yet
         self.emit: EventEmitter = no_events  # the recorder's event(): health warnings reach the sinks
@@ -137,16 +147,61 @@ class PeriodicChecks:
             assert self.evaluator is not None
             fields.update(self.run_eval(self.evaluator))
         # steps after this one can only be a former run's leftovers in a reused folder
-        motion = {s: m for s, m in self.sample_motion.read().items() if s <= step}
-        new = [s for s in motion if s > self.motion_reported]
+        changed = self._read_motion(step)
+        self._unjudged |= changed  # motion changes the health monitor has not been given yet
+        motion = self._motion
+        new = sorted(s for s in changed if s in motion and s > self.motion_reported)
         if new:
             self.motion_reported = new[-1]
-            fields.update(motion_fields(motion, new[-1], self.reference()))
+            fields.update(motion_fields(motion, new[-1], self.reference(), self._peaks))
+        if self.health is not None:
+            self._feed(step, {**row, **fields})
         if self.health is not None and self.health.due(step, saving):
             fields.update(self._health(step, {**row, **fields}, saving, motion))
         elif self.health is not None and new:
             fields.update(self._health(step, {**row, **fields}, saving, motion, review=True))
         return fields
+
+    def _read_motion(self, step: int) -> set[int]:
+        """Bring the sampled steps up to `step` into `_motion` (and their running peaks into `_peaks`);
+        returns those that changed since the last call (new, other numbers, or gone)."""
+        steps = self.sample_motion.read()
+        newest = next(reversed(self._motion), -1)
+        changed = set()
+        for s in self.sample_motion.changed:
+            if s not in steps:
+                if self._motion.pop(s, None) is not None:
+                    changed.add(s)
+            elif s <= step:
+                self._motion[s] = steps[s]
+                changed.add(s)
+            else:
+                heapq.heappush(self._later, s)
+        while self._later and self._later[0] <= step:
+            s = heapq.heappop(self._later)
+            if s in steps and self._motion.get(s) is not steps[s]:
+                self._motion[s] = steps[s]
+                changed.add(s)
+        if not changed:
+            return changed
+        if min(changed) <= newest:  # an older step changed (or went): order and peaks again
+            self._motion = dict(sorted(self._motion.items()))
+            self._peaks = running_peaks(self._motion)
+            return changed
+        peak = next(reversed(self._peaks.values()), 0.0)
+        for s in sorted(changed):  # only later steps were added: the peaks run on
+            if s > 0:
+                peak = self._peaks[s] = max(peak, self._motion[s].stats.coarse)
+        return changed
+
+    def _feed(self, step: int, row: dict[str, Any]) -> None:
+        """This step's row to the health monitor; the first time, the rows the metrics file holds before it
+        (a resumed run's), read once."""
+        assert self.health is not None
+        if not self._fed:
+            self._fed = True
+            self.health.feed([r for r in read_metrics(self.metrics_path) if r.get("step", 0) < step])
+        self.health.feed([row])
 
     def reference(self) -> Any:
         """The training clips' motion (MotionStats) written at caching time, or None."""
@@ -155,17 +210,22 @@ class PeriodicChecks:
         return self._reference.stats if isinstance(self._reference, MotionReference) else None
 
     def _health(
-        self, step: int, row: dict[str, Any], saving: bool, motion: dict, review: bool = False
+        self,
+        step: int,
+        row: dict[str, Any],
+        saving: bool,
+        motion: dict,
+        review: bool = False,
     ) -> dict[str, Any]:
         assert self.health is not None
-        rows = [r for r in read_metrics(self.metrics_path) if r.get("step", 0) < step] + [row]
+        changed, self._unjudged = self._unjudged, set()
         if review:
-            reviewed = self.health.review(step, rows, motion, self.reference())
+            reviewed = self.health.review(step, None, motion, self.reference(), changed)
             if reviewed is None:
                 return {}
             result = reviewed
         else:
-            result = self.health.check(step, self.magnitudes(), rows, motion, self.reference())
+            result = self.health.check(step, self.magnitudes(), None, motion, self.reference(), changed)
         for warning in result.warnings:
             log.warning("health: %s", warning.message)
             self.emit(
@@ -186,15 +246,3 @@ class PeriodicChecks:
             return {**result.metrics_fields(), "health_stop": self.stop_reason}
         return result.metrics_fields()
 
-
-def live_magnitudes(
-    networks: dict[str, Any], optimizer: torch.optim.Optimizer, ema: AdapterEMA | None = None
-) -> Callable[[], dict[str, Any]]:
-    """|ΔW| summaries of the weights users get (the EMA's, or schedule-free's averaged ones)."""
-
-    def measure() -> dict[str, Any]:
-        with torch.no_grad(), evaluation_weights(optimizer, ema):
-            tensors = {expert: net.to_lora_tensors() for expert, net in networks.items()}
-        return {expert: summarize(t) for expert, t in tensors.items()}
-
-    return measure

@@ -5,9 +5,10 @@ here (mp4 clips and PNG images). "cadence" is everything the command does per fi
 (or load the image), build the prompt, run the processor, `generate`, and write the caption atomically.
 "bare" is `model.generate(**inputs)` alone, on inputs the processor built once beforehand, with the same
 generation settings (greedy, same max_new_tokens), so both produce the same tokens. Pairs are interleaved
-(cadence, bare) per file and round, and the figure is the median of the per-pair time ratios, so load from
-other processes hits both alike. The per-caption overhead ratio is cadence / bare (1.0 = no overhead; the
-tiny model's generate is milliseconds, so the overhead share is far larger here than with a 7B model).
+per file and round, the order inside a pair alternating (bench/pairing.py), and the figure is the median of
+the per-pair time ratios with its spread, so load from other processes hits both alike. The per-caption
+overhead ratio is cadence / bare (1.0 = no overhead; the tiny model's generate is milliseconds, so the
+overhead share is far larger here than with a 7B model).
 
     .venv/bin/python bench/caption_bench.py [--files 6] [--rounds 5] [--tokens 16] [--frames 4]
 """
@@ -16,21 +17,23 @@ from __future__ import annotations
 
 import argparse
 import copy
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import torch
 from PIL import Image
 
-from cadence.data.synthetic import render_frame, write_clip
-from cadence.models.caption_vlm import load_caption_model
-from cadence.models.tiny_vlm import write_tiny_vlm
-from cadence.tools.caption_media import FrameOptions, list_media, load_visual
-from cadence.tools.caption_output import TextSink
-from cadence.tools.caption_prompts import render_prompt
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from pairing import Pairs, ratio_line, seconds  # noqa: E402
+
+from cadence.data.synthetic import render_frame, write_clip  # noqa: E402
+from cadence.models.caption_vlm import load_caption_model  # noqa: E402
+from cadence.models.tiny_vlm import write_tiny_vlm  # noqa: E402
+from cadence.tools.caption_media import FrameOptions, list_media, load_visual  # noqa: E402
+from cadence.tools.caption_output import TextSink  # noqa: E402
+from cadence.tools.caption_prompts import render_prompt  # noqa: E402
 
 
 def write_media(folder: Path, files: int) -> list[Path]:
@@ -44,7 +47,9 @@ def write_media(folder: Path, files: int) -> list[Path]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--files", type=int, default=6)
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--tokens", type=int, default=16)
@@ -77,25 +82,23 @@ def main(argv: list[str] | None = None) -> int:
 
         for path in files:  # warm-up
             cadence(path), bare(path)
-        ratios, ours, theirs = [], [], []
-        for _ in range(args.rounds):
-            for path in files:
-                start = time.perf_counter()
-                cadence(path)
-                mid = time.perf_counter()
-                bare(path)
-                end = time.perf_counter()
-                ours.append(mid - start)
-                theirs.append(end - mid)
-                ratios.append((mid - start) / (end - mid))
-    per_ours, per_bare = statistics.median(ours), statistics.median(theirs)
+        ours, theirs = [], []
+        for round_index in range(args.rounds):
+            for k, path in enumerate(files):
+                if (round_index + k) % 2 == 0:
+                    ours.append(seconds(lambda p=path: cadence(p)))
+                    theirs.append(seconds(lambda p=path: bare(p)))
+                else:
+                    theirs.append(seconds(lambda p=path: bare(p)))
+                    ours.append(seconds(lambda p=path: cadence(p)))
+    pairs = Pairs(ours, theirs)
+    per_ours, per_bare = (ms / 1e3 for ms in pairs.median_ms())
     sys.stdout.write(
         f"tiny Qwen2.5-VL on CPU, {args.files} files ({args.files - args.files // 2} clips x {args.frames} frames, "
         f"{args.files // 2} images), {args.tokens} new tokens, {args.rounds} rounds, 1 thread\n"
-        f"  cadence caption path: {1 / per_ours:7.2f} captions/s  (median {per_ours * 1000:.1f} ms per caption)\n"
-        f"  bare generate:        {1 / per_bare:7.2f} captions/s  (median {per_bare * 1000:.1f} ms)\n"
-        f"  per-caption overhead ratio cadence/bare: median {statistics.median(ratios):.3f} "
-        f"(min {min(ratios):.3f}, max {max(ratios):.3f}, {len(ratios)} interleaved pairs)\n"
+        f"  cadence caption path: {1 / per_ours:7.2f} captions/s\n"
+        f"  bare generate:        {1 / per_bare:7.2f} captions/s\n"
+        f"  {ratio_line('per caption, cadence/bare', pairs)}\n"
     )
     return 0
 

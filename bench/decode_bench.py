@@ -1,12 +1,18 @@
-"""Video decode benchmark: Cadence's decode + frame selection + bucket resize vs. a bare PyAV decode.
+"""Video decode: Cadence's decode + frame selection + bucket resize against bare PyAV doing the same work.
 
-Both run in this process on the same synthetic clip (written here with PyAV). "bare" opens the file and
-converts every frame to an RGB array at source size, the least work a trainer could do; "cadence" is
-`decode_video_frames` on a MediaItem from `build_dataset_index` (seek, keep the planned frames, resize +
-crop in swscale); "load_pixels" adds the float tensor in [-1, 1] the VAE takes. Figures are frames per
-second (best of interleaved rounds, so other processes' load hits all three alike); goal: ratio >= 0.8.
+What it compares, on the same synthetic clip (written here with PyAV) and the same output (the planned
+frames, cover-resized and center-cropped to the bucket, uint8 RGB; checked equal before timing):
+- ours: `decode_video_frames` on the MediaItem `build_dataset_index` plans (seek, nearest-timestamp frame
+  selection, swscale resize + crop);
+- reference: PyAV as well as it can be used for it: one decode pass, the frames counted, two swscale
+  contexts reused for the whole clip (`VideoReformatter`: scale in the decoder's YUV with AREA, then
+  convert to rgb24: libswscale's fast paths), the same crop;
+- reference, one pass: a single reused context scaling straight into rgb24 (simpler, slower; shown too);
+- tensor: `load_pixels` (ours + the float tensor in [-1, 1]) against the reference + the same conversion.
+Runs alternate in pairs (bench/pairing.py) and the median of the per-pair speed ratios is printed with its
+spread (> 1: ours is faster). Goal: ours / reference >= 0.8.
 
-    .venv/bin/python bench/decode_bench.py [--frames 33] [--size 256] [--resolution 192] [--repeats 20]
+    .venv/bin/python bench/decode_bench.py [--frames 33] [--size 256] [--resolution 192] [--pairs 15]
 """
 
 from __future__ import annotations
@@ -14,55 +20,56 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 import av
+import numpy as np
+from av.video.reformatter import VideoReformatter
 
-from cadence.config.schema import JobConfig
-from cadence.data.dataset import build_dataset_index, load_pixels
-from cadence.data.synthetic import video_codec, write_clip
-from cadence.data.video import decode_video_frames
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from pairing import ratio_line, run_pairs  # noqa: E402
+
+from cadence.config.schema import JobConfig  # noqa: E402
+from cadence.data.buckets import center_crop_box, cover_size  # noqa: E402
+from cadence.data.dataset import build_dataset_index, load_pixels, to_model_range  # noqa: E402
+from cadence.data.synthetic import video_codec, write_clip  # noqa: E402
+from cadence.data.video import decode_video_frames  # noqa: E402
 
 
-def bare_decode(path: Path) -> int:
-    frames = 0
+def bare_decode(path: Path, frames: tuple[int, ...], width: int, height: int, two_stage: bool) -> np.ndarray:
+    """The planned frames (source indices of a constant-rate clip) at the bucket size, with PyAV alone."""
+    wanted = {index: slot for slot, index in enumerate(frames)}
+    out = np.empty((len(frames), height, width, 3), dtype=np.uint8)
+    scaler, to_rgb = VideoReformatter(), VideoReformatter()
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         stream.thread_type = "AUTO"
-        for frame in container.decode(stream):
-            frame.to_ndarray(format="rgb24")
-            frames += 1
-    return frames
-
-
-def timed(fn, repeats: int) -> float:
-    """Frames per second of one round of `repeats` calls."""
-    start, frames = time.perf_counter(), 0
-    for _ in range(repeats):
-        frames += fn()
-    return frames / (time.perf_counter() - start)
-
-
-def best_of(fns: dict[str, object], repeats: int, rounds: int) -> dict[str, float]:
-    """Best round per function, rounds interleaved, so load from other processes hits both alike."""
-    for fn in fns.values():
-        fn()  # warm-up
-    best = dict.fromkeys(fns, 0.0)
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            best[name] = max(best[name], timed(fn, repeats))
-    return best
+        for index, frame in enumerate(container.decode(stream)):
+            if index in wanted:
+                cw, ch = cover_size(frame.width, frame.height, width, height)
+                if two_stage:
+                    scaled = scaler.reformat(frame, width=cw, height=ch, interpolation="AREA")
+                    rgb = to_rgb.reformat(scaled, format="rgb24").to_ndarray()
+                else:
+                    rgb = scaler.reformat(frame, width=cw, height=ch, format="rgb24", interpolation="AREA")
+                    rgb = rgb.to_ndarray()
+                left, top, right, bottom = center_crop_box(cw, ch, width, height)
+                out[wanted[index]] = rgb[top:bottom, left:right]
+            if index >= frames[-1]:
+                break
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--frames", type=int, default=33)
     parser.add_argument("--width", type=int, default=None, help="source width (default: --size)")
-    parser.add_argument("--size", type=int, default=256)
-    parser.add_argument("--resolution", type=int, default=192)
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--size", type=int, default=256, help="source height")
+    parser.add_argument("--resolution", type=int, default=192, help="bucket resolution")
+    parser.add_argument("--pairs", type=int, default=15)
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp) / "clips"
@@ -76,24 +83,38 @@ def main(argv: list[str] | None = None) -> int:
             datasets=[{"folder_path": folder, "resolution": [args.resolution], "num_frames": args.frames}],
         )
         item = build_dataset_index(cfg, 16, 4, 16, seed=0).train_items[0]
-        best = best_of(
-            {
-                "bare": lambda: bare_decode(clip),
-                "ours": lambda: len(
-                    decode_video_frames(clip, item.frames, item.width, item.height, item.source_fps)
-                ),
-                "tensor": lambda: load_pixels(item).shape[1],
-            },
-            args.repeats,
-            args.rounds,
+
+        def ours() -> np.ndarray:
+            return decode_video_frames(clip, item.frames, item.width, item.height, item.source_fps)
+
+        def reference() -> np.ndarray:
+            return bare_decode(clip, item.frames, item.width, item.height, two_stage=True)
+
+        def one_pass() -> np.ndarray:
+            return bare_decode(clip, item.frames, item.width, item.height, two_stage=False)
+
+        if not np.array_equal(ours(), reference()):
+            raise SystemExit(
+                "the reference does not produce Cadence's frames: the comparison would be unfair"
+            )
+        decode = run_pairs(ours, reference, args.pairs)
+        single = run_pairs(ours, one_pass, args.pairs)
+        tensor = run_pairs(lambda: load_pixels(item), lambda: to_model_range(reference()), args.pairs)
+    out = sys.stdout.write
+    out(
+        f"clip {width}x{args.size} x{args.frames} frames ({video_codec()}), bucket {item.width}x{item.height} "
+        f"x{len(item.frames)} frames; times per clip\n"
+    )
+    out(
+        ratio_line("decode+select+resize vs PyAV, two reused contexts", decode, speed=True, goal=">= 0.8")
+        + "\n"
+    )
+    out(ratio_line("decode+select+resize vs PyAV, one reused rgb24 context", single, speed=True) + "\n")
+    out(
+        ratio_line(
+            "load_pixels (float tensor) vs PyAV two contexts + the same conversion", tensor, speed=True
         )
-        bare, ours, tensor = best["bare"], best["ours"], best["tensor"]
-    sys.stdout.write(
-        f"clip {width}x{args.size} x{args.frames} frames ({video_codec()}), "
-        f"bucket {item.width}x{item.height}x{item.num_frames}\n"
-        f"bare PyAV decode (rgb24, source size): {bare:8.1f} frames/s\n"
-        f"cadence decode+select+bucket-resize:   {ours:8.1f} frames/s   ratio {ours / bare:.2f} (goal >= 0.8)\n"
-        f"  + float tensor [-1, 1] (load_pixels): {tensor:8.1f} frames/s   ratio {tensor / bare:.2f}\n"
+        + "\n"
     )
     return 0
 

@@ -240,7 +240,7 @@ def numerics(device: torch.device) -> list[Check]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--json", type=Path, default=None)
     ap.add_argument("--cpu", action="store_true", help="smoke-run this script on the CPU (fp32; not a check)")
     args = ap.parse_args(argv)

@@ -18,6 +18,11 @@ LoRA through PEFT instead of Cadence's hooks: the reference implementation most 
 adapter at all, the input requires grad: the frozen base's forward + input-gradient backward, so the LoRA's
 own cost is the difference to the same option with it).
 
+Not interleaved (issue 23): each option builds its own full-size expert (27 GiB in bf16), and two do not fit
+beside each other with their activations, so options run one after another (a median of `--steps` steps
+after warm-up each); on a dedicated GPU the drift between rows is small, on a shared one compare rows of
+one run only. The CPU benches (train_step_bench.py etc.) interleave.
+
 Step FLOPs follow docs/performance.md: F_linear = blocks*(L*(12d^2 + 4*d*ffn) + 4*T*d^2),
 F_attn = blocks*(4*L^2*d + 4*L*T*d); a frozen-base LoRA step = 2*F_linear + 3.5*F_attn ("MFU"), plus one
 more forward (F_linear + F_attn) when checkpointing recomputes it ("HFU").
@@ -378,7 +383,7 @@ def render(paths: list[Path]) -> tuple[list[Result], dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--small", action="store_true", help="tiny dims (forced on CPU)")
     ap.add_argument("--frames", type=int, nargs="+", default=None)
     ap.add_argument("--size", type=int, nargs=2, default=None, metavar=("H", "W"))

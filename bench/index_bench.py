@@ -12,6 +12,7 @@ A ratio near 1.0 means cost grows linearly with the dataset; below 1 it grows fa
 resumed fill over the full cache (every window reused, none decoded). Last, the windows of one longer clip
 (`slide`, stride 2) decoded through `shared_decode` vs each window decoded alone (`load_pixels`, the bare
 way): windows/s of each and their ratio, median of interleaved pairs (`--decode-only` runs just this).
+Pairs alternate their order and every ratio is printed with its spread (bench/pairing.py).
 
     .venv/bin/python bench/index_bench.py [--small 10] [--large 400] [--pairs 3] [--cache-pairs 1]
 """
@@ -27,13 +28,17 @@ from pathlib import Path
 
 import torch
 
-from cadence.config.schema import JobConfig, ModelConfig
-from cadence.data.cache import LatentCache
-from cadence.data.dataset import build_dataset_index, load_pixels
-from cadence.data.shared_decode import decode_group, decode_groups
-from cadence.data.synthetic import write_clip
-from cadence.models.registry import load_model_adapter
-from cadence.models.tiny import write_tiny_model
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from pairing import Spread  # noqa: E402
+
+from cadence.config.schema import JobConfig, ModelConfig  # noqa: E402
+from cadence.data.cache import LatentCache  # noqa: E402
+from cadence.data.dataset import build_dataset_index, load_pixels  # noqa: E402
+from cadence.data.shared_decode import decode_group, decode_groups  # noqa: E402
+from cadence.data.synthetic import write_clip  # noqa: E402
+from cadence.models.registry import load_model_adapter  # noqa: E402
+from cadence.models.tiny import write_tiny_model  # noqa: E402
 
 MODES = {
     "chunk": {"frame_extraction": "chunk", "num_frames": [9]},
@@ -93,17 +98,21 @@ def cache_rate(cfg: JobConfig, adapter, runs: list[Path], root: Path) -> tuple[f
 
 
 def pairs(measure, small, large, count: int) -> str:
-    """Median rates of each side and the median of the per-pair ratios large/small, wall and CPU."""
+    """Median rates of each side and the median of the per-pair ratios large/small (with spread), wall and
+    CPU; the order inside a pair alternates."""
     rows = []
-    for _ in range(count):
-        s, big = measure(small), measure(large)
+    for index in range(count):
+        if index % 2 == 0:
+            s, big = measure(small), measure(large)
+        else:
+            big, s = measure(large), measure(small)
         rows.append((s, big, big[0] / s[0], big[1] / s[1]))
-    med = [statistics.median(r[i] for r in rows) for i in (2, 3)]
+    wall, cpu = Spread.of([r[2] for r in rows]), Spread.of([r[3] for r in rows])
     s = [statistics.median(r[0][k] for r in rows) for k in (0, 1)]
     big = [statistics.median(r[1][k] for r in rows) for k in (0, 1)]
     return (
         f"{s[0]:8.1f}/s ({s[1]:8.1f}/CPU-s) | {big[0]:8.1f}/s ({big[1]:8.1f}/CPU-s) | "
-        f"ratio {med[0]:.2f} wall, {med[1]:.2f} CPU"
+        f"ratio wall {wall.text('.2f')}, CPU {cpu.text('.2f')}"
     )
 
 
@@ -126,14 +135,19 @@ def shared_vs_alone(root: Path, model: Path, pairs_count: int) -> str:
             load_pixels(item)
         return clock.rates(len(items))[0]
 
-    rows = [(shared(), alone()) for _ in range(pairs_count)]
+    rows = [
+        (shared(), alone()) if k % 2 == 0 else tuple(reversed((alone(), shared())))
+        for k in range(pairs_count)
+    ]
     ours, bare = statistics.median(r[0] for r in rows), statistics.median(r[1] for r in rows)
-    ratio = statistics.median(r[0] / r[1] for r in rows)
-    return f"{len(items)} windows of 17 frames: shared {ours:.1f}/s, alone {bare:.1f}/s, ratio {ratio:.2f}"
+    ratio = Spread.of([r[0] / r[1] for r in rows])
+    return f"{len(items)} windows of 17 frames: shared {ours:.1f}/s, alone {bare:.1f}/s, ratio {ratio.text('.2f')}"
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--small", type=int, default=10)
     parser.add_argument("--large", type=int, default=400)
     parser.add_argument("--frames", type=int, default=33, help="frames per clip (16 fps)")

@@ -3,8 +3,8 @@
 Two recorders over the same rows (60 numeric fields, like a two-expert metrics line): a bare one (JSONL only)
 and a tracked one (JSONL + W&B offline + two webhooks to a local receiver that takes RECEIVER_S per POST,
 i.e. far slower than the steps). Each step writes one row and sends one event to both, interleaved, timed
-with perf_counter; the ratio of each pair (tracked / bare) is taken and their median printed, with the
-per-step milliseconds. Network sinks only queue, so the ratio stays near 1 however slow the receiver is;
+with perf_counter, the order alternating step by step; the ratio of each pair (tracked / bare) is taken and
+their median printed with its spread (bench/pairing.py), with the per-step milliseconds. Network sinks only queue, so the ratio stays near 1 however slow the receiver is;
 the messages the full queues dropped are counted.
 
     python bench/tracking_overhead_bench.py [--steps 400]
@@ -15,11 +15,16 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import tempfile
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from pairing import Spread  # noqa: E402
 
 RECEIVER_S = 0.05
 
@@ -62,10 +67,12 @@ def row(step: int) -> dict:
     return out
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     parser.add_argument("--steps", type=int, default=400)
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
     os.environ.setdefault("WANDB_MODE", "offline")
     os.environ.setdefault("WANDB_SILENT", "true")
     server = ThreadingHTTPServer(("127.0.0.1", 0), SlowReceiver)
@@ -102,7 +109,7 @@ def main() -> int:
     print(f"steps: {args.steps}; receiver: {RECEIVER_S * 1e3:.0f} ms per POST, two webhooks + W&B offline")
     print(f"bare JSONL write+event: median {statistics.median(bare_ms):.3f} ms/step")
     print(f"with network sinks:     median {statistics.median(tracked_ms):.3f} ms/step")
-    print(f"median of per-step ratios (tracked / bare): {statistics.median(ratios):.2f}x")
+    print(f"per-step ratio tracked / bare: {Spread.of(ratios).text('.2f')}")
     print(f"webhook events dropped by full queues: {dropped}; close() waited {closed_s:.1f} s (bounded)")
     return 0
 

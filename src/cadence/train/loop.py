@@ -84,6 +84,7 @@ class Trainer:
         self.data_seconds = 0.0  # batch assembly time of the current step
         self.missing_batches = 0  # batches skipped because their cache entry vanished mid-run
         self._times: list[tuple[float, float]] = []  # (step, data) seconds since the last timing line
+        self._params: dict[str, list[torch.Tensor]] = {}  # expert -> trainable tensors
 
     # ------------------------------------------------------------------------------------------ step
     def _micro_batch_loss(self, expert: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -135,10 +136,10 @@ class Trainer:
         self.data_seconds = 0.0
         expert = s.router.current()
         network = s.networks[expert]
-        params = [p for p in network.parameters() if p.requires_grad]
+        params = self._trainable(expert)
         s.optimizer.zero_grad(set_to_none=True)
         accum = s.cfg.train.gradient_accumulation
-        losses: list[float] = []
+        losses: list[torch.Tensor] = []  # read by the host once, after the update (they are only logged)
         t_values: list[torch.Tensor] = []
         finite = True
         for _ in range(accum):
@@ -148,7 +149,7 @@ class Trainer:
                 finite = False
                 break
             (loss / accum).backward()
-            losses.append(float(loss.detach()))
+            losses.append(loss.detach())
         network.multiplier = 1.0  # datasets[].network_weight acts on training batches only
         finite = s.parallel.reduce_gradients(params, finite)  # mean over the ranks; one rank's NaN skips all
         t_mean = float(torch.cat(t_values).mean())
@@ -169,8 +170,18 @@ class Trainer:
         s.lr_scheduler.step()
         s.optimizer.zero_grad(set_to_none=True)  # free gradients before eval, sampling and saving
         s.router.advance()
-        loss, t_mean = s.parallel.mean([sum(losses) / len(losses), t_mean])  # the line's loss: all ranks' mean
+        values = torch.stack(losses).tolist()  # the same floats one float() per micro-batch gave
+        loss, t_mean = s.parallel.mean([sum(values) / len(values), t_mean])  # the line's loss: all ranks' mean
         return StepResult(loss, expert, t_mean, grad_norm, time.perf_counter() - started, lrs)
+
+    def _trainable(self, expert: str) -> list[torch.Tensor]:
+        """The expert's trainable tensors, listed once per run (issue 23: listing 800 LoRA tensors each
+        step cost more than the stability measurement on them)."""
+        params = self._params.get(expert)
+        if params is None:
+            net = self.s.networks[expert]
+            params = self._params[expert] = [p for p in net.parameters() if p.requires_grad]
+        return params
 
     def idle_step(self) -> None:
         """Expert parallel: another rank group trains this step's expert. The data order, the schedule and
@@ -197,9 +208,8 @@ class Trainer:
 
     def _after_update(self, result: StepResult) -> None:
         """Gradient stability compares this update with the expert's previous one (skipped steps: none)."""
-        if result.loss is not None:
-            network = self.s.networks[result.expert]
-            self.s.hub.stability.after_step(result.expert, [p for p in network.parameters() if p.requires_grad])
+        if result.loss is not None:  # on the tensors before_step snapshotted
+            self.s.hub.stability.after_step(result.expert)
 
     # --------------------------------------------------------------------------------------- metrics
     def metrics_row(self, step: int, result: StepResult) -> dict[str, Any]:

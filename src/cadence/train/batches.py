@@ -46,12 +46,13 @@ class Batch:
             return 1.0
         return float(weights[0]) if bool((weights == weights[0]).all()) else weights
 
-    def to(self, device: torch.device, dtype: torch.dtype) -> Batch:
-        """Text and conditioning in the model's dtype; latents stay fp32 (noised in fp32, then cast)."""
+    def to(self, device: torch.device, dtype: torch.dtype, non_blocking: bool = False) -> Batch:
+        """Text and conditioning in the model's dtype; latents stay fp32 (noised in fp32, then cast).
+        `non_blocking`: latents and conditioning sit in pinned memory (train/prefetch.py), copied async."""
         return Batch(
-            latents=self.latents.to(device=device, dtype=torch.float32),
+            latents=self.latents.to(device=device, dtype=torch.float32, non_blocking=non_blocking),
             text=move_text(self.text, device, dtype),
-            cond={k: v.to(device=device, dtype=dtype) for k, v in self.cond.items()},
+            cond={k: v.to(device=device, dtype=dtype, non_blocking=non_blocking) for k, v in self.cond.items()},
             captions=self.captions,
             loss_weights=None if self.loss_weights is None else self.loss_weights.to(device),
             network_weights=None if self.network_weights is None else self.network_weights.to(device),
@@ -72,6 +73,7 @@ class BatchAssembler:
         self.texts = texts
         self.pad_text = pad_text
         self.dropout_rates = dropout_rates  # per dataset index
+        self._preloaded: tuple[tuple[Any, Any], dict[str, torch.Tensor]] | None = None  # see preload
 
     def caption_for(self, item: Any, draw: float | None) -> str:
         """The item's caption for this batch: dropped (""), varied (token augmentation), or as read. `draw` is
@@ -86,17 +88,24 @@ class BatchAssembler:
             return caption
         return vary_caption(item.caption_source, variation, variation_rng(draw, 0))
 
+    def preload(self, indices: list[int], rng_state: Any, stacked: dict[str, torch.Tensor]) -> None:
+        """The next `assemble` of exactly these indices, from a caption stream in exactly this state, uses
+        `stacked` (read ahead by train/prefetch.py) instead of reading the cache entries itself."""
+        self._preloaded = ((tuple(indices), rng_state), stacked)
+
     def assemble(self, indices: list[int], rng: random.Random | None) -> Batch:
         items = [self.items[i] for i in indices]
+        preloaded, self._preloaded = self._preloaded, None
+        stacked = None
+        if preloaded is not None and rng is not None and preloaded[0] == (tuple(indices), rng.getstate()):
+            stacked = preloaded[1]
         # Always one draw per item, so the stream position does not depend on the captions or the rates.
         draws = [rng.random() if rng is not None else None for _ in items]
         captions = [self.caption_for(item, draw) for item, draw in zip(items, draws, strict=True)]
-        entries = [
-            self.latents.load(variant_for(item, draw)) for item, draw in zip(items, draws, strict=True)
-        ]
-        latents = torch.stack([entry["latents"] for entry in entries])
-        cond_keys = sorted(k for k in entries[0] if k != "latents")
-        cond = {k: torch.stack([entry[k] for entry in entries]) for k in cond_keys}
+        if stacked is None:
+            stacked = self.load_latents(items, draws)
+        latents = stacked["latents"]
+        cond = {k: v for k, v in stacked.items() if k != "latents"}
         text = self.pad_text([self.texts.load(c) for c in captions])
         return Batch(
             latents=latents,
@@ -106,6 +115,21 @@ class BatchAssembler:
             loss_weights=_weights([getattr(item, "loss_weight", 1.0) for item in items]),
             network_weights=_weights([getattr(item, "network_weight", 1.0) for item in items]),
         )
+
+    def load_latents(self, items: list[Any], draws: list[float | None], pin: bool = False) -> dict[str, torch.Tensor]:
+        """{"latents": [B, ...], conditioning keys: [B, ...]} of the items' cache entries (the variant each
+        draw picks), stacked; `pin`: into pinned host memory, for an asynchronous copy to the GPU."""
+        entries = [self.latents.load(variant_for(item, draw)) for item, draw in zip(items, draws, strict=True)]
+        keys = ["latents", *sorted(k for k in entries[0] if k != "latents")]
+        out = {}
+        for key in keys:
+            parts = [entry[key] for entry in entries]
+            if pin:
+                target = torch.empty((len(parts), *parts[0].shape), dtype=parts[0].dtype, pin_memory=True)
+                out[key] = torch.stack(parts, out=target)
+            else:
+                out[key] = torch.stack(parts)
+        return out
 
 
 def _weights(values: list[float]) -> torch.Tensor | None:

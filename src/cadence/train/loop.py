@@ -28,6 +28,7 @@ from cadence.parallel.context import skip_draws
 from cadence.train.batches import Batch
 from cadence.train.checks import evaluation_weights
 from cadence.train.objective import combined_weights, flow_matching_loss, model_input_and_target
+from cadence.train.prefetch import BatchPrefetcher
 from cadence.train.setup import TrainingSetup
 from cadence.train.stops import TrainingStopped
 
@@ -77,7 +78,7 @@ class StopFlag:
 
 
 class Trainer:
-    def __init__(self, setup: TrainingSetup, stop: StopFlag | None = None) -> None:
+    def __init__(self, setup: TrainingSetup, stop: StopFlag | None = None, prefetch: bool = True) -> None:
         self.s = setup
         self.stop = stop or StopFlag()
         self._owns_stop_flag = stop is None
@@ -85,19 +86,26 @@ class Trainer:
         self.missing_batches = 0  # batches skipped because their cache entry vanished mid-run
         self._times: list[tuple[float, float]] = []  # (step, data) seconds since the last timing line
         self._params: dict[str, list[torch.Tensor]] = {}  # expert -> trainable tensors
+        # the next batch read on a background thread (exact: see train/prefetch.py); False: read in the step
+        accumulation = setup.cfg.train.gradient_accumulation
+        self.prefetch = BatchPrefetcher(setup, accumulation) if prefetch else None
 
     # ------------------------------------------------------------------------------------------ step
-    def _micro_batch_loss(self, expert: str) -> tuple[torch.Tensor, torch.Tensor]:
+    def _micro_batch_loss(self, expert: str, micro: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         s = self.s
         spec = s.expert_specs[expert]
         streams = s.randomness.of(expert)
         loading = time.perf_counter()
-        batch = self._next_batch(streams.captions).to(s.device, s.dtype)
+        batch = self._next_batch(streams.captions, expert)
+        if self.prefetch is not None:
+            self.prefetch.guess_after(expert, micro)  # read while this one computes
+        batch = batch.to(s.device, s.dtype, non_blocking=s.device.type == "cuda")
         self.data_seconds += time.perf_counter() - loading
         # drawn for the whole global batch, this rank's rows kept: N ranks draw what one process would
         rows = s.parallel.rows(batch.latents.shape[0])
         shape = (rows.total, *batch.latents.shape[1:])
-        noise = torch.randn(shape, generator=streams.noise, dtype=torch.float32)[rows.start : rows.stop]
+        noise = torch.randn(shape, generator=streams.noise, dtype=torch.float32, device=streams.noise.device)
+        noise = noise[rows.start : rows.stop]  # drawn where the generator lives: the device on CUDA
         t = s.timesteps.sample(rows.total, spec.t_low, spec.t_high, streams.timesteps)[rows.start : rows.stop]
         t_dev = t.to(device=s.device, dtype=torch.float32)
         noisy, target = model_input_and_target(batch.latents, noise.to(s.device), t_dev, s.dtype)
@@ -108,7 +116,7 @@ class Trainer:
         loss = flow_matching_loss(prediction, target, s.adapter.loss_mask(batch.cond), weights)
         return loss, t
 
-    def _next_batch(self, captions: Any) -> Batch:
+    def _next_batch(self, captions: Any, expert: str | None = None) -> Batch:
         """The sampler's next batch; one whose cache entry vanished mid-run (another job rewrote or removed
         it) is skipped with a counted warning, and the next one is used: a long run does not die for it.
         Caption dropout draws for the other ranks' rows too (one draw per item), so the stream stays the
@@ -119,6 +127,8 @@ class Trainer:
             rows = s.parallel.rows(len(indices))
             skip_draws(captions, rows.start)
             try:
+                if self.prefetch is not None and expert is not None:
+                    self.prefetch.hand_over(expert, indices, captions)  # the entries read ahead, if these
                 return s.batches.assemble(indices, captions)
             except CacheMissError as miss:
                 self.missing_batches += 1
@@ -142,8 +152,8 @@ class Trainer:
         losses: list[torch.Tensor] = []  # read by the host once, after the update (they are only logged)
         t_values: list[torch.Tensor] = []
         finite = True
-        for _ in range(accum):
-            loss, t = self._micro_batch_loss(expert)
+        for micro in range(accum):
+            loss, t = self._micro_batch_loss(expert, micro)
             t_values.append(t)
             if not torch.isfinite(loss):
                 finite = False
@@ -319,6 +329,8 @@ class Trainer:
             raise
         finally:
             progress.close()
+            if self.prefetch is not None:
+                self.prefetch.close()
             if self._owns_stop_flag:
                 self.stop.uninstall()
             if ending is not None:

@@ -89,16 +89,17 @@ def deterministic_algorithms(enabled: bool) -> Iterator[None]:
 
 @dataclass
 class ExpertStreams:
-    """One expert's draws: noise, timesteps and caption dropout."""
+    """One expert's draws: noise, timesteps and caption dropout. The noise generator lives on the device the
+    noise is used on (issue 23: drawn there, no host draw and copy per step; on the CPU nothing changes)."""
 
     noise: torch.Generator
     timesteps: torch.Generator
     captions: random.Random
 
     @classmethod
-    def seeded(cls, seed: int) -> ExpertStreams:
+    def seeded(cls, seed: int, noise_device: torch.device | str = "cpu") -> ExpertStreams:
         return cls(
-            torch.Generator().manual_seed(seed * 3 + 1),
+            torch.Generator(device=noise_device).manual_seed(seed * 3 + 1),
             torch.Generator().manual_seed(seed * 3 + 2),
             random.Random(seed * 3 + 3),
         )
@@ -106,12 +107,22 @@ class ExpertStreams:
     def state_dict(self) -> dict[str, Any]:
         return {
             "noise": self.noise.get_state(),
+            "noise_device": self.noise.device.type,
             "timesteps": self.timesteps.get_state(),
             "captions": self.captions.getstate(),
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.noise.set_state(state["noise"])
+        saved_on = state.get("noise_device", "cpu")  # checkpoints before issue 23 drew noise on the CPU
+        if saved_on == self.noise.device.type:
+            self.noise.set_state(state["noise"])
+        else:
+            log.warning(
+                "resume: the noise stream was saved for the %s and is drawn on the %s now; it restarts from "
+                "its seed (the rest of the state resumes exactly)",
+                saved_on,
+                self.noise.device.type,
+            )
         self.timesteps.set_state(state["timesteps"])
         self.captions.setstate(state["captions"])
 
@@ -132,12 +143,13 @@ class TrainingRandomness:
 
     seed: int
     experts: tuple[str, ...] = ("main",)
+    noise_device: str = "cpu"  # where the noise is drawn: the training device (cuda:N) or the CPU
     streams: dict[str, ExpertStreams] = field(init=False)
 
     def __post_init__(self) -> None:
         self.experts = tuple(self.experts)
         self.streams = {
-            name: ExpertStreams.seeded(self.seed + EXPERT_SEED_STRIDE * i)
+            name: ExpertStreams.seeded(self.seed + EXPERT_SEED_STRIDE * i, self.noise_device)
             for i, name in enumerate(self.experts)
         }
 

@@ -314,7 +314,11 @@ def build_training(cfg: JobConfig, parallel: ParallelContext | None = None) -> T
             shard=parallel.group_rank,
         ),
         batches=batches,
-        randomness=TrainingRandomness(cfg.train.seed, tuple(spec.name for spec in adapter.experts)),
+        randomness=TrainingRandomness(
+            cfg.train.seed,
+            tuple(spec.name for spec in adapter.experts),
+            noise_device=str(device) if device.type == "cuda" else "cpu",  # noise drawn on the GPU
+        ),
         hub=hub,
         recorder=recorder,
         checks=checks,

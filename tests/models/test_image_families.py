@@ -188,3 +188,34 @@ def test_assistant_adapter_is_on_in_training_and_off_when_sampling(tiny_dirs, tm
         plain = base.predict("main", latents, torch.tensor([0.5]), text, {})
     assert torch.equal(sampled, plain) and not torch.allclose(trained_on, plain)
     assert net.enabled  # restored after sampling
+
+
+def test_ui_job_form_offers_every_registered_arch():
+    import re
+    from pathlib import Path
+
+    import cadence.ui
+
+    page = (Path(cadence.ui.__file__).parent / "static" / "index.html").read_text(encoding="utf-8")
+    select = page[page.index('id="f-arch"') : page.index("</select>", page.index('id="f-arch"'))]
+    offered = re.findall(r'<option(?: value="([^"]+)")?>([^<]+)</option>', select)
+    values = [value or text for value, text in offered]
+    assert sorted(values) == sorted(arch_names()) and len(values) == len(set(values))
+
+
+@pytest.mark.parametrize(
+    ("name", "arch"),
+    [
+        ("flux_dev_character.yaml", "flux"),
+        ("qwen_image_style.yaml", "qwen_image"),
+        ("zimage_turbo.yaml", "zimage"),
+    ],
+)
+def test_family_examples_load_with_their_aitoolkit_keys(name, arch):
+    from pathlib import Path
+
+    from cadence.config.loader import load_config
+
+    cfg = load_config(Path(__file__).resolve().parents[2] / "examples" / name)
+    assert cfg.model.arch == arch and cfg.train.disable_sampling and cfg.sample.num_frames == 1
+    assert (cfg.model.assistant_lora_path is not None) == (arch == "zimage")

@@ -31,6 +31,12 @@ CASES = {
     "qwen_image": ("upstream/train_lora_qwen_image_24gb.yaml", "QwenImagePipeline"),
     "zimage": ("zimage_aitoolkit_ui.yaml", "ZImagePipeline"),
 }
+# Cadence features beside the published keys, one family each: alpha phases, LoRA+
+PHASES = {"warm": {"alpha": 8, "min_steps": 4}, "main": {"alpha": 16}}  # leaving warm needs 20 steps of trend
+EXTRA = {
+    "qwen_image": {"network": {"alpha_schedule": {"enabled": True, "alpha_phases": PHASES, "window": 20}}},
+    "zimage": {"network": {"network_kwargs": {"loraplus_lr_ratio": 4}}},
+}
 STEPS = 10
 
 
@@ -82,12 +88,14 @@ def _config(arch: str, model: Path, images: Path, out: Path, steps: int) -> dict
     process["save"].update(save_every=5, dtype="float32")
     process["sample"].update(width=32, height=32, sample_steps=2, sample_every=1000)
     process["sample"]["prompts"] = process["sample"]["prompts"][:1]
+    for section, values in EXTRA.get(arch, {}).items():
+        process[section].update(values)
     return data
 
 
 def _run(arch: str, tiny_models, images: Path, out: Path, steps: int) -> Path:
     path = out.parent / f"{out.name}.yaml"
-    path.write_text(yaml.safe_dump(_config(arch, tiny_models(arch), images, out, steps)), encoding="utf-8")
+    path.write_text(yaml.safe_dump(_config(arch, tiny_models(arch), images, out, steps), sort_keys=False))
     assert run_training(path) == 0
     return next(p for p in out.iterdir() if p.is_dir())
 
@@ -105,6 +113,11 @@ def test_trains_from_the_aitoolkit_config_resumes_exactly_and_loads_in_diffusers
     rows = read_metrics(run / f"metrics_{run.name}.jsonl")
     evals = [r["eval_loss"] for r in rows if r.get("eval_loss") is not None]
     assert len(rows) == STEPS and len(evals) == 2 and evals[-1] < evals[0], evals
+    assert rows[-1]["gradient_stability"] is not None and rows[-1]["loss_ema_10"] is not None  # health fields
+    if "alpha_schedule" in EXTRA.get(arch, {}).get("network", {}):
+        # the phase's alpha, not network.linear_alpha (16), drives the adapters and is what the file stores
+        assert [r["linear_alpha"] for r in rows] == [8.0] * STEPS and rows[-1]["phase"] == "warm"
+        assert {t.alpha for t in load_lora_file(_lora(run, STEPS)).modules.values()} == {8.0}
     assert sorted(p.suffix for p in (run / "samples").iterdir()) == [".json", ".png"]  # the step-0 image
 
     half = _run(arch, tiny_models, images, tmp_path / "resumed", STEPS // 2)

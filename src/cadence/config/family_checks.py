@@ -87,3 +87,20 @@ def family_issues(cfg: JobConfig) -> list[Issue]:
             )
         )
     return issues
+
+
+def layout_issues(cfg: JobConfig, names: list[str]) -> list[tuple[str, str]]:
+    """(key, message) when the LoRA file layout cannot hold the configured adapters on these target modules in
+    the model's family (FLUX fuses q/k/v in the ComfyUI/kohya layouts: plain LoRA only, all members): found when
+    the targets are known, before any caching, instead of at the first checkpoint."""
+    from cadence.config.errors import format_path
+    from cadence.models.registry import family_of
+    from cadence.networks.algos import dora_axis
+
+    if cfg.save.format not in ("comfyui", "kohya"):
+        return []
+    keymap = family_of(cfg.model.arch).keymap
+    problems = keymap.layout_problems(names, cfg.network.algo, dora_axis(cfg.network) is not None)
+    return (
+        [(format_path(("save", "format")), f"{cfg.save.format}: " + "; ".join(problems))] if problems else []
+    )

@@ -145,8 +145,10 @@ REGISTRY: list[Unsupported] = [
     U(
         "train.timestep_type",
         "this timestep distribution is not implemented; use sigmoid, linear, weighted, shift or logit_normal "
-        "(flux_shift and lumina2_shift shift by resolution, which Wan's scheduler turns off, so ai-toolkit trains "
-        "them on Wan as shift: use timestep_type: shift with train.flow_shift 3.0, or 5.0 for wan22_5b)",
+        "(flux_shift and lumina2_shift shift by resolution: Cadence's FLUX.1-dev and Qwen-Image samples do, its "
+        "training does not yet; use timestep_type: shift with train.flow_shift near the model's shift at your "
+        "size: FLUX.1-dev 1.9 at 512x512, 3.2 at 1024x1024; on Wan, whose scheduler has no resolution shift and "
+        "where ai-toolkit trains them as shift, 3.0, or 5.0 for wan22_5b)",
         accepts=_not_in(
             "flux_shift",
             "lumina2_shift",

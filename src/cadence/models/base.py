@@ -208,7 +208,9 @@ class ModelAdapter(ABC):
         """The family's diffusers pipeline over the already-loaded modules (no reload)."""
 
     @abstractmethod
-    def pipeline_call(self, spec: Any, prompt: Any, negative: Any, image: Any, generator: torch.Generator) -> dict:
+    def pipeline_call(
+        self, spec: Any, prompt: Any, negative: Any, image: Any, generator: torch.Generator
+    ) -> dict:
         """The keyword arguments of the pipeline call for one sample (`SampleSpec` fields; `prompt` /
         `negative` padded by `pad_text`; `image` a PIL first frame or None); output_type "np"."""
 

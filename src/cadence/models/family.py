@@ -98,6 +98,12 @@ class KeyMap:
 
     def export_problems(self, modules: dict[str, AdapterTensors]) -> list[str]:
         """Why `modules` have no ComfyUI/kohya form in this family (empty when they have one)."""
+        algos = {t.algo for t in modules.values()}
+        dora = any(t.dora_scale is not None for t in modules.values())
+        return self.layout_problems(list(modules), algos.pop() if len(algos) == 1 else "mixed", dora)
+
+    def layout_problems(self, names: list[str], algo: str, dora: bool) -> list[str]:
+        """The same before training, from the target names and the configured type (`save.format` check)."""
         return []
 
     def knows(self, names: list[str]) -> bool:
@@ -157,9 +163,10 @@ class ModelFamily(ABC):
     block_lists: tuple[str, ...] = ("blocks",)  # the transformer's repeated-block ModuleLists, in order
     high_precision_parts: tuple[str, ...] = ("norm", "embed")  # name parts never quantized
     encoder_parts: tuple[str, ...] = ("model_index.json", "vae", "text_encoder", "tokenizer")
-    training_adapter: bool = (
-        False  # takes model.assistant_lora_path (a frozen adapter on during training only)
-    )
+    # takes model.assistant_lora_path (a frozen adapter, on during training only)
+    training_adapter: bool = False
+    # models.image_loaders.LoaderRules; None: networks.loaders' (Wan's) rules
+    loader_rules: Any = None
 
     # ------------------------------------------------------------------------------------------ folders
     @abstractmethod

@@ -22,10 +22,11 @@ import torch
 
 from cadence.models.card_usage import ArchUsage
 from cadence.models.components import frozen, load_component
-from cadence.models.family import ArchSpec, ModelFamily
+from cadence.models.family import ArchSpec
 from cadence.models.flux_keys import FLUX_KEYS
 from cadence.models.folders import component_config
-from cadence.models.image_adapter import ImageAdapter
+from cadence.models.image_adapter import ImageAdapter, ImageFamily, load_parts
+from cadence.models.image_loaders import LoaderRules
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +39,7 @@ ARCHS = {
 }
 
 
-class FluxFamily(ModelFamily):
+class FluxFamily(ImageFamily):
     def detect(self, folder: Path, index: dict[str, Any]) -> str | None:
         if str(index.get("_class_name", "")) != "FluxPipeline":
             return None
@@ -60,19 +61,13 @@ class FluxFamily(ModelFamily):
         )
 
     def load(self, folder: Path, arch: str, model_cfg: Any, device: Any, dtype: Any, model_id: str):
-        from cadence.models.training_adapter import resolve_training_adapter
-
         adapter = FluxAdapter.load(folder, arch, torch.device(device), dtype, model_id, model_cfg.low_vram)
-        if model_cfg.assistant_lora_path:
-            adapter.pending_training_adapters["main"] = resolve_training_adapter(
-                model_cfg.assistant_lora_path
-            )
-        elif arch == "flux_schnell":
+        if not model_cfg.assistant_lora_path and arch == "flux_schnell":
             log.warning(
                 "training FLUX.1-schnell without model.assistant_lora_path: the step distillation erodes as it "
                 "trains (ai-toolkit: ostris/FLUX.1-schnell-training-adapter)"
             )
-        return adapter
+        return self.note_training_adapter(adapter, model_cfg)
 
     def usage(self, arch: str) -> ArchUsage:
         repo = "FLUX.1-dev" if arch == "flux" else "FLUX.1-schnell"
@@ -106,23 +101,20 @@ class FluxAdapter(ImageAdapter):
     def load(
         cls, folder: Path, arch: str, device, dtype, model_id: str, low_vram: bool = False
     ) -> FluxAdapter:
+        parts = load_parts(
+            folder,
+            device,
+            dtype,
+            low_vram,
+            text_encoder="CLIPTextModel",
+            vae="AutoencoderKL",
+            transformer="FluxTransformer2DModel",
+        )
         host = torch.device("cpu") if low_vram else device
-        parts: dict = {
-            "tokenizer": load_component("AutoTokenizer", folder, "tokenizer"),
-            "tokenizer_2": load_component("AutoTokenizer", folder, "tokenizer_2"),
-            "text_encoder": frozen(
-                load_component("CLIPTextModel", folder, "text_encoder", dtype=dtype), host
-            ),
-            "text_encoder_2": frozen(
-                load_component("T5EncoderModel", folder, "text_encoder_2", dtype=dtype), host
-            ),
-            # fp32 VAE, as for Wan: latents for the cache are encoded without bf16 rounding
-            "vae": frozen(load_component("AutoencoderKL", folder, "vae", torch_dtype=torch.float32), device),
-            "scheduler": load_component("FlowMatchEulerDiscreteScheduler", folder, "scheduler"),
-            "transformer": frozen(
-                load_component("FluxTransformer2DModel", folder, "transformer", torch_dtype=dtype), host
-            ),
-        }
+        parts["tokenizer_2"] = load_component("AutoTokenizer", folder, "tokenizer_2")
+        parts["text_encoder_2"] = frozen(
+            load_component("T5EncoderModel", folder, "text_encoder_2", dtype=dtype), host
+        )
         log.info("loaded %s from %s", arch, folder)
         return cls(arch, parts, device, dtype, model_id, low_vram)
 
@@ -218,17 +210,13 @@ class FluxAdapter(ImageAdapter):
     def pipeline_call(self, spec, prompt, negative, image, generator: torch.Generator) -> dict:
         """FLUX.1 has no negative prompt (ai-toolkit: "not used on flux"); guidance_scale is dev's guidance
         embedding. Latents come back and are decoded by `frames_of` with the fp32 VAE."""
-        return dict(
+        return self.sample_call(
+            spec,
+            generator,
             prompt_embeds=prompt["embeds"],
             pooled_prompt_embeds=prompt["pooled"],
-            height=spec.height,
-            width=spec.width,
-            num_inference_steps=spec.sample_steps,
             guidance_scale=spec.guidance_scale,
-            generator=generator,
-            output_type="latent",
-            max_sequence_length=T5_LEN,
-        )
+        ) | {"output_type": "latent"}
 
     @torch.no_grad()
     def frames_of(self, output, spec) -> Any:
@@ -273,4 +261,12 @@ FAMILY = FluxFamily(
     high_precision_parts=("norm",),  # the adaLN modulation Linears (norm1.linear, norm.linear)
     encoder_parts=("model_index.json", "vae", "text_encoder", "text_encoder_2", "tokenizer", "tokenizer_2"),
     training_adapter=True,
+    loader_rules=LoaderRules(
+        comfy_kohya=True,
+        diffusers_caveat={
+            layout: "its converter assumes FLUX.1's layer sizes (3072) for the single blocks' fused linear1"
+            for layout in ("comfyui", "kohya")
+        },
+        drops_alpha_of=("proj_out", "norm_out.linear"),
+    ),
 )

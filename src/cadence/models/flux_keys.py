@@ -148,40 +148,49 @@ class FluxKeyMap(KeyMap):
         return None
 
     # ------------------------------------------------------------------------------------- module sets
-    def export_problems(self, modules: dict[str, AdapterTensors]) -> list[str]:
+    def layout_problems(self, names: list[str], algo: str, dora: bool) -> list[str]:
+        """Why adapters of `algo` (with DoRA or not) on these diffusers module names have no ComfyUI/kohya form:
+        a fused layer needs all its members, as LoRA (its block-diagonal form exists only for LoRA)."""
         problems = []
-        for original, names in self._groups(modules).items():
+        for original, group in self._groups(names).items():
             fused = self._fused_members(original)
             if fused is None:
-                if SWAPPED in names and modules[SWAPPED].algo != "lora":
+                if group == [SWAPPED] and (algo != "lora" or dora):
                     problems.append(
-                        f"{SWAPPED} ({modules[SWAPPED].algo}) has no ComfyUI form (BFL swaps its halves); use the "
-                        "diffusers layout"
+                        f"{SWAPPED} has no ComfyUI form as {algo}{' + DoRA' if dora else ''} (BFL swaps its halves); "
+                        "leave it out of the targets or save in the diffusers layout"
                     )
                 continue
             prefix, _, members = fused
             expected = [prefix + m for m in members]
-            missing = [m for m in expected if m not in names]
-            tensors = [modules[n] for n in names]
+            missing = [m for m in expected if m not in group]
             if missing:
                 problems.append(
-                    f"FLUX fuses {', '.join(expected)} into {original} in the ComfyUI/kohya layouts: adapt all of them "
-                    f"or none (missing {', '.join(missing)}), or save in the diffusers layout"
+                    f"FLUX fuses {', '.join(expected)} into {original} in the ComfyUI/kohya layouts: adapt all of "
+                    f"them or none (missing {', '.join(missing)}), or save in the diffusers layout"
                 )
-            elif any(t.algo != "lora" or t.dora_scale is not None for t in tensors):
+            elif algo != "lora" or dora:
                 problems.append(
-                    f"{original} is fused in the ComfyUI/kohya layouts, which holds only LoRA there ({tensors[0].algo}"
-                    f"{' + DoRA' if tensors[0].dora_scale is not None else ''} given); save in the diffusers layout"
-                )
-            elif len({t.rank for t in tensors}) != 1 or len({float(t.alpha) for t in tensors}) != 1:
-                problems.append(
-                    f"{original}: its fused members have different ranks or alphas; use the diffusers layout"
+                    f"{original} fuses {', '.join(members)} in the ComfyUI/kohya layouts, which hold only plain LoRA "
+                    f"there ({algo}{' + DoRA' if dora else ''} given); train type lora, or leave those layers out "
+                    "(network_kwargs.ignore_if_contains)"
+                    + (", or save in the diffusers layout (output-axis DoRA)" if algo == "lora" else "")
                 )
         return problems
 
-    def _groups(self, modules: dict[str, AdapterTensors]) -> dict[str, list[str]]:
+    def export_problems(self, modules: dict[str, AdapterTensors]) -> list[str]:
+        algos = {t.algo for t in modules.values()}
+        dora = any(t.dora_scale is not None for t in modules.values())
+        problems = self.layout_problems(list(modules), algos.pop() if len(algos) == 1 else "mixed", dora)
+        for original, group in self._groups(list(modules)).items():
+            tensors = [modules[n] for n in group]
+            if self._fused_members(original) and len({(t.rank, float(t.alpha or 0)) for t in tensors}) > 1:
+                problems.append(f"{original}: its fused members have different ranks or alphas; use the diffusers layout")
+        return problems
+
+    def _groups(self, names) -> dict[str, list[str]]:
         groups: dict[str, list[str]] = {}
-        for name in modules:
+        for name in names:
             groups.setdefault(self.to_original(name), []).append(name)
         return groups
 

@@ -7,12 +7,36 @@ Latents use the VAE posterior's mode, as for Wan: deterministic, so latent cache
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from cadence.models.base import ModelAdapter, experts_for
+from cadence.models.components import frozen, load_component
+from cadence.models.family import ModelFamily
+
+log = logging.getLogger(__name__)
+
+
+def load_parts(
+    folder: Path, device, dtype, low_vram: bool, text_encoder: str, vae: str, transformer: str
+) -> dict:
+    """The usual components of an image family's folder, frozen: tokenizer, text encoder and transformer in
+    the training dtype (on the host with low_vram), the VAE in fp32 (cached latents without bf16 rounding),
+    the flow-matching scheduler; `text_encoder` / `vae` / `transformer` name their classes."""
+    host = torch.device("cpu") if low_vram else device
+    return {
+        "tokenizer": load_component("AutoTokenizer", folder, "tokenizer"),
+        "text_encoder": frozen(load_component(text_encoder, folder, "text_encoder", dtype=dtype), host),
+        "vae": frozen(load_component(vae, folder, "vae", torch_dtype=torch.float32), device),
+        "scheduler": load_component("FlowMatchEulerDiscreteScheduler", folder, "scheduler"),
+        "transformer": frozen(load_component(transformer, folder, "transformer", torch_dtype=dtype), host),
+    }
 
 
 class ImageAdapter(ModelAdapter):
@@ -85,5 +109,58 @@ class ImageAdapter(ModelAdapter):
         )
         return math.exp(mu)
 
+    def sample_call(self, spec, generator: torch.Generator, **family) -> dict:
+        """The pipeline call arguments every image family shares, plus the family's own (`family`)."""
+        return dict(
+            height=spec.height,
+            width=spec.width,
+            num_inference_steps=spec.sample_steps,
+            generator=generator,
+            output_type="np",
+            max_sequence_length=self.text_len,
+            **family,
+        )
+
     def pipeline_components(self, names: tuple[str, ...]) -> dict:
         return {n: self.components.get(n) for n in names}
+
+
+@dataclass
+class ImageFamily(ModelFamily):
+    """A family with one arch per pipeline class and the usual components (`load_parts`): detection by the
+    folder's pipeline class, loading into `adapter_class`, the training adapter noted when the family takes one."""
+
+    pipeline: str = ""  # model_index.json's _class_name
+    classes: tuple[str, str, str] = ("", "", "")  # text encoder, VAE, transformer class names
+    adapter_class: type | None = None
+    card: Any = None  # cadence.models.card_usage.ArchUsage
+    tiny: Callable[[Path, str, int], Path] | None = None
+
+    def detect(self, folder: Path, index: dict[str, Any]) -> str | None:
+        return next(iter(self.archs)) if str(index.get("_class_name", "")) == self.pipeline else None
+
+    def required_components(self, arch: str) -> tuple[str, ...]:
+        return ("tokenizer", "text_encoder", "vae", "scheduler", "transformer")
+
+    def load(self, folder: Path, arch: str, model_cfg: Any, device: Any, dtype: Any, model_id: str):
+        text_encoder, vae, transformer = self.classes
+        parts = load_parts(folder, device, dtype, model_cfg.low_vram, text_encoder, vae, transformer)
+        log.info("loaded %s from %s", arch, folder)
+        adapter = self.adapter_class(arch, parts, device, dtype, model_id, model_cfg.low_vram)
+        return self.note_training_adapter(adapter, model_cfg)
+
+    def note_training_adapter(self, adapter: ImageAdapter, model_cfg: Any) -> ImageAdapter:
+        """`assistant_lora_path`: resolved now (a hub file is fetched), hooked in after quantization."""
+        if self.training_adapter and model_cfg.assistant_lora_path:
+            from cadence.models.training_adapter import resolve_training_adapter
+
+            adapter.pending_training_adapters["main"] = resolve_training_adapter(
+                model_cfg.assistant_lora_path
+            )
+        return adapter
+
+    def usage(self, arch: str):
+        return self.card
+
+    def write_tiny(self, path: Path, arch: str, seed: int = 0) -> Path:
+        return self.tiny(path, arch, seed)

@@ -13,14 +13,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from cadence.models.card_usage import ArchUsage
-from cadence.models.components import frozen, load_component
-from cadence.models.family import ArchSpec, DiffusersNamesKeyMap, ModelFamily
-from cadence.models.image_adapter import ImageAdapter
+from cadence.models.family import ArchSpec, DiffusersNamesKeyMap
+from cadence.models.image_adapter import ImageAdapter, ImageFamily
+from cadence.models.image_loaders import LoaderRules
 
 log = logging.getLogger(__name__)
 
@@ -40,42 +39,10 @@ GLOBALS = ("img_in", "txt_in", "proj_out", "norm_out.linear", "time_text_embed.t
            "time_text_embed.timestep_embedder.linear_2")  # fmt: skip
 
 
-class QwenImageFamily(ModelFamily):
-    def detect(self, folder: Path, index: dict[str, Any]) -> str | None:
-        return "qwen_image" if str(index.get("_class_name", "")) == "QwenImagePipeline" else None
+def _write_tiny(path: Path, arch: str, seed: int = 0) -> Path:
+    from cadence.models.tiny_qwen_image import write_tiny_qwen_image
 
-    def required_components(self, arch: str) -> tuple[str, ...]:
-        return ("tokenizer", "text_encoder", "vae", "scheduler", "transformer")
-
-    def load(self, folder: Path, arch: str, model_cfg: Any, device: Any, dtype: Any, model_id: str):
-        host = torch.device("cpu") if model_cfg.low_vram else device
-        parts: dict = {
-            "tokenizer": load_component("AutoTokenizer", folder, "tokenizer"),
-            "text_encoder": frozen(
-                load_component("Qwen2_5_VLForConditionalGeneration", folder, "text_encoder", dtype=dtype),
-                host,
-            ),
-            "vae": frozen(
-                load_component("AutoencoderKLQwenImage", folder, "vae", torch_dtype=torch.float32), device
-            ),
-            "scheduler": load_component("FlowMatchEulerDiscreteScheduler", folder, "scheduler"),
-            "transformer": frozen(
-                load_component("QwenImageTransformer2DModel", folder, "transformer", torch_dtype=dtype), host
-            ),
-        }
-        log.info("loaded %s from %s", arch, folder)
-        return QwenImageAdapter(arch, parts, device, dtype, model_id, model_cfg.low_vram)
-
-    def usage(self, arch: str) -> ArchUsage:
-        return ArchUsage(
-            "Qwen-Image", "QwenImagePipeline", "text-to-image", False, {"main": "transformer"},
-            {"main": "the Qwen-Image diffusion model (`qwen_image`)"}, ("qwen-image",), 0,
-        )  # fmt: skip
-
-    def write_tiny(self, path: Path, arch: str, seed: int = 0) -> Path:
-        from cadence.models.tiny_qwen_image import write_tiny_qwen_image
-
-        return write_tiny_qwen_image(path, arch, seed)
+    return write_tiny_qwen_image(path, arch, seed)
 
 
 class QwenImageAdapter(ImageAdapter):
@@ -156,29 +123,40 @@ class QwenImageAdapter(ImageAdapter):
         return self._pipeline()
 
     def pipeline_call(self, spec, prompt, negative, image, generator: torch.Generator) -> dict:
-        return dict(
+        return self.sample_call(
+            spec,
+            generator,
             prompt_embeds=prompt["embeds"],
             prompt_embeds_mask=prompt["mask"],
             negative_prompt_embeds=negative["embeds"],
             negative_prompt_embeds_mask=negative["mask"],
             true_cfg_scale=spec.guidance_scale,
-            height=spec.height,
-            width=spec.width,
-            num_inference_steps=spec.sample_steps,
-            generator=generator,
-            output_type="np",
-            max_sequence_length=TEXT_LEN,
         )
 
 
-FAMILY = QwenImageFamily(
+FAMILY = ImageFamily(
     name="qwen_image",
     title="Qwen-Image",
     archs=ARCHS,
     transformer_classes=("QwenImageTransformer2DModel",),
-    keymap=DiffusersNamesKeyMap("Qwen-Image", ("transformer_blocks",), BLOCK_PARTS, GLOBALS),
+    keymap=DiffusersNamesKeyMap("qwen_image", ("transformer_blocks",), BLOCK_PARTS, GLOBALS),
     aliases={"qwen_image:2512": "qwen_image"},  # Qwen-Image-2512: the same architecture, newer weights
     block_lists=("transformer_blocks",),
     high_precision_parts=("norm", "img_mod", "txt_mod"),
     encoder_parts=("model_index.json", "vae", "text_encoder", "tokenizer"),
+    pipeline="QwenImagePipeline",
+    classes=("Qwen2_5_VLForConditionalGeneration", "AutoencoderKLQwenImage", "QwenImageTransformer2DModel"),
+    adapter_class=QwenImageAdapter,
+    card=ArchUsage(
+        "Qwen-Image",
+        "QwenImagePipeline",
+        "text-to-image",
+        False,
+        {"main": "transformer"},
+        {"main": "the Qwen-Image diffusion model (`qwen_image`)"},
+        ("qwen-image",),
+        0,
+    ),  # fmt: skip
+    tiny=_write_tiny,
+    loader_rules=LoaderRules(comfy_kohya=True),
 )

@@ -27,16 +27,17 @@ HEADS = 2
 HEAD_DIM = 12  # rotary splits head_dim into t/h/w parts; 12 -> 4/4/4
 CLIP_HIDDEN = 16
 CLIP_IMAGE = 32
-ARCHS = tuple(WAN_ARCHS)  # the Wan archs (other families' tiny folders: tiny_flux.py, tiny_qwen_image.py, ...)
+ARCHS = tuple(
+    WAN_ARCHS
+)  # the Wan archs (other families' tiny folders: tiny_flux.py, tiny_qwen_image.py, ...)
 SHIFT = {"wan21": 3.0, "wan21_i2v": 3.0, "wan22_14b": 12.0, "wan22_14b_i2v": 5.0, "wan22_5b": 5.0}
 # written into model_index.json as real A14B folders do
 BOUNDARY = {a: s.default_boundary for a, s in WAN_ARCHS.items() if s.two_experts}
 
 
-def _text_encoder():
-    from transformers import UMT5Config, UMT5EncoderModel
-
-    cfg = UMT5Config(
+def t5_config(config_class):
+    """A tiny T5-family encoder config over `tokenizer.py`'s vocabulary (Wan's UMT5, FLUX.1's T5)."""
+    return config_class(
         vocab_size=vocab_size() + 4,
         d_model=TEXT_DIM,
         d_kv=8,
@@ -51,7 +52,12 @@ def _text_encoder():
         eos_token_id=1,
         decoder_start_token_id=0,
     )
-    return UMT5EncoderModel(cfg).eval()
+
+
+def _text_encoder():
+    from transformers import UMT5Config, UMT5EncoderModel
+
+    return UMT5EncoderModel(t5_config(UMT5Config)).eval()
 
 
 def _transformer(arch: str):

@@ -14,13 +14,12 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import torch
-
-from cadence.models.tokenizer import build_clip_tokenizer, build_tokenizer, vocab_size
+from cadence.models.tiny import TEXT_DIM, t5_config
+from cadence.models.tiny_common import autoencoder_kl, save_pipeline, seeded
+from cadence.models.tokenizer import build_clip_tokenizer, build_tokenizer
 
 log = logging.getLogger(__name__)
 
-TEXT_DIM = 32  # T5 d_model = the transformer's joint_attention_dim
 CLIP_DIM = 32  # CLIP hidden size = the transformer's pooled_projection_dim
 HEADS, HEAD_DIM = (
     4,
@@ -51,44 +50,7 @@ def _clip():
 def _t5():
     from transformers import T5Config, T5EncoderModel
 
-    cfg = T5Config(
-        vocab_size=vocab_size() + 4,
-        d_model=TEXT_DIM,
-        d_kv=8,
-        d_ff=64,
-        num_layers=2,
-        num_heads=4,
-        relative_attention_num_buckets=8,
-        relative_attention_max_distance=32,
-        feed_forward_proj="gated-gelu",
-        dropout_rate=0.0,
-        pad_token_id=0,
-        eos_token_id=1,
-        decoder_start_token_id=0,
-    )
-    return T5EncoderModel(cfg).eval(), build_tokenizer()
-
-
-def _vae():
-    from diffusers import AutoencoderKL
-
-    blocks = 4  # 2 ** (4 - 1) = FLUX's 8x spatial compression
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * blocks,
-        up_block_types=("UpDecoderBlock2D",) * blocks,
-        block_out_channels=(8, 8, 16, 16),
-        layers_per_block=1,
-        latent_channels=16,
-        norm_num_groups=4,
-        sample_size=32,
-        scaling_factor=0.3611,  # FLUX.1's
-        shift_factor=0.1159,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-        mid_block_add_attention=True,
-    ).eval()
+    return T5EncoderModel(t5_config(T5Config)).eval(), build_tokenizer()
 
 
 def _transformer(arch: str):
@@ -132,29 +94,20 @@ def build_tiny_flux(arch: str, seed: int = 0):
 
     if arch not in GUIDANCE:
         raise ValueError(f"unknown FLUX arch {arch!r}; expected one of {', '.join(GUIDANCE)}")
-    state = torch.random.get_rng_state()
-    try:
-        torch.manual_seed(seed)
+    with seeded(seed):
         text_encoder, tokenizer = _clip()
         text_encoder_2, tokenizer_2 = _t5()
         return FluxPipeline(
             scheduler=_scheduler(arch),
-            vae=_vae(),
+            vae=autoencoder_kl(),
             text_encoder=text_encoder,
             tokenizer=tokenizer,
             text_encoder_2=text_encoder_2,
             tokenizer_2=tokenizer_2,
             transformer=_transformer(arch),
         )
-    finally:
-        torch.random.set_rng_state(state)
 
 
 def write_tiny_flux(path: Path, arch: str = "flux", seed: int = 0) -> Path:
     """Write a complete tiny Diffusers FLUX.1 folder at `path` (created if needed) and return it."""
-    path = Path(path)
-    pipe = build_tiny_flux(arch, seed)
-    path.mkdir(parents=True, exist_ok=True)
-    pipe.save_pretrained(str(path), safe_serialization=True)
-    log.info("wrote tiny %s model to %s", arch, path)
-    return path
+    return save_pipeline(build_tiny_flux(arch, seed), path, arch)

@@ -16,6 +16,8 @@ from pathlib import Path
 
 import torch
 
+from cadence.models.tiny_common import save_pipeline, seeded
+
 log = logging.getLogger(__name__)
 
 TEXT_DIM = 32  # Qwen2.5-VL text hidden size = the transformer's joint_attention_dim
@@ -83,9 +85,7 @@ def _scheduler():
 def build_tiny_qwen_image(seed: int = 0):
     from diffusers import QwenImagePipeline
 
-    state = torch.random.get_rng_state()
-    try:
-        torch.manual_seed(seed)
+    with seeded(seed):
         gen = torch.Generator().manual_seed(seed)
         text_encoder, tokenizer = _text_encoder()
         return QwenImagePipeline(
@@ -95,15 +95,8 @@ def build_tiny_qwen_image(seed: int = 0):
             tokenizer=tokenizer,
             transformer=_transformer(),
         )
-    finally:
-        torch.random.set_rng_state(state)
 
 
 def write_tiny_qwen_image(path: Path, arch: str = "qwen_image", seed: int = 0) -> Path:
     """Write a complete tiny Diffusers Qwen-Image folder at `path` (created if needed) and return it."""
-    path = Path(path)
-    pipe = build_tiny_qwen_image(seed)
-    path.mkdir(parents=True, exist_ok=True)
-    pipe.save_pretrained(str(path), safe_serialization=True)
-    log.info("wrote tiny %s model to %s", arch, path)
-    return path
+    return save_pipeline(build_tiny_qwen_image(seed), path, arch)

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
-import torch
+from cadence.models.tiny_common import autoencoder_kl, save_pipeline, seeded
 
 log = logging.getLogger(__name__)
 
@@ -38,26 +38,6 @@ def _text_encoder():
         eos_token_id=tokenizer.eos_token_id,
     )
     return Qwen3Model(config).eval(), tokenizer
-
-
-def _vae():
-    from diffusers import AutoencoderKL
-
-    return AutoencoderKL(
-        in_channels=3,
-        out_channels=3,
-        down_block_types=("DownEncoderBlock2D",) * 4,
-        up_block_types=("UpDecoderBlock2D",) * 4,
-        block_out_channels=(8, 8, 16, 16),
-        layers_per_block=1,
-        latent_channels=16,
-        norm_num_groups=4,
-        sample_size=32,
-        scaling_factor=0.3611,
-        shift_factor=0.1159,
-        use_quant_conv=False,
-        use_post_quant_conv=False,
-    ).eval()
 
 
 def _transformer():
@@ -87,26 +67,17 @@ def _scheduler():
 def build_tiny_zimage(seed: int = 0):
     from diffusers import ZImagePipeline
 
-    state = torch.random.get_rng_state()
-    try:
-        torch.manual_seed(seed)
+    with seeded(seed):
         text_encoder, tokenizer = _text_encoder()
         return ZImagePipeline(
             scheduler=_scheduler(),
-            vae=_vae(),
+            vae=autoencoder_kl(),
             text_encoder=text_encoder,
             tokenizer=tokenizer,
             transformer=_transformer(),
         )
-    finally:
-        torch.random.set_rng_state(state)
 
 
 def write_tiny_zimage(path: Path, arch: str = "zimage", seed: int = 0) -> Path:
     """Write a complete tiny Diffusers Z-Image folder at `path` (created if needed) and return it."""
-    path = Path(path)
-    pipe = build_tiny_zimage(seed)
-    path.mkdir(parents=True, exist_ok=True)
-    pipe.save_pretrained(str(path), safe_serialization=True)
-    log.info("wrote tiny %s model to %s", arch, path)
-    return path
+    return save_pipeline(build_tiny_zimage(seed), path, arch)

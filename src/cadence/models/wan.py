@@ -86,12 +86,16 @@ class WanAdapter(ModelAdapter):
         expert_device = torch.device("cpu") if low_vram else device
         parts: dict = {
             "tokenizer": load_component("AutoTokenizer", folder, "tokenizer"),
-            "scheduler": load_component(scheduler_class(folder, "UniPCMultistepScheduler"), folder, "scheduler"),
+            "scheduler": load_component(
+                scheduler_class(folder, "UniPCMultistepScheduler"), folder, "scheduler"
+            ),
             "text_encoder": frozen(
                 load_component("UMT5EncoderModel", folder, "text_encoder", dtype=dtype), expert_device
             ),
             # fp32 VAE: encoding in bf16 visibly shifts latents, and the VAE is small (~0.5 GB).
-            "vae": frozen(load_component("AutoencoderKLWan", folder, "vae", torch_dtype=torch.float32), device),
+            "vae": frozen(
+                load_component("AutoencoderKLWan", folder, "vae", torch_dtype=torch.float32), device
+            ),
         }
         for name in ("transformer", "transformer_2"):
             if name in names:
@@ -337,14 +341,7 @@ class WanAdapter(ModelAdapter):
         return kwargs
 
     def describe(self) -> dict[str, object]:
-        """Small summary for logs and run metadata."""
-        return {
-            "arch": self.arch,
-            "model_id": self.model_id,
-            "experts": [(e.name, e.t_low, e.t_high) for e in self.experts],
-            "boundary": self.boundary,
-            "trained_experts": list(self.trained_experts),
-        }
+        return {**super().describe(), "trained_experts": list(self.trained_experts)}
 
 
 __all__ = ["WanAdapter", "ExpertSpec"]

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from cadence.models.card_usage import ArchUsage
-from cadence.models.components import frozen, load_component
-from cadence.models.family import ArchSpec, DiffusersNamesKeyMap, ModelFamily
-from cadence.models.image_adapter import ImageAdapter
+from cadence.models.family import ArchSpec, DiffusersNamesKeyMap
+from cadence.models.image_adapter import ImageAdapter, ImageFamily
+from cadence.models.image_loaders import LoaderRules
 
 log = logging.getLogger(__name__)
 
@@ -36,44 +35,10 @@ BLOCK_PARTS = (
 GLOBALS = ("cap_embedder.1", "t_embedder.mlp.0", "t_embedder.mlp.2")
 
 
-class ZImageFamily(ModelFamily):
-    def detect(self, folder: Path, index: dict[str, Any]) -> str | None:
-        return "zimage" if str(index.get("_class_name", "")) == "ZImagePipeline" else None
+def _write_tiny(path: Path, arch: str, seed: int = 0) -> Path:
+    from cadence.models.tiny_zimage import write_tiny_zimage
 
-    def required_components(self, arch: str) -> tuple[str, ...]:
-        return ("tokenizer", "text_encoder", "vae", "scheduler", "transformer")
-
-    def load(self, folder: Path, arch: str, model_cfg: Any, device: Any, dtype: Any, model_id: str):
-        from cadence.models.training_adapter import resolve_training_adapter
-
-        host = torch.device("cpu") if model_cfg.low_vram else device
-        parts: dict = {
-            "tokenizer": load_component("AutoTokenizer", folder, "tokenizer"),
-            "text_encoder": frozen(load_component("AutoModel", folder, "text_encoder", dtype=dtype), host),
-            "vae": frozen(load_component("AutoencoderKL", folder, "vae", torch_dtype=torch.float32), device),
-            "scheduler": load_component("FlowMatchEulerDiscreteScheduler", folder, "scheduler"),
-            "transformer": frozen(
-                load_component("ZImageTransformer2DModel", folder, "transformer", torch_dtype=dtype), host
-            ),
-        }
-        log.info("loaded %s from %s", arch, folder)
-        adapter = ZImageAdapter(arch, parts, device, dtype, model_id, model_cfg.low_vram)
-        if model_cfg.assistant_lora_path:
-            adapter.pending_training_adapters["main"] = resolve_training_adapter(
-                model_cfg.assistant_lora_path
-            )
-        return adapter
-
-    def usage(self, arch: str) -> ArchUsage:
-        return ArchUsage(
-            "Z-Image", "ZImagePipeline", "text-to-image", False, {"main": "transformer"},
-            {"main": "the Z-Image diffusion model (`z_image`)"}, ("z-image",), 0,
-        )  # fmt: skip
-
-    def write_tiny(self, path: Path, arch: str, seed: int = 0) -> Path:
-        from cadence.models.tiny_zimage import write_tiny_zimage
-
-        return write_tiny_zimage(path, arch, seed)
+    return write_tiny_zimage(path, arch, seed)
 
 
 class ZImageAdapter(ImageAdapter):
@@ -127,28 +92,39 @@ class ZImageAdapter(ImageAdapter):
         return self._pipeline()
 
     def pipeline_call(self, spec, prompt, negative, image, generator: torch.Generator) -> dict:
-        return dict(
+        return self.sample_call(
+            spec,
+            generator,
             prompt_embeds=self._states(prompt, self.dtype),
             negative_prompt_embeds=self._states(negative, self.dtype),
             guidance_scale=spec.guidance_scale,
-            height=spec.height,
-            width=spec.width,
-            num_inference_steps=spec.sample_steps,
-            generator=generator,
-            output_type="np",
-            max_sequence_length=TEXT_LEN,
         )
 
 
-FAMILY = ZImageFamily(
+FAMILY = ImageFamily(
     name="zimage",
     title="Z-Image",
     archs=ARCHS,
     transformer_classes=("ZImageTransformer2DModel",),
-    keymap=DiffusersNamesKeyMap("Z-Image", BLOCKS, BLOCK_PARTS, GLOBALS),
+    keymap=DiffusersNamesKeyMap("zimage", BLOCKS, BLOCK_PARTS, GLOBALS),
     aliases={"zimage:turbo": "zimage", "zimage:deturbo": "zimage"},
     block_lists=BLOCKS,
     high_precision_parts=("norm", "adaLN"),
     encoder_parts=("model_index.json", "vae", "text_encoder", "tokenizer"),
     training_adapter=True,
+    pipeline="ZImagePipeline",
+    classes=("AutoModel", "AutoencoderKL", "ZImageTransformer2DModel"),
+    adapter_class=ZImageAdapter,
+    card=ArchUsage(
+        "Z-Image",
+        "ZImagePipeline",
+        "text-to-image",
+        False,
+        {"main": "transformer"},
+        {"main": "the Z-Image diffusion model (`z_image`)"},
+        ("z-image",),
+        0,
+    ),  # fmt: skip
+    tiny=_write_tiny,
+    loader_rules=LoaderRules(comfy_kohya=False, diffusers_algos={"comfyui": frozenset({"lora", "lokr"})}),
 )

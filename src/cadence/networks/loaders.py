@@ -1,4 +1,5 @@
-"""Which Wan tool loads an adapter file at the trained strength, by each tool's own key rules.
+"""Which Wan tool loads an adapter file at the trained strength, by each tool's own key rules (other families
+give their own rules: `cadence.models.image_loaders`).
 
 Read from the tools' loader code (facts, re-stated here; tests re-implement the rules and run diffusers'
 real loader against these verdicts):
@@ -186,7 +187,20 @@ def musubi(shape: FileShape) -> Verdict:
 
 
 def verdicts(shape: FileShape) -> list[Verdict]:
+    """The rules above for Wan; a family with its own tools' rules (`ModelFamily.loader_rules`, found from the
+    module names) answers for its files."""
+    from cadence.networks.keymap import for_names
+
+    rules = _family_rules(for_names(shape.modules).family)
+    if rules is not None:
+        return rules.verdicts(shape)
     return [comfyui(shape), diffusers(shape), musubi(shape)]
+
+
+def _family_rules(family: str):
+    from cadence.models.registry import families
+
+    return next((f.loader_rules for f in families() if f.name == family), None)
 
 
 def summary_lines(shape: FileShape, what: str = "the LoRA files", plural: bool = True) -> list[str]:

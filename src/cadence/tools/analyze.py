@@ -157,6 +157,10 @@ def measure(run: RunData, skipped: list[str] | None = None) -> dict[int, dict[st
     return out
 
 
+# health rules that read the high/low expert pair (|ΔW| and LR ratios, per-expert growth)
+EXPERT_PAIR_RULES = ("weight_ratio", "low_noise_", "high_noise_", "lr_ratio")
+
+
 def analyze_run(
     run_dir: Path | str, preset: str | None = None, overrides: dict[str, float | None] | None = None
 ) -> AnalysisReport:
@@ -173,6 +177,12 @@ def analyze_run(
         notes.append(
             "no preset: the expert-balance rules are off; pass --preset motion or --preset character "
             "(their advice is opposite) or set train.health.preset"
+        )
+    pair_rules = sorted(r for r in active_thresholds(cfg) if r.startswith(EXPERT_PAIR_RULES))
+    if pair_rules and not {"high_noise", "low_noise"} <= set(run.experts):
+        notes.append(
+            f"{', '.join(pair_rules)} compare the high- and low-noise experts and do not apply: this run "
+            f"trains {', '.join(run.experts)} only (a single-expert model, or one expert of Wan 2.2 A14B)"
         )
     notes += [f"left out (unreadable): {problem}" for problem in skipped]
     if not run.metrics:

@@ -15,6 +15,7 @@ import torch
 from tqdm import tqdm
 
 from cadence.config.errors import ConfigError, format_path
+from cadence.config.family_checks import layout_issues
 from cadence.config.schema import JobConfig
 from cadence.config.validate import config_hash, dump_resolved
 from cadence.data.cache import LatentCache, TextCache
@@ -209,7 +210,9 @@ def build_training(cfg: JobConfig, parallel: ParallelContext | None = None) -> T
         adapter, cfg.model
     )  # before caching and before LoRA: quantizers may swap Linear classes
     for expert in _trained_experts(cfg, adapter):  # target filters that match nothing: before caching
-        select_targets(adapter.transformer(expert), cfg.network, warn=False)
+        targets = select_targets(adapter.transformer(expert), cfg.network, warn=False)
+        if problems := layout_issues(cfg, list(targets)):  # a file layout that cannot hold them (FLUX's fused qkv)
+            raise ConfigError(problems)
     timesteps = sampler_for(cfg.train)  # min/max_denoising_steps that leave an expert nothing: before caching
     ranges = {s.name: (s.t_low, s.t_high) for s in adapter.experts if s.name in _trained_experts(cfg, adapter)}
     if problems := range_problems(timesteps, ranges):

@@ -219,3 +219,19 @@ def test_family_examples_load_with_their_aitoolkit_keys(name, arch):
     cfg = load_config(Path(__file__).resolve().parents[2] / "examples" / name)
     assert cfg.model.arch == arch and cfg.train.disable_sampling and cfg.sample.num_frames == 1
     assert (cfg.model.assistant_lora_path is not None) == (arch == "zimage")
+
+
+def test_tiny_model_command_writes_every_image_arch(tmp_path, capsys):
+    """`cadence tiny-model DIR --arch flux|flux_schnell|qwen_image|zimage` (one of them written here; the
+    others are the session's tiny folders above, written by the same function)."""
+    import argparse
+
+    from cadence.cli import TINY_ARCHS
+    from cadence.models.tiny import tiny_model_command
+
+    assert set(IMAGE_ARCHS) <= set(TINY_ARCHS)
+    args = argparse.Namespace(dir=str(tmp_path / "zimage"), arch="zimage", seed=0)
+    assert tiny_model_command(args) == 0
+    assert capsys.readouterr().out.strip() == str(tmp_path / "zimage")
+    assert detect_arch(tmp_path / "zimage") == "zimage"
+    assert diffusers.ZImagePipeline.from_pretrained(str(tmp_path / "zimage")).transformer is not None

@@ -16,7 +16,10 @@ U = Unsupported
 _ANY = Accepts(lambda v: True, "any")
 _BOOL = Accepts(lambda v: isinstance(v, bool), "`true` or `false`")
 
-_FAMILY = "an older way to name the model family; Cadence trains Wan: set model.arch"
+_FAMILY = (
+    "an older way to name a model family Cadence does not train (it trains Wan, FLUX.1, Qwen-Image and Z-Image; "
+    "is_flux: true names FLUX.1): set model.arch"
+)
 _SDXL_TE = "SDXL's two text encoders; Wan has one (umT5)"
 _REFINER = (
     "SDXL refiners; Wan 2.2 A14B's two experts are model.model_kwargs.train_high_noise / train_low_noise"
@@ -189,10 +192,13 @@ OTHER: list[Unsupported] = [
     U("model.is_pixart", _FAMILY, False),
     U("model.is_pixart_sigma", _FAMILY, False),
     U("model.is_auraflow", _FAMILY, False),
-    U("model.is_flux", _FAMILY, False),
     U("model.is_lumina2", _FAMILY, False),
     U("model.is_v_pred", "v-prediction is for SD models; Wan predicts the flow-matching velocity", False),
-    U("model.use_flux_cfg", "Flux only", False),
+    U(
+        "model.use_flux_cfg",
+        "ai-toolkit's FLUX CFG training (it bypasses the guidance embedding) is not implemented; leave it false",
+        False,
+    ),
     U("model.experimental_xl", "SDXL only", False),
     U("model.use_text_encoder_1", _SDXL_TE, True),
     U("model.use_text_encoder_2", _SDXL_TE, True),

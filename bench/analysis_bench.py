@@ -5,7 +5,9 @@ two experts taking turns of `--turn` steps, a metrics row per step with the fiel
 per block of 40 blocks, sample motion at every checkpoint, an eval loss at every fifth). The reference is
 the smallest run: each size's cost per checkpoint is divided by the smallest size's, so 1.0 means the cost
 grows linearly with the run and 10 means ten times the cost per checkpoint. Sizes run in rounds (the order
-rotating from round to round), and the median of the per-round ratios is printed with its spread.
+rotating from round to round), a smaller run repeated until it covers as many checkpoints as the largest, and
+the median of the per-round ratios is printed with its spread, by wall clock and by this process's CPU time
+(other jobs on a shared machine stretch the wall time of one side of a pair, not this process's CPU time).
 
 - analysis: what `cadence analyze` does after reading the files: `build_series` + `evaluate` +
   `recommend` + the report's dict;
@@ -139,18 +141,22 @@ def live(run: Run, root: Path) -> int:
     return raised
 
 
-def per_checkpoint(kind: str, run: Run, checkpoints: int, tmp: Path) -> float:
-    start = time.perf_counter()
-    if kind == "analysis":
-        analysis(run)
-    elif kind == "html":
-        data = analysis(run)
-        start = time.perf_counter()
-        render_html(data)
-    else:
-        folder = Path(tempfile.mkdtemp(dir=tmp))
-        live(run, folder)
-    return (time.perf_counter() - start) / checkpoints
+def per_checkpoint(kind: str, run: Run, checkpoints: int, tmp: Path, repeats: int) -> tuple[float, float]:
+    """(wall, CPU) seconds per checkpoint of `repeats` runs of one kind (a small run repeated, so both sides
+    of a ratio last about as long: a run of milliseconds cannot be timed on a shared machine)."""
+    wall = cpu = 0.0
+    for _ in range(repeats):
+        data = analysis(run) if kind == "html" else None
+        start, start_cpu = time.perf_counter(), time.process_time()
+        if kind == "analysis":
+            analysis(run)
+        elif kind == "html":
+            render_html(data)
+        else:
+            live(run, Path(tempfile.mkdtemp(dir=tmp)))
+        wall += time.perf_counter() - start
+        cpu += time.process_time() - start_cpu
+    return wall / checkpoints / repeats, cpu / checkpoints / repeats
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -177,21 +183,22 @@ def main(argv: list[str] | None = None) -> int:
             runs = {c: Run(c, args.every, args.turn) for c in counts}
             per: dict[int, list[float]] = {c: [] for c in counts}
             ratios: dict[int, list[float]] = {c: [] for c in counts[1:]}
+            cpu_ratios: dict[int, list[float]] = {c: [] for c in counts[1:]}
+            repeats = {c: 1 if kind == "html" else max(1, counts[-1] // c) for c in counts}
             for round_index in range(args.rounds):
                 order = counts[round_index % len(counts) :] + counts[: round_index % len(counts)]
-                measured = {c: per_checkpoint(kind, runs[c], c, Path(tmp)) for c in order}
+                measured = {c: per_checkpoint(kind, runs[c], c, Path(tmp), repeats[c]) for c in order}
                 for c in counts:
-                    per[c].append(measured[c])
+                    per[c].append(measured[c][0])
                 for c in counts[1:]:
-                    ratios[c].append(measured[c] / measured[counts[0]])
+                    ratios[c].append(measured[c][0] / measured[counts[0]][0])
+                    cpu_ratios[c].append(measured[c][1] / measured[counts[0]][1])
             for c in counts:
-                total = Spread.of(per[c]).median * c
-                line = (
-                    f"{kind:8s} {c:5d} checkpoints: {Spread.of(per[c]).median * 1e3:8.3f} ms per checkpoint"
-                )
-                line += f" ({total:.2f} s in all)"
+                median = Spread.of(per[c]).median
+                line = f"{kind:8s} {c:5d} checkpoints: {median * 1e3:8.3f} ms per checkpoint ({median * c:.2f} s a run)"
                 if c in ratios:
-                    line += f"; per checkpoint vs {counts[0]}: {Spread.of(ratios[c]).text('.2f')}"
+                    line += f"; per checkpoint vs {counts[0]}: wall {Spread.of(ratios[c]).text('.2f')}"
+                    line += f", CPU {Spread.of(cpu_ratios[c]).median:.2f}"
                 out(line.replace(" pairs)", " rounds)") + "\n")
             sys.stdout.flush()
     return 0

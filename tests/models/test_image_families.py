@@ -235,3 +235,22 @@ def test_tiny_model_command_writes_every_image_arch(tmp_path, capsys):
     assert capsys.readouterr().out.strip() == str(tmp_path / "zimage")
     assert detect_arch(tmp_path / "zimage") == "zimage"
     assert diffusers.ZImagePipeline.from_pretrained(str(tmp_path / "zimage")).transformer is not None
+
+
+def test_block_layout_numbers_every_familys_blocks_in_execution_order():
+    from cadence.models.registry import block_layout
+    from cadence.networks.magnitude import block_index
+
+    flux = block_layout(
+        ["transformer_blocks.1.attn.to_q", "single_transformer_blocks.0.proj_out", "proj_out"]
+    )
+    assert flux == {
+        "transformer_blocks.1.attn.to_q": (1, "attn.to_q"),
+        "single_transformer_blocks.0.proj_out": (2, "proj_out"),
+    }
+    zimage = block_layout(
+        ["noise_refiner.0.attention.to_q", "context_refiner.0.attention.to_q", "layers.0.feed_forward.w1"]
+    )
+    assert [p for p, _ in zimage.values()] == [0, 1, 2]
+    wan = ["blocks.0.attn1.to_q", "blocks.7.ffn.net.2", "proj_out"]
+    assert {n: p for n, (p, _) in block_layout(wan).items()} == {n: block_index(n) for n in wan[:2]}

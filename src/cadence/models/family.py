@@ -212,6 +212,15 @@ class ModelFamily(ABC):
     def block_prefixes(self) -> tuple[str, ...]:
         return tuple(f"{name}." for name in self.block_lists)
 
+    def block_of(self, name: str) -> tuple[int, int, str] | None:
+        """(which block list, block number, name inside the block) of a module in the repeated blocks, else
+        None: `single_transformer_blocks.3.attn.to_q` -> (1, 3, "attn.to_q") for FLUX."""
+        head, _, rest = name.partition(".")
+        number, _, inner = rest.partition(".")
+        if head in self.block_lists and number.isdigit():
+            return self.block_lists.index(head), int(number), inner
+        return None
+
     def keep_high_precision(self, name: str) -> bool:
         """True for a module (dotted name below the transformer) that must not be quantized."""
         return any(part in name for part in self.high_precision_parts)

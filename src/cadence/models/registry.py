@@ -76,6 +76,22 @@ def family_for_transformer(module: torch.nn.Module) -> ModelFamily | None:
     return None
 
 
+def block_layout(names) -> dict[str, tuple[int, str]]:
+    """Module name -> (its block's place in execution order, its name inside the block) for the names inside
+    the repeated blocks, by the family whose key map knows them all (Wan's `blocks.N.` when none does). A later
+    block list's blocks are numbered after the highest block of the earlier lists among `names` (FLUX's single
+    blocks after its double blocks), so every block of a file or network gets its own number."""
+    names = list(names)
+    family = next((f for f in families() if f.keymap.knows(names)), families()[0])
+    found = {n: b for n in names if (b := family.block_of(n)) is not None}
+    offsets, start = {}, 0
+    for which in range(len(family.block_lists)):
+        offsets[which] = start
+        numbers = [number for w, number, _ in found.values() if w == which]
+        start += max(numbers) + 1 if numbers else 0
+    return {n: (offsets[w] + number, inner) for n, (w, number, inner) in found.items()}
+
+
 ARCHS = arch_names()
 TWO_EXPERT = tuple(a for a in ARCHS if arch_spec(a).two_experts)
 DEFAULT_BOUNDARY = {a: arch_spec(a).default_boundary for a in TWO_EXPERT}

@@ -109,9 +109,12 @@ def summarize(modules: Mapping[str, AdapterTensors]) -> MagnitudeSummary:
             "no LoRA modules to summarize (the file or network holds no LoRA, LoKr or LoHa modules)"
         )
     per_module = module_means(modules)
+    from cadence.models.registry import block_layout  # the model family's block lists (FLUX has two)
+
+    layout = block_layout(per_module)
     blocks: dict[int, list[float]] = {}
     for name, value in per_module.items():
-        index = block_index(name)
+        index = layout[name][0] if name in layout else block_index(name)
         if index is not None:
             blocks.setdefault(index, []).append(value)
     per_block = {i: sum(v) / len(v) for i, v in sorted(blocks.items())}

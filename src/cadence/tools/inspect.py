@@ -12,17 +12,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import sys
 from collections import Counter
 from pathlib import Path
 
+from cadence.models.registry import block_layout
 from cadence.networks.formats import LoraFile, load_lora_file
 from cadence.networks.loaders import shape_of, verdicts
 from cadence.networks.magnitude import summarize
 from cadence.networks.tensors import DORA_KEY, AdapterTensors
-
-_BLOCK_PREFIX = re.compile(r"^blocks\.\d+\.")
 
 
 def _num(value: float) -> int | float:
@@ -49,8 +47,9 @@ def inspect_lora(path: str | Path) -> dict:
     """The report as a JSON-ready dict."""
     lora: LoraFile = load_lora_file(path)
     mods = lora.modules
-    kinds = Counter(_BLOCK_PREFIX.sub("", name) for name in mods)
-    blocks = {int(n.split(".")[1]) for n in mods if _BLOCK_PREFIX.match(n)}
+    layout = block_layout(mods)  # the model family's blocks, in execution order (FLUX: double, then single)
+    kinds = Counter(layout[name][1] if name in layout else name for name in mods)
+    blocks = {position for position, _ in layout.values()}
     mag = summarize(mods)
     dora = sorted(
         {"output" if t.wd_on_output else "input" for t in mods.values() if t.dora_scale is not None}

@@ -15,10 +15,9 @@ from typing import Any, Protocol
 
 import torch
 
-from cadence.models.base import move_text
-
 from cadence.data.augment import variant_for
 from cadence.data.caption_tokens import variation_rng, vary_caption
+from cadence.models.base import move_text
 
 
 class LatentSource(Protocol):

@@ -342,7 +342,7 @@ class Trainer:
     def _sample(self, step: int) -> None:
         samples = self.s.samples
         if samples is not None and samples.due(step):
-            with evaluation_weights(self.s.optimizer):
+            with evaluation_weights(self.s.optimizer, self.s.ema):
                 written = samples.run(step)
             self.s.parallel.barrier()  # every rank's share is written before training goes on
             if written:

@@ -43,7 +43,9 @@ def test_absurd_learning_rate_and_steps_are_refused(make_flat):
 
 def test_bool_is_not_a_count(make_flat):
     issues = issues_of(
-        make_flat(train={"steps": True, "batch_size": False, "disable_sampling": True}, save={"save_every": True})
+        make_flat(
+            train={"steps": True, "batch_size": False, "disable_sampling": True}, save={"save_every": True}
+        )
     )
     assert issues["train.steps"] == "got 'true'; expected a whole number"
     assert issues["train.batch_size"] == "got 'false'; expected a whole number"

@@ -152,7 +152,10 @@ def test_weighted_draws_like_linear_and_weights_with_ai_toolkits_table() -> None
     t = torch.tensor([1.0, 0.876, 0.5, 0.0004, 0.0])
     weights = sampler.loss_weights(t)
     assert weights.tolist() == pytest.approx([float(table[i]) for i in (0, 124, 500, 999, 999)])
-    assert TimestepSampler("linear").loss_weights(t) is None and TimestepSampler("sigmoid").loss_weights(t) is None
+    assert (
+        TimestepSampler("linear").loss_weights(t) is None
+        and TimestepSampler("sigmoid").loss_weights(t) is None
+    )
     # each expert keeps the uniform shape inside its own range; the weights follow t, not the range
     gen = torch.Generator().manual_seed(2)
     high = sampler.sample(N, BOUNDARY, 1.0, gen)
@@ -205,10 +208,14 @@ def test_denoising_steps_keep_the_quantiles_ai_toolkit_keeps(kind: str) -> None:
 def test_denoising_steps_defaults_keep_everything_and_cut_inside_an_expert() -> None:
     assert denoising_range(TimestepSampler("sigmoid"), 0, 999) == (0.0, 1.0)
     assert denoising_range(TimestepSampler("sigmoid"), 0, 1000) == (0.0, 1.0)  # ai-toolkit clamps to 999
-    sampler = sampler_for(TrainConfig(timestep_type="linear", min_denoising_steps=50, max_denoising_steps=999))
+    sampler = sampler_for(
+        TrainConfig(timestep_type="linear", min_denoising_steps=50, max_denoising_steps=999)
+    )
     assert sampler.t_range == (0.0, pytest.approx(0.95))
     t = sampler.sample(N, BOUNDARY, 1.0, torch.Generator().manual_seed(1)).double().numpy()
-    assert t.min() >= BOUNDARY and t.max() < 0.95  # the expert's range cut to the configured one, still uniform
+    assert (
+        t.min() >= BOUNDARY and t.max() < 0.95
+    )  # the expert's range cut to the configured one, still uniform
     assert stats.kstest(t, stats.uniform(BOUNDARY, 0.95 - BOUNDARY).cdf).pvalue > 0.01
 
 

@@ -15,7 +15,9 @@ from .conftest import job_dict, write_job
 
 
 @pytest.mark.parametrize("component", ["transformer", "vae", "transformer_2"])
-def test_broken_config_json_is_named(tiny_i2v: Path, clips: Path, tmp_path: Path, caplog, component: str) -> None:
+def test_broken_config_json_is_named(
+    tiny_i2v: Path, clips: Path, tmp_path: Path, caplog, component: str
+) -> None:
     model = tmp_path / "model"
     shutil.copytree(tiny_i2v, model)
     broken = model / component / "config.json"

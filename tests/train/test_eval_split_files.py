@@ -11,7 +11,9 @@ from cadence.train.setup import _split_eval
 from .conftest import job_dict, write_job
 
 
-def test_windows_of_one_clip_never_straddle_train_and_eval(tiny_i2v: Path, clips: Path, tmp_path: Path) -> None:
+def test_windows_of_one_clip_never_straddle_train_and_eval(
+    tiny_i2v: Path, clips: Path, tmp_path: Path
+) -> None:
     job = job_dict(tiny_i2v, clips, tmp_path / "out", eval_split=0.4)
     job["datasets"][0].update({"frame_extraction": "slide", "frame_stride": 2, "num_frames": 5})
     cfg = load_config(write_job(tmp_path / "job.yaml", job))

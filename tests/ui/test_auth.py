@@ -136,4 +136,6 @@ def test_bad_session_days_is_a_message_not_a_traceback(bad, monkeypatch, capsys)
     monkeypatch.setenv("CADENCE_UI_SESSION_DAYS", bad)
     monkeypatch.setenv("CADENCE_AUTH", TOKEN)
     code = ui_command(argparse.Namespace(host="127.0.0.1", port=0, home=None))
-    assert code == 2 and "CADENCE_UI_SESSION_DAYS must be a positive number of days" in capsys.readouterr().err
+    assert (
+        code == 2 and "CADENCE_UI_SESSION_DAYS must be a positive number of days" in capsys.readouterr().err
+    )

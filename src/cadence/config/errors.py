@@ -59,6 +59,8 @@ def closest(key: str, valid: Iterable[str]) -> str | None:
     per eight characters (at least one), so `lrr` -> `lr` and `lr_bumb` -> `lr_bump`, but never a different
     word that merely looks alike (`ctrl_idx` is not `ctrl_img`, `te_dtype` not `qtype`)."""
     budget = max(1, len(key) // 8)
-    scored = [(edit_distance(key, name), -difflib.SequenceMatcher(None, key, name).ratio(), name) for name in valid]
+    scored = [
+        (edit_distance(key, name), -difflib.SequenceMatcher(None, key, name).ratio(), name) for name in valid
+    ]
     near = sorted(s for s in scored if s[0] <= budget and s[2] != key)
     return near[0][2] if near else None

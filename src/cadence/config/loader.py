@@ -241,7 +241,11 @@ def _resolve_paths(body: dict[str, Any], base: Path) -> None:
         node = body.get(section)
         if isinstance(node, dict) and key in node:
             value = node[key]
-            node[key] = {k: _local(v, base) for k, v in value.items()} if isinstance(value, dict) else _local(value, base)
+            node[key] = (
+                {k: _local(v, base) for k, v in value.items()}
+                if isinstance(value, dict)
+                else _local(value, base)
+            )
     if isinstance(model, dict) and isinstance(model.get("name_or_path"), str):
         raw = model["name_or_path"]
         explicit = raw.startswith(("./", "../", "~", ".\\", "..\\"))

@@ -325,21 +325,30 @@ class DatasetConfig(Strict):
     num_repeats: int = Field(1, ge=1)
     is_eval: bool = False
     # augmentation and regularisation as ai-toolkit means them (data/augment, caption_tokens, regularization)
-    flip_x: bool = Field(False, description="add a left-right mirrored copy of every item (its own cache entry)")
-    flip_y: bool = Field(False, description="add an upside-down copy of every item (of the mirrored ones too)")
+    flip_x: bool = Field(
+        False, description="add a left-right mirrored copy of every item (its own cache entry)"
+    )
+    flip_y: bool = Field(
+        False, description="add an upside-down copy of every item (of the mirrored ones too)"
+    )
     temporal_jitter: int = Field(
-        0, ge=0, description="the relaxis fork's per-frame jitter: each frame index moves up to ±N source frames"
+        0,
+        ge=0,
+        description="the relaxis fork's per-frame jitter: each frame index moves up to ±N source frames",
     )
     temporal_jitter_variants: int = Field(
         4, ge=1, le=64, description="jittered frame plans per window, each cached once; a batch draws one"
     )
-    shuffle_tokens: bool = Field(False, description="shuffle the caption's comma-separated tokens at batch time")
+    shuffle_tokens: bool = Field(
+        False, description="shuffle the caption's comma-separated tokens at batch time"
+    )
     token_dropout_rate: float = Field(
         0.0, ge=0, le=1, description="drop each caption token (past keep_tokens) with this probability"
     )
     keep_tokens: int = Field(0, ge=0, description="first caption tokens that token_dropout_rate never drops")
     is_reg: bool = Field(
-        False, description="a regularisation set: every other step of each expert trains on these (no trigger)"
+        False,
+        description="a regularisation set: every other step of each expert trains on these (no trigger)",
     )
     loss_multiplier: float = Field(1.0, ge=0, description="this dataset's items' loss is multiplied by this")
     network_weight: float = Field(1.0, description="LoRA multiplier while training on this dataset's items")
@@ -632,7 +641,9 @@ class ModelKwargs(Strict):
 
 class ModelConfig(Strict):
     name_or_path: str
-    arch: str = Field(description="the model family and variant (cadence.models.registry; ai-toolkit's names)")
+    arch: str = Field(
+        description="the model family and variant (cadence.models.registry; ai-toolkit's names)"
+    )
     revision: str | None = None
     quantize: bool = False
     qtype: str = "qfloat8"

@@ -306,7 +306,11 @@ REGISTRY: list[Unsupported] = [
     U("datasets[].control_path_1", "one control image per clip (control_path)", None),
     U("datasets[].control_path_2", "one control image per clip (control_path)", None),
     U("datasets[].control_path_3", "one control image per clip (control_path)", None),
-    U("datasets[].control_from_same_folder", "random controls from the media folder: use control_path", False),
+    U(
+        "datasets[].control_from_same_folder",
+        "random controls from the media folder: use control_path",
+        False,
+    ),
     U("datasets[].num_controls_from_same_folder", "only used with control_from_same_folder", accepts=_ANY),
     U("datasets[].full_size_control_images", "control images are always fitted to the clip's bucket", True),
     U("datasets[].mask_path", _NO_CTRL, None),

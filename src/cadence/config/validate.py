@@ -170,7 +170,9 @@ def alpha_report(cfg: JobConfig) -> list[str]:
     if schedule is None or not schedule.enabled:
         net = cfg.network
         if net.algo == "lokr" and net.lokr_full_rank:
-            line = "alphas: LoKr with full factors has no rank and no alpha: scale 1 (linear_alpha is not used)"
+            line = (
+                "alphas: LoKr with full factors has no rank and no alpha: scale 1 (linear_alpha is not used)"
+            )
         else:
             line = f"alphas: Linear adapters at linear_alpha {linear:g} (rank {net.linear})"
         if "conv" in kinds:

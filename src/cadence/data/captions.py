@@ -180,7 +180,7 @@ def read_jsonl_captions(folder: Path) -> JsonlCaptions:
         parsed = JsonlCaptions()
     if parsed.bad_lines:
         log.warning(
-            "%s: %d lines are not {\"video_path\"|\"image_path\": NAME, \"caption\": TEXT} entries and are "
+            '%s: %d lines are not {"video_path"|"image_path": NAME, "caption": TEXT} entries and are '
             "ignored (a torn last line is what a killed writer leaves; `cadence caption` repairs it)",
             path,
             parsed.bad_lines,

@@ -53,7 +53,9 @@ class MediaItem:
     dataset_index: int
     width: int  # bucket size in pixels
     height: int
-    frames: tuple[int, ...]  # source frame indices to decode, ascending ((0,) for images; jittered: any order)
+    frames: tuple[
+        int, ...
+    ]  # source frame indices to decode, ascending ((0,) for images; jittered: any order)
     source_fps: float  # 0.0 for images
     file_size: int
     mtime_ns: int
@@ -69,7 +71,9 @@ class MediaItem:
     control_stamp: str = ""  # "size:mtime_ns" of the control image, for the cache fingerprint
     control_background: tuple[int, int, int] = (0, 0, 0)  # RGB under its transparent pixels
     flip: str = ""  # flip_x / flip_y copies: "x", "y" or "xy" (mirrored before encoding; its own cache entry)
-    jitter: tuple[tuple[int, ...], ...] = ()  # temporal_jitter: the window's jittered frame plans (see variants)
+    jitter: tuple[
+        tuple[int, ...], ...
+    ] = ()  # temporal_jitter: the window's jittered frame plans (see variants)
     caption_source: str = ""  # the caption as read, before the trigger word (token augmentation varies it)
     variation: CaptionVariation | None = None  # shuffle_tokens / token_dropout_rate, applied at batch time
     is_reg: bool = False  # a regularisation item (datasets[].is_reg)

@@ -185,7 +185,9 @@ class FluxKeyMap(KeyMap):
         for original, group in self._groups(list(modules)).items():
             tensors = [modules[n] for n in group]
             if self._fused_members(original) and len({(t.rank, float(t.alpha or 0)) for t in tensors}) > 1:
-                problems.append(f"{original}: its fused members have different ranks or alphas; use the diffusers layout")
+                problems.append(
+                    f"{original}: its fused members have different ranks or alphas; use the diffusers layout"
+                )
         return problems
 
     def _groups(self, names) -> dict[str, list[str]]:

@@ -25,7 +25,9 @@ from dataclasses import dataclass, field
 @dataclass(frozen=True)
 class LoaderRules:
     comfy_kohya: bool  # ComfyUI matches `lora_unet_<name>` for this family
-    diffusers_algos: dict[str, frozenset[str]] = field(default_factory=dict)  # layout -> algos its converter reads
+    diffusers_algos: dict[str, frozenset[str]] = field(
+        default_factory=dict
+    )  # layout -> algos its converter reads
     diffusers_caveat: dict[str, str] = field(default_factory=dict)  # layout -> what it assumes
     drops_alpha_of: tuple[str, ...] = ()  # modules whose .alpha diffusers' converter ignores (comfyui/kohya)
 

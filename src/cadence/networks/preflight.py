@@ -116,7 +116,9 @@ def network_issues(cfg: JobConfig, folder: Path, prefix: str = "") -> list[Issue
         for key, message in problems:
             seen.setdefault((key, message), None)
         if not problems:
-            rank = cfg.network.linear if cfg.network.algo != "lokr" or not cfg.network.lokr_full_rank else None
+            rank = (
+                cfg.network.linear if cfg.network.algo != "lokr" or not cfg.network.lokr_full_rank else None
+            )
             trained[expert] = (cfg.network.algo, rank, select_targets(root, cfg.network, warn=False))
     for key, message in file_issues(cfg.network.pretrained_lora_path, cfg.model.lora_path, roots, trained):
         seen.setdefault((key, message), None)

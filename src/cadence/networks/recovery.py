@@ -90,7 +90,9 @@ def attach_recovery_adapter(
     """A frozen network on exactly `modules`, in the base's dtype, hooked in and in eval mode."""
     ranks = sorted({t.rank for t in modules.values()})
     if len(ranks) != 1 or {t.algo for t in modules.values()} != {"lora"}:
-        raise ValueError(f"accuracy-recovery adapter for {name}: one LoRA rank expected, the file has {ranks}")
+        raise ValueError(
+            f"accuracy-recovery adapter for {name}: one LoRA rank expected, the file has {ranks}"
+        )
     net = LoRANetwork.from_tensors(transformer, modules, f"{name}_recovery")
     net.to(device=device, dtype=dtype).requires_grad_(False).eval()
     net.apply()

@@ -92,7 +92,7 @@ class AdapterTensors:
 
     @property
     def dora_axis(self) -> str | None:
-        """"output", "input" or None (no DoRA): what an adapter module built from these tensors takes."""
+        """ "output", "input" or None (no DoRA): what an adapter module built from these tensors takes."""
         axis = self.wd_on_output
         return None if axis is None else "output" if axis else "input"
 

@@ -228,5 +228,3 @@ def sample_command(args: argparse.Namespace) -> int:
     for path in written:
         _out(str(path))
     return 0
-
-

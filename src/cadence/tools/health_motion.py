@@ -120,4 +120,3 @@ def motion_excess(s: RunSeries, i: int, th: float, _active: Mapping[str, float])
     )
     before = s.points[table.points[start - 1]].step if start > 0 else -1  # -1: no calmer checkpoint before it
     return [HealthWarning("motion_excess", s.points[i].step, None, msg, b, th, before)]
-

@@ -104,7 +104,9 @@ class RecommendIndex:
         if best is not None:
             p = series.points[best]
             scored = self.scored[last]
-            picks.append((p.step, f"lowest eval loss ({p.eval_loss:.5f}) of {scored} checkpoints with eval loss"))
+            picks.append(
+                (p.step, f"lowest eval loss ({p.eval_loss:.5f}) of {scored} checkpoints with eval loss")
+            )
         if self.cfg is not None and self.cfg.preset == "motion" and self.best_balance[last] is not None:
             p = series.points[self.best_balance[last]]  # type: ignore[index]
             picks.append(

@@ -21,7 +21,9 @@ class CardFile:
     path: str  # path in the repo
     layout: str  # comfyui | diffusers
     metadata: dict[str, str] = field(default_factory=dict)
-    diffusers_loads: bool = True  # diffusers' load_lora_weights loads it (not LoKr/LoHa, ...: networks/loaders)
+    diffusers_loads: bool = (
+        True  # diffusers' load_lora_weights loads it (not LoKr/LoHa, ...: networks/loaders)
+    )
 
 
 @dataclass

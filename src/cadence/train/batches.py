@@ -51,7 +51,9 @@ class Batch:
         return Batch(
             latents=self.latents.to(device=device, dtype=torch.float32, non_blocking=non_blocking),
             text=move_text(self.text, device, dtype),
-            cond={k: v.to(device=device, dtype=dtype, non_blocking=non_blocking) for k, v in self.cond.items()},
+            cond={
+                k: v.to(device=device, dtype=dtype, non_blocking=non_blocking) for k, v in self.cond.items()
+            },
             captions=self.captions,
             loss_weights=None if self.loss_weights is None else self.loss_weights.to(device),
             network_weights=None if self.network_weights is None else self.network_weights.to(device),
@@ -115,10 +117,14 @@ class BatchAssembler:
             network_weights=_weights([getattr(item, "network_weight", 1.0) for item in items]),
         )
 
-    def load_latents(self, items: list[Any], draws: list[float | None], pin: bool = False) -> dict[str, torch.Tensor]:
+    def load_latents(
+        self, items: list[Any], draws: list[float | None], pin: bool = False
+    ) -> dict[str, torch.Tensor]:
         """{"latents": [B, ...], conditioning keys: [B, ...]} of the items' cache entries (the variant each
         draw picks), stacked; `pin`: into pinned host memory, for an asynchronous copy to the GPU."""
-        entries = [self.latents.load(variant_for(item, draw)) for item, draw in zip(items, draws, strict=True)]
+        entries = [
+            self.latents.load(variant_for(item, draw)) for item, draw in zip(items, draws, strict=True)
+        ]
         keys = ["latents", *sorted(k for k in entries[0] if k != "latents")]
         out = {}
         for key in keys:

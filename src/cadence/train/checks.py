@@ -245,4 +245,3 @@ class PeriodicChecks:
             self.stop_reason = f"{result.stop_reason}; keeping checkpoint step {kept}"
             return {**result.metrics_fields(), "health_stop": self.stop_reason}
         return result.metrics_fields()
-

@@ -181,7 +181,9 @@ class Trainer:
         s.optimizer.zero_grad(set_to_none=True)  # free gradients before eval, sampling and saving
         s.router.advance()
         values = torch.stack(losses).tolist()  # the same floats one float() per micro-batch gave
-        loss, t_mean = s.parallel.mean([sum(values) / len(values), t_mean])  # the line's loss: all ranks' mean
+        loss, t_mean = s.parallel.mean(
+            [sum(values) / len(values), t_mean]
+        )  # the line's loss: all ranks' mean
         return StepResult(loss, expert, t_mean, grad_norm, time.perf_counter() - started, lrs)
 
     def _trainable(self, expert: str) -> list[torch.Tensor]:
@@ -283,7 +285,9 @@ class Trainer:
                     self._after_update(result)
                     self._count_nan(result)
                     row = self.metrics_row(step, result)
-                    if step == plan[-1][0]:  # saves, samples and stops come between rounds, agreed by all ranks
+                    if (
+                        step == plan[-1][0]
+                    ):  # saves, samples and stops come between rounds, agreed by all ranks
                         wanted = (
                             step % s.cfg.save.save_every == 0 or step == total or s.checks.forces_save(step)
                         )

@@ -44,7 +44,9 @@ class MetricsHub:
         self.transitions: list[dict[str, Any]] = []
         # context in which weights read for metrics are the user-facing ones (schedule-free: averaged)
         self.weights_view: Callable[[], AbstractContextManager[Any]] = contextlib.nullcontext
-        self.weights_measured = "trained"  # what weights_view shows: "trained", "ema", "schedule_free_average"
+        self.weights_measured = (
+            "trained"  # what weights_view shows: "trained", "ema", "schedule_free_average"
+        )
         self.nan_streak = 0  # consecutive skipped (non-finite) steps
         self.nan_total = 0
         self.emit: EventEmitter = no_events  # the recorder's event(): phase changes reach the sinks

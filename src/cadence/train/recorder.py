@@ -107,7 +107,9 @@ class RunRecorder:
         latest = self.checkpoints.latest_step()
         if latest is None:
             return "no checkpoint was saved before this point"
-        return f"the last good checkpoint is step {latest} ({self.checkpoints.paths.state_dir(latest)}), intact"
+        return (
+            f"the last good checkpoint is step {latest} ({self.checkpoints.paths.state_dir(latest)}), intact"
+        )
 
     def check_finite(self, setup: TrainingSetup, step: int, save_dtype: Any) -> None:
         """Refuse to write a checkpoint whose adapters hold inf/NaN: in the training state (fp32 masters) or

@@ -88,7 +88,9 @@ class TrainingSetup:
     ema: AdapterEMA | None = None  # train.ema_config: what files, samples, eval and |ΔW| use
     start_step: int = 0
     extras: dict[str, Any] = field(default_factory=dict)
-    parallel: ParallelContext = field(default_factory=ParallelContext)  # the other ranks (none in one process)
+    parallel: ParallelContext = field(
+        default_factory=ParallelContext
+    )  # the other ranks (none in one process)
 
     clip_grad_norm = staticmethod(clip_grad_norm)
 
@@ -211,10 +213,14 @@ def build_training(cfg: JobConfig, parallel: ParallelContext | None = None) -> T
     )  # before caching and before LoRA: quantizers may swap Linear classes
     for expert in _trained_experts(cfg, adapter):  # target filters that match nothing: before caching
         targets = select_targets(adapter.transformer(expert), cfg.network, warn=False)
-        if problems := layout_issues(cfg, list(targets)):  # a file layout that cannot hold them (FLUX's fused qkv)
+        if problems := layout_issues(
+            cfg, list(targets)
+        ):  # a file layout that cannot hold them (FLUX's fused qkv)
             raise ConfigError(problems)
     timesteps = sampler_for(cfg.train)  # min/max_denoising_steps that leave an expert nothing: before caching
-    ranges = {s.name: (s.t_low, s.t_high) for s in adapter.experts if s.name in _trained_experts(cfg, adapter)}
+    ranges = {
+        s.name: (s.t_low, s.t_high) for s in adapter.experts if s.name in _trained_experts(cfg, adapter)
+    }
     if problems := range_problems(timesteps, ranges):
         raise ConfigError(problems)
     index = build_dataset_index(
@@ -232,7 +238,9 @@ def build_training(cfg: JobConfig, parallel: ParallelContext | None = None) -> T
         adapter.transformer(expert).train()
     # attention backend, checkpointing, block swap, adapter dtype, regional compile (after LoRA hooks exist)
     perf = apply_memory_options(adapter, cfg, experts, networks)
-    parallel.shard_frozen(adapter)  # parallel.shard_base: FSDP2 over the frozen blocks (after hooks and checkpointing)
+    parallel.shard_frozen(
+        adapter
+    )  # parallel.shard_base: FSDP2 over the frozen blocks (after hooks and checkpointing)
     groups = build_param_groups(networks, cfg.train, cfg.network.network_kwargs.loraplus_lr_ratio)
     optimizer = build_optimizer(cfg.train, groups)
     lr_scheduler = build_lr_scheduler(
@@ -250,7 +258,11 @@ def build_training(cfg: JobConfig, parallel: ParallelContext | None = None) -> T
     ema = AdapterEMA(networks, cfg.train.ema_config.ema_decay) if cfg.train.ema_config.use_ema else None
     hub.weights_view = lambda: evaluation_weights(optimizer, ema)
     hub.weights_measured = (
-        "ema" if ema is not None else "schedule_free_average" if needs_train_eval_mode(optimizer) else "trained"
+        "ema"
+        if ema is not None
+        else "schedule_free_average"
+        if needs_train_eval_mode(optimizer)
+        else "trained"
     )
     hub.apply_alphas()
 
@@ -264,7 +276,9 @@ def build_training(cfg: JobConfig, parallel: ParallelContext | None = None) -> T
     )
     # every expert's file name, trained this run or not: pruning a step removes all its LoRA files
     labels = [spec.name for spec in adapter.experts] if len(adapter.experts) > 1 else [None]
-    recorder = parallel.recorder(cfg, paths, CheckpointManager(paths, cfg.save.max_step_saves_to_keep, labels))
+    recorder = parallel.recorder(
+        cfg, paths, CheckpointManager(paths, cfg.save.max_step_saves_to_keep, labels)
+    )
     evaluator = None
     if eval_items:
         eval_batches = BatchAssembler(
@@ -481,7 +495,11 @@ def _start_from_pretrained(setup: TrainingSetup) -> None:
     if not spec:
         return
     experts = [s.name for s in setup.adapter.experts]
-    load_pretrained(setup.networks, expert_files(spec, experts, "network.pretrained_lora_path"), "network.pretrained_lora_path")
+    load_pretrained(
+        setup.networks,
+        expert_files(spec, experts, "network.pretrained_lora_path"),
+        "network.pretrained_lora_path",
+    )
     if setup.ema is not None:
         setup.ema.reset()
 
@@ -507,10 +525,14 @@ def _restore_ema(setup: TrainingSetup, saved: dict[str, Any] | None, step: int) 
         return
     ema.load_state_dict(saved)
     if float(saved.get("decay", ema.decay)) != ema.decay:
-        log.warning("resume: ema_decay changed from %g to %g; the new decay is used", saved["decay"], ema.decay)
+        log.warning(
+            "resume: ema_decay changed from %g to %g; the new decay is used", saved["decay"], ema.decay
+        )
 
 
-def _newest_readable(manager: CheckpointManager) -> tuple[int, dict[str, torch.Tensor], dict[str, Any]] | None:
+def _newest_readable(
+    manager: CheckpointManager,
+) -> tuple[int, dict[str, torch.Tensor], dict[str, Any]] | None:
     """The newest checkpoint whose state reads back; an unreadable one is set aside with a warning naming
     it, and the one before it is tried (its LoRA files stay: the resumed run writes that step again)."""
     for step in reversed(manager.complete_steps()):

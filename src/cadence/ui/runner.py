@@ -118,7 +118,9 @@ class JobRunner:
         env["CUDA_VISIBLE_DEVICES"] = "" if job.device == "cpu" else job.device
         # the slot decides the device: inside the job the chosen GPU is cuda:0 whatever the config says
         # (several GPUs: each torchrun worker takes the one of its local rank)
-        env["CADENCE_DEVICE"] = "cpu" if job.device == "cpu" else "cuda:0" if len(_slots(job)) == 1 else "cuda"
+        env["CADENCE_DEVICE"] = (
+            "cpu" if job.device == "cpu" else "cuda:0" if len(_slots(job)) == 1 else "cuda"
+        )
         env["PYTHONUNBUFFERED"] = "1"
         cmd = [
             sys.executable,

@@ -175,7 +175,17 @@ def main(argv: list[str] | None = None) -> int:
         "html": [int(s) for s in args.sizes.split(",")],
         "live": [int(s) for s in args.live_sizes.split(",") if s],
     }
-    logging.getLogger("cadence").setLevel(logging.ERROR)  # the live checks' warnings are not the point here
+    own_logger = logging.getLogger("cadence")
+    level = own_logger.level
+    own_logger.setLevel(logging.ERROR)  # the live checks' warnings are not the point here
+    try:
+        return _run(args, sizes)
+    finally:
+        own_logger.setLevel(level)  # a caller's (e.g. a test's) logging is left as it was
+
+
+def _run(args: argparse.Namespace, sizes: dict[str, list[int]]) -> int:
+    """Each kind's per-checkpoint cost at each size, in rounds of alternating order."""
     out = sys.stdout.write
     with tempfile.TemporaryDirectory() as tmp:
         for kind in [k for k in args.kinds.split(",") if k and sizes.get(k)]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -35,3 +36,20 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory):
 def tiny_i2v(tiny_models):
     """The tiny Wan 2.2 I2V A14B folder most training and sampling tests use."""
     return tiny_models("wan22_14b_i2v")
+
+
+def _logging_state() -> tuple:
+    own = logging.getLogger("cadence")
+    return logging.root.manager.disable, logging.getLogger().level, own.level, own.disabled, own.propagate
+
+
+@pytest.fixture(autouse=True)
+def logging_left_as_found():
+    """A test (or the code it runs) that leaves Cadence's logging quieter makes every later test that reads
+    log.txt or caplog fail far from the cause: fail the test that did it instead."""
+    before = _logging_state()
+    yield
+    after = _logging_state()
+    assert after == before, (
+        f"logging state (disable, root level, cadence level/disabled/propagate) {before} -> {after}"
+    )

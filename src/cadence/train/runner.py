@@ -37,8 +37,6 @@ def attach_log_file(path: Path) -> logging.Handler:
     handler = logging.FileHandler(path, encoding="utf-8")
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.getLogger().addHandler(handler)
-    if logging.getLogger().level > logging.INFO:
-        logging.getLogger().setLevel(logging.INFO)
     return handler
 
 
@@ -96,9 +94,11 @@ def run_training(
         parallel.close()
         log.error("%s", error)  # before log.txt is attached: the run folder is not this run's to write
         return 2
+    own_logger, root_logger = logging.getLogger("cadence"), logging.getLogger()
+    own_level, root_level = own_logger.level, root_logger.level
+    if root_level > logging.INFO:  # log.txt holds the INFO lines; both levels are restored at the end
+        root_logger.setLevel(logging.INFO)
     detach_logs = parallel.logs(lambda: attach_log_file(cfg.run_dir / "log.txt"))
-    own_logger = logging.getLogger("cadence")
-    own_level = own_logger.level
     if cfg.logging.verbose:  # Cadence's own debug lines; third-party libraries stay at INFO
         own_logger.setLevel(logging.DEBUG)
     stop = StopFlag()
@@ -132,6 +132,7 @@ def run_training(
         lock.close()
         stop.uninstall(keep_ignoring=exiting)
         own_logger.setLevel(own_level)
+        root_logger.setLevel(root_level)
         detach_logs()
         parallel.close()
 

@@ -147,3 +147,26 @@ def test_a_card_for_a_hub_base_model_in_the_diffusers_layout() -> None:
     assert 'WanPipeline.from_pretrained("Wan-AI/Wan2.2-TI2V-5B-Diffusers"' in card
     assert "load_into_transformer_2" not in card and "fps=24" in card
     assert "![sample](samples/000000500_00.png)" in card and "No analysis: no metrics" in card
+
+
+def test_single_file_checkpoints_publish_with_their_diffusers_base_and_no_local_paths(tmp_path: Path) -> None:
+    from cadence.tools.publish import _base_model, public_config_text
+
+    model = {
+        "arch": "wan22_14b_i2v",
+        "name_or_path": {
+            "high_noise": "/home/me/ckpt/high.safetensors",
+            "low_noise": "/home/me/ckpt/low.safetensors",
+        },
+        "extras_name_or_path": "Wan-AI/Wan2.2-I2V-A14B-Diffusers",
+    }
+    assert _base_model(model) == "Wan-AI/Wan2.2-I2V-A14B-Diffusers"  # the file is no Hub id; its base is
+    assert (
+        _base_model({"name_or_path": "/m/flux1.safetensors", "extras_name_or_path": "/m/flux"}) == "/m/flux"
+    )
+    assert _base_model({"name_or_path": "owner/model"}) == "owner/model"
+    config = tmp_path / "config.yaml"
+    config.write_text(yaml.safe_dump({"model": dict(model, extras_name_or_path="/home/me/wan_diffusers")}))
+    public = yaml.safe_load(public_config_text(config))["model"]
+    assert public["name_or_path"] == {"high_noise": "high.safetensors", "low_noise": "low.safetensors"}
+    assert public["extras_name_or_path"] == "wan_diffusers"

@@ -86,7 +86,9 @@ def family_issues(cfg: JobConfig) -> list[Issue]:
                 "both are frozen LoRAs over the base; keep one",
             )
         )
-    return issues
+    from cadence.models.single_file import source_issues  # single-file checkpoints and extras_name_or_path
+
+    return issues + source_issues(cfg.model)
 
 
 def layout_issues(cfg: JobConfig, names: list[str]) -> list[tuple[str, str]]:

@@ -246,11 +246,22 @@ def _resolve_paths(body: dict[str, Any], base: Path) -> None:
                 if isinstance(value, dict)
                 else _local(value, base)
             )
-    if isinstance(model, dict) and isinstance(model.get("name_or_path"), str):
-        raw = model["name_or_path"]
-        explicit = raw.startswith(("./", "../", "~", ".\\", "..\\"))
-        if explicit or (not Path(raw).is_absolute() and (base / raw).is_dir()):
-            model["name_or_path"] = _local(raw, base)
+    for key in ("name_or_path", "extras_name_or_path"):  # a folder, a checkpoint file or one per expert
+        value = model.get(key) if isinstance(model, dict) else None
+        if isinstance(value, dict):
+            model[key] = {k: _local_model(v, base) for k, v in value.items()}
+        elif isinstance(value, str):
+            model[key] = _local_model(value, base)
+
+
+def _local_model(raw: Any, base: Path) -> Any:
+    """A model folder or checkpoint file beside the config is found there; a hub id stays as written."""
+    if not isinstance(raw, str):
+        return raw
+    explicit = raw.startswith(("./", "../", "~", ".\\", "..\\"))
+    if explicit or (not Path(raw).is_absolute() and (base / raw).exists()):
+        return _local(raw, base)
+    return raw
 
 
 def _resolve_adapter_paths(model: dict[str, Any], base: Path) -> None:

@@ -639,10 +639,45 @@ class ModelKwargs(Strict):
     boundary_ratio: float | None = Field(None, gt=0, lt=1)
 
 
+def _existing_transformer_files(value: str | dict[str, str]) -> str | dict[str, str]:
+    """A single-file transformer checkpoint (a `.safetensors` name, or one per expert) must exist; a Diffusers
+    folder or hub id is checked with the model (cadence.models.registry.check_model)."""
+    if isinstance(value, str) and not value.lower().endswith(".safetensors"):
+        return value
+    files = value.values() if isinstance(value, dict) else [value]
+    for path in files:
+        if not str(path).lower().endswith(".safetensors"):
+            raise ValueError(
+                f"{path!r} is not a .safetensors file: an expert's transformer checkpoint is one .safetensors file"
+            )
+        if not Path(str(path)).expanduser().is_file():
+            raise ValueError(
+                f"transformer checkpoint {path} does not exist; fix the path (relative to the config file), or "
+                "download the file first (`hf download OWNER/REPO FILE --local-dir DIR`)"
+            )
+    if isinstance(value, dict) and len(set(value.values())) < len(value):
+        raise ValueError("both experts name the same file; each expert has its own checkpoint file")
+    return value
+
+
+TransformerSource = Annotated[
+    str | dict[Literal["high_noise", "low_noise"], str], AfterValidator(_existing_transformer_files)
+]
+
+
 class ModelConfig(Strict):
-    name_or_path: str
+    name_or_path: TransformerSource = Field(
+        description="a Diffusers folder (relative to the config file) or hub id; or a single-file transformer "
+        "checkpoint (.safetensors, with extras_name_or_path); two-expert Wan 2.2 A14B: {high_noise: FILE, "
+        "low_noise: FILE}"
+    )
     arch: str = Field(
         description="the model family and variant (cadence.models.registry; ai-toolkit's names)"
+    )
+    extras_name_or_path: str | None = Field(
+        None,
+        description="with a single-file name_or_path: the Diffusers folder or hub id every other component (VAE, "
+        "text encoders, tokenizers, scheduler) and the transformer's config.json come from (ai-toolkit's key)",
     )
     revision: str | None = None
     quantize: bool = False
@@ -755,6 +790,38 @@ class ModelConfig(Strict):
     def recovery_adapter(self) -> str | None:
         """The accuracy-recovery adapter of 'uint4|FILE' (a local path or owner/repo/file), else None."""
         return self.qtype.partition("|")[2] or None
+
+    # ------------------------------------------------------------- where the components come from
+    @property
+    def single_file(self) -> bool:
+        """name_or_path names single-file transformer checkpoint(s) rather than a Diffusers folder or hub id."""
+        return isinstance(self.name_or_path, dict) or self.name_or_path.lower().endswith(".safetensors")
+
+    @property
+    def transformer_files(self) -> dict[str, str]:
+        """{expert: checkpoint file} ("main" for single-expert models); empty for a folder or hub id."""
+        if isinstance(self.name_or_path, dict):
+            return dict(self.name_or_path)
+        return {"main": self.name_or_path} if self.single_file else {}
+
+    @property
+    def folder_key(self) -> str:
+        """The key naming the Diffusers folder / hub id (what model-folder errors point at)."""
+        return "extras_name_or_path" if self.single_file else "name_or_path"
+
+    @property
+    def folder_spec(self) -> str:
+        """The Diffusers folder or hub id every component but single-file transformers is read from (with its
+        transformers' config.json): extras_name_or_path with a single-file name_or_path, else name_or_path (a
+        checkpoint file while extras_name_or_path is missing: no folder, as the config check reports)."""
+        if not self.single_file:
+            return str(self.name_or_path)
+        return self.extras_name_or_path or next(iter(self.transformer_files.values()))
+
+    def base_model(self, expert: str = "main") -> str:
+        """What `expert`'s adapter trains on, for LoRA-file metadata: its transformer file, else name_or_path."""
+        files = self.transformer_files
+        return files.get(expert) or next(iter(files.values()), None) or str(self.name_or_path)
 
 
 # ---------------------------------------------------------------------------------------------- sample

@@ -274,7 +274,6 @@ REGISTRY: list[Unsupported] = [
     U("model.dtype", "the base model is loaded in train.dtype"),
     U("model.vae_path", "the VAE is loaded from name_or_path", None),
     U("model.te_name_or_path", "the text encoder is loaded from name_or_path", None),
-    U("model.extras_name_or_path", "all components are loaded from name_or_path", None),
     U("model.model_paths", "all components are loaded from name_or_path", None),
     U(
         "model.attn_masking",

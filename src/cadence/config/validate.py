@@ -56,17 +56,24 @@ def filesystem_issues(cfg: JobConfig, prefix: str = "") -> list[tuple[str, str]]
 
 
 def _model_issues(cfg: JobConfig, prefix: str) -> list[tuple[str, str]]:
-    """A local model folder must hold the arch the config names (checked without reading weights)."""
-    folder = Path(cfg.model.name_or_path).expanduser()
-    if not folder.is_dir():
-        return []  # a hub id: checked when the model is loaded (offline, with a clear error)
+    """A local model folder (extras_name_or_path beside single-file checkpoints) must hold the arch the config
+    names, and each checkpoint file must be a transformer of it (checked without reading weights)."""
     from cadence.models.base import ModelLoadError
     from cadence.models.registry import check_model
+    from cadence.models.single_file import file_header, transformer_files
 
+    folder = Path(cfg.model.folder_spec).expanduser()
     try:
-        check_model(str(folder), cfg.model.arch, cfg.model.revision)
+        if not folder.is_dir():  # a hub id: checked when the model is loaded (offline, with a clear error)
+            for path, key in transformer_files(cfg.model).values():
+                file_header(path, key)  # a local checkpoint file is read now (its header)
+            return []
+        check_model(cfg.model)
     except ModelLoadError as error:
-        return [(format_path(("model", "name_or_path"), prefix), str(error))]
+        key, _, rest = str(error).partition(": ")
+        if key.startswith("model.") and " " not in key:  # the message names its key: report it there
+            return [(format_path(tuple(key.split("."))[:3], prefix), rest)]
+        return [(format_path(("model", cfg.model.folder_key), prefix), str(error))]
     from cadence.networks.preflight import network_issues  # the adapters on an empty (meta) model
 
     return network_issues(cfg, folder, prefix)
@@ -109,7 +116,7 @@ def _timestep_range_issues(cfg: JobConfig, prefix: str) -> list[tuple[str, str]]
     from cadence.networks.preflight import trained_components
     from cadence.schedule.timesteps import range_problems, sampler_for
 
-    folder = Path(cfg.model.name_or_path).expanduser()
+    folder = Path(cfg.model.folder_spec).expanduser()
     try:
         index = read_model_index(folder) if folder.is_dir() else {}
     except ModelLoadError:
@@ -212,7 +219,7 @@ def _trained_kinds(cfg: JobConfig) -> tuple[set[str], bool]:
     """Adapter kinds ("linear", "conv") the config trains, from the local model's layers on the meta device;
     for a hub id (second value True) assumed: Conv only when network.conv and include_patterns add Conv layers
     (Wan's transformer blocks are Linear-only)."""
-    folder = Path(cfg.model.name_or_path).expanduser()
+    folder = Path(cfg.model.folder_spec).expanduser()
     if folder.is_dir():
         from cadence.networks.preflight import meta_transformer, trained_components
         from cadence.networks.targeting import is_conv, select_targets

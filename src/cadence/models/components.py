@@ -1,7 +1,8 @@
 """Loading one pipeline component from a Diffusers folder, the same way for every family.
 
-`load_component` calls the diffusers or transformers class's own `from_pretrained` (local files only) and turns
-any library error into one `ModelLoadError` naming the folder; `frozen` puts a loaded module in eval mode
+`load_component` calls the diffusers or transformers class's own `from_pretrained` (local files only), or for a
+transformer given as a single-file checkpoint its `from_single_file`, and turns any library error into one
+`ModelLoadError` naming the folder or file; `frozen` puts a loaded module in eval mode
 without gradients on its device; `scheduler_class` reads the scheduler class a folder names.
 """
 
@@ -15,17 +16,24 @@ import torch
 from cadence.models.base import ModelLoadError
 
 
-def load_component(kind: str, folder: Path, name: str, **kwargs):
-    """from_pretrained of one component, turning library errors into a message naming the folder."""
+def load_component(kind: str, folder: Path, name: str, single_file: Path | None = None, **kwargs):
+    """from_pretrained of one component, turning library errors into a message naming the folder. With
+    `single_file` (a transformer checkpoint, see `single_file.py`): the class's `from_single_file` of that file,
+    with `folder/name/config.json` as its config."""
     import diffusers
     import transformers
 
     cls = getattr(diffusers, kind, None) or getattr(transformers, kind)
     path = folder / name
     try:
+        if single_file is not None:
+            return cls.from_single_file(
+                str(single_file), config=str(folder), subfolder=name, local_files_only=True, **kwargs
+            )
         return cls.from_pretrained(str(path), local_files_only=True, **kwargs)
     except Exception as exc:  # noqa: BLE001 - any loader failure becomes one user-facing message
-        raise ModelLoadError(f"could not load {name} from {path} with {kind}: {exc}") from exc
+        source = path if single_file is None else f"{single_file} (config {path / 'config.json'})"
+        raise ModelLoadError(f"could not load {name} from {source} with {kind}: {exc}") from exc
 
 
 def frozen(module: torch.nn.Module, device: torch.device) -> torch.nn.Module:

@@ -6,7 +6,8 @@ asks the family of an arch (`cadence.models.registry.family_of`) or a loaded `Mo
 * which archs it has (`ArchSpec`: experts, I2V, geometry, frame rate or image-only, sample output kind) and
   the other spellings of their names (ai-toolkit's `arch` values and UI tags),
 * how to recognise its Diffusers folders (`detect`) and which components they must hold,
-* how to load one behind the `ModelAdapter` contract (`load`),
+* how to load one behind the `ModelAdapter` contract (`load`; a transformer may come from a single-file
+  checkpoint beside the folder, `single_file.py`),
 * its memory layout for `cadence.perf` (the repeated blocks in execution order, the Linears that may be
   quantized, the layers that stay in high precision),
 * its default LoRA targets and its `KeyMap` (module names in the ComfyUI/kohya file layouts),
@@ -190,8 +191,11 @@ class ModelFamily(ABC):
         device: Any,
         dtype: Any,
         model_id: str,
+        files: dict[str, Path] | None = None,
     ) -> ModelAdapter:
-        """Every component training and sampling need, frozen, behind the adapter contract."""
+        """Every component training and sampling need, frozen, behind the adapter contract. `files`: the
+        transformer components given as single-file checkpoints ({component: file}, checked by the registry),
+        loaded with `components.load_component(..., single_file=file)`; the rest come from `folder`."""
 
     # ------------------------------------------------------------------------------------- memory layout
     def transformer_blocks(self, transformer: nn.Module) -> nn.ModuleList:

@@ -60,8 +60,19 @@ class FluxFamily(ImageFamily):
             "transformer",
         )
 
-    def load(self, folder: Path, arch: str, model_cfg: Any, device: Any, dtype: Any, model_id: str):
-        adapter = FluxAdapter.load(folder, arch, torch.device(device), dtype, model_id, model_cfg.low_vram)
+    def load(
+        self,
+        folder: Path,
+        arch: str,
+        model_cfg: Any,
+        device: Any,
+        dtype: Any,
+        model_id: str,
+        files: dict[str, Path] | None = None,
+    ):
+        adapter = FluxAdapter.load(
+            folder, arch, torch.device(device), dtype, model_id, model_cfg.low_vram, files
+        )
         if not model_cfg.assistant_lora_path and arch == "flux_schnell":
             log.warning(
                 "training FLUX.1-schnell without model.assistant_lora_path: the step distillation erodes as it "
@@ -99,7 +110,14 @@ class FluxAdapter(ImageAdapter):
 
     @classmethod
     def load(
-        cls, folder: Path, arch: str, device, dtype, model_id: str, low_vram: bool = False
+        cls,
+        folder: Path,
+        arch: str,
+        device,
+        dtype,
+        model_id: str,
+        low_vram: bool = False,
+        files: dict[str, Path] | None = None,
     ) -> FluxAdapter:
         parts = load_parts(
             folder,
@@ -109,6 +127,7 @@ class FluxAdapter(ImageAdapter):
             text_encoder="CLIPTextModel",
             vae="AutoencoderKL",
             transformer="FluxTransformer2DModel",
+            files=files,
         )
         host = torch.device("cpu") if low_vram else device
         parts["tokenizer_2"] = load_component("AutoTokenizer", folder, "tokenizer_2")

@@ -37,11 +37,11 @@ def read_json(path: Path) -> dict:
     return data
 
 
-def read_model_index(folder: Path) -> dict:
+def read_model_index(folder: Path, key: str = "model.name_or_path") -> dict:
     path = Path(folder) / "model_index.json"
     if not path.is_file():
         raise ModelLoadError(
-            f"{path} not found: model.name_or_path must point at a complete Diffusers model folder "
+            f"{path} not found: {key} must point at a complete Diffusers model folder "
             "(model_index.json, transformer/, vae/, text_encoder/, tokenizer/, scheduler/). "
             "Download one with e.g. `hf download Wan-AI/Wan2.2-I2V-A14B-Diffusers --local-dir DIR`."
         )
@@ -61,8 +61,9 @@ def component_config(folder: Path, name: str) -> dict:
     return read_json(path)
 
 
-def component_problem(folder: Path, name: str) -> str | None:
-    """None when component `name` looks complete, else a sentence naming what is missing."""
+def component_problem(folder: Path, name: str, config_only: bool = False) -> str | None:
+    """None when component `name` looks complete, else a sentence naming what is missing. `config_only`: only its
+    config.json is needed (a transformer whose weights come from a single-file checkpoint)."""
     sub = folder / name
     if not sub.is_dir():
         return f"{sub}/ (folder missing)"
@@ -72,6 +73,8 @@ def component_problem(folder: Path, name: str) -> str | None:
     if not (sub / "config.json").is_file():
         return f"{sub / 'config.json'}"
     read_json(sub / "config.json")  # a broken config.json names itself now, not deep inside from_pretrained
+    if config_only:
+        return None
     weights = [p for p in sub.iterdir() if p.name.endswith(WEIGHT_SUFFIXES)]
     if not weights:
         return f"{sub}/*.safetensors (no weights file)"
@@ -83,15 +86,23 @@ def component_problem(folder: Path, name: str) -> str | None:
     return None
 
 
-def check_components(folder: Path, arch: str, components: tuple[str, ...], title: str) -> None:
-    """Raise one ModelLoadError listing every missing file of `components`."""
-    problems = [p for name in components if (p := component_problem(folder, name))]
+def check_components(
+    folder: Path,
+    arch: str,
+    components: tuple[str, ...],
+    title: str,
+    key: str = "model.name_or_path",
+    config_only: tuple[str, ...] = (),
+) -> None:
+    """Raise one ModelLoadError listing every missing file of `components` (of those in `config_only`, only their
+    config.json is needed)."""
+    problems = [p for name in components if (p := component_problem(folder, name, name in config_only))]
     if problems:
         listing = "\n  - ".join(problems)
         raise ModelLoadError(
             f"model folder {folder} is incomplete for arch {arch}; missing:\n  - {listing}\n"
             f"It must be a complete Diffusers {title} folder. Re-download the missing parts "
-            "(e.g. `hf download REPO_ID --local-dir DIR`) or point model.name_or_path at a complete copy."
+            f"(e.g. `hf download REPO_ID --local-dir DIR`) or point {key} at a complete copy."
         )
 
 
@@ -106,7 +117,9 @@ def hub_offline() -> bool:
     return flag or bool(constants.HF_HUB_OFFLINE)
 
 
-def snapshot(repo_id: str, revision: str | None, patterns: list[str]) -> Path:
+def snapshot(
+    repo_id: str, revision: str | None, patterns: list[str], key: str = "model.name_or_path"
+) -> Path:
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError
 
@@ -116,30 +129,33 @@ def snapshot(repo_id: str, revision: str | None, patterns: list[str]) -> Path:
         got = snapshot_download(repo_id, revision=revision, allow_patterns=patterns, local_files_only=offline)
     except LocalEntryNotFoundError as exc:
         raise ModelLoadError(
-            f"model.name_or_path {repo_id!r}{rev} is not a local folder and is not in the Hugging Face cache, "
+            f"{key} {repo_id!r}{rev} is not a local folder and is not in the Hugging Face cache, "
             f"and the hub is {'offline (HF_HUB_OFFLINE=1)' if offline else 'unreachable'}. Download it first "
-            f"(`hf download {repo_id} --local-dir DIR`) and set model.name_or_path to DIR."
+            f"(`hf download {repo_id} --local-dir DIR`) and set {key} to DIR."
         ) from exc
     except (HfHubHTTPError, OSError, ValueError) as exc:
         raise ModelLoadError(f"could not fetch model {repo_id!r}{rev} from the hub: {exc}") from exc
     return Path(got)
 
 
-def resolve_model_folder(name_or_path: str, revision: str | None = None) -> tuple[Path, bool]:
-    """(folder, from_hub). A hub id gets only its configs here; weights come after the arch check."""
+def resolve_model_folder(
+    name_or_path: str, revision: str | None = None, key: str = "model.name_or_path"
+) -> tuple[Path, bool]:
+    """(folder, from_hub). A hub id gets only its configs here; weights come after the arch check. `key` is the
+    config key that names the folder (model.extras_name_or_path beside a single-file checkpoint)."""
     path = Path(name_or_path).expanduser()
     if path.exists():
         if not path.is_dir():
             raise ModelLoadError(
-                f"model.name_or_path {path} is a file; it must be a Diffusers model folder (model_index.json)"
+                f"{key} {path} is a file; it must be a Diffusers model folder (model_index.json)"
             )
         return path, False
     if _looks_like_path(name_or_path):
         raise ModelLoadError(
-            f"model folder {path} does not exist; set model.name_or_path to a Diffusers model folder "
+            f"model folder {path} does not exist; set {key} to a Diffusers model folder "
             "or a hub id such as Wan-AI/Wan2.2-I2V-A14B-Diffusers or black-forest-labs/FLUX.1-dev"
         )
-    return snapshot(name_or_path, revision, ["model_index.json", "*/config.json"]), True
+    return snapshot(name_or_path, revision, ["model_index.json", "*/config.json"], key), True
 
 
 def encoder_digest(folder: Path, parts: tuple[str, ...]) -> str:

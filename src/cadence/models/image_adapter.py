@@ -24,18 +24,29 @@ log = logging.getLogger(__name__)
 
 
 def load_parts(
-    folder: Path, device, dtype, low_vram: bool, text_encoder: str, vae: str, transformer: str
+    folder: Path,
+    device,
+    dtype,
+    low_vram: bool,
+    text_encoder: str,
+    vae: str,
+    transformer: str,
+    files: dict[str, Path] | None = None,
 ) -> dict:
     """The usual components of an image family's folder, frozen: tokenizer, text encoder and transformer in
     the training dtype (on the host with low_vram), the VAE in fp32 (cached latents without bf16 rounding),
-    the flow-matching scheduler; `text_encoder` / `vae` / `transformer` name their classes."""
+    the flow-matching scheduler; `text_encoder` / `vae` / `transformer` name their classes; the transformer
+    from its single-file checkpoint when `files` has one."""
     host = torch.device("cpu") if low_vram else device
+    single = (files or {}).get("transformer")
     return {
         "tokenizer": load_component("AutoTokenizer", folder, "tokenizer"),
         "text_encoder": frozen(load_component(text_encoder, folder, "text_encoder", dtype=dtype), host),
         "vae": frozen(load_component(vae, folder, "vae", torch_dtype=torch.float32), device),
         "scheduler": load_component("FlowMatchEulerDiscreteScheduler", folder, "scheduler"),
-        "transformer": frozen(load_component(transformer, folder, "transformer", torch_dtype=dtype), host),
+        "transformer": frozen(
+            load_component(transformer, folder, "transformer", single, torch_dtype=dtype), host
+        ),
     }
 
 
@@ -142,9 +153,18 @@ class ImageFamily(ModelFamily):
     def required_components(self, arch: str) -> tuple[str, ...]:
         return ("tokenizer", "text_encoder", "vae", "scheduler", "transformer")
 
-    def load(self, folder: Path, arch: str, model_cfg: Any, device: Any, dtype: Any, model_id: str):
+    def load(
+        self,
+        folder: Path,
+        arch: str,
+        model_cfg: Any,
+        device: Any,
+        dtype: Any,
+        model_id: str,
+        files: dict[str, Path] | None = None,
+    ):
         text_encoder, vae, transformer = self.classes
-        parts = load_parts(folder, device, dtype, model_cfg.low_vram, text_encoder, vae, transformer)
+        parts = load_parts(folder, device, dtype, model_cfg.low_vram, text_encoder, vae, transformer, files)
         log.info("loaded %s from %s", arch, folder)
         adapter = self.adapter_class(arch, parts, device, dtype, model_id, model_cfg.low_vram)
         return self.note_training_adapter(adapter, model_cfg)

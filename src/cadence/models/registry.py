@@ -1,9 +1,11 @@
-"""The registered model families, and loading a model (local folder or hub id) through its family.
+"""The registered model families, and loading a model (local folder, hub id, or single-file transformer
+checkpoints beside `model.extras_name_or_path`) through its family.
 
 A family is one module in this package exposing `FAMILY` (a `cadence.models.family.ModelFamily`); this
 module lists them and is the only place that does. Everything cheap is checked before any weights are read:
 the folder exists, `model_index.json` says which family and arch it holds, that arch is accepted for
-`model.arch`, and every component the arch needs is on disk.
+`model.arch`, every component the arch needs is on disk, and each single-file transformer checkpoint converts
+to exactly the transformer the folder's config describes (`single_file.py`).
 """
 
 from __future__ import annotations
@@ -112,10 +114,10 @@ def required_components(arch: str) -> tuple[str, ...]:
     return family_of(arch).required_components(arch)
 
 
-def detect_arch(folder: str | Path) -> str:
+def detect_arch(folder: str | Path, key: str = "model.name_or_path") -> str:
     """Which registered arch a Diffusers folder holds, from model_index.json and its component configs."""
     folder = Path(folder)
-    index = read_model_index(folder)
+    index = read_model_index(folder, key)
     for family in families():
         arch = family.detect(folder, index)
         if arch is not None:
@@ -127,34 +129,62 @@ def detect_arch(folder: str | Path) -> str:
     )
 
 
-def check_model(name_or_path: str, arch: str, revision: str | None = None) -> Path:
-    """Cheap pre-flight (no weights read): folder exists, arch matches, components present."""
-    return _checked(name_or_path, arch, revision)[0]
+def check_model(model_cfg) -> Path:
+    """Cheap pre-flight of `model_cfg` (cadence.config.schema.ModelConfig; no weights read): the folder (or
+    extras_name_or_path beside single-file checkpoints) exists and holds `model.arch` with its components, and
+    each single-file transformer checkpoint is one of that arch. Returns the local folder."""
+    return _checked(model_cfg)[0]
 
 
-def _checked(name_or_path: str, arch: str, revision: str | None) -> tuple[Path, str]:
-    """(folder, detected arch) after the checks of `check_model`."""
-    family = family_of(arch)
-    folder, from_hub = resolve_model_folder(name_or_path, revision)
-    detected = detect_arch(folder)
-    if detected not in family.archs or not family.accepts(arch, detected):
+def _checked(model_cfg) -> tuple[Path, str, dict[str, Path]]:
+    """(folder, detected arch, {component: single-file checkpoint}) after the checks of `check_model`."""
+    from cadence.models.single_file import (
+        check_transformer_file,
+        file_header,
+        source_issues,
+        transformer_files,
+    )
+
+    for where, message in source_issues(model_cfg):  # what the config check reports at its key
+        raise ModelLoadError(f"{'.'.join(where)}: {message}")
+    family = family_of(model_cfg.arch)
+    files = transformer_files(model_cfg)
+    for path, file_key in files.values():
+        file_header(path, file_key)  # a missing or broken file before any download
+    key, spec, revision = f"model.{model_cfg.folder_key}", model_cfg.folder_spec, model_cfg.revision
+    folder, from_hub = resolve_model_folder(spec, revision, key)
+    detected = detect_arch(folder, key)
+    if detected not in family.archs or not family.accepts(model_cfg.arch, detected):
         raise ArchMismatchError(
-            f"model.arch is {arch!r} but {name_or_path} holds a {detected!r} model "
+            f"model.arch is {model_cfg.arch!r} but {key} {spec} holds a {detected!r} model "
             f"(detected from {folder / 'model_index.json'} and its component configs). "
-            f"Set model.arch: {detected} or point model.name_or_path at a {arch} folder."
+            f"Set model.arch: {detected} or point {key} at a {model_cfg.arch} folder."
         )
     components = family.required_components(detected)
-    if from_hub:
-        patterns = ["model_index.json"] + [f"{name}/*" for name in components]
-        folder = snapshot(name_or_path, revision, patterns)
-    check_components(folder, detected, components, family.title)
-    return folder, detected
+    if from_hub:  # a single-file transformer needs only its config.json from the hub
+        patterns = ["model_index.json"] + [
+            f"{name}/config.json" if name in files else f"{name}/*" for name in components
+        ]
+        folder = snapshot(spec, revision, patterns, key)
+    check_components(folder, detected, components, family.title, key, config_only=tuple(files))
+    title = family.spec(detected).title
+    for component, (path, file_key) in files.items():
+        check_transformer_file(path, file_key, folder, component, title)
+    return folder, detected, {component: path for component, (path, _key) in files.items()}
+
+
+def model_id_of(model_cfg, folder: Path) -> str:
+    """What cached latents and text embeddings are keyed by: the folder the VAE and text encoders come from
+    (extras_name_or_path beside single-file checkpoints: latents do not depend on the transformer), its
+    revision and the digest of those encoders' files."""
+    family = family_of(model_cfg.arch)
+    model_id = model_cfg.folder_spec + (f"@{model_cfg.revision}" if model_cfg.revision else "")
+    return model_id + f"#{encoder_digest(folder, family.encoder_parts)}"
 
 
 def load_model_adapter(model_cfg, device: torch.device, dtype: torch.dtype) -> ModelAdapter:
     """Load the model named by `model_cfg` (cadence.config.schema.ModelConfig) behind a ModelAdapter."""
-    folder, arch = _checked(model_cfg.name_or_path, model_cfg.arch, model_cfg.revision)
+    folder, arch, files = _checked(model_cfg)
     family = family_of(arch)
-    model_id = model_cfg.name_or_path + (f"@{model_cfg.revision}" if model_cfg.revision else "")
-    model_id += f"#{encoder_digest(folder, family.encoder_parts)}"
-    return family.load(folder, arch, model_cfg, torch.device(device), dtype, model_id)
+    model_id = model_id_of(model_cfg, folder)
+    return family.load(folder, arch, model_cfg, torch.device(device), dtype, model_id, files=files)

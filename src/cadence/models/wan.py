@@ -77,8 +77,10 @@ class WanAdapter(ModelAdapter):
         model_id: str,
         low_vram: bool = False,
         trained_experts: tuple[str, ...] = (),
+        files: dict[str, Path] | None = None,
     ) -> WanAdapter:
-        """Load every component training and sampling need from a checked Diffusers folder, frozen."""
+        """Load every component training and sampling need from a checked Diffusers folder, frozen (an expert
+        in `files` from its single-file checkpoint)."""
         from cadence.models.folders import read_model_index
         from cadence.models.wan_family import FAMILY
 
@@ -99,7 +101,9 @@ class WanAdapter(ModelAdapter):
         }
         for name in ("transformer", "transformer_2"):
             if name in names:
-                module = load_component("WanTransformer3DModel", folder, name, torch_dtype=dtype)
+                module = load_component(
+                    "WanTransformer3DModel", folder, name, (files or {}).get(name), torch_dtype=dtype
+                )
                 parts[name] = frozen(module, expert_device)
         if "image_encoder" in names:
             parts["image_processor"] = load_component("CLIPImageProcessor", folder, "image_processor")

@@ -69,7 +69,16 @@ class WanFamily(ModelFamily):
             parts += ["image_encoder", "image_processor"]
         return tuple(parts)
 
-    def load(self, folder: Path, arch: str, model_cfg: Any, device: Any, dtype: Any, model_id: str):
+    def load(
+        self,
+        folder: Path,
+        arch: str,
+        model_cfg: Any,
+        device: Any,
+        dtype: Any,
+        model_id: str,
+        files: dict[str, Path] | None = None,
+    ):
         import torch
 
         from cadence.models.wan import WanAdapter
@@ -99,6 +108,7 @@ class WanFamily(ModelFamily):
             model_id=model_id,
             low_vram=model_cfg.low_vram,
             trained_experts=trained,
+            files=files,
         )
 
     # the perf layout is wan_memory's (kept as its own module: tests and benches use it directly)

@@ -13,7 +13,6 @@ import math
 from functools import reduce
 from pathlib import Path
 
-import torch
 from torch import nn
 
 from cadence.config.errors import format_path
@@ -24,19 +23,11 @@ Issue = tuple[str, str]
 
 
 def meta_transformer(folder: Path, component: str) -> nn.Module:
-    """`folder/component` built from its config.json on the meta device (diffusers class of `_class_name`)."""
-    import diffusers
+    """`folder/component` built from its config.json on the meta device (diffusers class of `_class_name`):
+    a single-file checkpoint's transformer too (`from_single_file` builds it from the same config)."""
+    from cadence.models.single_file import meta_model
 
-    from cadence.models.registry import read_json
-
-    config = read_json(folder / component / "config.json")  # a broken file names itself
-    cls = getattr(diffusers, str(config.get("_class_name")), None)
-    if cls is None:
-        raise ValueError(
-            f"{folder / component / 'config.json'}: unknown diffusers class {config.get('_class_name')!r}"
-        )
-    with torch.device("meta"):
-        return cls.from_config(config)
+    return meta_model(folder, component)  # a broken file names itself
 
 
 def trained_components(cfg: JobConfig) -> dict[str, str]:
@@ -139,7 +130,7 @@ def loader_notes(cfg: JobConfig) -> list[str]:
     from cadence.networks.algos import dora_axis
     from cadence.networks.loaders import FileShape, summary_lines
 
-    folder = Path(cfg.model.name_or_path).expanduser()
+    folder = Path(cfg.model.folder_spec).expanduser()
     components = trained_components(cfg)
     if not folder.is_dir() or not components:
         return []

@@ -51,7 +51,7 @@ class PublishPlan:
 # keys whose values are paths on this machine: the uploaded config.yaml keeps only their last part
 _LOCAL_PATH_KEYS = frozenset(
     {"training_folder", "folder_path", "control_path", "cache_directory", "ctrl_img", "lora_path",
-     "pretrained_lora_path", "name_or_path"}
+     "pretrained_lora_path", "name_or_path", "extras_name_or_path"}
 )  # fmt: skip
 
 
@@ -65,6 +65,15 @@ def _public(value: Any, is_path: bool = False) -> Any:
     if is_path and isinstance(value, str) and (value.startswith(("/", "~", ".")) or "\\" in value):
         return Path(value).name or value
     return value
+
+
+def _base_model(model: dict[str, Any]) -> str:
+    """The base the card names: name_or_path, or beside single-file transformer checkpoints the Diffusers
+    folder / hub id they go with (extras_name_or_path; a checkpoint file is no Hub id to link to)."""
+    source = model.get("name_or_path", "")
+    if isinstance(source, dict) or str(source).lower().endswith(".safetensors"):
+        return str(model.get("extras_name_or_path") or "")
+    return str(source)
 
 
 def public_config_text(config_path: Path) -> str:
@@ -191,7 +200,7 @@ def plan_publish(
         repo_id=repo_id,
         step=step,
         arch=str(model.get("arch")),
-        base_model=str(model.get("name_or_path", "")),
+        base_model=_base_model(model),
         config=run.config,
         files=card_files,
         samples=samples,

@@ -94,7 +94,7 @@ class RunRecorder:
             "rank": str(self.cfg.network.linear),
             "alpha": str(net.linear_alpha),
             "conv_alpha": "" if net.conv_alpha is None else str(net.conv_alpha),
-            "base_model": self.cfg.model.name_or_path,
+            "base_model": self.cfg.model.base_model(expert),  # the expert's checkpoint file, else the folder
             "arch": self.cfg.model.arch,
             "config_hash": config_hash(self.cfg),
             "job_name": self.cfg.name,

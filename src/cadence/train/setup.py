@@ -160,7 +160,7 @@ def _trained_experts(cfg: JobConfig, adapter: ModelAdapter) -> list[str]:
 
 
 def _network_preflight(cfg: JobConfig) -> list[tuple[str, str]]:
-    folder = Path(cfg.model.name_or_path).expanduser()
+    folder = Path(cfg.model.folder_spec).expanduser()  # extras_name_or_path beside single-file checkpoints
     if not folder.is_dir():
         return []  # a hub id: the dry run after loading checks the same
     from cadence.networks.preflight import loader_notes, network_issues

@@ -38,7 +38,7 @@ def _train(adapter, steps: int = 3) -> tuple[list[float], dict[str, torch.Tensor
         loss = ((adapter.predict("main", noisy, t, text, {}) - (noise - x0)) ** 2).mean()
         loss.backward()
         opt.step()
-        losses.append(float(loss))
+        losses.append(loss.item())
     return losses, {k: v.detach().clone() for k, v in net.state_dict().items()}
 
 

@@ -34,7 +34,7 @@ def _naive_draws(kind: str, n: int, rng: np.random.Generator, shift: float = 3.0
     """The untruncated distribution written the straightforward way (as the seed trainer draws it)."""
     if kind in ("uniform", "linear", "weighted"):
         return rng.random(n)
-    if kind == "shift":
+    if kind in ("shift", "flux_shift", "lumina2_shift"):  # flux_shift: shift at a given value
         u = rng.random(n)
         return shift * u / (1 + (shift - 1) * u)
     return expit(rng.standard_normal(n))  # sigmoid / logit_normal at mean 0, std 1
@@ -44,7 +44,7 @@ def _reference_cdf(kind: str, t: np.ndarray, shift: float = 3.0) -> np.ndarray:
     """Untruncated CDF written independently of the module (scipy)."""
     if kind in ("uniform", "linear", "weighted"):
         return np.clip(t, 0, 1)
-    if kind == "shift":
+    if kind in ("shift", "flux_shift", "lumina2_shift"):  # flux_shift: shift at a given value
         return t / (shift - (shift - 1) * t)
     with np.errstate(divide="ignore"):
         return stats.norm.cdf(logit(np.clip(t, 0, 1)))
@@ -227,3 +227,26 @@ def test_denoising_steps_that_leave_an_expert_nothing_are_named_before_training(
     assert "high_noise" in problems[0][1] and "[0.9, 1)" in problems[0][1]
     with pytest.raises(ValueError, match="max_denoising_steps"):
         denoising_range(TimestepSampler("linear"), 600, 500)
+
+
+def test_flux_shift_is_shift_at_the_models_value_with_the_denoising_quantiles_per_shift():
+    from types import SimpleNamespace
+
+    from cadence.schedule.timesteps import TimestepSampler, denoising_range, sampler_for
+
+    train = SimpleNamespace(
+        timestep_type="flux_shift", flow_shift=3.0, logit_mean=0.0, logit_std=1.0,
+        min_denoising_steps=50, max_denoising_steps=900,
+    )  # fmt: skip
+    sampler = sampler_for(train)
+    assert sampler.by_resolution and sampler.at_shift(None) is sampler and sampler.at_shift(3.0) is sampler
+    for shift in (1.0, 1.9, 3.2):
+        at = sampler.at_shift(shift)
+        plain = TimestepSampler("shift", shift)
+        assert at.t_range == denoising_range(plain, 50, 900)  # ai-toolkit re-indexes its table per batch
+        u = torch.linspace(0.01, 0.99, 9, dtype=torch.float64)
+        assert torch.equal(at.icdf(u), plain.icdf(u)) and torch.equal(at.cdf(u), plain.cdf(u))
+        assert sampler.at_shift(shift) is at  # one sampler per shift, kept
+    assert sampler.at_shift(1.9).t_range != sampler.at_shift(3.2).t_range
+    other = sampler_for(SimpleNamespace(**{**vars(train), "timestep_type": "sigmoid"}))
+    assert not other.by_resolution and other.at_shift(1.9) is other

@@ -99,3 +99,48 @@ def test_lycoris_types_train_on_image_families_and_their_files_read_back(
         "weight_ratio_low" in n and "do not apply: this run trains main only" in n for n in report.notes
     )
     assert report.recommendations and report.series.points[-1].experts["main"].magnitude > 0
+
+
+def test_flux_shift_draws_each_batch_from_the_models_shift_at_its_latent_size(tiny_models, images, tmp_path):
+    """ai-toolkit's flux_shift: the timesteps of a step are `shift` at exp(mu) of the scheduler's calculate_shift
+    for the batch's latents (here 4x4 latents: 4 tokens of 2x2 patches), not at train.flow_shift."""
+    from cadence.schedule.timesteps import TimestepSampler
+    from cadence.train.loop import StopFlag, Trainer
+
+    path = _job(
+        tmp_path, tiny_models("flux"), "flux", images, {"type": "lora", "linear": 4, "linear_alpha": 4}
+    )
+    job = yaml.safe_load(path.read_text())
+    job["train"].update(timestep_type="flux_shift", batch_size=2, min_denoising_steps=100)
+    path.write_text(yaml.safe_dump(job))
+    setup = build_training(load_config(path))
+    trainer = Trainer(setup, StopFlag(), prefetch=False)
+    streams = setup.randomness.of("main")
+    before = torch.Generator().set_state(streams.timesteps.get_state())
+    loss, t = trainer._micro_batch_loss("main")
+    shift = setup.adapter.timestep_shift(torch.Size([2, 16, 4, 4]))
+    assert 1.2 < shift < 2.0  # exp(0.5 - 252 * 0.65 / 3840): far from flow_shift's 3.0
+    cut = TimestepSampler("shift", shift).icdf(
+        torch.tensor(0.9, dtype=torch.float64)
+    )  # min_denoising_steps 100
+    drawn = TimestepSampler("shift", shift, t_range=(0.0, float(cut))).sample(2, 0.0, 1.0, before)
+    assert torch.equal(t, drawn) and bool(torch.isfinite(loss))
+    assert float(t.max()) < float(cut)
+
+
+def test_flux_shift_is_refused_where_the_scheduler_has_no_shift_per_size(tiny_models, images, tmp_path):
+    path = _job(
+        tmp_path, tiny_models("wan21"), "wan21", images, {"type": "lora", "linear": 4, "linear_alpha": 4}
+    )
+    job = yaml.safe_load(path.read_text())
+    job["train"]["timestep_type"] = "flux_shift"
+    path.write_text(yaml.safe_dump(job))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert "use timestep_type: shift" in dict(err.value.issues)["train.timestep_type"]
+    job["model"] = {"name_or_path": str(tiny_models("flux")), "arch": "flux"}
+    job["train"]["flow_shift"] = 2.0  # flux_shift takes the model's shift: flow_shift would do nothing
+    path.write_text(yaml.safe_dump(job))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert "applies only with timestep_type: shift" in dict(err.value.issues)["train.flow_shift"]

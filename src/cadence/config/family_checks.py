@@ -2,7 +2,8 @@
 
 The facts come from the arch's registered spec (`cadence.models.registry.arch_spec`): how many experts it
 has, whether it is image-to-video only / text-to-video only, whether it makes images or videos, whether its
-family has a training adapter (`assistant_lora_path`). No family is named here.
+family has a training adapter (`assistant_lora_path`) or a scheduler shift per size (`flux_shift`). No family is
+named here.
 """
 
 from __future__ import annotations
@@ -84,6 +85,15 @@ def family_issues(cfg: JobConfig) -> list[Issue]:
                 ("model", "assistant_lora_path"),
                 "cannot be used with an accuracy-recovery adapter (model.qtype 'uint4|FILE'), as in ai-toolkit: "
                 "both are frozen LoRAs over the base; keep one",
+            )
+        )
+    if cfg.train.timestep_type in ("flux_shift", "lumina2_shift") and not family.scheduler_shift:
+        issues.append(
+            (
+                ("train", "timestep_type"),
+                f"{cfg.train.timestep_type} shifts by the model scheduler's shift at each latent size, and "
+                f"{spec.title}'s scheduler has none (ai-toolkit trains it as plain shift there): use timestep_type: "
+                "shift with train.flow_shift (Wan: 3.0, or 5.0 for wan22_5b)",
             )
         )
     from cadence.models.single_file import source_issues  # single-file checkpoints and extras_name_or_path

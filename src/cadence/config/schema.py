@@ -530,9 +530,12 @@ class TrainConfig(Strict):
     compile_cache_size_limit: int = Field(32, ge=1, description="torch._dynamo recompile limit per block")
     adapter_dtype: Literal["fp32", "bf16"] = Field("fp32", description="dtype of the LoRA master weights")
     noise_scheduler: Literal["flowmatch"] = "flowmatch"
-    timestep_type: Literal["uniform", "linear", "sigmoid", "shift", "logit_normal", "weighted"] = Field(
+    timestep_type: Literal[
+        "uniform", "linear", "sigmoid", "shift", "logit_normal", "weighted", "flux_shift", "lumina2_shift"
+    ] = Field(
         "sigmoid",
-        description="timestep distribution; weighted: linear + ai-toolkit's per-timestep loss weights",
+        description="timestep distribution; weighted: linear + ai-toolkit's per-timestep loss weights; "
+        "flux_shift / lumina2_shift: shift by the model's own shift at each batch's size (image families)",
     )
     min_denoising_steps: int = Field(
         0,

@@ -144,14 +144,9 @@ REGISTRY: list[Unsupported] = [
     U("train.loss_type", "only the MSE flow-matching loss is implemented", "mse"),
     U(
         "train.timestep_type",
-        "this timestep distribution is not implemented; use sigmoid, linear, weighted, shift or logit_normal "
-        "(flux_shift and lumina2_shift shift by resolution: Cadence's FLUX.1-dev and Qwen-Image samples do, its "
-        "training does not yet; use timestep_type: shift with train.flow_shift near the model's shift at your "
-        "size: FLUX.1-dev 1.9 at 512x512, 3.2 at 1024x1024; on Wan, whose scheduler has no resolution shift and "
-        "where ai-toolkit trains them as shift, 3.0, or 5.0 for wan22_5b)",
+        "this timestep distribution is not implemented; use sigmoid, linear, weighted, shift, logit_normal or "
+        "(image families) flux_shift",
         accepts=_not_in(
-            "flux_shift",
-            "lumina2_shift",
             "lognorm_blend",
             "next_sample",
             "one_step",

@@ -168,6 +168,8 @@ class ModelFamily(ABC):
     training_adapter: bool = False
     # models.image_loaders.LoaderRules; None: networks.loaders' (Wan's) rules
     loader_rules: Any = None
+    # its scheduler gives a shift per latent size (ModelAdapter.timestep_shift): timestep_type flux_shift
+    scheduler_shift: bool = False
 
     # ------------------------------------------------------------------------------------------ folders
     @abstractmethod

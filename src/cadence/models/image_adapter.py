@@ -146,6 +146,7 @@ class ImageFamily(ModelFamily):
     adapter_class: type | None = None
     card: Any = None  # cadence.models.card_usage.ArchUsage
     tiny: Callable[[Path, str, int], Path] | None = None
+    scheduler_shift: bool = True  # the image pipelines' schedulers (dynamic or fixed shift)
 
     def detect(self, folder: Path, index: dict[str, Any]) -> str | None:
         return next(iter(self.archs)) if str(index.get("_class_name", "")) == self.pipeline else None

@@ -21,6 +21,12 @@ Kinds (names follow the seed trainer's `timestep_type`):
   at the defaults 0 / 1).
 - ``shift``: u ~ U(0, 1) mapped through the Wan/SD3 shift t = s*u / (1 + (s - 1)*u) with s = flow_shift;
   s > 1 favours high noise. The map is monotone, so its CDF is u(t) = t / (s - (s - 1)*t).
+- ``flux_shift`` / ``lumina2_shift`` (ai-toolkit's two names for one thing): ``shift`` with s the shift the
+  model's own scheduler applies at the batch's latent size, exp(mu) of diffusers' `calculate_shift` where the
+  scheduler shifts dynamically (FLUX.1-dev, Qwen-Image), its fixed `shift` otherwise (FLUX.1-schnell, Z-Image);
+  ai-toolkit's flow-match sampler builds its training table the same way. The loop asks the model adapter for
+  s (`ModelAdapter.timestep_shift`) and draws from `at_shift(s)`; the min/max_denoising_steps quantiles are
+  applied to that distribution, as ai-toolkit re-indexes its table for each batch.
 
 All CDF maths runs in float64 so that the range edges are exact; results are float32 clamped to
 [t_low, t_high) as float32 numbers (so `ExpertSpec.contains(float(t))` holds for every sample).
@@ -37,7 +43,7 @@ from __future__ import annotations
 
 import json
 import math
-from functools import cache
+from functools import cache, lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
@@ -46,9 +52,15 @@ import torch
 if TYPE_CHECKING:
     from cadence.config.schema import TrainConfig
 
-TimestepKind = Literal["uniform", "linear", "sigmoid", "shift", "logit_normal", "weighted"]
-KINDS: tuple[str, ...] = ("uniform", "linear", "sigmoid", "shift", "logit_normal", "weighted")
+TimestepKind = Literal[
+    "uniform", "linear", "sigmoid", "shift", "logit_normal", "weighted", "flux_shift", "lumina2_shift"
+]
+KINDS: tuple[str, ...] = (
+    "uniform", "linear", "sigmoid", "shift", "logit_normal", "weighted", "flux_shift", "lumina2_shift"
+)  # fmt: skip
 UNIFORM_KINDS = ("uniform", "linear", "weighted")
+RESOLUTION_KINDS = ("flux_shift", "lumina2_shift")  # the shift comes from the model at each batch's size
+SHIFT_KINDS = ("shift", *RESOLUTION_KINDS)
 TABLE_SIZE = 1000  # ai-toolkit's training timestep table: index 0 = t 1.0 (pure noise), index 999 = t 0.001
 WEIGHTS_FILE = Path(__file__).with_name("aitoolkit_timestep_weights.json")
 
@@ -82,6 +94,7 @@ class TimestepSampler:
         logit_mean: float = 0.0,
         logit_std: float = 1.0,
         t_range: tuple[float, float] = (0.0, 1.0),
+        denoising_steps: tuple[int, int] = (0, TABLE_SIZE - 1),
     ) -> None:
         _check_kind(kind)
         if flow_shift <= 0:
@@ -95,6 +108,19 @@ class TimestepSampler:
         if not 0.0 <= t_range[0] < t_range[1] <= 1.0:
             raise ValueError(f"timestep range must satisfy 0 <= low < high <= 1, got {t_range}")
         self.t_range = (float(t_range[0]), float(t_range[1]))
+        self.denoising_steps = denoising_steps  # what t_range was made from: at_shift re-derives it
+
+    @property
+    def by_resolution(self) -> bool:
+        """The shift is the model's at each batch's latent size (see `at_shift`)."""
+        return self.kind in RESOLUTION_KINDS
+
+    def at_shift(self, shift: float | None) -> TimestepSampler:
+        """The sampler for a batch whose model shifts by `shift` (flux_shift / lumina2_shift; None: a model
+        without a shift of its own keeps flow_shift); every other kind is itself."""
+        if not self.by_resolution or shift is None or shift == self.flow_shift:
+            return self
+        return _shifted(self.kind, float(shift), self.denoising_steps)
 
     # ----------------------------------------------------------------------------------- distribution
     def cdf(self, t: torch.Tensor) -> torch.Tensor:
@@ -102,7 +128,7 @@ class TimestepSampler:
         t = torch.as_tensor(t, dtype=torch.float64).clamp(0.0, 1.0)
         if self.kind in UNIFORM_KINDS:
             return t
-        if self.kind == "shift":
+        if self.kind in SHIFT_KINDS:
             s = self.flow_shift
             return t / (s - (s - 1.0) * t)
         return torch.special.ndtr((_logit(t) - self.logit_mean) / self.logit_std)
@@ -112,7 +138,7 @@ class TimestepSampler:
         u = torch.as_tensor(u, dtype=torch.float64).clamp(0.0, 1.0)
         if self.kind in UNIFORM_KINDS:
             return u
-        if self.kind == "shift":
+        if self.kind in SHIFT_KINDS:
             s = self.flow_shift
             return s * u / (1.0 + (s - 1.0) * u)
         return torch.sigmoid(self.logit_mean + self.logit_std * torch.special.ndtri(u))
@@ -122,7 +148,7 @@ class TimestepSampler:
         t = torch.as_tensor(t, dtype=torch.float64)
         if self.kind in UNIFORM_KINDS:
             return torch.ones_like(t)
-        if self.kind == "shift":
+        if self.kind in SHIFT_KINDS:
             s = self.flow_shift
             return s / (s - (s - 1.0) * t) ** 2
         z = (_logit(t) - self.logit_mean) / self.logit_std
@@ -186,11 +212,28 @@ def denoising_range(sampler: TimestepSampler, min_steps: int, max_steps: int) ->
 
 
 def sampler_for(train: TrainConfig) -> TimestepSampler:
-    """The training timestep sampler a config describes (distribution + min/max_denoising_steps range)."""
-    kind = train.timestep_type
-    base = TimestepSampler(kind, train.flow_shift, train.logit_mean, train.logit_std)
-    t_range = denoising_range(base, train.min_denoising_steps, train.max_denoising_steps)
-    return TimestepSampler(kind, train.flow_shift, train.logit_mean, train.logit_std, t_range=t_range)
+    """The training timestep sampler a config describes (distribution + min/max_denoising_steps range);
+    flux_shift / lumina2_shift start at flow_shift, replaced per batch by the model's shift (`at_shift`)."""
+    return _ranged(
+        train.timestep_type,
+        train.flow_shift,
+        train.logit_mean,
+        train.logit_std,
+        (train.min_denoising_steps, train.max_denoising_steps),
+    )
+
+
+def _ranged(
+    kind: str, flow_shift: float, logit_mean: float, logit_std: float, steps: tuple[int, int]
+) -> TimestepSampler:
+    base = TimestepSampler(kind, flow_shift, logit_mean, logit_std)
+    t_range = denoising_range(base, *steps)
+    return TimestepSampler(kind, flow_shift, logit_mean, logit_std, t_range=t_range, denoising_steps=steps)
+
+
+@lru_cache(maxsize=64)  # a run has one latent size per bucket: a handful of shifts
+def _shifted(kind: str, shift: float, steps: tuple[int, int]) -> TimestepSampler:
+    return _ranged(kind, shift, 0.0, 1.0, steps)
 
 
 def range_problems(sampler: TimestepSampler, ranges: dict[str, tuple[float, float]]) -> list[tuple[str, str]]:

@@ -106,13 +106,16 @@ class Trainer:
         shape = (rows.total, *batch.latents.shape[1:])
         noise = torch.randn(shape, generator=streams.noise, dtype=torch.float32, device=streams.noise.device)
         noise = noise[rows.start : rows.stop]  # drawn where the generator lives: the device on CUDA
-        t = s.timesteps.sample(rows.total, spec.t_low, spec.t_high, streams.timesteps)[rows.start : rows.stop]
+        timesteps = s.timesteps  # flux_shift: the distribution of the model's shift at this latent size
+        if timesteps.by_resolution:
+            timesteps = timesteps.at_shift(s.adapter.timestep_shift(batch.latents.shape))
+        t = timesteps.sample(rows.total, spec.t_low, spec.t_high, streams.timesteps)[rows.start : rows.stop]
         t_dev = t.to(device=s.device, dtype=torch.float32)
         noisy, target = model_input_and_target(batch.latents, noise.to(s.device), t_dev, s.dtype)
         s.networks[expert].multiplier = batch.network_multiplier  # network_weight; kept through backward
         prediction = s.adapter.predict(expert, noisy, t_dev, batch.text, batch.cond)
         # timestep_type weighted: ai-toolkit's per-timestep weight; datasets[].loss_multiplier (x reg_weight)
-        weights = combined_weights(s.timesteps.loss_weights(t), batch.loss_weights)
+        weights = combined_weights(timesteps.loss_weights(t), batch.loss_weights)
         loss = flow_matching_loss(prediction, target, s.adapter.loss_mask(batch.cond), weights)
         return loss, t
 

@@ -1,8 +1,10 @@
 """The real `cadence caption` process killed with SIGKILL mid-run, then run again: finished captions survive
-byte for byte and are skipped, the rest is captioned, and nothing half-written is visible to the loader."""
+byte for byte and are skipped, the rest is captioned, and nothing half-written is visible to the loader. A
+SIGINT at the worst moment (just after a caption file was written) stops the run with that caption counted."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -17,6 +19,7 @@ from cadence.cli import build_parser
 from cadence.data.synthetic import render_frame, write_clip
 from cadence.models.tiny_vlm import write_tiny_vlm
 from cadence.tools.caption import options_from_args, run_captions
+from cadence.tools.caption_output import TextSink
 
 FILES = 10
 
@@ -62,3 +65,35 @@ def test_kill_9_then_resume_skips_the_done_ones(tmp_path: Path) -> None:
     assert len(after) == FILES
     assert all(after[name] == done[name] for name in done)  # the finished ones were not touched
     assert all(data.endswith(b"\n") and len(data) > 1 for data, _ in after.values())
+
+
+def test_sigint_right_after_a_write_is_counted_and_stops_before_the_next(tmp_path: Path, monkeypatch) -> None:
+    """The UI's Stop once landed between a caption's write and its count: 4 files on disk, 3 reported."""
+    model = write_tiny_vlm(tmp_path / "vlm", "qwen2_5_vl", seed=0)
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for i in range(3):
+        Image.fromarray(render_frame(i, 48, 32, seed=i)).save(folder / f"still_{i}.png")
+    real_write = TextSink.write
+
+    def write_then_interrupt(self, media: Path, text: str) -> None:
+        real_write(self, media, text)
+        os.kill(os.getpid(), signal.SIGINT)  # delivered before the next bytecode runs
+
+    monkeypatch.setattr(TextSink, "write", write_then_interrupt)
+    status = tmp_path / "status.json"
+    argv = [
+        "caption",
+        str(folder),
+        "--model",
+        str(model),
+        "--max-new-tokens",
+        "8",
+        "--status-file",
+        str(status),
+    ]
+    tally = run_captions(options_from_args(build_parser().parse_args(argv)))
+    written = sorted(p.name for p in folder.glob("*.txt"))
+    assert (tally.state, tally.written, tally.done, written) == ("stopped", 1, 1, ["still_0.txt"])
+    assert json.loads(status.read_text())["written"] == 1
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is given back

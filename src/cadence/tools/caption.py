@@ -21,6 +21,7 @@ from pathlib import Path
 from cadence.atomic import atomic_write_text
 from cadence.data.media import MediaError
 from cadence.models.caption_vlm import CaptionModelError, load_caption_model
+from cadence.stop_flag import StopFlag
 from cadence.tools.caption_media import FrameOptions, list_media, load_visual
 from cadence.tools.caption_output import (
     CaptionOutputError,
@@ -152,10 +153,9 @@ def run_captions(opts: CaptionOptions) -> Tally:
         try:
             todo = _split_existing(files, sink, opts, tally)
             status.save()
-            if todo:
-                _caption_files(todo, sink, opts, tally, status)
-            tally.state = "finished"
-        except KeyboardInterrupt:
+            stopped = bool(todo) and _caption_files(todo, sink, opts, tally, status)
+            tally.state = "stopped" if stopped else "finished"
+        except KeyboardInterrupt:  # while the model loads (the stop flag is set up after it)
             tally.state = "stopped"
         except BaseException:
             tally.state = "failed"
@@ -183,43 +183,55 @@ def _split_existing(files: list[Path], sink, opts: CaptionOptions, tally: Tally)
     return todo
 
 
-def _caption_files(todo: list[Path], sink, opts: CaptionOptions, tally: Tally, status: _Status) -> None:
-    import torch
+def _caption_files(todo: list[Path], sink, opts: CaptionOptions, tally: Tally, status: _Status) -> bool:
+    """Caption `todo` in order; True when SIGINT/SIGTERM stopped it. The signal is seen between files, so a
+    caption that was written is always counted (and the one in progress is finished, not lost)."""
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     device, dtype = _device_and_dtype(opts)
     model = load_caption_model(opts.model, device, dtype, opts.quantize)
+    stop = StopFlag("finishing the caption in progress, then stopping")
     bar = tqdm(total=len(todo), unit="file", desc="captioning", dynamic_ncols=True, file=sys.stderr)
     started = time.monotonic()
-    with bar, logging_redirect_tqdm():
-        for path in todo:
-            try:
-                visual = load_visual(path, opts.frames)
-                prompt = render_prompt(opts.template, opts.style, visual.is_clip, opts.trigger)
-                caption = model.caption(visual, prompt, opts.max_new_tokens)
-                text = with_trigger(caption.text, opts.trigger)
-                if not text:
-                    raise MediaError(
-                        path, "got an empty caption from the model", "try another prompt or model"
-                    )
-                sink.write(path, text)
-                tally.written += 1
-                tally.cut += caption.cut
-            except (MediaError, CaptionOutputError) as exc:
-                _failed(tally, path, str(exc))
-            except torch.OutOfMemoryError:
-                torch.cuda.empty_cache()
-                _failed(
-                    tally, path, f"{path}: out of GPU memory; lower --max-size/--video-max-size or --frames"
-                )
-            except ValueError as exc:  # the processor refuses an input (e.g. an aspect ratio over 200:1)
-                _failed(tally, path, f"{path}: the model's processor refused it ({exc})")
-            tally.done += 1
-            tally.caption_seconds = time.monotonic() - started
-            bar.set_postfix(written=tally.written, failed=tally.failed, refresh=False)
-            bar.update()
-            status.save()
+    stop.install()
+    try:
+        with bar, logging_redirect_tqdm():
+            for path in todo:
+                if stop.requested:
+                    return True
+                _caption_one(path, model, sink, opts, tally)
+                tally.done += 1
+                tally.caption_seconds = time.monotonic() - started
+                bar.set_postfix(written=tally.written, failed=tally.failed, refresh=False)
+                bar.update()
+                status.save()
+    finally:
+        stop.uninstall()
+    return stop.requested
+
+
+def _caption_one(path: Path, model, sink, opts: CaptionOptions, tally: Tally) -> None:
+    """Write one file's caption and count it, or count why it was skipped."""
+    import torch
+
+    try:
+        visual = load_visual(path, opts.frames)
+        prompt = render_prompt(opts.template, opts.style, visual.is_clip, opts.trigger)
+        caption = model.caption(visual, prompt, opts.max_new_tokens)
+        text = with_trigger(caption.text, opts.trigger)
+        if not text:
+            raise MediaError(path, "got an empty caption from the model", "try another prompt or model")
+        sink.write(path, text)
+        tally.written += 1
+        tally.cut += caption.cut
+    except (MediaError, CaptionOutputError) as exc:
+        _failed(tally, path, str(exc))
+    except torch.OutOfMemoryError:
+        torch.cuda.empty_cache()
+        _failed(tally, path, f"{path}: out of GPU memory; lower --max-size/--video-max-size or --frames")
+    except ValueError as exc:  # the processor refuses an input (e.g. an aspect ratio over 200:1)
+        _failed(tally, path, f"{path}: the model's processor refused it ({exc})")
 
 
 def _failed(tally: Tally, path: Path, reason: str) -> None:

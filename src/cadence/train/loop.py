@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import logging
 import math
-import signal
 import time
 import warnings
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ import torch
 
 from cadence.data.cache import CacheMissError
 from cadence.parallel.context import skip_draws
+from cadence.stop_flag import StopFlag
 from cadence.train.batches import Batch
 from cadence.train.checks import evaluation_weights
 from cadence.train.objective import combined_weights, flow_matching_loss, model_input_and_target
@@ -44,37 +44,6 @@ class StepResult:
     grad_norm: float | None
     seconds: float
     lrs: dict[str, float]  # the learning rates this step used
-
-
-class StopFlag:
-    """SIGINT/SIGTERM set a flag; the loop checkpoints at the next step boundary and exits cleanly.
-
-    A second signal while saving is logged and ignored: the save is atomic and finishes.
-    """
-
-    def __init__(self) -> None:
-        self.requested = False
-        self.signal_name = ""
-        self._previous: dict[int, Any] = {}
-
-    def _handle(self, signum: int, _frame: Any) -> None:
-        name = signal.Signals(signum).name
-        if self.requested:
-            log.warning("%s again: already stopping, the checkpoint is being written", name)
-            return
-        self.requested = True
-        self.signal_name = name
-        log.warning("%s received: saving a checkpoint, then exiting", name)
-
-    def install(self) -> None:
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            self._previous[sig] = signal.signal(sig, self._handle)
-
-    def uninstall(self, keep_ignoring: bool = False) -> None:
-        """Restore the previous handlers; with keep_ignoring, a stopped process ignores further signals
-        until it exits (a late Ctrl-C must not turn a clean stop into a crash)."""
-        for sig, handler in self._previous.items():
-            signal.signal(sig, signal.SIG_IGN if keep_ignoring and self.requested else handler)
 
 
 class Trainer:

@@ -81,6 +81,9 @@ def test_lifecycle_stop_checkpoint_clone_delete_and_detached_runs(
     assert psutil.pid_exists(pid)
     client = make_client(stop_timeout=60)
     assert _job(client, job_id)["status"] == "running"
+    busy = client.delete(f"/api/jobs/{job_id}")  # a running job is never forgotten under its trainer
+    assert busy.status_code == 409 and "stop it first" in busy.json()["detail"], busy.text
+    assert _job(client, job_id)["status"] == "running" and psutil.pid_exists(pid)
 
     stopped = client.post(f"/api/jobs/{job_id}/stop")
     assert stopped.status_code == 200 and stopped.json()["status"] == "stopping"

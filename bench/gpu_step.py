@@ -173,7 +173,7 @@ def peak_tflops(device: torch.device) -> float | None:
 
 
 def attach_peft(model: torch.nn.Module, targets: list[str]) -> list[torch.nn.Parameter]:
-    """The same rank-16 LoRA through PEFT (its defaults: fp32 adapter weights, input cast to them)."""
+    """The same rank-16 LoRA through PEFT (`inject_adapter_in_model`: adapter weights in the base layer's dtype)."""
     from peft import LoraConfig, inject_adapter_in_model
 
     inject_adapter_in_model(LoraConfig(r=16, lora_alpha=16, target_modules=targets), model)

@@ -105,3 +105,15 @@ def test_each_option_frees_its_model_before_the_next():
             assert blocks_alive() == before, option
     finally:
         gc.enable()
+
+
+def test_the_peft_row_trains_adapters_in_the_base_dtype():
+    """docs/performance.md says the PEFT row is not an fp32 adapter: its lora_A/B take the base's bf16."""
+    import torch
+
+    bench = _bench()
+    model, params, _swapper = bench.prepare(
+        "peft", dict(bench.SMALL), torch.device("cpu"), torch.bfloat16, 0, None
+    )
+    assert params and {p.dtype for p in params} == {torch.bfloat16}
+    del model

@@ -97,3 +97,33 @@ def test_sigint_right_after_a_write_is_counted_and_stops_before_the_next(tmp_pat
     assert (tally.state, tally.written, tally.done, written) == ("stopped", 1, 1, ["still_0.txt"])
     assert json.loads(status.read_text())["written"] == 1
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is given back
+
+
+def test_sigint_after_the_last_caption_still_saves_the_final_status(tmp_path: Path, monkeypatch) -> None:
+    """A Stop that arrives as the run closes (all files done) must not cut the final status save short."""
+    model = write_tiny_vlm(tmp_path / "vlm", "qwen2_5_vl", seed=0)
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for i in range(2):
+        Image.fromarray(render_frame(i, 48, 32, seed=i)).save(folder / f"still_{i}.png")
+    real_close = TextSink.close
+
+    def close_then_interrupt(self) -> None:
+        os.kill(os.getpid(), signal.SIGINT)
+        real_close(self)
+
+    monkeypatch.setattr(TextSink, "close", close_then_interrupt)
+    status = tmp_path / "status.json"
+    argv = [
+        "caption",
+        str(folder),
+        "--model",
+        str(model),
+        "--max-new-tokens",
+        "8",
+        "--status-file",
+        str(status),
+    ]
+    tally = run_captions(options_from_args(build_parser().parse_args(argv)))
+    saved = json.loads(status.read_text())
+    assert (tally.state, tally.written, saved["state"], saved["written"]) == ("finished", 2, "finished", 2)

@@ -17,7 +17,7 @@ from cadence.ui.store import Job, JobStore
 
 from .conftest import wait_for
 
-FILES = 8
+FILES = 16  # the Stop after 2 files must land before the last one starts, also on a loaded machine
 
 
 @pytest.fixture(scope="module")

@@ -135,8 +135,10 @@ class _Status:
             atomic_write_text(self.path, json.dumps(data))
 
 
-def run_captions(opts: CaptionOptions) -> Tally:
-    """Caption every file of `opts.folder` that needs it; returns the tally (also on SIGINT, state stopped)."""
+def run_captions(opts: CaptionOptions, exiting: bool = False) -> Tally:
+    """Caption every file of `opts.folder` that needs it; returns the tally (also on SIGINT, state stopped).
+    From the model's load on, SIGINT/SIGTERM are seen between files and the final status is always saved;
+    `exiting=True` (the CLI) keeps ignoring signals after a stop, until the process exits."""
     files = list_media(opts.folder)
     tally = Tally(total=len(files))
     status = _Status(opts.status_file, tally)
@@ -150,10 +152,11 @@ def run_captions(opts: CaptionOptions) -> Tally:
             log.info("removed %d temporary caption files a killed run left in %s", swept, opts.folder)
         sink = open_sink(opts.output_format, opts.folder, opts.caption_ext)
         tally.where = sink.where
+        stop = StopFlag("finishing the caption in progress, then stopping")
         try:
             todo = _split_existing(files, sink, opts, tally)
             status.save()
-            stopped = bool(todo) and _caption_files(todo, sink, opts, tally, status)
+            stopped = bool(todo) and _caption_files(todo, sink, opts, tally, status, stop)
             tally.state = "stopped" if stopped else "finished"
         except KeyboardInterrupt:  # while the model loads (the stop flag is set up after it)
             tally.state = "stopped"
@@ -163,6 +166,7 @@ def run_captions(opts: CaptionOptions) -> Tally:
         finally:
             sink.close()
             status.save()
+            stop.uninstall(keep_ignoring=exiting)  # after the last save: a late signal cannot cut it
     return tally
 
 
@@ -183,32 +187,30 @@ def _split_existing(files: list[Path], sink, opts: CaptionOptions, tally: Tally)
     return todo
 
 
-def _caption_files(todo: list[Path], sink, opts: CaptionOptions, tally: Tally, status: _Status) -> bool:
-    """Caption `todo` in order; True when SIGINT/SIGTERM stopped it. The signal is seen between files, so a
-    caption that was written is always counted (and the one in progress is finished, not lost)."""
+def _caption_files(
+    todo: list[Path], sink, opts: CaptionOptions, tally: Tally, status: _Status, stop: StopFlag
+) -> bool:
+    """Caption `todo` in order; True when SIGINT/SIGTERM stopped it before the last file. The signal is seen
+    between files, so a caption that was written is always counted (and the one in progress is finished)."""
     from tqdm import tqdm
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     device, dtype = _device_and_dtype(opts)
-    model = load_caption_model(opts.model, device, dtype, opts.quantize)
-    stop = StopFlag("finishing the caption in progress, then stopping")
+    model = load_caption_model(opts.model, device, dtype, opts.quantize)  # Ctrl-C here interrupts at once
+    stop.install()
     bar = tqdm(total=len(todo), unit="file", desc="captioning", dynamic_ncols=True, file=sys.stderr)
     started = time.monotonic()
-    stop.install()
-    try:
-        with bar, logging_redirect_tqdm():
-            for path in todo:
-                if stop.requested:
-                    return True
-                _caption_one(path, model, sink, opts, tally)
-                tally.done += 1
-                tally.caption_seconds = time.monotonic() - started
-                bar.set_postfix(written=tally.written, failed=tally.failed, refresh=False)
-                bar.update()
-                status.save()
-    finally:
-        stop.uninstall()
-    return stop.requested
+    with bar, logging_redirect_tqdm():
+        for path in todo:
+            if stop.requested:
+                return True
+            _caption_one(path, model, sink, opts, tally)
+            tally.done += 1
+            tally.caption_seconds = time.monotonic() - started
+            bar.set_postfix(written=tally.written, failed=tally.failed, refresh=False)
+            bar.update()
+            status.save()
+    return False
 
 
 def _caption_one(path: Path, model, sink, opts: CaptionOptions, tally: Tally) -> None:
@@ -279,7 +281,7 @@ def caption_command(args: argparse.Namespace) -> int:
     started = time.monotonic()
     try:
         opts = options_from_args(args)
-        tally = run_captions(opts)
+        tally = run_captions(opts, exiting=True)
     except (CaptionOutputError, PromptError, CaptionModelError) as exc:
         sys.stderr.write(f"error: {exc}\n")
         return 2

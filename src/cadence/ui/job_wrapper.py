@@ -36,7 +36,7 @@ def main(argv: list[str]) -> int:
             log.write(f"cadence ui: could not start {cmd[0]}: {exc}\n".encode())
             atomic_write_text(job_dir / "exit_code", "127\n")
             return 127
-        (job_dir / "child_pid").write_text(f"{proc.pid}\n")
+        atomic_write_text(job_dir / "child_pid", f"{proc.pid}\n")  # never seen empty by the runner
         code = proc.wait()
     atomic_write_text(job_dir / "exit_code", f"{code}\n")
     return 0

@@ -304,11 +304,22 @@ class JobRunner:
                 log.info("job %s is %s (exit code %s)", job.id, status, code)
 
     def _escalate(self, job: Job) -> None:
-        waited = time.time() - (job.stop_requested_at or time.time())
-        stage = 1 + int(waited // self.stop_timeout) if self.stop_timeout > 0 else 3
-        stage = min(stage, 3)
-        if stage > job.stop_stage:
-            self._signal(job, stage)
+        """The next signal once `stop_timeout` has passed since the last one: SIGINT, SIGTERM, SIGKILL, one
+        stage per tick. A tick that comes late (the UI was suspended or restarted, a stalled disk) sends the
+        next stage and times the one after from now, so a job is never SIGKILLed without its SIGTERM."""
+        if self.stop_timeout <= 0:
+            if job.stop_stage < 3:
+                self._signal(job, 3)
+            return
+        now = time.time()
+        requested = job.stop_requested_at or now
+        due = min(3, 1 + int((now - requested) // self.stop_timeout))
+        if due <= job.stop_stage:
+            return
+        stage = job.stop_stage + 1
+        # stage n is due stop_timeout * (n - 1) after the request: re-based so the next one counts from now
+        self.store.update(job.id, stop_requested_at=max(requested, now - (stage - 1) * self.stop_timeout))
+        self._signal(job, stage)
 
     def schedule(self) -> None:
         """Start queued jobs, oldest first, while their device slot is free (one per GPU)."""

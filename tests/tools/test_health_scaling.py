@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import random
 import statistics
 from pathlib import Path
@@ -205,6 +206,18 @@ def test_sample_reader_reports_changed_steps_and_keeps_the_rest(tmp_path: Path) 
     assert reader.read() is second and reader.changed == set()  # nothing new: no listing, no change
     (tmp_path / f"{10:09d}_00.json").unlink()
     assert list(reader.read()) == [20] and reader.changed == {10}
+
+
+def test_sample_reader_sees_a_rewrite_that_left_the_folder_stamp_unchanged(tmp_path: Path) -> None:
+    """A kernel with coarse timestamps gives two writes in one tick the same folder mtime: a fresh stamp
+    must not stand for the folder's content (the motion written second would never be read)."""
+    reader = SampleMotionReader(tmp_path, verify=False)
+    _write_sidecar(tmp_path, 10, _stats(0.1), with_motion=False)
+    assert reader.read() == {}
+    stamp = tmp_path.stat().st_mtime_ns
+    _write_sidecar(tmp_path, 10, _stats(0.1))
+    os.utime(tmp_path, ns=(stamp, stamp))  # as a coarse clock would have stamped the rename
+    assert list(reader.read()) == [10] and reader.changed == {10}
 
 
 def test_a_long_run_renders_with_thinned_ticks_and_the_motion_reference() -> None:

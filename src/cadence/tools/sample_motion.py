@@ -20,6 +20,7 @@ import json
 import logging
 import os
 import re
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,6 +31,7 @@ from cadence.metrics.motion import MOTION_FORMAT, MotionStats, file_digest, mean
 
 log = logging.getLogger(__name__)
 
+STAMP_SETTLE_NS = 2_000_000_000  # coarser than any filesystem's mtime granularity we meet (FAT: 2 s)
 _SAMPLE_RE = re.compile(r"^(?P<step>\d{9})_(?P<index>\d{2})$")
 
 
@@ -98,6 +100,7 @@ class SampleMotionReader:
         self.measured = dict(measured or {})
         self.remeasured: list[str] = []  # samples whose stored statistics did not describe the mp4
         self._folder_stamp: int | None = None
+        self._stamp_settled = False  # the listed folder's mtime is old enough to stand for its content
         self._files: dict[str, tuple[tuple[int, ...], MotionStats | None]] = {}  # name -> (stamp, stats)
         self._samples: dict[int, dict[int, MotionStats]] = {}  # step -> sample index -> stats
         self._listed: set[str] = set()  # the folder's names at the latest listing
@@ -114,9 +117,12 @@ class SampleMotionReader:
                 self._forget(name)
             self._folder_stamp, self._listed = None, set()
             return self._regroup()
-        if stamp == self._folder_stamp and not self.verify:
+        if stamp == self._folder_stamp and self._stamp_settled and not self.verify:
             return self._steps
+        # a stamp younger than the filesystem's timestamp granularity may be shared by a write that follows
+        # (coarse kernel clocks, 1-2 s on some filesystems): trusted only once it is older than that
         self._folder_stamp = stamp
+        self._stamp_settled = time.time_ns() - stamp > STAMP_SETTLE_NS
         suffix = ".mp4" if self.verify else ".json"
         try:
             listed = set(os.listdir(self.folder))

@@ -53,3 +53,34 @@ def logging_left_as_found():
     assert after == before, (
         f"logging state (disable, root level, cadence level/disabled/propagate) {before} -> {after}"
     )
+
+
+@pytest.fixture
+def reap_sessions():
+    """Register a Popen started with start_new_session: if it still runs when the test ends (a failed
+    assert, a timeout), it and every descendant (torchrun's workers run in sessions of their own) are
+    SIGKILLed, so no trainer keeps loading the rest of the suite."""
+    import signal
+    import subprocess
+
+    import psutil
+
+    started: list[subprocess.Popen] = []
+    yield started.append
+    for proc in started:
+        if proc.poll() is not None:
+            continue
+        try:
+            descendants = psutil.Process(proc.pid).children(recursive=True)
+        except psutil.NoSuchProcess:
+            descendants = []
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        for child in descendants:
+            try:
+                child.kill()
+            except psutil.NoSuchProcess:
+                pass
+        proc.wait(30)

@@ -282,10 +282,11 @@ def _wait_for_lines(run_dir: Path, count: int, proc: subprocess.Popen, limit: fl
 
 @pytest.mark.slow
 def test_ctrl_c_stops_every_rank_at_one_step_and_the_lock_keeps_a_second_trainer_out(
-    tiny_i2v: Path, square_clips: Path, tmp_path: Path
+    tiny_i2v: Path, square_clips: Path, tmp_path: Path, reap_sessions
 ) -> None:
     config = write(tmp_path / "job.yaml", job(tiny_i2v, square_clips, tmp_path, steps=5000))
     proc = _spawn(config, tmp_path / "run.log", launcher="accelerate")  # accelerate runs torchrun's agent
+    reap_sessions(proc)
     _wait_for_lines(tmp_path / "job", 3, proc)
     assert run_training(config) == 2  # the main rank holds the run-folder lock
     for pid in _workers(proc):  # the UI's stop: SIGINT to each worker (a terminal's Ctrl-C reaches torchrun)
@@ -302,11 +303,12 @@ def test_ctrl_c_stops_every_rank_at_one_step_and_the_lock_keeps_a_second_trainer
 
 @pytest.mark.slow
 def test_kill_minus_9_of_one_rank_ends_the_job_with_the_last_checkpoint_intact(
-    tiny_i2v: Path, square_clips: Path, tmp_path: Path
+    tiny_i2v: Path, square_clips: Path, tmp_path: Path, reap_sessions
 ) -> None:
     body = job(tiny_i2v, square_clips, tmp_path, steps=5000)
     body["save"]["save_every"] = 2
     proc = _spawn(write(tmp_path / "job.yaml", body), tmp_path / "run.log")
+    reap_sessions(proc)
     _wait_for_lines(tmp_path / "job", 5, proc)
     os.kill(_workers(proc)[-1], signal.SIGKILL)
     killed = time.time()

@@ -1,6 +1,7 @@
 """The UI gives a job two GPUs: the runner starts it through torchrun with one worker per GPU, and the
-job's end is what the workers made of it (never stuck). On a machine without two GPUs both workers stop at
-once with the device error and the job shows failed."""
+job's end is what the workers made of it (never stuck). On a machine without two GPUs the workers stop with
+the device error and the job shows failed: the first to fail says why, and torchrun then terminates the
+other (within its monitor interval, so under load before it got as far as logging)."""
 
 from __future__ import annotations
 
@@ -38,5 +39,5 @@ def test_a_job_on_two_gpus_runs_as_two_torchrun_workers_and_its_end_shows(
         assert final.status == "finished", log[-3000:]
     else:
         assert final.status == "failed" and final.exit_code == 1, (final, log[-3000:])
-        assert log.count("no CUDA GPU is visible") >= 2  # each worker said why (CUDA_VISIBLE_DEVICES=0,1)
+        assert "no CUDA GPU is visible" in log  # CUDA_VISIBLE_DEVICES=0,1 on a machine without them
         assert "local_rank: 1" in log or "local_rank: 0" in log  # torchrun's failure summary

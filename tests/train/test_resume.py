@@ -79,7 +79,9 @@ def test_stop_inside_expert_block_then_resume_is_bit_identical(
 
 
 @pytest.mark.slow
-def test_kill_9_then_resume_matches_uninterrupted_run(tiny_i2v: Path, clips: Path, tmp_path: Path) -> None:
+def test_kill_9_then_resume_matches_uninterrupted_run(
+    tiny_i2v: Path, clips: Path, tmp_path: Path, reap_sessions
+) -> None:
     steps = 40
     straight = write_job(tmp_path / "a.yaml", job_dict(tiny_i2v, clips, tmp_path / "a", steps=steps))
     assert run_training(straight) == 0
@@ -89,6 +91,7 @@ def test_kill_9_then_resume_matches_uninterrupted_run(tiny_i2v: Path, clips: Pat
     job["save"]["max_step_saves_to_keep"] = 2
     config = write_job(tmp_path / "b.yaml", job)
     proc = _spawn_train(config, subprocess.DEVNULL)
+    reap_sessions(proc)
     state_root = tmp_path / "b" / "job" / "training_state"
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
@@ -112,14 +115,21 @@ def test_kill_9_then_resume_matches_uninterrupted_run(tiny_i2v: Path, clips: Pat
     assert lora.stat().st_mode & 0o044, "LoRA files are readable by others (not mkstemp's 0600)"
 
 
-def test_double_sigint_saves_a_checkpoint_and_exits_zero(tiny_i2v: Path, clips: Path, tmp_path: Path) -> None:
+def test_double_sigint_saves_a_checkpoint_and_exits_zero(
+    tiny_i2v: Path, clips: Path, tmp_path: Path, reap_sessions
+) -> None:
     job = job_dict(tiny_i2v, clips, tmp_path / "c", steps=100000)
     config = write_job(tmp_path / "c.yaml", job)
     proc = _spawn_train(config, subprocess.PIPE)
+    reap_sessions(proc)
     metrics = tmp_path / "c" / "job" / "metrics_job.jsonl"
-    deadline = time.time() + 120
+    deadline = time.time() + 180
     while time.time() < deadline and not (metrics.exists() and metrics.stat().st_size > 0):
+        assert proc.poll() is None, "the trainer ended before its first metrics line"
         time.sleep(0.1)
+    assert metrics.exists() and metrics.stat().st_size > 0, (
+        "no metrics line within 180 s: the signal would land in setup"
+    )
     os.killpg(proc.pid, signal.SIGINT)
     time.sleep(0.05)
     os.killpg(proc.pid, signal.SIGINT)  # a second Ctrl-C while stopping/saving must not corrupt anything

@@ -18,7 +18,7 @@ from PIL import Image
 from cadence.cli import build_parser
 from cadence.data.synthetic import render_frame, write_clip
 from cadence.models.tiny_vlm import write_tiny_vlm
-from cadence.tools.caption import options_from_args, run_captions
+from cadence.tools.caption import Tally, options_from_args, run_captions
 from cadence.tools.caption_output import TextSink
 
 FILES = 10
@@ -67,20 +67,13 @@ def test_kill_9_then_resume_skips_the_done_ones(tmp_path: Path) -> None:
     assert all(data.endswith(b"\n") and len(data) > 1 for data, _ in after.values())
 
 
-def test_sigint_right_after_a_write_is_counted_and_stops_before_the_next(tmp_path: Path, monkeypatch) -> None:
-    """The UI's Stop once landed between a caption's write and its count: 4 files on disk, 3 reported."""
+def _caption_stills(tmp_path: Path, files: int) -> tuple[Path, Path, Tally]:
+    """`cadence caption` (in this process) over `files` small PNGs; returns (folder, status file, tally)."""
     model = write_tiny_vlm(tmp_path / "vlm", "qwen2_5_vl", seed=0)
     folder = tmp_path / "data"
     folder.mkdir()
-    for i in range(3):
+    for i in range(files):
         Image.fromarray(render_frame(i, 48, 32, seed=i)).save(folder / f"still_{i}.png")
-    real_write = TextSink.write
-
-    def write_then_interrupt(self, media: Path, text: str) -> None:
-        real_write(self, media, text)
-        os.kill(os.getpid(), signal.SIGINT)  # delivered before the next bytecode runs
-
-    monkeypatch.setattr(TextSink, "write", write_then_interrupt)
     status = tmp_path / "status.json"
     argv = [
         "caption",
@@ -92,7 +85,19 @@ def test_sigint_right_after_a_write_is_counted_and_stops_before_the_next(tmp_pat
         "--status-file",
         str(status),
     ]
-    tally = run_captions(options_from_args(build_parser().parse_args(argv)))
+    return folder, status, run_captions(options_from_args(build_parser().parse_args(argv)))
+
+
+def test_sigint_right_after_a_write_is_counted_and_stops_before_the_next(tmp_path: Path, monkeypatch) -> None:
+    """The UI's Stop once landed between a caption's write and its count: 4 files on disk, 3 reported."""
+    real_write = TextSink.write
+
+    def write_then_interrupt(self, media: Path, text: str) -> None:
+        real_write(self, media, text)
+        os.kill(os.getpid(), signal.SIGINT)  # delivered before the next bytecode runs
+
+    monkeypatch.setattr(TextSink, "write", write_then_interrupt)
+    folder, status, tally = _caption_stills(tmp_path, 3)
     written = sorted(p.name for p in folder.glob("*.txt"))
     assert (tally.state, tally.written, tally.done, written) == ("stopped", 1, 1, ["still_0.txt"])
     assert json.loads(status.read_text())["written"] == 1
@@ -101,11 +106,6 @@ def test_sigint_right_after_a_write_is_counted_and_stops_before_the_next(tmp_pat
 
 def test_sigint_after_the_last_caption_still_saves_the_final_status(tmp_path: Path, monkeypatch) -> None:
     """A Stop that arrives as the run closes (all files done) must not cut the final status save short."""
-    model = write_tiny_vlm(tmp_path / "vlm", "qwen2_5_vl", seed=0)
-    folder = tmp_path / "data"
-    folder.mkdir()
-    for i in range(2):
-        Image.fromarray(render_frame(i, 48, 32, seed=i)).save(folder / f"still_{i}.png")
     real_close = TextSink.close
 
     def close_then_interrupt(self) -> None:
@@ -113,17 +113,6 @@ def test_sigint_after_the_last_caption_still_saves_the_final_status(tmp_path: Pa
         real_close(self)
 
     monkeypatch.setattr(TextSink, "close", close_then_interrupt)
-    status = tmp_path / "status.json"
-    argv = [
-        "caption",
-        str(folder),
-        "--model",
-        str(model),
-        "--max-new-tokens",
-        "8",
-        "--status-file",
-        str(status),
-    ]
-    tally = run_captions(options_from_args(build_parser().parse_args(argv)))
+    _folder, status, tally = _caption_stills(tmp_path, 2)
     saved = json.loads(status.read_text())
     assert (tally.state, tally.written, saved["state"], saved["written"]) == ("finished", 2, "finished", 2)

@@ -63,24 +63,16 @@ def reap_sessions():
     import signal
     import subprocess
 
-    import psutil
+    from cadence.ui.runner import signal_descendants
 
     started: list[subprocess.Popen] = []
     yield started.append
     for proc in started:
         if proc.poll() is not None:
             continue
-        try:
-            descendants = psutil.Process(proc.pid).children(recursive=True)
-        except psutil.NoSuchProcess:
-            descendants = []
+        signal_descendants(proc.pid, signal.SIGKILL)  # first: once the leader dies they are reparented
         try:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-        for child in descendants:
-            try:
-                child.kill()
-            except psutil.NoSuchProcess:
-                pass
         proc.wait(30)

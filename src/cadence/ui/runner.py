@@ -211,7 +211,7 @@ class JobRunner:
                 self.store.update(job.id, stop_stage=stage)
                 return
             if sig == signal.SIGKILL:
-                _signal_descendants(job.pid, sig)  # collected before the group dies (workers get reparented)
+                signal_descendants(job.pid, sig)  # collected before the group dies (workers get reparented)
             try:
                 os.killpg(job.pid, sig)
                 log.info("job %s: sent %s to process group %d", job.id, sig.name, job.pid)
@@ -224,7 +224,7 @@ class JobRunner:
             torchrun = int(self.job_dir(job.id).joinpath("child_pid").read_text().strip())
         except (OSError, ValueError):
             return
-        _signal_descendants(torchrun, sig, depth=1)
+        signal_descendants(torchrun, sig, depth=1)
         log.info("job %s: sent %s to the workers of torchrun %d", job.id, sig.name, torchrun)
 
     # ----------------------------------------------------------------------------------------- state
@@ -364,7 +364,7 @@ def _slots(job: Job) -> list[str]:
     return [d.strip() for d in job.device.split(",")]
 
 
-def _signal_descendants(pid: int, sig: signal.Signals, depth: int | None = None) -> None:
+def signal_descendants(pid: int, sig: signal.Signals, depth: int | None = None) -> None:
     """Send `sig` to the processes below `pid` (its children only with depth=1)."""
     try:
         children = psutil.Process(pid).children(recursive=depth != 1)
